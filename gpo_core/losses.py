@@ -1,0 +1,160 @@
+"""The GPO loss family: ``loss = mean(f(beta * rho))`` for a convex-style function ``f``.
+
+Each built-in ``f`` carries two forms that must agree (a test checks it): a numerically stable
+torch form used for training, and a sympy form used for the analysis (derivatives at 0,
+Taylor ratio, convexity, tail class), so nothing in the analysis is hard-coded.
+
+Range. For ``|beta * rho| <= 50`` every built-in's value and gradient are finite in float32. Beyond
+it: logistic, hinge, truncated quadratic and Savage stay finite for every finite float32 input
+(softplus/relu/sigmoid forms; their gradients tend to 0 or a constant); square grows as x^2 and
+overflows only past |x| ~ 1.8e19; exponential grows as e^-x and overflows float32 to ``inf`` for
+x < -88.7 (``inf`` value and gradient). The training loop refuses a non-finite loss, naming the
+step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import sympy as sp
+import torch
+import torch.nn.functional as F
+
+from gpo_core.formula import X, FormulaError, compile_to_torch, kinks, parse_formula
+
+TorchFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+class LossSpecError(ValueError):
+    """A loss name or formula that cannot be used for GPO; the message says why."""
+
+
+@dataclass(frozen=True)
+class LossFunction:
+    """One ``f`` of the GPO family: its torch form (training) and sympy form (analysis)."""
+
+    name: str
+    torch_fn: TorchFn = field(repr=False, compare=False)
+    expr: sp.Expr = field(repr=False)
+    description: str = ""
+    aliases: tuple[str, ...] = ()
+    builtin: bool = False
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.torch_fn(x)
+
+    @property
+    def formula(self) -> str:
+        return str(self.expr)
+
+
+def _builtin(name: str, torch_fn: TorchFn, expr: sp.Expr, description: str, aliases=()) -> LossFunction:
+    return LossFunction(name, torch_fn, expr, description, tuple(aliases), builtin=True)
+
+
+BUILTIN_LOSSES: dict[str, LossFunction] = {
+    f.name: f
+    for f in [
+        _builtin(
+            "logistic",
+            lambda x: F.softplus(-x),
+            sp.log(1 + sp.exp(-X)),
+            "log(1+e^-x): DPO (TRL loss_type='sigmoid')",
+            aliases=("dpo", "sigmoid"),
+        ),
+        _builtin(
+            "hinge",
+            lambda x: F.relu(1 - x),
+            sp.Max(0, 1 - X),
+            "max(0, 1-x): SLiC (TRL loss_type='hinge')",
+            aliases=("slic",),
+        ),
+        _builtin(
+            "square",
+            lambda x: (x - 1) ** 2,
+            (X - 1) ** 2,
+            "(x-1)^2: IPO as in the paper, (beta*rho - 1)^2; not TRL's length-normalised 'ipo'",
+            aliases=("ipo",),
+        ),
+        _builtin("exponential", lambda x: torch.exp(-x), sp.exp(-X), "e^-x: exponential (boosting) loss"),
+        _builtin(
+            "truncated_quadratic",
+            lambda x: F.relu(1 - x) ** 2,
+            sp.Max(0, 1 - X) ** 2,
+            "max(0, 1-x)^2: truncated quadratic",
+        ),
+        _builtin(
+            "savage",
+            lambda x: torch.sigmoid(-x) ** 2,
+            1 / (1 + sp.exp(X)) ** 2,
+            "1/(1+e^x)^2: Savage loss (not convex on R)",
+        ),
+    ]
+}
+_ALIASES = {alias: f.name for f in BUILTIN_LOSSES.values() for alias in f.aliases}
+
+
+def derivatives_at_zero(expr: sp.Expr) -> tuple[float, float, float]:
+    """``f(0), f'(0), f''(0)`` computed symbolically (exact, then converted to float)."""
+    first = sp.diff(expr, X)
+    second = sp.diff(first, X)
+    values = []
+    for e in (expr, first, second):
+        try:
+            values.append(float(sp.simplify(e.subs(X, 0))))
+        except (TypeError, ValueError):  # zoo, nan, DiracDelta(0): not defined at 0
+            values.append(math.nan)
+    return values[0], values[1], values[2]
+
+
+def loss_from_formula(text: str) -> LossFunction:
+    """A user-defined ``f`` from a formula in ``x``; refused unless it is usable for GPO."""
+    try:
+        expr = parse_formula(text)
+        torch_fn = compile_to_torch(expr)
+    except FormulaError as err:
+        raise LossSpecError(str(err)) from None
+    if 0.0 in kinks(expr):
+        raise LossSpecError(
+            f"formula {text!r} has a kink at x = 0; the GPO analysis needs f twice differentiable at 0"
+        )
+    f0, f1, f2 = derivatives_at_zero(expr)
+    if not all(math.isfinite(v) for v in (f0, f1, f2)):
+        raise LossSpecError(
+            f"formula {text!r} is not twice differentiable at x = 0 "
+            f"(f(0) = {f0}, f'(0) = {f1}, f''(0) = {f2}); the GPO analysis needs f smooth at 0"
+        )
+    if not f1 < 0:
+        raise LossSpecError(
+            f"formula {text!r} has f'(0) = {f1:g}; GPO needs f'(0) < 0, so that raising the chosen "
+            "response's log-ratio above the rejected one's lowers the loss"
+        )
+    return LossFunction(text.strip(), torch_fn, expr, "user formula")
+
+
+def resolve_loss(spec: str | LossFunction) -> LossFunction:
+    """A registry name (or alias: dpo, slic, ipo, sigmoid) or a formula in x."""
+    if isinstance(spec, LossFunction):
+        return spec
+    if not isinstance(spec, str):
+        raise LossSpecError(f"a loss is a registry name or a formula string, got {type(spec).__name__}")
+    key = spec.strip().lower()
+    if key in BUILTIN_LOSSES:
+        return BUILTIN_LOSSES[key]
+    if key in _ALIASES:
+        return BUILTIN_LOSSES[_ALIASES[key]]
+    if key.isidentifier() and key not in ("x", "e", "pi"):
+        raise LossSpecError(
+            f"unknown loss {spec!r}; choose one of {', '.join(BUILTIN_LOSSES)} "
+            "or give a formula in x such as 'exp(-x) + 0.1*x^2'"
+        )
+    return loss_from_formula(spec)
+
+
+def gpo_loss(rho: torch.Tensor, beta: float, f: str | LossFunction) -> torch.Tensor:
+    """The GPO objective on a batch: ``mean(f(beta * rho))``."""
+    if not (isinstance(beta, int | float) and math.isfinite(beta) and beta > 0):
+        raise LossSpecError(f"beta must be a finite number > 0, got {beta!r}")
+    return resolve_loss(f)(beta * rho).mean()
