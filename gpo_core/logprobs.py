@@ -84,9 +84,15 @@ def collate_seq2seq(
 
 
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """``log softmax(logits)[target]`` without materialising the full log-softmax."""
+    """``log softmax(logits)[target]`` without materialising the full log-softmax.
+
+    Half-precision logits are upcast to float32 first: a sum of hundreds of bf16 log-probs
+    would otherwise lose the differences that rho measures.
+    """
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
     picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return picked.float() - torch.logsumexp(logits.float(), dim=-1)
+    return picked - torch.logsumexp(logits, dim=-1)
 
 
 def causal_sequence_logprobs(model: torch.nn.Module, batch: CausalBatch) -> torch.Tensor:

@@ -75,5 +75,6 @@ def plot_gaussians(curves: GaussianCurves, path: str | Path) -> Path:
         ax.set(xlabel="shift c", title=name.replace("_", " ") + " (local minima in red)")
         ax.legend(fontsize=8)
     axes[1].set_yscale("symlog", linthresh=1e-2)
+    axes[1].set_ylim(bottom=0)
     fig.suptitle(f"mu means {[round(m, 2) for m in curves.mu_means]} (seed {curves.seed})")
     return _save(fig, path)

@@ -1,0 +1,83 @@
+"""The gpo command line, run as users run it: the installed console script, JSON parsed back."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+GPO = shutil.which("gpo", path=str(Path(sys.executable).parent))
+
+
+def gpo(*args: str) -> subprocess.CompletedProcess:
+    assert GPO, "the gpo console script is not installed in this environment"
+    return subprocess.run([GPO, *args], capture_output=True, text=True, timeout=300)
+
+
+def test_losses_json_lists_every_builtin() -> None:
+    result = gpo("losses", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert [r["name"] for r in rows] == [
+        "logistic", "hinge", "square", "exponential", "truncated_quadratic", "savage",
+    ]  # fmt: skip
+    for row in rows:
+        assert {"name", "fprime0", "fsecond0", "ratio", "convex", "tail"} <= row.keys()
+    savage = rows[-1]
+    assert savage["convex"] is False and savage["ratio"] == 0.5
+
+
+def test_losses_json_for_a_formula_and_plot(tmp_path: Path) -> None:
+    plot = tmp_path / "losses.png"
+    result = gpo("losses", "--json", "--formula", "exp(-x)+0.1*x^2", "--plot", str(plot))
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(result.stdout)
+    assert row["fprime0"] == -1.0 and row["fsecond0"] == pytest.approx(1.2)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("losses", "--formula", "__import__('os')"), "unknown function '__import__'"),
+        (("losses", "--formula", "x**2"), "f'(0) = 0"),
+        (("bandit", "--loss", "nope"), "unknown loss 'nope'"),
+    ],
+)
+def test_bad_input_is_a_clear_error_not_a_traceback(args: tuple[str, ...], message: str) -> None:
+    result = gpo(*args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_bandit_json(tmp_path: Path) -> None:
+    plot = tmp_path / "bandit.png"
+    result = gpo("bandit", "--json", "--loss", "logistic", "--loss", "square", "--steps", "200", "--plot", str(plot))
+    assert result.returncode == 0, result.stderr
+    runs = json.loads(result.stdout)
+    assert set(runs) == {"logistic", "square"}
+    assert len(runs["logistic"]["final_pi"]) == 3
+    assert runs["logistic"]["trajectory"][-1]["step"] == 200
+    assert plot.exists()
+
+
+def test_gaussians_json(tmp_path: Path) -> None:
+    result = gpo("gaussians", "--json", "--seed", "0", "--plot", str(tmp_path / "g.png"))
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert len(data["c"]) == len(data["kl"]["sampled"]) == len(data["square_loss"]["integrated"])
+    assert data["local_minima"]["kl"]["integrated"] == [0.0]
+    assert data["counterexample"] is True
+    assert (tmp_path / "g.png").exists()
+
+
+@pytest.mark.slow
+def test_paper_reproduction_writes_results(tmp_path: Path) -> None:
+    result = gpo("paper", "--out", str(tmp_path), "--steps", "300")
+    assert result.returncode == 0, result.stderr
+    for name in ("losses", "bandit", "gaussians"):
+        assert json.loads((tmp_path / f"{name}.json").read_text())
+        assert (tmp_path / f"{name}.png").stat().st_size > 10_000
