@@ -52,7 +52,7 @@ class LossProperties:
 
 
 def _grid() -> torch.Tensor:
-    n = int(round(2 * GRID_LIMIT / GRID_STEP)) + 1
+    n = round(2 * GRID_LIMIT / GRID_STEP) + 1
     return torch.linspace(-GRID_LIMIT, GRID_LIMIT, n, dtype=torch.float64)
 
 

@@ -139,8 +139,9 @@ def gaussians(
         _emit_json(payload)
         return
     console.print(f"mu means: {[round(m, 3) for m in curves.mu_means]}")
-    console.print(f"local minima of KL (integrated): {payload['local_minima']['kl']['integrated']}")
-    console.print(f"local minima of the square loss (integrated): {payload['local_minima']['square_loss']['integrated']}")
+    minima = payload["local_minima"]
+    console.print(f"local minima of KL (integrated): {minima['kl']['integrated']}")
+    console.print(f"local minima of the square loss (integrated): {minima['square_loss']['integrated']}")
     verdict = "yes" if curves.is_counterexample else "no"
     console.print(f"square loss has a local minimum away from c = 0 while KL has none: {verdict}")
     if plot is not None:

@@ -120,18 +120,14 @@ def _build(node: ast.AST, text: str) -> sp.Expr:
     if isinstance(node, ast.Call):
         if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
             name = node.func.id if isinstance(node.func, ast.Name) else ast.unparse(node.func)
-            raise FormulaError(
-                f"unknown function '{name}' at {_where(node)}; allowed: {', '.join(sorted(FUNCTIONS))}"
-            )
+            raise FormulaError(f"unknown function '{name}' at {_where(node)}; allowed: {', '.join(sorted(FUNCTIONS))}")
         if node.keywords:
             raise FormulaError(f"keyword arguments are not allowed, at {_where(node)}")
         arity, builder = FUNCTIONS[node.func.id]
         args = [_build(arg, text) for arg in node.args]
         if (arity is not None and len(args) != arity) or (arity is None and len(args) < 2):
             wanted = arity if arity is not None else "two or more"
-            raise FormulaError(
-                f"{node.func.id}() takes {wanted} argument(s), got {len(args)}, at {_where(node)}"
-            )
+            raise FormulaError(f"{node.func.id}() takes {wanted} argument(s), got {len(args)}, at {_where(node)}")
         return builder(*args)
     raise FormulaError(f"'{ast.unparse(node)}' at {_where(node)} is not allowed in a loss formula")
 

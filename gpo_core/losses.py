@@ -22,7 +22,7 @@ import sympy as sp
 import torch
 import torch.nn.functional as F
 
-from gpo_core.formula import X, FormulaError, compile_to_torch, kinks, parse_formula
+from gpo_core.formula import FormulaError, X, compile_to_torch, kinks, parse_formula
 
 TorchFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -117,9 +117,7 @@ def loss_from_formula(text: str) -> LossFunction:
     except FormulaError as err:
         raise LossSpecError(str(err)) from None
     if 0.0 in kinks(expr):
-        raise LossSpecError(
-            f"formula {text!r} has a kink at x = 0; the GPO analysis needs f twice differentiable at 0"
-        )
+        raise LossSpecError(f"formula {text!r} has a kink at x = 0; the GPO analysis needs f twice differentiable at 0")
     f0, f1, f2 = derivatives_at_zero(expr)
     if not all(math.isfinite(v) for v in (f0, f1, f2)):
         raise LossSpecError(

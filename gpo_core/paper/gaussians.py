@@ -101,4 +101,3 @@ def gaussian_curves(seed: int = 0, samples: int = 2000, points: int = 201) -> Ga
         **{name: [float(v) for v in values] for name, values in curves.items()},
         local_minima={name: local_minima(c, values) for name, values in curves.items()},
     )
-

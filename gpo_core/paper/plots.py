@@ -7,13 +7,13 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
 
-from gpo_core.analysis import taylor_ratio  # noqa: E402
-from gpo_core.losses import LossFunction, derivatives_at_zero, resolve_loss  # noqa: E402
-from gpo_core.paper.bandit import BanditRun  # noqa: E402
-from gpo_core.paper.gaussians import GaussianCurves  # noqa: E402
+from gpo_core.analysis import taylor_ratio
+from gpo_core.losses import LossFunction, derivatives_at_zero, resolve_loss
+from gpo_core.paper.bandit import BanditRun
+from gpo_core.paper.gaussians import GaussianCurves
 
 
 def _save(fig, path: str | Path) -> Path:

@@ -87,7 +87,7 @@ def test_beta_calibration() -> None:
     assert beta_from_ipo_equivalent(0.1, "square") == pytest.approx(0.1)
     assert beta_from_ipo_equivalent(0.1, "savage") == pytest.approx(0.2)
     assert taylor_ratio("exponential") == pytest.approx(1.0)
-    with pytest.raises(LossSpecError, match="f''\\(0\\) = 0.*no IPO-equivalent beta"):
+    with pytest.raises(LossSpecError, match=r"f''\(0\) = 0.*no IPO-equivalent beta"):
         beta_from_ipo_equivalent(0.1, "hinge")
     with pytest.raises(LossSpecError, match="finite number > 0"):
         beta_from_ipo_equivalent(-1.0, "logistic")

@@ -130,5 +130,5 @@ def test_aliases(alias: str, name: str) -> None:
 
 
 def test_unknown_name_lists_the_choices() -> None:
-    with pytest.raises(LossSpecError, match="unknown loss 'kto'.*logistic, hinge"):
+    with pytest.raises(LossSpecError, match=r"unknown loss 'kto'.*logistic, hinge"):
         resolve_loss("kto")
