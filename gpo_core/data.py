@@ -1,0 +1,131 @@
+"""Preference data in the common format ``{"prompt", "chosen", "rejected"}`` (extra fields kept).
+
+Read from JSONL, Parquet or a saved Hugging Face ``datasets`` folder. Every record is validated
+and a bad one is reported with the file, the line (JSONL) or row (Parquet, datasets) and the
+field, so a training run fails before it starts instead of hours in. With ``skip_invalid`` bad
+records are skipped and counted instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PAIR_FIELDS = ("prompt", "chosen", "rejected")
+PROMPT_FIELDS = ("prompt",)
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be used; the message names the file, line or row, and field."""
+
+
+@dataclass
+class LoadReport:
+    records: list[dict]
+    skipped: list[str] = field(default_factory=list)  # one reason per skipped record
+
+
+def _raw_records(path: Path) -> Iterator[tuple[str, dict | str]]:
+    """(location, record or parse-error message) for each record of the file or folder."""
+    if path.is_dir():
+        yield from _dataset_folder_records(path)
+    elif path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except Exception as err:  # pyarrow raises several types for a damaged file
+            raise DatasetError(f"{path}: not a readable Parquet file ({err})") from None
+        for i, row in enumerate(table.to_pylist()):
+            yield f"{path}: row {i}", row
+    elif path.suffix in (".jsonl", ".json"):
+        with path.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    yield f"{path}:{number}", json.loads(line)
+                except json.JSONDecodeError as err:
+                    yield f"{path}:{number}", f"not valid JSON ({err.msg} at column {err.colno})"
+    else:
+        raise DatasetError(f"{path}: unknown dataset format; use .jsonl, .parquet or a saved datasets folder")
+
+
+def _dataset_folder_records(path: Path) -> Iterator[tuple[str, dict]]:
+    if not (path / "dataset_info.json").exists() and not (path / "dataset_dict.json").exists():
+        raise DatasetError(f"{path}: a folder, but not one written by datasets' save_to_disk")
+    import datasets
+
+    loaded = datasets.load_from_disk(str(path))
+    if isinstance(loaded, datasets.DatasetDict):
+        if "train" not in loaded:
+            raise DatasetError(f"{path}: a DatasetDict without a 'train' split (has {', '.join(loaded)})")
+        loaded = loaded["train"]
+    for i, row in enumerate(loaded):
+        yield f"{path}: row {i}", row
+
+
+def _problem(record: dict | str, fields: tuple[str, ...]) -> str | None:
+    if isinstance(record, str):
+        return record
+    if not isinstance(record, dict):
+        return f"a record must be a JSON object, found {type(record).__name__}"
+    for name in fields:
+        if name not in record or record[name] is None:
+            return f"field '{name}' is missing"
+        if not isinstance(record[name], str):
+            return f"field '{name}' must be a string, found {type(record[name]).__name__}"
+        if not record[name].strip():
+            return f"field '{name}' is empty"
+    return None
+
+
+def load_records(path: str | Path, fields: tuple[str, ...] = PAIR_FIELDS, skip_invalid: bool = False) -> LoadReport:
+    """Validated records (the named fields must be non-empty strings; others pass through)."""
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"{path}: no such file or folder")
+    report = LoadReport(records=[])
+    for where, record in _raw_records(path):
+        problem = _problem(record, fields)
+        if problem is None:
+            report.records.append(record)
+        elif skip_invalid:
+            report.skipped.append(f"{where}: {problem}")
+        else:
+            raise DatasetError(f"{where}: {problem}")
+    if not report.records:
+        raise DatasetError(
+            f"{path}: no valid records" + (f" ({len(report.skipped)} skipped)" if report.skipped else "")
+        )
+    return report
+
+
+def load_preferences(path: str | Path, skip_invalid: bool = False) -> list[dict]:
+    """Preference pairs; raises :class:`DatasetError` on the first bad record."""
+    return load_records(path, PAIR_FIELDS, skip_invalid).records
+
+
+def load_prompts(path: str | Path) -> list[dict]:
+    """Evaluation prompts: records with a non-empty ``prompt`` (and usually an ``id``)."""
+    return load_records(path, PROMPT_FIELDS).records
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict]) -> Path:
+    """Write atomically (temporary file, then rename): a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            for record in records:
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,264 @@
+"""Build the built-in task end to end, cached by content.
+
+Every artifact is a function of the settings (seed, size, architecture and all knobs): the cache
+key is a hash of them plus a format version. A build writes into a temporary folder and renames
+it into place when complete, so a crash never leaves a half-built task, and a second build with
+the same settings returns the cached one in milliseconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedTokenizerFast
+
+from gpo_core.data import load_records, write_jsonl
+from gpo_core.task.corpus import CorpusSettings, Document, make_documents, make_vocabulary
+from gpo_core.task.model import (
+    ModelSettings,
+    SFTSettings,
+    make_model,
+    parameter_count,
+    sample_summaries,
+    supervised_finetune,
+)
+from gpo_core.task.reward import bradley_terry_probability, gold_reward
+from gpo_core.task.tokenizer import build_tokenizer
+
+FORMAT_VERSION = 1
+SIZES = ("small", "default")
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    seed: int = 0
+    size: str = "default"
+    corpus: CorpusSettings = field(default_factory=CorpusSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    sft: SFTSettings = field(default_factory=SFTSettings)
+    sft_documents: int = 4000
+    pair_documents: int = 2400  # one pair per document, split into train and eval pairs
+    eval_pair_fraction: float = 1 / 6
+    eval_prompts: int = 256
+    behaviour_temperature: float = 1.0  # mu: the SFT policy sampled at this temperature
+    label_temperature: float = 0.5  # Bradley-Terry: P(a > b) = sigmoid((r_a - r_b) / T)
+
+    def key(self) -> str:
+        text = json.dumps({"format": FORMAT_VERSION, **asdict(self)}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def task_settings(size: str = "default", seed: int = 0, architecture: str = "llama", **overrides) -> TaskSettings:
+    """The settings of a named size; any field can be overridden."""
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {', '.join(SIZES)}, got {size!r}")
+    settings = TaskSettings(seed=seed, size=size, model=ModelSettings(architecture=architecture))
+    if size == "small":
+        settings = replace(
+            settings,
+            corpus=CorpusSettings(topic_words=40, filler_words=80, min_words=20, max_words=40),
+            model=ModelSettings(architecture=architecture, hidden=64, layers=2, heads=2, intermediate=176),
+            sft=SFTSettings(steps=120, batch_size=32, lr=5e-3, warmup=10),
+            sft_documents=600,
+            pair_documents=240,
+            eval_prompts=48,
+        )
+    return replace(settings, sft=replace(settings.sft, seed=seed), **overrides)
+
+
+@dataclass
+class TaskArtifacts:
+    """Paths and quality figures of a built task (the manifest)."""
+
+    root: str
+    model_dir: str
+    tokenizer_dir: str
+    train_pairs: str
+    eval_pairs: str
+    eval_prompts: str
+    documents: str
+    ref_mean_reward: float
+    random_mean_reward: float
+    gold_mean_reward: float
+    ref_greedy_mean_reward: float
+    parameters: int
+    build_seconds: float
+    pairs_dropped: dict[str, int]  # sampled pairs not kept, by reason (identical, empty)
+    settings: dict = field(default_factory=dict)
+    cached: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("GPO_CACHE_DIR", Path.home() / ".cache" / "gpo")) / "tasks"
+
+
+def build_task(
+    out: str | Path | None = None, settings: TaskSettings | None = None, progress: Progress | None = None
+) -> TaskArtifacts:
+    """Build (or return the cached) task under ``out/<settings key>/``."""
+    settings = settings or task_settings()
+    say = progress or (lambda message: None)
+    root = Path(out) if out is not None else default_cache_dir()
+    final = root / f"{settings.size}-{settings.key()}"
+    manifest = final / "manifest.json"
+    if manifest.exists():
+        artifacts = TaskArtifacts(**json.loads(manifest.read_text()))
+        artifacts.cached = True
+        return artifacts
+    root.mkdir(parents=True, exist_ok=True)
+    work = root / f".{final.name}.building-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        artifacts = _build(work, final, settings, say)
+        (work / "manifest.json").write_text(json.dumps(artifacts.to_dict(), indent=2))
+        try:
+            work.rename(final)
+        except OSError:  # another process finished the same build first: use theirs
+            shutil.rmtree(work, ignore_errors=True)
+            return TaskArtifacts(**{**json.loads(manifest.read_text()), "cached": True})
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return artifacts
+
+
+def _build(work: Path, final: Path, settings: TaskSettings, say: Progress) -> TaskArtifacts:
+    started = time.perf_counter()
+    torch.manual_seed(settings.seed)
+    vocabulary = make_vocabulary(settings.seed, settings.corpus)
+    tokenizer = build_tokenizer(vocabulary)
+    tokenizer.save_pretrained(work / "tokenizer")
+
+    documents = {
+        split: make_documents(settings.seed, count, split, vocabulary, settings.corpus)
+        for split, count in (
+            ("sft", settings.sft_documents),
+            ("pairs", settings.pair_documents),
+            ("eval", settings.eval_prompts),
+        )
+    }
+    write_jsonl(work / "documents.jsonl", (d.to_dict() for split in documents.values() for d in split))
+
+    model = make_model(settings.model, tokenizer, settings.seed)
+    say(f"supervised fine-tuning of pi_ref ({parameter_count(model) / 1e6:.2f}M parameters)")
+    every = max(1, settings.sft.steps // 10)
+    supervised_finetune(
+        model,
+        tokenizer,
+        documents["sft"],
+        vocabulary,
+        settings.sft,
+        progress=lambda step, loss: (
+            say(f"sft step {step}/{settings.sft.steps} loss {loss:.3f}") if step % every == 0 else None
+        ),
+    )
+    model.save_pretrained(work / "model")
+
+    say("sampling preference pairs from mu")
+    pair_docs = documents["pairs"]
+    prompts = [d.prompt for d in pair_docs]
+    first = sample_summaries(model, tokenizer, prompts, settings.behaviour_temperature, seed=settings.seed * 2 + 1)
+    second = sample_summaries(model, tokenizer, prompts, settings.behaviour_temperature, seed=settings.seed * 2 + 2)
+    labels = random.Random(f"labels-{settings.seed}")
+    pairs, dropped = [], {"identical": 0, "empty": 0}
+    for doc, a, b in zip(pair_docs, first, second, strict=True):
+        if a == b:  # identical responses carry no preference and give rho = 0 for ever
+            dropped["identical"] += 1
+            continue
+        if not a or not b:  # the common format has no empty responses
+            dropped["empty"] += 1
+            continue
+        ra, rb = gold_reward(doc, a), gold_reward(doc, b)
+        a_wins = labels.random() < bradley_terry_probability(ra, rb, settings.label_temperature)
+        chosen, rejected = (a, b) if a_wins else (b, a)
+        pairs.append(
+            {
+                "id": doc.id,
+                "prompt": doc.prompt,
+                "chosen": chosen,
+                "rejected": rejected,
+                "chosen_reward": ra if a_wins else rb,
+                "rejected_reward": rb if a_wins else ra,
+            }
+        )
+    n_eval = max(1, round(len(pairs) * settings.eval_pair_fraction))
+    write_jsonl(work / "train_pairs.jsonl", pairs[n_eval:])
+    write_jsonl(work / "eval_pairs.jsonl", pairs[:n_eval])
+
+    eval_docs = documents["eval"]
+    write_jsonl(work / "eval_prompts.jsonl", ({"id": d.id, "prompt": d.prompt} for d in eval_docs))
+    say("measuring quality on the evaluation prompts")
+    eval_prompts = [d.prompt for d in eval_docs]
+    sampled = sample_summaries(model, tokenizer, eval_prompts, 1.0, seed=settings.seed + 7)
+    greedy = sample_summaries(model, tokenizer, eval_prompts, 0.0)
+    rng = random.Random(f"random-policy-{settings.seed}")
+    random_summaries = [" ".join(rng.choices(vocabulary.words, k=rng.randint(1, 6))) for _ in eval_docs]
+
+    def mean_reward(summaries: list[str]) -> float:
+        return round(statistics.fmean(gold_reward(d, s) for d, s in zip(eval_docs, summaries, strict=True)), 4)
+
+    return TaskArtifacts(
+        root=str(final),
+        model_dir=str(final / "model"),
+        tokenizer_dir=str(final / "tokenizer"),
+        train_pairs=str(final / "train_pairs.jsonl"),
+        eval_pairs=str(final / "eval_pairs.jsonl"),
+        eval_prompts=str(final / "eval_prompts.jsonl"),
+        documents=str(final / "documents.jsonl"),
+        ref_mean_reward=mean_reward(sampled),
+        random_mean_reward=mean_reward(random_summaries),
+        gold_mean_reward=mean_reward([d.reference_summary for d in eval_docs]),
+        ref_greedy_mean_reward=mean_reward(greedy),
+        parameters=parameter_count(model),
+        build_seconds=round(time.perf_counter() - started, 1),
+        pairs_dropped=dropped,
+        settings=asdict(settings),
+    )
+
+
+class BuiltTask:
+    """A built task opened for use: documents by id and by prompt, the gold reward, the policy."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        manifest = self.root / "manifest.json"
+        if not manifest.exists():
+            raise FileNotFoundError(f"{self.root}: not a built task (no manifest.json)")
+        self.artifacts = TaskArtifacts(**json.loads(manifest.read_text()))
+        self.documents: dict[str, Document] = {}
+        self._by_prompt: dict[str, Document] = {}
+        for record in load_records(self.root / "documents.jsonl", fields=("id",)).records:
+            doc = Document(record["id"], tuple(record["words"]), tuple(record["salient"]), tuple(record["distractors"]))
+            self.documents[doc.id] = doc
+            self._by_prompt[doc.prompt] = doc
+
+    def document_for(self, prompt: str) -> Document:
+        try:
+            return self._by_prompt[prompt]
+        except KeyError:
+            raise KeyError(f"prompt is not one of this task's documents: {prompt[:60]!r}...") from None
+
+    def reward(self, prompt: str, summary: str) -> float:
+        return gold_reward(self.document_for(prompt), summary)
+
+    def tokenizer(self) -> PreTrainedTokenizerFast:
+        return PreTrainedTokenizerFast.from_pretrained(self.artifacts.tokenizer_dir)
+
+    def reference_model(self):
+        architecture = self.artifacts.settings["model"]["architecture"]
+        loader = AutoModelForSeq2SeqLM if architecture == "t5" else AutoModelForCausalLM
+        return loader.from_pretrained(self.artifacts.model_dir)
