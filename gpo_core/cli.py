@@ -267,6 +267,107 @@ def data_check(path: Annotated[Path, typer.Argument(help="JSONL, Parquet or a sa
     console.print(f"{path}: {len(records)} valid preference pairs", highlight=False)
 
 
+@app.command("train")
+def train_command(
+    spec_file: Annotated[Path, typer.Argument(help="Training spec (YAML or JSON).")],
+    workers: Annotated[int | None, typer.Option(help="Override the spec's Ray Train workers (0: in-process).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Override the spec's steps.")] = None,
+) -> None:
+    """Run one GPO training from a spec, with a progress bar; Ctrl-C stops at the next step and
+    keeps a checkpoint, and running it again resumes. Metrics go to OUTPUT_DIR/metrics.jsonl."""
+    import signal
+    import threading
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from gpo_core.data import DatasetError
+    from gpo_core.train.loop import RunContext, TrainingError, train
+    from gpo_core.train.metrics import FanOut, JsonlSink
+    from gpo_core.train.ray_runner import STOP_FILE, train_on_ray
+    from gpo_core.train.spec import SpecError, load_spec
+
+    overrides = {k: v for k, v in {"workers": workers, "steps": steps}.items() if v is not None}
+    if "steps" in overrides:
+        overrides["epochs"] = None
+    try:
+        spec = load_spec(spec_file, **overrides)
+    except SpecError as err:
+        raise _fail(str(err)) from None
+    output_dir = Path(spec.output_dir)
+    metrics_path = output_dir / "metrics.jsonl"
+    stop_file = output_dir / STOP_FILE
+    stop_file.unlink(missing_ok=True)
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeRemainingColumn(),
+    )
+
+    class ProgressSink:
+        def __init__(self, progress, task_id):
+            self.progress, self.task_id = progress, task_id
+
+        def emit(self, record: dict) -> None:
+            if record["kind"] == "step":
+                info = f"loss {record['loss']:.4f} acc {record['accuracy']:.2f} {record['pairs_per_s']:.1f} pairs/s"
+                self.progress.update(self.task_id, completed=record["step"], total=record["steps"], info=info)
+            elif record["kind"] == "trace":
+                parts = [f"{k} {record[k]:.4g}" for k in ("square_loss", "kl") if k in record]
+                self.progress.console.print(f"trace at step {record['step']}: " + ", ".join(parts))
+
+        def close(self) -> None:
+            pass
+
+    def ask_to_stop(signum, frame):
+        stop_file.parent.mkdir(parents=True, exist_ok=True)
+        stop_file.touch()
+        errors.print("stopping at the next step (a checkpoint is kept; run again to resume)")
+
+    signal.signal(signal.SIGINT, ask_to_stop)
+    try:
+        with Progress(*columns, console=console) as progress:
+            task_id = progress.add_task(f"{spec.loss} beta={spec.effective_beta:g}", total=spec.steps, info="")
+            if spec.workers == 0:
+                sink = FanOut(JsonlSink(metrics_path), ProgressSink(progress, task_id))
+                result = train(spec, sink, RunContext(should_stop=stop_file.exists))
+            else:
+                done = threading.Event()
+                watcher = threading.Thread(
+                    target=_follow_metrics, args=(metrics_path, ProgressSink(progress, task_id), done)
+                )
+                watcher.start()
+                try:
+                    result = train_on_ray(spec, metrics_path)
+                finally:
+                    done.set()
+                    watcher.join()
+    except (DatasetError, TrainingError) as err:
+        raise _fail(str(err)) from None
+    state = "stopped" if result.stopped else "finished"
+    console.print(f"{state} after {result.steps} steps; final model: {result.final_model_dir}; metrics: {metrics_path}")
+
+
+def _follow_metrics(path: Path, sink, done) -> None:
+    """Feed lines appended to a JSONL metrics file to ``sink`` until ``done`` is set."""
+    import time
+
+    offset = 0
+    while True:
+        finished = done.is_set()
+        if path.exists():
+            with path.open(encoding="utf-8") as handle:
+                handle.seek(offset)
+                for line in handle:
+                    if line.endswith("\n"):
+                        sink.emit(json.loads(line))
+                        offset += len(line.encode())
+        if finished:
+            return
+        time.sleep(0.5)
+
+
 def main() -> None:
     app()
 

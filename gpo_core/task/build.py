@@ -35,7 +35,7 @@ from gpo_core.task.model import (
 from gpo_core.task.reward import bradley_terry_probability, gold_reward
 from gpo_core.task.tokenizer import build_tokenizer
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SIZES = ("small", "default")
 Progress = Callable[[str], None]
 
@@ -120,6 +120,7 @@ def build_task(
         artifacts.cached = True
         return artifacts
     root.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_builds(root, final.name)
     work = root / f".{final.name}.building-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     try:
@@ -134,6 +135,18 @@ def build_task(
         shutil.rmtree(work, ignore_errors=True)
         raise
     return artifacts
+
+
+def _remove_abandoned_builds(root: Path, name: str) -> None:
+    """Folders of builds whose process was killed (no cleanup ran) are removed."""
+    for folder in root.glob(f".{name}.building-*"):
+        pid = int(folder.name.rsplit("-", 1)[1])
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:  # alive, someone else's
+            pass
 
 
 def _build(work: Path, final: Path, settings: TaskSettings, say: Progress) -> TaskArtifacts:
@@ -167,6 +180,7 @@ def _build(work: Path, final: Path, settings: TaskSettings, say: Progress) -> Ta
         ),
     )
     model.save_pretrained(work / "model")
+    tokenizer.save_pretrained(work / "model")  # a self-contained folder, as vLLM and trainers expect
 
     say("sampling preference pairs from mu")
     pair_docs = documents["pairs"]

@@ -14,13 +14,12 @@ from gpo_core.data import load_preferences, load_prompts
 from gpo_core.task.build import BuiltTask, build_task, task_settings
 from gpo_core.task.model import SFTSettings
 
-SMALL = task_settings("small", seed=3)
+SMALL = task_settings("small", seed=3)  # the settings of the shared small_task fixture
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory) -> BuiltTask:
-    artifacts = build_task(tmp_path_factory.mktemp("tasks"), SMALL)
-    return BuiltTask(artifacts.root)
+@pytest.fixture
+def built(small_task: BuiltTask) -> BuiltTask:
+    return small_task
 
 
 def digest(path: str | Path) -> str:

@@ -1,0 +1,71 @@
+"""Where training metrics go: a sink interface with stdout and JSONL implementations (the
+services add Redis). Every record is a flat JSON object with at least ``kind`` and ``step``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Protocol, TextIO
+
+
+class MetricsSink(Protocol):
+    def emit(self, record: dict) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class JsonlSink:
+    """Appends one JSON line per record and flushes, so a crash loses at most the current line."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = self.path.open("a", encoding="utf-8")
+
+    def emit(self, record: dict) -> None:
+        self._handle.write(json.dumps(record) + "\n")
+        self._handle.flush()
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+class StdoutSink:
+    """One compact line per record, for logs."""
+
+    def __init__(self, stream: TextIO | None = None):
+        self.stream = stream or sys.stdout
+
+    def emit(self, record: dict) -> None:
+        parts = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()]
+        print(" ".join(parts), file=self.stream, flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+class ListSink:
+    """Keeps records in memory (notebooks, the CLI's progress bar, tests)."""
+
+    def __init__(self):
+        self.records: list[dict] = []
+
+    def emit(self, record: dict) -> None:
+        self.records.append(record)
+
+    def close(self) -> None:
+        pass
+
+
+class FanOut:
+    def __init__(self, *sinks: MetricsSink):
+        self.sinks = sinks
+
+    def emit(self, record: dict) -> None:
+        for sink in self.sinks:
+            sink.emit(record)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()

@@ -1,0 +1,82 @@
+"""Reference log-probs, computed once per (reference weights, tokenized dataset, precision) and
+shared through a content-addressed cache on disk: a sweep of k runs makes one reference pass."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from gpo_core.train.data import TokenizedPairs
+from gpo_core.train.pairs import pair_logprobs
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json")
+
+
+def model_digest(folder: str | Path) -> str:
+    """Hash of a model folder's weights and configuration files (names and bytes)."""
+    folder = Path(folder)
+    h = hashlib.sha256()
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"{folder}: no model files (*.safetensors, *.bin, config.json)")
+    for path in files:
+        h.update(path.name.encode())
+        with path.open("rb") as handle:
+            h.update(hashlib.file_digest(handle, "sha256").digest())
+    return h.hexdigest()
+
+
+def cache_key(reference_folder: str | Path, pairs: TokenizedPairs, precision: str) -> str:
+    text = f"{model_digest(reference_folder)}-{pairs.digest()}-{precision}"
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+@torch.no_grad()
+def compute_reference_logprobs(
+    model: torch.nn.Module,
+    pairs: TokenizedPairs,
+    pad_id: int,
+    encoder_decoder: bool,
+    batch_size: int,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log pi_ref of every chosen and rejected response, batched by length (float32 results)."""
+    model.eval()
+    chosen = torch.empty(len(pairs), dtype=torch.float32)
+    rejected = torch.empty(len(pairs), dtype=torch.float32)
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs.prompts[i]) + len(pairs.chosen[i]))
+    for start in range(0, len(order), batch_size):
+        indices = order[start : start + batch_size]
+        batch = pairs.batch(indices, pad_id, encoder_decoder).to(device)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            c, r = pair_logprobs(model, batch)
+        chosen[indices] = c.float().cpu()
+        rejected[indices] = r.float().cpu()
+    return chosen, rejected
+
+
+def load_or_compute(
+    cache_dir: str | Path,
+    key: str,
+    compute,
+) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """``(chosen, rejected, hit)``: the cached tensors for ``key``, or ``compute()`` stored atomically."""
+    path = Path(cache_dir) / "reference-logprobs" / f"{key}.pt"
+    if path.exists():
+        stored = torch.load(path, weights_only=True)
+        return stored["chosen"], stored["rejected"], True
+    chosen, rejected = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(descriptor)
+    try:
+        torch.save({"chosen": chosen, "rejected": rejected}, temporary)
+        os.replace(temporary, path)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+    return chosen, rejected, False

@@ -1,0 +1,48 @@
+"""Samples of pi_theta on evaluation prompts, scored under pi_theta and pi_ref: the data of the
+on-policy KL(pi_theta || pi_ref) estimate (the paper's Fig. 5)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from gpo_core.logprobs import collate_causal, collate_seq2seq, sequence_logprobs
+from gpo_core.train.pairs import pad_rows
+
+
+@torch.no_grad()
+def sample_and_score(
+    policy, reference, tokenizer, prompts: Sequence[str], spec, device: torch.device, batch_size: int = 64
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw one response per prompt from the policy at temperature 1 (no top-k/top-p, so the
+    samples follow pi_theta exactly) and return (log pi_theta, log pi_ref) of each. Responses
+    cut by ``trace_max_new_tokens`` are scored as the prefixes they are."""
+    encoder_decoder = bool(getattr(policy.config, "is_encoder_decoder", False))
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    policy_lp, reference_lp = [], []
+    for start in range(0, len(prompts), batch_size):
+        chunk = list(prompts[start : start + batch_size])
+        prompt_ids = [ids[-spec.max_prompt_length :] for ids in tokenizer(chunk)["input_ids"]]
+        input_ids, attention_mask = pad_rows(prompt_ids, pad, "left")
+        length = input_ids.shape[1]
+        generated = policy.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=attention_mask.to(device),
+            do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+            max_new_tokens=spec.trace_max_new_tokens, pad_token_id=pad, eos_token_id=eos, use_cache=True,
+        )  # fmt: skip
+        new = generated[:, 1:] if encoder_decoder else generated[:, length:]
+        responses = []
+        for row in new.tolist():
+            response = row[: row.index(eos) + 1] if eos in row else [t for t in row if t != pad]
+            responses.append(response or [eos])
+        collated = (
+            collate_seq2seq(prompt_ids, responses, pad)
+            if encoder_decoder
+            else collate_causal(prompt_ids, responses, pad)
+        )
+        collated = type(collated)(*(t.to(device) for t in vars(collated).values()))
+        for model, out in ((policy, policy_lp), (reference, reference_lp)):
+            out.append(sequence_logprobs(model, collated).float().cpu())
+    return torch.cat(policy_lp), torch.cat(reference_lp)

@@ -1,0 +1,134 @@
+"""The training spec: everything one GPO run needs, validated before any work starts."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gpo_core.analysis import beta_from_ipo_equivalent
+from gpo_core.losses import LossSpecError, resolve_loss
+
+
+class TrainingSpec(BaseModel):
+    """One GPO fine-tuning run. Paths are model folders (transformers) and datasets in the common
+    format (JSONL, Parquet or a saved ``datasets`` folder)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    policy: str = Field(description="Model folder to fine-tune (transformers, causal or encoder-decoder).")
+    reference: str | None = Field(None, description="Reference model folder; default: the policy's starting weights.")
+    tokenizer: str | None = Field(None, description="Tokenizer folder; default: the policy folder.")
+    dataset: str = Field(description="Training pairs {prompt, chosen, rejected}.")
+    eval_pairs: str | None = Field(None, description="Held-out pairs for the mu-weighted square loss trace.")
+    eval_prompts: str | None = Field(None, description="Prompts whose samples estimate KL(pi_theta || pi_ref).")
+    output_dir: str = Field(description="Run folder: checkpoints, metrics.jsonl, final model.")
+
+    loss: str = Field("logistic", description="Registry name (logistic, hinge, square, ...) or a formula in x.")
+    beta: float | None = Field(None, description="beta in the loss's own units.")
+    beta_ipo: float | None = Field(None, description="beta in IPO-equivalent units, converted per loss.")
+
+    optimizer: Literal["adamw", "adafactor"] = "adamw"
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    batch_size: int = Field(8, ge=1, le=4096)
+    grad_accumulation: int = Field(1, ge=1, le=1024)
+    steps: int | None = Field(None, ge=1, le=10_000_000)
+    epochs: float | None = Field(None, gt=0, le=10_000)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+
+    max_prompt_length: int = Field(512, ge=1, le=131_072)
+    max_response_length: int = Field(256, ge=1, le=131_072)
+    truncation_side: Literal["left", "right"] = Field("left", description="Which end of a long prompt is cut.")
+    seed: int = 0
+    precision: Literal["fp32", "bf16"] = "fp32"
+
+    workers: int = Field(0, ge=0, le=1024, description="Ray Train workers; 0 runs in this process without Ray.")
+    use_gpu: bool = False
+
+    checkpoint_every: int = Field(0, ge=0, description="Steps between checkpoints; 0: only the final model.")
+    trace_every: int = Field(0, ge=0, description="Steps between regularization traces; 0: none.")
+    trace_prompts: int = Field(64, ge=1, le=100_000, description="Evaluation prompts sampled for the KL trace.")
+    trace_max_new_tokens: int = Field(32, ge=1, le=4096)
+    log_every: int = Field(1, ge=1)
+    cache_dir: str | None = Field(None, description="Reference log-prob cache; default $GPO_CACHE_DIR or ~/.cache/gpo.")
+
+    @field_validator("loss")
+    @classmethod
+    def _loss_is_usable(cls, value: str) -> str:
+        try:
+            resolve_loss(value)
+        except LossSpecError as err:
+            raise ValueError(str(err)) from None
+        return value
+
+    @field_validator("beta", "beta_ipo")
+    @classmethod
+    def _beta_is_positive(cls, value: float | None) -> float | None:
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"must be a finite number > 0, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainingSpec:
+        if (self.beta is None) == (self.beta_ipo is None):
+            raise ValueError("give exactly one of beta (the loss's units) and beta_ipo (IPO-equivalent units)")
+        if self.beta_ipo is not None:
+            try:
+                beta_from_ipo_equivalent(self.beta_ipo, self.loss)
+            except LossSpecError as err:
+                raise ValueError(str(err)) from None
+        if (self.steps is None) == (self.epochs is None):
+            raise ValueError("give exactly one of steps and epochs")
+        if self.trace_every and not (self.eval_pairs or self.eval_prompts):
+            raise ValueError("trace_every needs eval_pairs and/or eval_prompts to trace on")
+        return self
+
+    @property
+    def effective_beta(self) -> float:
+        """beta in the loss's own units (converted from beta_ipo when that was given)."""
+        if self.beta is not None:
+            return self.beta
+        return beta_from_ipo_equivalent(self.beta_ipo, self.loss)
+
+    @property
+    def reference_path(self) -> str:
+        return self.reference or self.policy
+
+    @property
+    def tokenizer_path(self) -> str:
+        return self.tokenizer or self.policy
+
+
+class SpecError(ValueError):
+    """A spec file that cannot be used; the message names the file and each bad field."""
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid training spec"]
+    for problem in err.errors():
+        where = ".".join(str(part) for part in problem["loc"]) or "(spec)"
+        lines.append(f"  {where}: {problem['msg'].removeprefix('Value error, ')}")
+    return "\n".join(lines)
+
+
+def load_spec(path: str | Path, **overrides) -> TrainingSpec:
+    """Read a YAML or JSON spec file (JSON is YAML); ``overrides`` replace fields."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise SpecError(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: a spec is a mapping of fields, found {type(data).__name__}")
+    try:
+        return TrainingSpec(**{**data, **overrides})
+    except ValidationError as err:
+        raise SpecError(format_validation_error(err, str(path))) from None

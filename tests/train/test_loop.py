@@ -1,0 +1,164 @@
+"""The training loop on real tiny models of the built-in task: metrics, checkpoints, traces,
+the shared reference cache, resume, and failures that name their cause."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from gpo_core.data import DatasetError, load_preferences, write_jsonl
+from gpo_core.logprobs import collate_causal, sequence_logprobs
+from gpo_core.train.loop import NonFiniteLossError, RunContext, train
+from gpo_core.train.metrics import JsonlSink, ListSink
+from gpo_core.train.spec import TrainingSpec
+
+STEP_KEYS = {
+    "loss", "rho_mean", "rho_std", "accuracy", "reward_chosen", "reward_rejected", "margin",
+    "grad_norm", "lr", "pairs_per_s", "tokens_per_s", "padded_fraction",
+}  # fmt: skip
+
+
+def make_spec(task, tmp_path: Path, cache_dir: Path, **overrides) -> TrainingSpec:
+    fields = {
+        "policy": task.artifacts.model_dir,
+        "dataset": task.artifacts.train_pairs,
+        "output_dir": str(tmp_path / "run"),
+        "loss": "logistic",
+        "beta": 0.1,
+        "lr": 1e-3,
+        "batch_size": 8,
+        "steps": 4,
+        "cache_dir": str(cache_dir),
+        **overrides,
+    }
+    return TrainingSpec(**fields)
+
+
+def test_run_writes_metrics_traces_and_loadable_checkpoints(small_task, tmp_path, cache_dir) -> None:
+    spec = make_spec(
+        small_task, tmp_path, cache_dir, steps=6, checkpoint_every=2, trace_every=3,
+        eval_pairs=small_task.artifacts.eval_pairs, eval_prompts=small_task.artifacts.eval_prompts, trace_prompts=12,
+    )  # fmt: skip
+    metrics_file = tmp_path / "metrics.jsonl"
+    result = train(spec, JsonlSink(metrics_file))
+    assert result.steps == 6 and not result.stopped
+    records = [json.loads(line) for line in metrics_file.read_text().splitlines()]
+    steps = [r for r in records if r["kind"] == "step"]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4, 5, 6]
+    assert all(r.keys() >= STEP_KEYS for r in steps)
+    traces = [r for r in records if r["kind"] == "trace"]
+    assert [t["step"] for t in traces] == [0, 3, 6]
+    assert traces[0]["kl"] == pytest.approx(0.0, abs=1e-5)  # pi_theta = pi_ref at the start
+    assert traces[0]["square_loss"] == pytest.approx(0.0, abs=1e-5)
+    assert traces[-1]["square_loss"] > 0 and traces[-1]["kl_samples"] == 12
+    assert 0.0 <= result.padded_fraction < 0.5
+    model = AutoModelForCausalLM.from_pretrained(result.final_model_dir)
+    assert model.config.vocab_size > 0
+    checkpoints = sorted((tmp_path / "run" / "checkpoints").iterdir())
+    assert [c.name for c in checkpoints] == ["step-0000002", "step-0000004"]
+    AutoModelForCausalLM.from_pretrained(checkpoints[-1])
+
+
+def test_reference_pass_is_shared_by_a_sweep(small_task, tmp_path, cache_dir) -> None:
+    outcomes = []
+    for i, (loss, beta) in enumerate([("logistic", 0.1), ("square", 0.5), ("savage", 1.0)]):
+        spec = make_spec(small_task, tmp_path / str(i), cache_dir, loss=loss, beta=beta, steps=1)
+        outcomes.append(train(spec, ListSink()).reference_cache)
+    assert outcomes == ["miss", "hit", "hit"]
+    assert len(list((cache_dir / "reference-logprobs").glob("*.pt"))) == 1
+    # other tokenization settings are another reference pass
+    spec = make_spec(small_task, tmp_path / "other", cache_dir, steps=1, max_prompt_length=16)
+    assert train(spec, ListSink()).reference_cache == "miss"
+
+
+def test_cached_reference_logprobs_match_an_independent_computation(small_task, tmp_path, cache_dir) -> None:
+    train(make_spec(small_task, tmp_path, cache_dir, steps=1), ListSink())
+    (stored,) = (cache_dir / "reference-logprobs").glob("*.pt")
+    cached = torch.load(stored)
+    tokenizer = small_task.tokenizer()
+    model = small_task.reference_model().eval()
+    records = load_preferences(small_task.artifacts.train_pairs)
+    for i in (0, 7, len(records) - 1):
+        prompt = tokenizer(records[i]["prompt"])["input_ids"]
+        chosen = tokenizer(records[i]["chosen"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        with torch.no_grad():
+            expected = sequence_logprobs(model, collate_causal([prompt], [chosen], tokenizer.pad_token_id))
+        assert float(cached["chosen"][i]) == pytest.approx(float(expected[0]), abs=1e-4)
+
+
+def test_stop_then_resume_ends_with_exactly_the_requested_steps(small_task, tmp_path, cache_dir) -> None:
+    straight = train(make_spec(small_task, tmp_path / "straight", cache_dir, steps=6), ListSink())
+
+    sink = ListSink()
+    stop_after_three = RunContext(should_stop=lambda: any(r.get("step") == 3 for r in sink.records))
+    spec = make_spec(small_task, tmp_path / "interrupted", cache_dir, steps=6)
+    first = train(spec, sink, stop_after_three)
+    assert first.stopped and first.steps == 3 and first.final_model_dir is None
+    assert (Path(spec.output_dir) / "checkpoints" / "step-0000003").exists()
+
+    resumed_sink = ListSink()
+    second = train(spec, resumed_sink)
+    assert resumed_sink.records[0] == {
+        "kind": "resumed",
+        "step": 3,
+        "checkpoint": str(Path(spec.output_dir) / "checkpoints" / "step-0000003"),
+    }
+    assert second.steps == 6 and [r["step"] for r in resumed_sink.records if r["kind"] == "step"] == [4, 5, 6]
+    a = AutoModelForCausalLM.from_pretrained(straight.final_model_dir).state_dict()
+    b = AutoModelForCausalLM.from_pretrained(second.final_model_dir).state_dict()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-5)
+
+
+def test_non_finite_loss_fails_with_the_step(small_task, tmp_path, cache_dir) -> None:
+    trained = train(make_spec(small_task, tmp_path / "first", cache_dir, steps=3, lr=5e-3), ListSink())
+    spec = make_spec(
+        small_task, tmp_path / "second", cache_dir, policy=small_task.artifacts.model_dir,
+        reference=trained.final_model_dir, loss="exponential", beta=1e4,
+    )  # fmt: skip
+    with pytest.raises(NonFiniteLossError, match="non-finite loss at step 1"):
+        train(spec, ListSink())
+
+
+def test_bad_dataset_fails_before_any_training(small_task, tmp_path, cache_dir) -> None:
+    records = load_preferences(small_task.artifacts.train_pairs)[:5]
+    records[2] = {"prompt": records[2]["prompt"], "chosen": "", "rejected": "x"}
+    path = write_jsonl(tmp_path / "bad.jsonl", records)
+    with pytest.raises(DatasetError, match=r"bad.jsonl:3: field 'chosen' is empty"):
+        train(make_spec(small_task, tmp_path, cache_dir, dataset=str(path)), ListSink())
+    assert not (tmp_path / "run").exists()
+
+
+def test_adafactor_bf16_and_epochs(small_task, tmp_path, cache_dir) -> None:
+    spec = make_spec(
+        small_task, tmp_path, cache_dir, optimizer="adafactor", precision="bf16", steps=None, epochs=0.1,
+        schedule="cosine", warmup_steps=1, grad_accumulation=2, batch_size=4,
+    )  # fmt: skip
+    result = train(spec, ListSink())
+    n_pairs = len(load_preferences(small_task.artifacts.train_pairs))
+    assert result.steps == math.ceil(0.1 * n_pairs / 8)  # 8 pairs per step: 4 per micro-batch, 2 accumulated
+    assert result.final_model_dir
+
+
+def test_encoder_decoder_trains(tmp_path, cache_dir) -> None:
+    from dataclasses import replace
+
+    from gpo_core.task.build import BuiltTask, build_task, task_settings
+    from gpo_core.task.model import SFTSettings
+
+    settings = replace(
+        task_settings("small", seed=0, architecture="t5"),
+        sft=SFTSettings(steps=10, batch_size=16), pair_documents=60, eval_prompts=8,
+    )  # fmt: skip
+    task = BuiltTask(build_task(tmp_path / "tasks", settings).root)
+    spec = make_spec(
+        task, tmp_path, cache_dir, steps=2, trace_every=2, eval_pairs=task.artifacts.eval_pairs,
+        eval_prompts=task.artifacts.eval_prompts, trace_prompts=4,
+    )  # fmt: skip
+    sink = ListSink()
+    result = train(spec, sink)
+    assert result.steps == 2
+    assert [r["step"] for r in sink.records if r["kind"] == "trace"] == [0, 2]
