@@ -116,9 +116,7 @@ def build_task(
     final = root / f"{settings.size}-{settings.key()}"
     manifest = final / "manifest.json"
     if manifest.exists():
-        artifacts = TaskArtifacts(**json.loads(manifest.read_text()))
-        artifacts.cached = True
-        return artifacts
+        return _read_manifest(final)
     root.mkdir(parents=True, exist_ok=True)
     _remove_abandoned_builds(root, final.name)
     work = root / f".{final.name}.building-{os.getpid()}"
@@ -130,11 +128,28 @@ def build_task(
             work.rename(final)
         except OSError:  # another process finished the same build first: use theirs
             shutil.rmtree(work, ignore_errors=True)
-            return TaskArtifacts(**{**json.loads(manifest.read_text()), "cached": True})
+            return _read_manifest(final)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
     return artifacts
+
+
+ARTIFACT_FILES = {
+    "model_dir": "model",
+    "tokenizer_dir": "tokenizer",
+    "train_pairs": "train_pairs.jsonl",
+    "eval_pairs": "eval_pairs.jsonl",
+    "eval_prompts": "eval_prompts.jsonl",
+    "documents": "documents.jsonl",
+}
+
+
+def _read_manifest(root: Path, cached: bool = True) -> TaskArtifacts:
+    """The manifest with paths resolved against where the folder is now (it may have moved)."""
+    data = json.loads((root / "manifest.json").read_text())
+    paths = {key: str(root / name) for key, name in ARTIFACT_FILES.items()}
+    return TaskArtifacts(**{**data, **paths, "root": str(root), "cached": cached})
 
 
 def _remove_abandoned_builds(root: Path, name: str) -> None:
@@ -227,12 +242,7 @@ def _build(work: Path, final: Path, settings: TaskSettings, say: Progress) -> Ta
 
     return TaskArtifacts(
         root=str(final),
-        model_dir=str(final / "model"),
-        tokenizer_dir=str(final / "tokenizer"),
-        train_pairs=str(final / "train_pairs.jsonl"),
-        eval_pairs=str(final / "eval_pairs.jsonl"),
-        eval_prompts=str(final / "eval_prompts.jsonl"),
-        documents=str(final / "documents.jsonl"),
+        **{key: str(final / name) for key, name in ARTIFACT_FILES.items()},
         ref_mean_reward=mean_reward(sampled),
         random_mean_reward=mean_reward(random_summaries),
         gold_mean_reward=mean_reward([d.reference_summary for d in eval_docs]),
@@ -252,7 +262,7 @@ class BuiltTask:
         manifest = self.root / "manifest.json"
         if not manifest.exists():
             raise FileNotFoundError(f"{self.root}: not a built task (no manifest.json)")
-        self.artifacts = TaskArtifacts(**json.loads(manifest.read_text()))
+        self.artifacts = _read_manifest(self.root)
         self.documents: dict[str, Document] = {}
         self._by_prompt: dict[str, Document] = {}
         for record in load_records(self.root / "documents.jsonl", fields=("id",)).records:

@@ -102,3 +102,14 @@ def test_cli_task_build_json(built: BuiltTask) -> None:
     for key in ("ref_mean_reward", "random_mean_reward", "gold_mean_reward"):
         assert isinstance(data[key], float)
     assert data["cached"] is True
+
+
+def test_a_moved_task_folder_still_resolves(built: BuiltTask, tmp_path: Path) -> None:
+    import shutil
+
+    moved = tmp_path / "elsewhere" / built.root.name
+    shutil.copytree(built.root, moved)
+    task = BuiltTask(moved)
+    assert task.artifacts.root == str(moved)
+    assert Path(task.artifacts.model_dir).parent == moved
+    assert build_task(moved.parent, SMALL).cached
