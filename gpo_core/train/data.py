@@ -69,13 +69,16 @@ def length_grouped_batches(
     pairs: TokenizedPairs, batch_size: int, seed: int, epoch: int, group: int = 32
 ) -> Iterator[list[int]]:
     """One epoch of batches: shuffle, sort within windows of ``group`` batches by length so that
-    rows of a batch have similar lengths (little padding), then shuffle the batch order."""
+    rows of a batch have similar lengths (little padding), then shuffle the batch order.
+
+    The sort is by prompt length first: the prompt is the larger block and is processed once, so
+    its padding costs most; response lengths break ties."""
     rng = random.Random(f"{seed}-{epoch}")
     order = list(range(len(pairs)))
     rng.shuffle(order)
 
-    def length(i: int) -> int:
-        return len(pairs.prompts[i]) + max(len(pairs.chosen[i]), len(pairs.rejected[i]))
+    def length(i: int) -> tuple[int, int]:
+        return len(pairs.prompts[i]), max(len(pairs.chosen[i]), len(pairs.rejected[i]))
 
     batches = []
     window = batch_size * group

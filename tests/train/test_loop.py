@@ -121,6 +121,16 @@ def test_non_finite_loss_fails_with_the_step(small_task, tmp_path, cache_dir) ->
     )  # fmt: skip
     with pytest.raises(NonFiniteLossError, match="non-finite loss at step 1"):
         train(spec, ListSink())
+    # a later blow-up keeps the last good checkpoint: stop after 2 clean steps, then diverge
+    clean = make_spec(small_task, tmp_path / "third", cache_dir, steps=4, checkpoint_every=2)
+    sink = ListSink()
+    train(clean, sink, RunContext(should_stop=lambda: any(r.get("step") == 2 for r in sink.records)))
+    checkpoint = Path(clean.output_dir) / "checkpoints" / "step-0000002"
+    before = (checkpoint / "model.safetensors").read_bytes()
+    diverging = clean.model_copy(update={"reference": trained.final_model_dir, "loss": "exponential", "beta": 1e4})
+    with pytest.raises(NonFiniteLossError, match="non-finite loss at step 3"):
+        train(diverging, ListSink())
+    assert (checkpoint / "model.safetensors").read_bytes() == before
 
 
 def test_bad_dataset_fails_before_any_training(small_task, tmp_path, cache_dir) -> None:

@@ -81,3 +81,32 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_session, small_tas
     assert resumed and resumed[0]["step"] >= 2 and resumed[0]["step"] % 2 == 0
     assert result.steps == 40 and result.final_model_dir
     assert [r for r in records if r["kind"] == "end"][-1]["step"] == 40
+
+
+def test_stop_request_ends_a_ray_run_within_seconds(ray_session, small_task, tmp_path) -> None:
+    from gpo_core.train.ray_runner import request_stop, train_on_ray
+
+    spec = spec_for(small_task, tmp_path, steps=5000, checkpoint_every=0)
+    metrics = tmp_path / "metrics.jsonl"
+    requested: list[float] = []
+
+    def stop_after_step_two() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            lines = metrics.read_text().splitlines() if metrics.exists() else []
+            if any(json.loads(line).get("step", 0) >= 2 and json.loads(line)["kind"] == "step" for line in lines):
+                request_stop(spec.output_dir)
+                requested.append(time.monotonic())
+                return
+            time.sleep(0.05)
+
+    stopper = threading.Thread(target=stop_after_step_two)
+    stopper.start()
+    result = train_on_ray(spec, metrics)
+    ended = time.monotonic()
+    stopper.join()
+    assert requested and ended - requested[0] < 15
+    assert result.stopped and 2 <= result.steps < 5000
+    end = [json.loads(line) for line in metrics.read_text().splitlines()][-1]
+    assert end["kind"] == "end" and end["stopped"] and end["step"] == result.steps
+    assert (Path(spec.output_dir) / "checkpoints" / f"step-{result.steps:07d}" / "config.json").exists()
