@@ -50,14 +50,16 @@ def main() -> None:
     started = time.perf_counter()
     result = train(spec, ListSink())
     seconds = time.perf_counter() - started
-    rate, rewards = oracle_win_rate(task, result.final_model_dir, samples=args.samples)
+    judged, rewards = oracle_win_rate(task, result.final_model_dir, samples=args.samples)
     report = {
         "command": "python benchmarks/builtin_winrate.py "
         + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None),
         "train_seconds": round(seconds, 1),
         "steps": result.steps,
         "final_train_metrics": {k: round(v, 4) for k, v in result.last_metrics.items() if isinstance(v, float)},
-        "win_rate": rate.to_dict(),
+        "win_rate": judged.win_rate.to_dict(),
+        "length_controlled_win_rate": judged.length_controlled.to_dict(),
+        "flip_rate": judged.flip_rate,
         **{k: round(v, 4) for k, v in rewards.items()},
         "task": {k: task.artifacts.to_dict()[k] for k in ("root", "ref_mean_reward", "gold_mean_reward")},
     }

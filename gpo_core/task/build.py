@@ -23,13 +23,14 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedTokenizerFast
 
 from gpo_core.data import load_records, write_jsonl
+from gpo_core.generate import sample_texts
 from gpo_core.task.corpus import CorpusSettings, Document, make_documents, make_vocabulary
 from gpo_core.task.model import (
+    MAX_SUMMARY_TOKENS,
     ModelSettings,
     SFTSettings,
     make_model,
     parameter_count,
-    sample_summaries,
     supervised_finetune,
 )
 from gpo_core.task.reward import bradley_terry_probability, gold_reward
@@ -197,11 +198,14 @@ def _build(work: Path, final: Path, settings: TaskSettings, say: Progress) -> Ta
     model.save_pretrained(work / "model")
     tokenizer.save_pretrained(work / "model")  # a self-contained folder, as vLLM and trainers expect
 
+    def sample(prompts: list[str], temperature: float, seed: int) -> list[str]:
+        return sample_texts(model, tokenizer, prompts, temperature, max_new_tokens=MAX_SUMMARY_TOKENS, seed=seed)
+
     say("sampling preference pairs from mu")
     pair_docs = documents["pairs"]
     prompts = [d.prompt for d in pair_docs]
-    first = sample_summaries(model, tokenizer, prompts, settings.behaviour_temperature, seed=settings.seed * 2 + 1)
-    second = sample_summaries(model, tokenizer, prompts, settings.behaviour_temperature, seed=settings.seed * 2 + 2)
+    first = sample(prompts, settings.behaviour_temperature, settings.seed * 2 + 1)
+    second = sample(prompts, settings.behaviour_temperature, settings.seed * 2 + 2)
     labels = random.Random(f"labels-{settings.seed}")
     pairs, dropped = [], {"identical": 0, "empty": 0}
     for doc, a, b in zip(pair_docs, first, second, strict=True):
@@ -232,8 +236,8 @@ def _build(work: Path, final: Path, settings: TaskSettings, say: Progress) -> Ta
     write_jsonl(work / "eval_prompts.jsonl", ({"id": d.id, "prompt": d.prompt} for d in eval_docs))
     say("measuring quality on the evaluation prompts")
     eval_prompts = [d.prompt for d in eval_docs]
-    sampled = sample_summaries(model, tokenizer, eval_prompts, 1.0, seed=settings.seed + 7)
-    greedy = sample_summaries(model, tokenizer, eval_prompts, 0.0)
+    sampled = sample(eval_prompts, 1.0, settings.seed + 7)
+    greedy = sample(eval_prompts, 0.0, 0)
     rng = random.Random(f"random-policy-{settings.seed}")
     random_summaries = [" ".join(rng.choices(vocabulary.words, k=rng.randint(1, 6))) for _ in eval_docs]
 

@@ -167,36 +167,5 @@ def supervised_finetune(
     return losses
 
 
-@torch.no_grad()
-def sample_summaries(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerFast,
-    prompts: Sequence[str],
-    temperature: float = 1.0,
-    seed: int = 0,
-    batch_size: int = 128,
-    max_new_tokens: int = MAX_SUMMARY_TOKENS,
-) -> list[str]:
-    """One sampled summary per prompt (greedy when temperature is 0), special tokens removed."""
-    torch.manual_seed(seed)
-    model.eval()
-    outputs: list[str] = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = list(prompts[start : start + batch_size])
-        encoded = tokenizer(chunk, return_tensors="pt", padding=True)
-        kwargs = {
-            "do_sample": temperature > 0,
-            "max_new_tokens": max_new_tokens,
-            "pad_token_id": tokenizer.pad_token_id,
-        }
-        if temperature > 0:
-            kwargs.update(temperature=temperature, top_k=0, top_p=1.0)
-        generated = model.generate(**encoded, **kwargs)
-        if not is_encoder_decoder(model):
-            generated = generated[:, encoded["input_ids"].shape[1] :]
-        outputs += tokenizer.batch_decode(generated, skip_special_tokens=True)
-    return [" ".join(text.split()) for text in outputs]
-
-
 def parameter_count(model: PreTrainedModel) -> int:
     return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,124 @@
+"""The generation stage: sample responses from a checkpoint for evaluation prompts, as JSONL.
+
+Backend today: transformers ``generate`` (batched, left-padded). Responses of a model are cached
+by content (model weights, prompts, sampling settings), so the reference policy's responses are
+generated once and reused by every run of a sweep.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer
+
+from gpo_core.data import write_jsonl
+from gpo_core.train.loop import load_model
+from gpo_core.train.pairs import pad_rows
+from gpo_core.train.reference import model_digest
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+    n: int = 1  # responses per prompt
+    seed: int = 0
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.max_new_tokens < 1 or self.n < 1:
+            raise ValueError(f"invalid sampling settings: {self}")
+
+
+@torch.no_grad()
+def sample_texts(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 64,
+    seed: int = 0,
+    batch_size: int = 128,
+) -> list[str]:
+    """One response per prompt from a loaded model: sampled (no top-k, so at temperature 1 and
+    top_p 1 the samples follow the model exactly) or greedy at temperature 0; special tokens and
+    extra whitespace removed."""
+    torch.manual_seed(seed)
+    model.eval()
+    encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if temperature > 0:
+        options = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+    else:
+        options = {"do_sample": False}
+    texts: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        ids, mask = pad_rows(tokenizer(list(prompts[start : start + batch_size]))["input_ids"], pad, "left")
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=pad,
+            **options,
+        )
+        new = out if encoder_decoder else out[:, ids.shape[1] :]
+        texts += tokenizer.batch_decode(new, skip_special_tokens=True)
+    return [" ".join(text.split()) for text in texts]
+
+
+@torch.no_grad()
+def generate_responses(
+    model_dir: str | Path, prompts: Sequence[dict], settings: SamplingSettings, model_id: str | None = None
+) -> list[dict]:
+    """``prompts``: records with ``id`` and ``prompt``. One record per (prompt, sample)."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = load_model(model_dir)
+    records = []
+    for sample in range(settings.n):
+        texts = sample_texts(
+            model,
+            tokenizer,
+            [p["prompt"] for p in prompts],
+            settings.temperature,
+            settings.top_p,
+            settings.max_new_tokens,
+            seed=settings.seed + sample,
+            batch_size=settings.batch_size,
+        )
+        for record, text in zip(prompts, texts, strict=True):
+            records.append(
+                {
+                    "prompt_id": record["id"],
+                    "prompt": record["prompt"],
+                    "response": text,
+                    "sample": sample,
+                    "model": model_id or str(model_dir),
+                    "settings": asdict(settings),
+                }
+            )
+    return records
+
+
+def cached_responses(
+    model_dir: str | Path, prompts: Sequence[dict], settings: SamplingSettings, cache_dir: str | Path
+) -> tuple[Path, bool]:
+    """Responses for (weights, prompts, settings), generated once: ``(path, hit)``."""
+    text = json.dumps([model_digest(model_dir), [(p["id"], p["prompt"]) for p in prompts], asdict(settings)])
+    path = Path(cache_dir) / "responses" / f"{hashlib.sha256(text.encode()).hexdigest()[:24]}.jsonl"
+    if path.exists():
+        return path, True
+    write_jsonl(path, generate_responses(model_dir, prompts, settings))
+    return path, False
+
+
+def load_responses(path: str | Path) -> list[dict]:
+    """Responses as written by :func:`generate_responses` (a response may be empty)."""
+    with Path(path).open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]

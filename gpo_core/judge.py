@@ -1,0 +1,196 @@
+"""The judging stage: side-by-side comparisons of two response sets on the same prompts.
+
+Every pair is judged in both orders. A verdict that flips with the order (A first -> A, B first
+-> B) is a position effect, not a preference: it counts as a tie, and the flip rate is reported.
+Unusable judge output is retried, then recorded as invalid and counted, never dropped silently.
+Verdicts are cached by (judge settings, prompt, first response, second response).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+import torch
+
+from gpo_core.stats import WinRate, length_controlled_win_rate, win_rate
+
+OrderVerdict = Literal["first", "second", "tie"]
+
+DEFAULT_TEMPLATE = (
+    "Which of the following summaries does a better job of summarizing the most important points in the "
+    "given forum post, without including unimportant or irrelevant details?\n\nPost:\n{prompt}\n\n"
+    "Summary A:\n{first}\n\nSummary B:\n{second}\n\nThe better summary is"
+)
+
+
+class JudgeOutputError(ValueError):
+    """The judge produced something that is not a verdict."""
+
+
+class Judge(Protocol):
+    key: str  # identifies the judge and its settings (part of the verdict cache key)
+
+    def compare(self, prompt: str, first: str, second: str) -> OrderVerdict: ...
+
+
+class OracleTaskJudge:
+    """The built-in task's gold reward as a judge (deterministic: higher reward wins)."""
+
+    def __init__(self, task):
+        self.task = task
+        self.key = f"oracle:{task.root.name}"
+
+    def compare(self, prompt: str, first: str, second: str) -> OrderVerdict:
+        a, b = self.task.reward(prompt, first), self.task.reward(prompt, second)
+        return "first" if a > b else "second" if b > a else "tie"
+
+
+class LogprobJudge:
+    """A local transformers causal LM that reads the template and scores the two labels by their
+    log-probabilities: the verdict is always one of the labels (or a tie when they are equal)."""
+
+    def __init__(self, model_dir: str | Path, template: str = DEFAULT_TEMPLATE, labels: tuple[str, str] = (" A", " B")):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+        self.template, self.labels = template, labels
+        label_ids = [self.tokenizer(label, add_special_tokens=False)["input_ids"] for label in labels]
+        if any(len(ids) != 1 for ids in label_ids) or label_ids[0] == label_ids[1]:
+            raise ValueError(f"the labels {labels} must be two different single tokens for this tokenizer")
+        if self.tokenizer.unk_token_id is not None and [self.tokenizer.unk_token_id] in label_ids:
+            raise ValueError(f"the labels {labels} are unknown to this tokenizer")
+        self.label_ids = [ids[0] for ids in label_ids]
+        digest = hashlib.sha256((str(model_dir) + template + "|".join(labels)).encode()).hexdigest()[:16]
+        self.key = f"logprob:{digest}"
+
+    @torch.no_grad()
+    def compare(self, prompt: str, first: str, second: str) -> OrderVerdict:
+        text = self.template.format(prompt=prompt, first=first, second=second)
+        ids = self.tokenizer(text, return_tensors="pt")["input_ids"]
+        logits = self.model(input_ids=ids).logits[0, -1]
+        a, b = (float(logits[i]) for i in self.label_ids)
+        if a != a or b != b:  # NaN
+            raise JudgeOutputError("the judge model produced NaN label scores")
+        return "first" if a > b else "second" if b > a else "tie"
+
+
+class VerdictCache:
+    """Verdicts on disk (JSON lines, appended): judging the same thing twice costs nothing."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._verdicts: dict[str, str] = {}
+        if self.path.exists():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    record = json.loads(line)
+                    self._verdicts[record["key"]] = record["verdict"]
+
+    @staticmethod
+    def key(judge_key: str, prompt: str, first: str, second: str) -> str:
+        return hashlib.sha256(json.dumps([judge_key, prompt, first, second]).encode()).hexdigest()
+
+    def get(self, key: str) -> str | None:
+        return self._verdicts.get(key)
+
+    def put(self, key: str, verdict: str) -> None:
+        self._verdicts[key] = verdict
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"key": key, "verdict": verdict}) + "\n")
+
+
+@dataclass
+class SideBySide:
+    """The result of judging responses A against responses B."""
+
+    records: list[dict]  # per comparison: prompt_id, both order verdicts, outcome for A
+    win_rate: WinRate | None  # of A over B; None when every comparison was invalid
+    length_controlled: WinRate | None
+    flip_rate: float  # share of valid comparisons whose verdict flipped with the order
+    invalid: int
+    judge_calls: int  # backend calls made (cache hits excluded)
+    mean_length: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["records"] = len(self.records)
+        return out
+
+
+def _judge_once(judge: Judge, cache: VerdictCache | None, prompt: str, first: str, second: str, retries: int):
+    """(verdict or "invalid", backend calls made)."""
+    key = VerdictCache.key(judge.key, prompt, first, second) if cache else ""
+    if cache and (hit := cache.get(key)) is not None:
+        return hit, 0
+    calls = 0
+    for _ in range(retries + 1):
+        calls += 1
+        try:
+            verdict = judge.compare(prompt, first, second)
+        except JudgeOutputError:
+            continue
+        if cache:
+            cache.put(key, verdict)
+        return verdict, calls
+    return "invalid", calls
+
+
+def side_by_side(
+    judge: Judge,
+    items: Sequence[dict],
+    cache: VerdictCache | None = None,
+    retries: int = 2,
+    seed: int = 0,
+) -> SideBySide:
+    """``items``: dicts with ``prompt_id``, ``prompt``, ``a`` and ``b`` (the two responses)."""
+    records, calls = [], 0
+    for item in items:
+        first_order, n1 = _judge_once(judge, cache, item["prompt"], item["a"], item["b"], retries)
+        second_order, n2 = _judge_once(judge, cache, item["prompt"], item["b"], item["a"], retries)
+        calls += n1 + n2
+        if "invalid" in (first_order, second_order):
+            outcome = "invalid"
+        else:
+            # In A's terms: the first order puts A first, the second puts B first.
+            a_first = {"first": "win", "second": "loss", "tie": "tie"}[first_order]
+            b_first = {"first": "loss", "second": "win", "tie": "tie"}[second_order]
+            outcome = a_first if a_first == b_first else "tie"
+        flipped = {first_order, second_order} == {"first"} or {first_order, second_order} == {"second"}
+        records.append(
+            {
+                "prompt_id": item["prompt_id"],
+                "a_first": first_order,
+                "b_first": second_order,
+                "outcome": outcome,
+                "flipped": flipped,
+                "length_difference": len(item["a"].split()) - len(item["b"].split()),
+            }
+        )
+    valid = [r for r in records if r["outcome"] != "invalid"]
+    by_prompt: dict = {}
+    for r in valid:
+        by_prompt.setdefault(r["prompt_id"], []).append(r)
+    groups = list(by_prompt.values())
+    outcomes = [[r["outcome"] for r in g] for g in groups]
+    differences = [[float(r["length_difference"]) for r in g] for g in groups]
+    return SideBySide(
+        records=records,
+        win_rate=win_rate(outcomes, seed=seed) if groups else None,
+        length_controlled=length_controlled_win_rate(outcomes, differences, resamples=500, seed=seed)
+        if groups
+        else None,
+        flip_rate=sum(r["flipped"] for r in valid) / len(valid) if valid else 0.0,
+        invalid=len(records) - len(valid),
+        judge_calls=calls,
+        mean_length={
+            "a": sum(len(i["a"].split()) for i in items) / max(1, len(items)),
+            "b": sum(len(i["b"].split()) for i in items) / max(1, len(items)),
+        },
+    )

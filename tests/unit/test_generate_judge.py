@@ -1,0 +1,153 @@
+"""Generation from a real checkpoint and side-by-side judging: both orders, flips, invalid
+output, the verdict cache, and the oracle and log-prob judges."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from gpo_core.data import load_prompts
+from gpo_core.generate import SamplingSettings, cached_responses, generate_responses, load_responses
+from gpo_core.judge import JudgeOutputError, LogprobJudge, OracleTaskJudge, VerdictCache, side_by_side
+
+
+@pytest.fixture(scope="module")
+def prompts(small_task) -> list[dict]:
+    return load_prompts(small_task.artifacts.eval_prompts)[:6]
+
+
+def test_generation_records_and_determinism(small_task, prompts) -> None:
+    settings = SamplingSettings(temperature=1.0, max_new_tokens=8, n=2, seed=5)
+    first = generate_responses(small_task.artifacts.model_dir, prompts, settings, model_id="ref")
+    assert len(first) == 12
+    assert {r["prompt_id"] for r in first} == {p["id"] for p in prompts}
+    assert {r["sample"] for r in first} == {0, 1} and all(r["model"] == "ref" for r in first)
+    again = generate_responses(small_task.artifacts.model_dir, prompts, settings, model_id="ref")
+    assert [r["response"] for r in again] == [r["response"] for r in first]
+    greedy = SamplingSettings(temperature=0.0, max_new_tokens=8)
+    texts = [r["response"] for r in generate_responses(small_task.artifacts.model_dir, prompts, greedy)]
+    assert texts == [r["response"] for r in generate_responses(small_task.artifacts.model_dir, prompts, greedy)]
+    with pytest.raises(ValueError, match="invalid sampling settings"):
+        SamplingSettings(top_p=0.0)
+
+
+def test_reference_responses_are_generated_once(small_task, prompts, tmp_path: Path) -> None:
+    settings = SamplingSettings(max_new_tokens=8)
+    path, hit = cached_responses(small_task.artifacts.model_dir, prompts, settings, tmp_path)
+    assert not hit
+    stamp = path.stat().st_mtime_ns
+    again, hit = cached_responses(small_task.artifacts.model_dir, prompts, settings, tmp_path)
+    assert hit and again == path and path.stat().st_mtime_ns == stamp
+    assert len(load_responses(path)) == len(prompts)
+    _, hit = cached_responses(small_task.artifacts.model_dir, prompts, SamplingSettings(max_new_tokens=9), tmp_path)
+    assert not hit
+
+
+def items_for(small_task, prompts, make_a, make_b) -> list[dict]:
+    docs = [small_task.document_for(p["prompt"]) for p in prompts]
+    return [
+        {"prompt_id": p["id"], "prompt": p["prompt"], "a": make_a(d), "b": make_b(d)}
+        for p, d in zip(prompts, docs, strict=True)
+    ]
+
+
+def test_oracle_all_wins_and_all_ties(small_task, prompts) -> None:
+    judge = OracleTaskJudge(small_task)
+    wins = side_by_side(
+        judge, items_for(small_task, prompts, lambda d: d.reference_summary, lambda d: d.distractors[0])
+    )
+    assert wins.win_rate.rate == 1.0 and wins.flip_rate == 0.0 and wins.invalid == 0
+    assert wins.win_rate.low == 1.0
+    ties = side_by_side(
+        judge, items_for(small_task, prompts, lambda d: d.reference_summary, lambda d: d.reference_summary)
+    )
+    assert ties.win_rate.rate == 0.5 and ties.win_rate.ties == len(prompts)
+
+
+class AlwaysFirst:
+    """A judge with nothing but position bias."""
+
+    key = "always-first"
+
+    def compare(self, prompt: str, first: str, second: str) -> str:
+        return "first"
+
+
+class FirstWhenClose:
+    """The oracle, except that a close call goes to whichever response is shown first."""
+
+    def __init__(self, task):
+        self.task, self.key = task, "first-when-close"
+
+    def compare(self, prompt: str, first: str, second: str) -> str:
+        a, b = self.task.reward(prompt, first), self.task.reward(prompt, second)
+        return "first" if a >= b - 0.6 else "second"
+
+
+def test_both_orders_cancel_a_planted_position_bias(small_task, prompts) -> None:
+    items = items_for(small_task, prompts, lambda d: d.reference_summary, lambda d: " ".join(d.salient[:-1]))
+    biased = side_by_side(AlwaysFirst(), items)
+    assert biased.win_rate.rate == 0.5 and biased.flip_rate == 1.0
+    # A is clearly better only where the gap exceeds the bias; elsewhere the flip makes a tie.
+    honest = side_by_side(OracleTaskJudge(small_task), items)
+    mixed = side_by_side(FirstWhenClose(small_task), items)
+    assert honest.win_rate.rate == 1.0
+    gaps = [2.0 - small_task.reward(i["prompt"], i["b"]) for i in items]
+    expected = sum(1.0 if g > 0.6 else 0.5 for g in gaps) / len(gaps)
+    assert mixed.win_rate.rate == pytest.approx(expected)
+    assert mixed.flip_rate == pytest.approx(sum(g <= 0.6 for g in gaps) / len(gaps))
+
+
+class Flaky:
+    """Unusable output for one prompt, every time."""
+
+    key = "flaky"
+
+    def __init__(self, bad_prompt: str):
+        self.bad_prompt = bad_prompt
+
+    def compare(self, prompt: str, first: str, second: str) -> str:
+        if prompt == self.bad_prompt:
+            raise JudgeOutputError("no verdict")
+        return "tie"
+
+
+def test_invalid_output_is_retried_then_counted(small_task, prompts) -> None:
+    items = items_for(small_task, prompts, lambda d: "x", lambda d: "y")
+    result = side_by_side(Flaky(prompts[0]["prompt"]), items, retries=2)
+    assert result.invalid == 1
+    assert result.records[0]["outcome"] == "invalid"
+    assert result.win_rate.comparisons == len(prompts) - 1
+    assert result.judge_calls == 2 * 3 + 2 * (len(prompts) - 1)  # 3 tries per order on the bad one
+
+
+def test_verdict_cache_makes_rejudging_free(small_task, prompts, tmp_path: Path) -> None:
+    items = items_for(small_task, prompts, lambda d: d.reference_summary, lambda d: d.salient[0])
+    cache = VerdictCache(tmp_path / "verdicts.jsonl")
+    first = side_by_side(OracleTaskJudge(small_task), items, cache=cache)
+    assert first.judge_calls == 2 * len(items)
+    reopened = VerdictCache(tmp_path / "verdicts.jsonl")
+    second = side_by_side(OracleTaskJudge(small_task), items, cache=reopened)
+    assert second.judge_calls == 0
+    assert [r["outcome"] for r in second.records] == [r["outcome"] for r in first.records]
+
+
+def test_logprob_judge_gives_valid_consistent_verdicts(tmp_path: Path) -> None:
+    words = ["<pad>", "<s>", "</s>", "<unk>", "A", "B", "good", "bad", "post"]
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(words), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256)  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    judge = LogprobJudge(tmp_path)
+    verdicts = {judge.compare("post", "good", "bad") for _ in range(3)}
+    assert len(verdicts) == 1 and verdicts <= {"first", "second", "tie"}
+    result = side_by_side(judge, [{"prompt_id": "1", "prompt": "post", "a": "good", "b": "bad"}])
+    assert result.invalid == 0 and result.records[0]["outcome"] in {"win", "tie", "loss"}
+    with pytest.raises(ValueError, match="unknown to this tokenizer"):
+        LogprobJudge(tmp_path, labels=(" A", " maybe"))
