@@ -32,17 +32,12 @@ VOCAB, PAIRS, BATCH, BETA, LR = 4096, 512, 8, 0.1, 5e-6
 def prepare(folder: Path, seed: int = 0) -> None:
     """Model folder (random init, with a word-level tokenizer) and the pairs as JSONL."""
     import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     from gpo_core.data import write_jsonl
+    from gpo_core.task.tokenizer import word_level_tokenizer
 
-    words = ["<pad>", "<s>", "</s>", "<unk>"] + [f"w{i}" for i in range(VOCAB - 4)]
-    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
-    )
+    tokenizer = word_level_tokenizer([f"w{i}" for i in range(VOCAB - 4)], prepend_bos=False)
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=VOCAB, hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from gpo_core.data import write_jsonl
+from gpo_core.task.tokenizer import word_level_tokenizer
 from gpo_core.train.loop import train
 from gpo_core.train.metrics import ListSink
 from gpo_core.train.spec import TrainingSpec
@@ -21,15 +21,10 @@ PAIRS, STEPS, BETA, LR = 8, 10, 0.1, 1e-3
 
 @pytest.fixture
 def model_and_pairs(tmp_path: Path) -> Path:
-    words = ["<pad>", "<s>", "</s>", "<unk>"] + [f"w{i}" for i in range(60)]
-    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
-    )
+    tokenizer = word_level_tokenizer([f"w{i}" for i in range(60)], prepend_bos=False)
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=len(words), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=4, max_position_embeddings=128, pad_token_id=0, bos_token_id=1, eos_token_id=2,
     )  # fmt: skip
     LlamaForCausalLM(config).save_pretrained(tmp_path / "model")

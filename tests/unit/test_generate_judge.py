@@ -5,12 +5,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from gpo_core.data import load_prompts
 from gpo_core.generate import SamplingSettings, cached_responses, generate_responses, load_responses
 from gpo_core.judge import JudgeOutputError, LogprobJudge, OracleTaskJudge, VerdictCache, side_by_side
+from gpo_core.task.tokenizer import word_level_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -135,12 +135,9 @@ def test_verdict_cache_makes_rejudging_free(small_task, prompts, tmp_path: Path)
 
 
 def test_logprob_judge_gives_valid_consistent_verdicts(tmp_path: Path) -> None:
-    words = ["<pad>", "<s>", "</s>", "<unk>", "A", "B", "good", "bad", "post"]
-    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+    tokenizer = word_level_tokenizer(["A", "B", "good", "bad", "post"], prepend_bos=False)
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(words), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256)  # fmt: skip
     LlamaForCausalLM(config).save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
