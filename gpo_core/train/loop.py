@@ -219,7 +219,6 @@ def train(spec: TrainingSpec, sink: MetricsSink | None = None, context: RunConte
     steps = total_steps(spec, len(pairs), context.world_size)
     resume = context.resume_from or _latest_checkpoint(output_dir)
     policy = load_model(resume if resume else spec.policy).to(device)
-    policy.config.use_cache = False
     optimizer = _optimizer(spec, policy)
     schedule = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}[spec.schedule]
     scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=spec.warmup_steps, num_training_steps=steps)
