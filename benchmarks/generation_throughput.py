@@ -64,6 +64,10 @@ def main() -> None:
     parser.add_argument("--repetitions", type=int, default=2)
     args = parser.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    # On a small CPU machine vLLM reserves a core for its front end and binds its worker to the
+    # rest: give the worker every core, as transformers gets (measured: 1.19x -> 1.39x on 2 cores).
+    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{os.cpu_count() - 1}")
     import torch
     from vllm import LLM, SamplingParams
 

@@ -86,7 +86,11 @@ class VLLMEngine:
     count for serving; the caller's is restored."""
 
     def __init__(self, model_dir: str | Path, dtype: str = "float32", max_model_len: int | None = None, seed: int = 0):
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache on a CPU
+        if not torch.cuda.is_available():
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache
+            # vLLM reserves a core for its front end on small machines; generation is the work here.
+            os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{(os.cpu_count() or 1) - 1}")
         from vllm import LLM
 
         threads = torch.get_num_threads()
