@@ -283,7 +283,7 @@ def train_command(
     from gpo_core.data import DatasetError
     from gpo_core.train.loop import RunContext, TrainingError, train
     from gpo_core.train.metrics import FanOut, JsonlSink
-    from gpo_core.train.ray_runner import STOP_FILE, train_on_ray
+    from gpo_core.train.ray_runner import STOP_FILE, request_stop, train_on_ray
     from gpo_core.train.spec import SpecError, load_spec
 
     overrides = {k: v for k, v in {"workers": workers, "steps": steps}.items() if v is not None}
@@ -321,8 +321,7 @@ def train_command(
             pass
 
     def ask_to_stop(signum, frame):
-        stop_file.parent.mkdir(parents=True, exist_ok=True)
-        stop_file.touch()
+        request_stop(output_dir)
         errors.print("stopping at the next step (a checkpoint is kept; run again to resume)")
 
     signal.signal(signal.SIGINT, ask_to_stop)
@@ -369,6 +368,9 @@ def _follow_metrics(path: Path, sink, done) -> None:
 
 
 def main() -> None:
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # our own progress display is enough
     app()
 
 

@@ -266,6 +266,7 @@ def train(spec: TrainingSpec, sink: MetricsSink | None = None, context: RunConte
         sink.emit(record)
 
     padded, real = 0, 0
+    checkpointed_at = step  # a resumed run starts from a checkpoint of this step
     last: dict = {}
     stopped = False
     policy.train()
@@ -321,15 +322,15 @@ def train(spec: TrainingSpec, sink: MetricsSink | None = None, context: RunConte
         }
         if is_main and (step % spec.log_every == 0 or step == steps):
             sink.emit(last)
-        checkpoint_due = spec.checkpoint_every and step % spec.checkpoint_every == 0 and step < steps
-        if checkpoint_due or (context.should_stop() and step < steps):
+        if spec.checkpoint_every and step % spec.checkpoint_every == 0 and step < steps:
             _checkpoint(context, output_dir, step, policy, tokenizer, optimizer, scheduler, last, is_main)
+            checkpointed_at = step
         if is_main and spec.trace_every and (step % spec.trace_every == 0 or step == steps):
             trace(step)
 
     final_dir = None
     if stopped:
-        if step > 0:
+        if step > 0 and checkpointed_at != step:  # decided alike on every worker: Ray needs that
             _checkpoint(context, output_dir, step, policy, tokenizer, optimizer, scheduler, last, is_main)
     else:
         final_dir = output_dir / "final"
