@@ -348,6 +348,99 @@ def train_command(
     console.print(f"{state} after {result.steps} steps; final model: {result.final_model_dir}; metrics: {metrics_path}")
 
 
+@app.command("generate")
+def generate_command(
+    model_dir: Annotated[Path, typer.Argument(help="Model folder (transformers, with its tokenizer).")],
+    prompts: Annotated[Path, typer.Argument(help="Prompts: JSONL records with id and prompt.")],
+    out: Annotated[Path, typer.Argument(help="Responses (JSONL) to write.")],
+    n: Annotated[int, typer.Option(min=1, help="Responses per prompt.")] = 1,
+    temperature: Annotated[float, typer.Option(min=0.0, help="0 is greedy.")] = 1.0,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
+    seed: int = 0,
+    backend: Annotated[str, typer.Option(help="transformers, vllm or auto.")] = "auto",
+) -> None:
+    """Sample responses from a checkpoint for evaluation prompts."""
+    from gpo_core.data import DatasetError, load_prompts, write_jsonl
+    from gpo_core.generate import SamplingSettings, generate_responses
+
+    try:
+        records = load_prompts(prompts)
+        missing = next((i for i, r in enumerate(records, start=1) if "id" not in r), None)
+        if missing is not None:
+            raise DatasetError(f"{prompts}: record {missing}: field 'id' is missing")
+        settings = SamplingSettings(temperature, top_p, max_new_tokens, n, seed)
+        with console.status(f"generating {n * len(records)} responses"):
+            responses = generate_responses(model_dir, records, settings, backend=backend)
+    except (DatasetError, ValueError) as err:
+        raise _fail(str(err)) from None
+    write_jsonl(out, responses)
+    console.print(f"wrote {len(responses)} responses ({responses[0]['backend']}) to {out}", highlight=False)
+
+
+@app.command("judge")
+def judge_command(
+    responses_a: Annotated[Path, typer.Argument(help="Responses A (JSONL from gpo generate).")],
+    responses_b: Annotated[Path, typer.Argument(help="Responses B on the same prompts.")],
+    task: Annotated[Path | None, typer.Option(help="Built-in task folder: judge with its gold reward.")] = None,
+    local: Annotated[Path | None, typer.Option(help="Local causal LM folder: judge by label log-probs.")] = None,
+    endpoint: Annotated[str | None, typer.Option(help="OpenAI-compatible base URL, e.g. http://host:8000/v1.")] = None,
+    model: Annotated[str | None, typer.Option(help="Model name at the endpoint.")] = None,
+    cache: Annotated[Path | None, typer.Option(help="Verdict cache file (JSONL).")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Judge A against B side by side (both orders): win rate, length-controlled win rate, flips."""
+    from gpo_core.generate import load_responses
+    from gpo_core.judge import LogprobJudge, OpenAIJudge, OracleTaskJudge, VerdictCache, side_by_side
+
+    chosen = [option for option in (task, local, endpoint) if option is not None]
+    if len(chosen) != 1:
+        raise _fail("choose exactly one judge: --task, --local or --endpoint (with --model)")
+    if endpoint is not None and model is None:
+        raise _fail("--endpoint needs --model")
+    try:
+        a, b = load_responses(responses_a), load_responses(responses_b)
+    except (OSError, ValueError) as err:
+        raise _fail(f"cannot read responses: {err}") from None
+    by_key = {(r["prompt_id"], r["sample"]): r for r in b}
+    items = [
+        {"prompt_id": r["prompt_id"], "prompt": r["prompt"], "a": r["response"], "b": by_key[key]["response"]}
+        for r in a
+        if (key := (r["prompt_id"], r["sample"])) in by_key
+    ]
+    if not items:
+        raise _fail(f"{responses_a} and {responses_b} share no (prompt_id, sample)")
+    if task is not None:
+        from gpo_core.task.build import BuiltTask
+
+        judge = OracleTaskJudge(BuiltTask(task))
+    elif local is not None:
+        judge = LogprobJudge(local)
+    else:
+        judge = OpenAIJudge(endpoint, model)
+    with console.status(f"judging {len(items)} pairs in both orders"):
+        result = side_by_side(judge, items, cache=VerdictCache(cache) if cache else None)
+    payload = {
+        "compared": len(items),
+        "unmatched": len(a) - len(items),
+        "win_rate": result.win_rate.to_dict() if result.win_rate else None,
+        "length_controlled_win_rate": result.length_controlled.to_dict() if result.length_controlled else None,
+        "flip_rate": result.flip_rate,
+        "invalid": result.invalid,
+        "judge_calls": result.judge_calls,
+        "mean_length": result.mean_length,
+    }
+    if as_json:
+        _emit_json(payload)
+        return
+    if result.win_rate is None:
+        raise _fail(f"every comparison was invalid ({result.invalid})")
+    w, lc = result.win_rate, result.length_controlled
+    console.print(f"A over B: win rate {w.rate:.3f} [{w.low:.3f}, {w.high:.3f}] over {w.comparisons} comparisons")
+    console.print(f"length-controlled: {lc.rate:.3f} [{lc.low:.3f}, {lc.high:.3f}]; flip rate {result.flip_rate:.3f}")
+    console.print(f"invalid: {result.invalid}; judge calls: {result.judge_calls}")
+
+
 def _follow_metrics(path: Path, sink, done) -> None:
     """Feed lines appended to a JSONL metrics file to ``sink`` until ``done`` is set."""
     import time
