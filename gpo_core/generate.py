@@ -40,6 +40,29 @@ class SamplingSettings:
 
 
 @torch.no_grad()
+def new_token_ids(
+    model, prompt_ids: Sequence[Sequence[int]], pad_id: int, temperature: float, top_p: float, max_new_tokens: int
+) -> torch.Tensor:
+    """Generate from left-padded prompts; only the new tokens come back (no prompt, no decoder
+    start token). Sampling uses no top-k, so at temperature 1 and top_p 1 it follows the model
+    exactly; temperature 0 is greedy."""
+    if temperature > 0:
+        options = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+    else:
+        options = {"do_sample": False}
+    device = next(model.parameters()).device
+    ids, mask = pad_rows(prompt_ids, pad_id, "left")
+    out = model.generate(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        max_new_tokens=max_new_tokens,
+        pad_token_id=pad_id,
+        **options,
+    )
+    return out[:, 1:] if getattr(model.config, "is_encoder_decoder", False) else out[:, ids.shape[1] :]
+
+
+@torch.no_grad()
 def sample_texts(
     model,
     tokenizer,
@@ -50,28 +73,15 @@ def sample_texts(
     seed: int = 0,
     batch_size: int = 128,
 ) -> list[str]:
-    """One response per prompt from a loaded model: sampled (no top-k, so at temperature 1 and
-    top_p 1 the samples follow the model exactly) or greedy at temperature 0; special tokens and
+    """One response per prompt from a loaded model (see :func:`new_token_ids`), special tokens and
     extra whitespace removed."""
     torch.manual_seed(seed)
     model.eval()
-    encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if temperature > 0:
-        options = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
-    else:
-        options = {"do_sample": False}
     texts: list[str] = []
     for start in range(0, len(prompts), batch_size):
-        ids, mask = pad_rows(tokenizer(list(prompts[start : start + batch_size]))["input_ids"], pad, "left")
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            max_new_tokens=max_new_tokens,
-            pad_token_id=pad,
-            **options,
-        )
-        new = out if encoder_decoder else out[:, ids.shape[1] :]
+        prompt_ids = tokenizer(list(prompts[start : start + batch_size]))["input_ids"]
+        new = new_token_ids(model, prompt_ids, pad, temperature, top_p, max_new_tokens)
         texts += tokenizer.batch_decode(new, skip_special_tokens=True)
     return [" ".join(text.split()) for text in texts]
 

@@ -39,15 +39,20 @@ class Judge(Protocol):
 
 
 class OracleTaskJudge:
-    """The built-in task's gold reward as a judge (deterministic: higher reward wins)."""
+    """The built-in task's oracle judge (``gpo_core.task.reward.OracleJudge``) as a judging-stage
+    backend: deterministic (higher gold reward wins, equal ties) or sampled (Bradley-Terry)."""
 
-    def __init__(self, task):
+    def __init__(self, task, mode: str = "deterministic", temperature: float = 0.5, seed: int = 0):
+        from gpo_core.task.reward import OracleJudge
+
         self.task = task
-        self.key = f"oracle:{task.root.name}"
+        self.oracle = OracleJudge(mode, temperature, seed)
+        # Sampled verdicts are draws, not facts about the pair: never served from the cache.
+        self.key = f"oracle:{task.root.name}" if mode == "deterministic" else f"oracle-sampled:{id(self)}"
 
     def compare(self, prompt: str, first: str, second: str) -> OrderVerdict:
-        a, b = self.task.reward(prompt, first), self.task.reward(prompt, second)
-        return "first" if a > b else "second" if b > a else "tie"
+        verdict = self.oracle.judge(self.task.document_for(prompt), first, second)
+        return {"a": "first", "b": "second", "tie": "tie"}[verdict]
 
 
 class LogprobJudge:

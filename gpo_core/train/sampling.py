@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 import torch
 
+from gpo_core.generate import new_token_ids
 from gpo_core.logprobs import collate_causal, collate_seq2seq, sequence_logprobs
-from gpo_core.train.pairs import pad_rows
 
 
 @torch.no_grad()
@@ -24,15 +24,7 @@ def sample_and_score(
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start : start + batch_size])
         prompt_ids = [ids[-spec.max_prompt_length :] for ids in tokenizer(chunk)["input_ids"]]
-        input_ids, attention_mask = pad_rows(prompt_ids, pad, "left")
-        length = input_ids.shape[1]
-        generated = policy.generate(
-            input_ids=input_ids.to(device),
-            attention_mask=attention_mask.to(device),
-            do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-            max_new_tokens=spec.trace_max_new_tokens, pad_token_id=pad, eos_token_id=eos, use_cache=True,
-        )  # fmt: skip
-        new = generated[:, 1:] if encoder_decoder else generated[:, length:]
+        new = new_token_ids(policy, prompt_ids, pad, 1.0, 1.0, spec.trace_max_new_tokens)
         responses = []
         for row in new.tolist():
             response = row[: row.index(eos) + 1] if eos in row else [t for t in row if t != pad]
