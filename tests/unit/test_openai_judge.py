@@ -65,3 +65,18 @@ def test_openai_judge_matches_the_local_logprob_judge(vllm_server, small_task) -
     items = [{"prompt_id": str(i), "prompt": p, "a": a, "b": b} for i, (p, a, b) in enumerate(cases)]
     result = side_by_side(remote, items)
     assert result.invalid == 0 and result.win_rate.comparisons == len(cases)
+
+
+def test_choice_constrained_verdicts_are_always_labels(vllm_server, small_task) -> None:
+    """Choice-constrained generation: the endpoint can only answer one of the labels, so a model
+    that knows nothing of judging still gives a valid verdict every time."""
+    judge = OpenAIJudge(vllm_server, "judge", template=TEMPLATE, labels=LABELS, verdict="choice")
+    docs = list(small_task.documents.values())[:4]
+    items = [
+        {"prompt_id": str(i), "prompt": d.prompt, "a": d.reference_summary, "b": " ".join(d.distractors)}
+        for i, d in enumerate(docs)
+    ]
+    result = side_by_side(judge, items)
+    assert result.invalid == 0 and result.judge_calls == 2 * len(items)
+    assert {r["a_first"] for r in result.records} | {r["b_first"] for r in result.records} <= {"first", "second"}
+    assert judge.key != OpenAIJudge(vllm_server, "judge", template=TEMPLATE, labels=LABELS).key
