@@ -282,7 +282,7 @@ def train_command(
 
     from gpo_core.data import DatasetError
     from gpo_core.train.loop import RunContext, TrainingError, train
-    from gpo_core.train.metrics import FanOut, JsonlSink
+    from gpo_core.train.metrics import FanOut, JsonlSink, follow_jsonl
     from gpo_core.train.ray_runner import STOP_FILE, request_stop, train_on_ray
     from gpo_core.train.spec import SpecError, load_spec
 
@@ -334,7 +334,7 @@ def train_command(
             else:
                 done = threading.Event()
                 watcher = threading.Thread(
-                    target=_follow_metrics, args=(metrics_path, ProgressSink(progress, task_id), done)
+                    target=follow_jsonl, args=(metrics_path, ProgressSink(progress, task_id), done)
                 )
                 watcher.start()
                 try:
@@ -441,23 +441,109 @@ def judge_command(
     console.print(f"invalid: {result.invalid}; judge calls: {result.judge_calls}")
 
 
-def _follow_metrics(path: Path, sink, done) -> None:
-    """Feed lines appended to a JSONL metrics file to ``sink`` until ``done`` is set."""
-    import time
+def print_winrate_table(report_json: Path) -> None:
+    """The report's run table, as a terminal table."""
+    rows = json.loads(report_json.read_text(encoding="utf-8"))["table"]
+    table = Table(title="Win rate against the reference (95% paired bootstrap over prompts)")
+    columns = ("run", "win_rate", "length_controlled", "flip_rate", "gold_reward", "kl", "square_loss")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "run" else "right")
+    for row in rows:
+        table.add_row(*(str(row[column]) for column in columns))
+    console.print(table)
 
-    offset = 0
-    while True:
-        finished = done.is_set()
-        if path.exists():
-            with path.open(encoding="utf-8") as handle:
-                handle.seek(offset)
-                for line in handle:
-                    if line.endswith("\n"):
-                        sink.emit(json.loads(line))
-                        offset += len(line.encode())
-        if finished:
-            return
-        time.sleep(0.5)
+
+class SweepProgress:
+    """Live bars for a sweep: one per run, showing its stage and training step."""
+
+    def __init__(self, progress, runs: list[str], steps: int):
+        self.progress = progress
+        self.bars = {run: progress.add_task(run, total=steps, info="queued") for run in runs}
+
+    def __call__(self, event: dict) -> None:
+        run = event.get("run")
+        if event["kind"] == "log":
+            self.progress.console.print(event["message"])
+        elif event["kind"] == "step" and run in self.bars:
+            info = f"train: loss {event['loss']:.4f} acc {event['accuracy']:.2f}"
+            self.progress.update(self.bars[run], completed=event["step"], info=info)
+        elif event["kind"] == "stage" and run in self.bars:
+            info = f"{event['stage']}: {event['state']}"
+            if event["stage"] == "judge" and event["state"] == "done" and event.get("win_rate"):
+                info = f"win rate {event['win_rate']['rate']:.3f}"
+            self.progress.update(self.bars[run], info=info)
+        elif event["kind"] == "stage":
+            self.progress.console.print(f"{run} {event['stage']}: {event['state']}")
+
+
+@app.command("run")
+def run_command(
+    spec_file: Annotated[Path, typer.Argument(help="Job spec (YAML or JSON): a loss x beta sweep.")],
+    out: Annotated[Path | None, typer.Option(help="Job folder (default: outputs/jobs/NAME).")] = None,
+) -> None:
+    """Run a whole sweep in this process (the embedded default: no Redis, no services): train
+    every run, sample it, judge it against the reference, compare runs pairwise, write the report.
+    Ctrl-C stops at the next training step; running it again resumes."""
+    import signal
+    import threading
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from gpo_core.data import DatasetError
+    from gpo_core.sweep.runner import run_job
+    from gpo_core.sweep.spec import JobSpecError, load_job_spec
+    from gpo_core.train.loop import TrainingError
+
+    try:
+        spec = load_job_spec(spec_file)
+    except JobSpecError as err:
+        raise _fail(str(err)) from None
+    job_dir = out or Path("outputs") / "jobs" / spec.name.replace(" ", "_")
+    stop = threading.Event()
+
+    def ask_to_stop(signum, frame):
+        stop.set()
+        errors.print("stopping at the next step (checkpoints are kept; run again to resume)")
+
+    signal.signal(signal.SIGINT, ask_to_stop)
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+    )
+    try:
+        with Progress(*columns, console=console) as progress:
+            watcher = SweepProgress(progress, spec.run_ids(), spec.training.steps)
+            report = run_job(spec, job_dir, events=watcher, stop_requested=stop.is_set)
+    except (DatasetError, TrainingError, FileNotFoundError) as err:
+        raise _fail(str(err)) from None
+    if report is None:
+        console.print(f"stopped; run again to resume: gpo run {spec_file} --out {job_dir}")
+        raise typer.Exit(code=1)
+    print_winrate_table(report.with_name("report.json"))
+    console.print(f"report: {report}")
+
+
+@app.command("report")
+def report_command(
+    job_dir: Annotated[Path, typer.Argument(help="A job folder (written by gpo run or the services).")],
+    open_browser: Annotated[bool, typer.Option("--open", help="Open the HTML report in a browser.")] = False,
+) -> None:
+    """(Re)build a sweep's report from its artifacts: report.html (self-contained), report.json
+    and the figures (win rate vs beta, pairwise matrix, KL vs square loss, training curves)."""
+    from gpo_core.sweep.report import build_report
+
+    try:
+        page = build_report(job_dir)
+    except FileNotFoundError as err:
+        raise _fail(str(err)) from None
+    print_winrate_table(page.with_name("report.json"))
+    console.print(f"report: {page}")
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(page.resolve().as_uri())
 
 
 def main() -> None:

@@ -246,6 +246,7 @@ def cached_responses(
     settings: SamplingSettings,
     cache_dir: str | Path,
     backend: str = "transformers",
+    engine: VLLMEngine | None = None,
 ) -> tuple[Path, bool]:
     """Responses for (weights, prompts, settings, backend), generated once: ``(path, hit)``."""
     key = [model_digest(model_dir), [(p["id"], p["prompt"]) for p in prompts], asdict(settings), backend]
@@ -253,7 +254,7 @@ def cached_responses(
     path = Path(cache_dir) / "responses" / f"{hashlib.sha256(text.encode()).hexdigest()[:24]}.jsonl"
     if path.exists():
         return path, True
-    write_jsonl(path, generate_responses(model_dir, prompts, settings, backend=backend))
+    write_jsonl(path, generate_responses(model_dir, prompts, settings, backend=backend, engine=engine))
     return path, False
 
 

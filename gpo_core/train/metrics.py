@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, TextIO
 
@@ -69,3 +71,24 @@ class FanOut:
     def close(self) -> None:
         for sink in self.sinks:
             sink.close()
+
+
+def follow_jsonl(path: Path, sink: MetricsSink, done: threading.Event, poll: Callable[[], None] = lambda: None) -> None:
+    """Feed the records appended to a JSONL file (by another process: Ray Train's rank 0) to
+    ``sink`` until ``done`` is set, calling ``poll`` every half second. Records already in the
+    file (an earlier attempt's) are skipped."""
+    offset = path.stat().st_size if path.exists() else 0
+    while True:
+        finished = done.wait(0.5)
+        poll()
+        if path.exists():
+            with path.open("rb") as handle:
+                handle.seek(offset)
+                chunk = handle.read()
+            complete = chunk[: chunk.rfind(b"\n") + 1]  # whole lines only
+            offset += len(complete)
+            for line in complete.decode("utf-8").splitlines():
+                if line.strip():
+                    sink.emit(json.loads(line))
+        if finished:
+            return

@@ -1,0 +1,308 @@
+"""The sweep report: every number in one JSON, the paper's figures as PNG, one self-contained
+HTML page (figures inlined), built from a job folder's artifacts alone (see ``stages``).
+
+- Fig. 8: win rate against the reference versus beta, one line per loss, 95% intervals;
+- Fig. 9: the pairwise win-rate matrix at one beta, with Bradley-Terry strengths;
+- Fig. 5: KL(pi || pi_ref) against the mu-weighted square loss traced during training, log-log;
+- training curves: loss, accuracy and mean rho per step.
+
+Runs still in flight are reported with what they have so far.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from gpo_core.data import write_json
+from gpo_core.sweep.spec import JobSpec
+
+FIGURES = {
+    "winrate_vs_beta": "Win rate against the reference vs beta (Fig. 8)",
+    "pairwise": "Pairwise win rates and Bradley-Terry strengths (Fig. 9)",
+    "kl_vs_square_loss": "KL vs mu-weighted square loss during training (Fig. 5)",
+    "training_curves": "Training curves",
+}
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line being written right now
+    return records
+
+
+def collect(job_dir: str | Path) -> dict:
+    """Every number of the report, from the job folder."""
+    job_dir = Path(job_dir)
+    job = _read_json(job_dir / "job.json")
+    if job is None:
+        raise FileNotFoundError(f"{job_dir}: not a job folder (no job.json)")
+    spec = JobSpec(**job["spec"])
+    runs = []
+    for run_id, run in zip(spec.run_ids(), spec.run_list(), strict=True):
+        folder = job_dir / "runs" / run_id
+        metrics = _read_metrics(folder / "train" / "metrics.jsonl")
+        steps = [m for m in metrics if m.get("kind") == "step"]
+        traces = [m for m in metrics if m.get("kind") == "trace"]
+        judged = _read_json(folder / "judgement.json")
+        trained = _read_json(folder / "train.json")
+        runs.append(
+            {
+                "id": run_id,
+                "loss": run.loss,
+                "beta": run.beta,
+                "trained": trained is not None,
+                "steps": trained["steps"] if trained else (steps[-1]["step"] if steps else 0),
+                "final_metrics": {k: v for k, v in (steps[-1] if steps else {}).items() if k not in ("kind",)},
+                "curve": [{k: s.get(k) for k in ("step", "loss", "accuracy", "rho_mean", "grad_norm")} for s in steps],
+                "traces": [{k: v for k, v in t.items() if k != "kind"} for t in traces],
+                "judgement": None
+                if judged is None
+                else {
+                    k: judged.get(k)
+                    for k in (
+                        "win_rate",
+                        "length_controlled",
+                        "flip_rate",
+                        "invalid",
+                        "mean_length",
+                        "mean_gold_reward",
+                    )
+                },
+            }
+        )
+    return {
+        "name": spec.name,
+        "spec": job["spec"],
+        "runs": runs,
+        "pairwise": _read_json(job_dir / "pairwise.json"),
+    }
+
+
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _by_loss(runs: list[dict]) -> dict[str, list[dict]]:
+    groups: dict[str, list[dict]] = {}
+    for run in runs:
+        groups.setdefault(run["loss"], []).append(run)
+    return {loss: sorted(group, key=lambda r: r["beta"]) for loss, group in groups.items()}
+
+
+def plot_winrate_vs_beta(data: dict, path: Path) -> Path | None:
+    judged = [r for r in data["runs"] if r["judgement"] and r["judgement"]["win_rate"]]
+    if not judged:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for loss, runs in _by_loss(judged).items():
+        betas = [r["beta"] for r in runs]
+        rates = [r["judgement"]["win_rate"]["rate"] for r in runs]
+        low = [rate - r["judgement"]["win_rate"]["low"] for rate, r in zip(rates, runs, strict=True)]
+        high = [r["judgement"]["win_rate"]["high"] - rate for rate, r in zip(rates, runs, strict=True)]
+        ax.errorbar(betas, rates, yerr=[low, high], marker="o", capsize=3, label=loss)
+    ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
+    ax.set_xscale("log")
+    ax.set_xlabel("beta")
+    ax.set_ylabel("win rate vs reference (ties = 1/2)")
+    ax.set_title("Win rate against the reference (95% paired bootstrap)")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_pairwise(data: dict, path: Path) -> Path | None:
+    pairwise = data["pairwise"]
+    if not pairwise:
+        return None
+    labels = pairwise["losses"]
+    matrix = [[math.nan if v is None else v for v in row] for row in pairwise["win_rate"]]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.4), gridspec_kw={"width_ratios": [1.2, 1]})
+    image = left.imshow(matrix, vmin=0, vmax=1, cmap="RdBu")
+    left.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
+    left.set_yticks(range(len(labels)), labels, fontsize=8)
+    for i, row in enumerate(matrix):
+        for j, value in enumerate(row):
+            if not math.isnan(value):
+                left.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8)
+    left.set_title(f"row beats column, beta = {pairwise['beta']:g}")
+    fig.colorbar(image, ax=left, fraction=0.046)
+    strengths = pairwise.get("bradley_terry")
+    if strengths:
+        s = strengths["strength"]
+        errors = [[v - lo for v, lo in zip(s, strengths["low"], strict=True)],
+                  [hi - v for v, hi in zip(s, strengths["high"], strict=True)]]  # fmt: skip
+        right.errorbar(s, range(len(s)), xerr=errors, fmt="o", capsize=3)
+        right.set_yticks(range(len(labels)), labels, fontsize=8)
+        right.axvline(0, color="grey", linewidth=0.8, linestyle=":")
+        right.set_xlabel(f"Bradley-Terry log-strength (relative to {labels[0]})")
+        right.invert_yaxis()
+    return _save(fig, path)
+
+
+def plot_kl_vs_square_loss(data: dict, path: Path) -> Path | None:
+    """Log-log; trace points with a non-positive estimate (sampling noise near 0) are left out."""
+    traced = [r for r in data["runs"] if any("kl" in t and "square_loss" in t for t in r["traces"])]
+    if not traced:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, (loss, runs) in enumerate(_by_loss(traced).items()):
+        for m, run in enumerate(runs):
+            points = [
+                (t["square_loss"], t["kl"]) for t in run["traces"] if t.get("kl", 0) > 0 and t.get("square_loss", 0) > 0
+            ]
+            if not points:
+                continue
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, ys, marker="os^vD<>"[m % 7], color=colours[k % len(colours)], alpha=0.85,
+                    label=f"{loss}, beta={run['beta']:g}")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("mu-weighted square loss E[rho^2]/2 (held-out pairs)")
+    ax.set_ylabel("KL(pi || pi_ref) (sampled)")
+    ax.set_title("Offline regularizer vs on-policy KL")
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, path)
+
+
+def plot_training_curves(data: dict, path: Path) -> Path | None:
+    runs = [r for r in data["runs"] if r["curve"]]
+    if not runs:
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for run in runs:
+        steps = [p["step"] for p in run["curve"]]
+        for ax, key in zip(axes, ("loss", "accuracy", "rho_mean"), strict=True):
+            ax.plot(steps, [p[key] for p in run["curve"]], linewidth=1, label=f"{run['loss']}, beta={run['beta']:g}")
+    for ax, title in zip(axes, ("training loss E[f(beta rho)]", "accuracy (rho > 0)", "mean rho"), strict=True):
+        ax.set_title(title)
+        ax.set_xlabel("step")
+    axes[0].legend(fontsize=6)
+    return _save(fig, path)
+
+
+PLOTTERS = {
+    "winrate_vs_beta": plot_winrate_vs_beta,
+    "pairwise": plot_pairwise,
+    "kl_vs_square_loss": plot_kl_vs_square_loss,
+    "training_curves": plot_training_curves,
+}
+
+
+def _interval(value: dict | None) -> str:
+    if not value:
+        return "-"
+    return f"{value['rate']:.3f} [{value['low']:.3f}, {value['high']:.3f}]"
+
+
+def winrate_table(data: dict) -> list[dict]:
+    """One row per run: the numbers a reader wants first."""
+    rows = []
+    for run in data["runs"]:
+        j = run["judgement"] or {}
+        traces = [t for t in run["traces"] if "kl" in t or "square_loss" in t]
+        last = traces[-1] if traces else {}
+        rows.append(
+            {
+                "run": run["id"],
+                "loss": run["loss"],
+                "beta": run["beta"],
+                "steps": run["steps"],
+                "win_rate": _interval(j.get("win_rate")),
+                "length_controlled": _interval(j.get("length_controlled")),
+                "flip_rate": f"{j['flip_rate']:.3f}" if j.get("flip_rate") is not None else "-",
+                "invalid": j.get("invalid", "-"),
+                "mean_length": f"{j['mean_length']['a']:.1f}" if j.get("mean_length") else "-",
+                "gold_reward": f"{j['mean_gold_reward']['a']:.3f}" if j.get("mean_gold_reward") else "-",
+                "kl": f"{last['kl']:.3f}" if "kl" in last else "-",
+                "square_loss": f"{last['square_loss']:.3f}" if "square_loss" in last else "-",
+            }
+        )
+    return rows
+
+
+def _html_table(rows: list[dict]) -> str:
+    if not rows:
+        return "<p>No runs.</p>"
+    head = "".join(f"<th>{html.escape(str(k))}</th>" for k in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row.values()) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _html(data: dict, figures: dict[str, Path]) -> str:
+    reference_length = next(
+        (r["judgement"]["mean_length"]["b"] for r in data["runs"] if r["judgement"] and r["judgement"]["mean_length"]),
+        None,
+    )
+    blocks = [
+        f"<h1>GPO sweep: {html.escape(data['name'])}</h1>",
+        "<p>Win rates count ties as one half; intervals are 95% paired bootstraps over prompts. Every pair was "
+        "judged in both orders and a verdict that flipped with the order counts as a tie. The length-controlled "
+        "win rate is the predicted win rate at equal length (logistic regression on the length difference)."
+        + (f" Mean reference response length: {reference_length:.1f} words." if reference_length else "")
+        + "</p>",
+        "<h2>Runs</h2>",
+        _html_table(winrate_table(data)),
+    ]
+    pairwise = data["pairwise"]
+    if pairwise and pairwise.get("bradley_terry"):
+        bt = pairwise["bradley_terry"]
+        columns = zip(pairwise["runs"], pairwise["losses"], bt["strength"], bt["low"], bt["high"], strict=True)
+        rows = [
+            {"run": run, "loss": loss, "strength": f"{s:.3f}", "95% interval": f"[{lo:.3f}, {hi:.3f}]"}
+            for run, loss, s, lo, hi in columns
+        ]
+        blocks += [f"<h2>Bradley-Terry strengths at beta = {pairwise['beta']:g}</h2>", _html_table(rows)]
+    for name, path in figures.items():
+        encoded = base64.b64encode(path.read_bytes()).decode("ascii")
+        blocks.append(f"<h2>{html.escape(FIGURES[name])}</h2><img alt='{name}' src='data:image/png;base64,{encoded}'>")
+    style = (
+        "body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;"
+        "font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}"
+        "img{max-width:100%}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>GPO sweep {html.escape(data['name'])}</title>"
+        f"<style>{style}</style></head><body>{''.join(blocks)}</body></html>"
+    )
+
+
+def build_report(job_dir: str | Path) -> Path:
+    """Write ``JOB/report/{report.json, report.html, *.png}``; returns the HTML's path."""
+    job_dir = Path(job_dir)
+    out = job_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    data = collect(job_dir)
+    figures = {}
+    for name, plot in PLOTTERS.items():
+        written = plot(data, out / f"{name}.png")
+        if written is not None:
+            figures[name] = written
+    data["table"] = winrate_table(data)
+    data["figures"] = {name: path.name for name, path in figures.items()}
+    write_json(out / "report.json", data)
+    page = out / "report.html"
+    tmp = page.with_suffix(".tmp")
+    tmp.write_text(_html(data, figures), encoding="utf-8")
+    tmp.replace(page)
+    return page

@@ -1,0 +1,239 @@
+"""The job spec: one loss x beta sweep (train, sample, judge, report), shared by the embedded runner,
+the control service and the SDK. Validation happens here, so every entry point refuses the same
+bad specs with the same field-named messages."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gpo_core.analysis import beta_from_ipo_equivalent
+from gpo_core.losses import BUILTIN_LOSSES, LossSpecError, resolve_loss
+
+MAX_RUNS = 64  # a grid larger than this is almost certainly a mistake; split it into jobs
+
+
+class BuiltinTask(BaseModel):
+    """The built-in summarization task supplies the models, data, prompts and oracle judge."""
+
+    model_config = ConfigDict(extra="forbid")
+    size: Literal["small", "default"] = "default"
+    seed: int = Field(0, ge=0, le=2**31)
+
+
+class RunSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    loss: str = Field(max_length=500, description="Registry name or a formula in x.")
+    beta: float
+
+    @field_validator("loss")
+    @classmethod
+    def _usable_loss(cls, value: str) -> str:
+        try:
+            resolve_loss(value)
+        except LossSpecError as err:
+            raise ValueError(str(err)) from None
+        return value
+
+    @field_validator("beta")
+    @classmethod
+    def _positive_beta(cls, value: float) -> float:
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"beta must be a finite number > 0, got {value}")
+        return value
+
+
+class TrainingSettings(BaseModel):
+    """The fields of :class:`gpo_core.train.spec.TrainingSpec` that a sweep shares across runs."""
+
+    model_config = ConfigDict(extra="forbid")
+    steps: int = Field(200, ge=1, le=1_000_000)
+    batch_size: int = Field(16, ge=1, le=4096)
+    grad_accumulation: int = Field(1, ge=1, le=1024)
+    lr: float = Field(5e-4, gt=0, le=1.0)
+    warmup_steps: int = Field(10, ge=0)
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    optimizer: Literal["adamw", "adafactor"] = "adamw"
+    max_prompt_length: int = Field(512, ge=1, le=131_072)
+    max_response_length: int = Field(16, ge=1, le=131_072)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    seed: int = 0
+    beta_units: Literal["native", "ipo"] = Field(
+        "native", description="Are the betas in each loss's own units or IPO-equivalent units?"
+    )
+    workers: int = Field(0, ge=0, le=1024, description="Ray Train workers; 0 trains in the worker's own process.")
+    use_gpu: bool = False
+    checkpoint_every: int = Field(50, ge=0)
+    trace_every: int = Field(50, ge=0, description="Steps between KL / square-loss traces (Fig. 5); 0: none.")
+    trace_prompts: int = Field(32, ge=1, le=100_000)
+
+
+class GenerationSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    backend: Literal["auto", "vllm", "transformers"] = "auto"
+    temperature: float = Field(1.0, ge=0, le=10)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(16, ge=1, le=4096)
+    n: int = Field(1, ge=1, le=64, description="Responses per prompt (each judged).")
+    seed: int = 0
+    prompts: int | None = Field(None, ge=1, le=100_000, description="Use the first N evaluation prompts.")
+
+
+class JudgeSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["oracle", "endpoint", "local"] = "oracle"
+    mode: Literal["deterministic", "sampled"] = Field("deterministic", description="Oracle verdicts.")
+    base_url: str | None = Field(None, description="OpenAI-compatible endpoint (kind=endpoint).")
+    model: str | None = Field(None, description="Model name at the endpoint (kind=endpoint).")
+    model_dir: str | None = Field(None, description="Local causal LM folder (kind=local).")
+    verdict: Literal["logprobs", "choice"] = "logprobs"
+    template: str | None = Field(None, max_length=20_000)
+    retries: int = Field(2, ge=0, le=10)
+
+    @model_validator(mode="after")
+    def _complete(self) -> JudgeSettings:
+        if self.kind == "endpoint" and not (self.base_url and self.model):
+            raise ValueError("an endpoint judge needs base_url and model")
+        if self.kind == "local" and not self.model_dir:
+            raise ValueError("a local judge needs model_dir")
+        if self.template is not None:
+            for slot in ("{prompt}", "{first}", "{second}"):
+                if slot not in self.template:
+                    raise ValueError(f"template must contain {slot}")
+        return self
+
+
+class Comparisons(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reference: bool = Field(True, description="Judge every run against the reference policy (Fig. 8).")
+    pairwise_beta: float | None = Field(None, description="Judge all runs at this beta against each other (Fig. 9).")
+
+
+class JobSpec(BaseModel):
+    """A sweep: models and data (or the built-in task), a grid of losses x betas (or explicit runs)
+    and the settings of each stage."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("sweep", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._ -]*$")
+    task: BuiltinTask | None = None
+    policy: str | None = Field(None, max_length=4096)
+    reference: str | None = Field(None, max_length=4096)
+    dataset: str | None = Field(None, max_length=4096)
+    eval_pairs: str | None = Field(None, max_length=4096)
+    eval_prompts: str | None = Field(None, max_length=4096)
+
+    losses: list[str] = Field(default_factory=list, max_length=32)
+    betas: list[float] = Field(default_factory=list, max_length=32)
+    runs: list[RunSpec] = Field(default_factory=list, max_length=MAX_RUNS)
+
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    judge: JudgeSettings = Field(default_factory=JudgeSettings)
+    comparisons: Comparisons = Field(default_factory=Comparisons)
+
+    @field_validator("losses")
+    @classmethod
+    def _usable_losses(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                resolve_loss(value)
+            except LossSpecError as err:
+                raise ValueError(f"{value!r}: {err}") from None
+        if len(set(values)) != len(values):
+            raise ValueError("a loss is listed twice")
+        return values
+
+    @field_validator("betas")
+    @classmethod
+    def _positive_betas(cls, values: list[float]) -> list[float]:
+        for value in values:
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"every beta must be a finite number > 0, got {value}")
+        if len(set(values)) != len(values):
+            raise ValueError("a beta is listed twice")
+        return values
+
+    @model_validator(mode="after")
+    def _consistent(self) -> JobSpec:
+        if self.task is None:
+            missing = [name for name in ("policy", "dataset", "eval_prompts") if not getattr(self, name)]
+            if missing:
+                raise ValueError(f"without a built-in task, give {', '.join(missing)}")
+            if self.judge.kind == "oracle":
+                raise ValueError("the oracle judge needs the built-in task; use an endpoint or local judge")
+        if self.runs and (self.losses or self.betas):
+            raise ValueError("give either runs or a grid of losses x betas, not both")
+        if not self.runs and not (self.losses and self.betas):
+            raise ValueError("give a grid (losses and betas, both non-empty) or an explicit list of runs")
+        grid = len(self.losses) * len(self.betas)
+        if grid > MAX_RUNS:
+            raise ValueError(f"the grid has {grid} runs; at most {MAX_RUNS} per job")
+        if self.training.beta_units == "ipo":
+            for run in self.run_list():
+                try:
+                    beta_from_ipo_equivalent(run.beta, run.loss)
+                except LossSpecError as err:
+                    raise ValueError(str(err)) from None
+        if self.comparisons.pairwise_beta is not None:
+            at_beta = [r for r in self.run_list() if r.beta == self.comparisons.pairwise_beta]
+            if len(at_beta) < 2:
+                raise ValueError(f"pairwise_beta {self.comparisons.pairwise_beta} matches fewer than two runs")
+        return self
+
+    def run_list(self) -> list[RunSpec]:
+        if self.runs:
+            return list(self.runs)
+        return [RunSpec(loss=loss, beta=beta) for loss in self.losses for beta in self.betas]
+
+    def run_ids(self) -> list[str]:
+        """Stable, path-safe ids: the position in the grid, the loss (slugged) and beta."""
+        return [run_id(i, run) for i, run in enumerate(self.run_list())]
+
+
+def run_id(index: int, run: RunSpec) -> str:
+    name = resolve_loss(run.loss).name
+    loss = name if name in BUILTIN_LOSSES else "f_" + re.sub(r"[^A-Za-z0-9]+", "_", run.loss).strip("_")[:24]
+    return f"r{index:02d}-{loss}-b{run.beta:g}".replace("+", "")
+
+
+class JobSpecError(ValueError):
+    """A spec that cannot be used; the message names the source and each bad field."""
+
+
+def describe_errors(err: ValidationError) -> list[dict]:
+    """pydantic's errors as ``{"field": "a.b", "message": ...}``."""
+    return [
+        {
+            "field": ".".join(str(part) for part in problem["loc"]) or "(spec)",
+            "message": problem["msg"].removeprefix("Value error, "),
+        }
+        for problem in err.errors()
+    ]
+
+
+def parse_job_spec(data: object, source: str = "spec") -> JobSpec:
+    if not isinstance(data, dict):
+        raise JobSpecError(f"{source}: a job spec is a mapping of fields, found {type(data).__name__}")
+    try:
+        return JobSpec(**data)
+    except ValidationError as err:
+        lines = [f"{source}: invalid job spec"] + [f"  {e['field']}: {e['message']}" for e in describe_errors(err)]
+        raise JobSpecError("\n".join(lines)) from None
+
+
+def load_job_spec(path: str | Path) -> JobSpec:
+    """A YAML or JSON file (JSON is YAML)."""
+    path = Path(path)
+    if not path.is_file():
+        raise JobSpecError(f"{path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise JobSpecError(f"{path}: not valid YAML ({err})") from None
+    return parse_job_spec(data, str(path))

@@ -1,0 +1,304 @@
+"""The pipeline stages of a sweep as plain functions over a job folder, so the same code runs in
+one process (``gpo run``) and inside the services (one stage per queue).
+
+Each stage is idempotent: it writes its output atomically and returns early when the output is
+already there, so a redelivered task costs nothing and never duplicates anything. Layout::
+
+    JOB/job.json                       the spec and its run ids
+    JOB/reference/responses.jsonl      the reference policy's samples (shared by every run)
+    JOB/runs/RUN/train/                training output: metrics.jsonl, checkpoints/, final/
+    JOB/runs/RUN/train.json            training result (written last: the stage's marker)
+    JOB/runs/RUN/responses.jsonl       the run's samples
+    JOB/runs/RUN/judgement.json        the run against the reference (+ verdicts.jsonl)
+    JOB/pairwise.json                  all runs at one beta against each other (Fig. 9)
+    JOB/report/                        report.html, report.json, figures
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from gpo_core.data import load_prompts, write_json, write_jsonl
+from gpo_core.generate import SamplingSettings, VLLMEngine, cached_responses, generate_responses, load_responses
+from gpo_core.sweep.spec import JobSpec, RunSpec
+from gpo_core.train.metrics import FanOut, JsonlSink, MetricsSink
+from gpo_core.train.spec import TrainingSpec
+
+REFERENCE = "reference"
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Where a job's models and data are, once the built-in task (if any) is built."""
+
+    policy: str
+    reference: str
+    dataset: str
+    eval_pairs: str | None
+    eval_prompts: str
+    task_root: str | None
+
+
+def resolve_inputs(spec: JobSpec, progress: Callable[[str], None] | None = None) -> Inputs:
+    """Builds the built-in task when the spec asks for it (cached by content: instant when built)."""
+    if spec.task is not None:
+        from gpo_core.task.build import build_task, task_settings
+
+        artifacts = build_task(None, task_settings(spec.task.size, spec.task.seed), progress=progress)
+        return Inputs(
+            policy=artifacts.model_dir,
+            reference=artifacts.model_dir,
+            dataset=artifacts.train_pairs,
+            eval_pairs=artifacts.eval_pairs,
+            eval_prompts=artifacts.eval_prompts,
+            task_root=artifacts.root,
+        )
+    return Inputs(
+        policy=spec.policy,
+        reference=spec.reference or spec.policy,
+        dataset=spec.dataset,
+        eval_pairs=spec.eval_pairs,
+        eval_prompts=spec.eval_prompts,
+        task_root=None,
+    )
+
+
+def run_dir(job_dir: Path, run: str) -> Path:
+    return job_dir / "runs" / run if run != REFERENCE else job_dir / REFERENCE
+
+
+def run_by_id(spec: JobSpec, run: str) -> RunSpec:
+    ids = spec.run_ids()
+    if run not in ids:
+        raise KeyError(f"no run {run!r} in this job (runs: {', '.join(ids)})")
+    return spec.run_list()[ids.index(run)]
+
+
+def write_job_file(spec: JobSpec, job_dir: Path) -> None:
+    write_json(job_dir / "job.json", {"spec": spec.model_dump(mode="json"), "runs": spec.run_ids()})
+
+
+def training_spec(spec: JobSpec, inputs: Inputs, job_dir: Path, run: str) -> TrainingSpec:
+    settings = spec.training.model_dump(exclude={"beta_units"})
+    target = run_by_id(spec, run)
+    beta = {"beta_ipo": target.beta} if spec.training.beta_units == "ipo" else {"beta": target.beta}
+    if not (inputs.eval_pairs or inputs.eval_prompts):
+        settings["trace_every"] = 0  # nothing to trace on
+    return TrainingSpec(
+        policy=inputs.policy,
+        reference=inputs.reference,
+        dataset=inputs.dataset,
+        eval_pairs=inputs.eval_pairs,
+        eval_prompts=inputs.eval_prompts,
+        output_dir=str(run_dir(job_dir, run) / "train"),
+        loss=target.loss,
+        **settings,
+        **beta,
+    )
+
+
+def train_stage(
+    spec: JobSpec,
+    job_dir: Path,
+    run: str,
+    sink: MetricsSink | None = None,
+    stop_requested: Callable[[], bool] = lambda: False,
+) -> dict:
+    """Train one run (resuming from its last checkpoint). Returns the result; ``stopped`` is true
+    when a stop was requested, and then no result file is written (the run is not done)."""
+    from gpo_core.train.loop import RunContext, train
+
+    done = run_dir(job_dir, run) / "train.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    inputs = resolve_inputs(spec)
+    training = training_spec(spec, inputs, job_dir, run)
+    metrics_path = Path(training.output_dir) / "metrics.jsonl"
+    if training.workers > 0:
+        result = _train_on_ray(training, metrics_path, sink, stop_requested)
+    else:
+        metrics = JsonlSink(metrics_path)
+        try:
+            out = FanOut(metrics, sink) if sink is not None else metrics
+            result = train(training, out, RunContext(should_stop=stop_requested))
+        finally:
+            metrics.close()
+    summary = {
+        "steps": result.steps,
+        "final_model_dir": result.final_model_dir,
+        "stopped": result.stopped,
+        "reference_cache": result.reference_cache,
+        "last_metrics": result.last_metrics,
+    }
+    if not result.stopped:
+        write_json(done, summary)
+    return summary
+
+
+def _train_on_ray(training: TrainingSpec, metrics_path: Path, sink: MetricsSink | None, stop_requested):
+    """Ray Train's rank 0 writes the metrics file; a watcher thread forwards its new lines to
+    ``sink`` and turns a stop request into the run's STOP file."""
+    import threading
+
+    from gpo_core.train.metrics import ListSink, follow_jsonl
+    from gpo_core.train.ray_runner import request_stop, train_on_ray
+
+    def poll() -> None:
+        if stop_requested():
+            request_stop(training.output_dir)
+
+    finished = threading.Event()
+    watcher = threading.Thread(
+        target=follow_jsonl, args=(metrics_path, sink or ListSink(), finished, poll), name="ray-run-watcher"
+    )
+    watcher.start()
+    try:
+        return train_on_ray(training, metrics_path=metrics_path)
+    finally:
+        finished.set()
+        watcher.join()
+
+
+def sampling_settings(spec: JobSpec) -> SamplingSettings:
+    g = spec.generation
+    return SamplingSettings(
+        temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens, n=g.n, seed=g.seed
+    )
+
+
+def evaluation_prompts(spec: JobSpec, inputs: Inputs) -> list[dict]:
+    prompts = load_prompts(inputs.eval_prompts)
+    return prompts[: spec.generation.prompts] if spec.generation.prompts else prompts
+
+
+def generate_stage(spec: JobSpec, job_dir: Path, run: str, cache_dir: Path, engine: VLLMEngine | None = None) -> Path:
+    """Sample ``run``'s final model (or the reference policy) on the evaluation prompts. The
+    reference's samples come from the content-keyed cache, so a sweep (or many) makes them once."""
+    out = run_dir(job_dir, run) / "responses.jsonl"
+    if out.exists():
+        return out
+    inputs = resolve_inputs(spec)
+    prompts = evaluation_prompts(spec, inputs)
+    settings = sampling_settings(spec)
+    backend = spec.generation.backend
+    if run == REFERENCE:
+        cached, _ = cached_responses(inputs.reference, prompts, settings, cache_dir, backend, engine)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(cached, out.with_suffix(".tmp"))
+        out.with_suffix(".tmp").replace(out)
+        return out
+    trained = run_dir(job_dir, run) / "train.json"
+    if not trained.exists():
+        raise FileNotFoundError(f"run {run} has no trained model yet ({trained} is missing)")
+    model_dir = json.loads(trained.read_text())["final_model_dir"]
+    records = generate_responses(model_dir, prompts, settings, model_id=run, backend=backend, engine=engine)
+    return write_jsonl(out, records)
+
+
+def make_judge(spec: JobSpec, inputs: Inputs):
+    from gpo_core import judge as judging
+
+    settings = spec.judge
+    template = settings.template or judging.DEFAULT_TEMPLATE
+    if settings.kind == "oracle":
+        from gpo_core.task.build import BuiltTask
+
+        return judging.OracleTaskJudge(BuiltTask(inputs.task_root), settings.mode)
+    if settings.kind == "local":
+        return judging.LogprobJudge(settings.model_dir, template)
+    return judging.OpenAIJudge(settings.base_url, settings.model, template, verdict=settings.verdict)
+
+
+def _paired_items(first: list[dict], second: list[dict]) -> list[dict]:
+    """Pair the two response sets by (prompt id, sample): A is ``first``, B is ``second``."""
+    theirs = {(r["prompt_id"], r.get("sample", 0)): r["response"] for r in second}
+    items = []
+    for record in first:
+        key = (record["prompt_id"], record.get("sample", 0))
+        if key in theirs:
+            items.append(
+                {
+                    "prompt_id": record["prompt_id"],
+                    "prompt": record["prompt"],
+                    "a": record["response"],
+                    "b": theirs[key],
+                }
+            )
+    return items
+
+
+def _judge(spec: JobSpec, inputs: Inputs, job_dir: Path, items: list[dict]):
+    from gpo_core.judge import VerdictCache, side_by_side
+
+    judge = make_judge(spec, inputs)
+    cache = VerdictCache(job_dir / "verdicts.jsonl")
+    return side_by_side(judge, items, cache=cache, retries=spec.judge.retries), judge
+
+
+def judge_stage(spec: JobSpec, job_dir: Path, run: str) -> dict:
+    """``run``'s responses against the reference's, both orders; the summary goes to
+    ``judgement.json`` and the per-comparison records beside it."""
+    out = run_dir(job_dir, run) / "judgement.json"
+    if out.exists():
+        return json.loads(out.read_text())
+    inputs = resolve_inputs(spec)
+    ours = load_responses(run_dir(job_dir, run) / "responses.jsonl")
+    theirs = load_responses(run_dir(job_dir, REFERENCE) / "responses.jsonl")
+    items = _paired_items(ours, theirs)
+    result, judge = _judge(spec, inputs, job_dir, items)
+    summary = {"run": run, "against": REFERENCE, "judge": judge.key, **result.to_dict()}
+    if inputs.task_root is not None:  # the built-in task knows the true reward: report it too
+        from gpo_core.task.build import BuiltTask
+
+        task = BuiltTask(inputs.task_root)
+        summary["mean_gold_reward"] = {
+            "a": sum(task.reward(i["prompt"], i["a"]) for i in items) / max(1, len(items)),
+            "b": sum(task.reward(i["prompt"], i["b"]) for i in items) / max(1, len(items)),
+        }
+    write_jsonl(out.with_name("verdicts.jsonl"), result.records)
+    write_json(out, summary)
+    return summary
+
+
+def pairwise_runs(spec: JobSpec) -> list[str]:
+    beta = spec.comparisons.pairwise_beta
+    return [rid for rid, run in zip(spec.run_ids(), spec.run_list(), strict=True) if run.beta == beta]
+
+
+def pairwise_stage(spec: JobSpec, job_dir: Path) -> dict | None:
+    """Every pair of runs at ``comparisons.pairwise_beta`` side by side (both orders), the win-rate
+    matrix and Bradley-Terry strengths with bootstrap intervals (Fig. 9)."""
+    from gpo_core.stats import bradley_terry_strengths
+
+    out = job_dir / "pairwise.json"
+    if spec.comparisons.pairwise_beta is None:
+        return None
+    if out.exists():
+        return json.loads(out.read_text())
+    inputs = resolve_inputs(spec)
+    runs = pairwise_runs(spec)
+    responses = [load_responses(run_dir(job_dir, run) / "responses.jsonl") for run in runs]
+    matrix: list[list[float | None]] = [[None] * len(runs) for _ in runs]
+    comparisons = []
+    for i in range(len(runs)):
+        for j in range(i + 1, len(runs)):
+            items = _paired_items(responses[i], responses[j])
+            result, _ = _judge(spec, inputs, job_dir, items)
+            if result.win_rate is not None:
+                matrix[i][j] = result.win_rate.rate
+                matrix[j][i] = 1 - result.win_rate.rate
+            comparisons += [(r["prompt_id"], i, j, r["outcome"]) for r in result.records if r["outcome"] != "invalid"]
+    strengths = bradley_terry_strengths(runs, comparisons) if comparisons else None
+    summary = {
+        "beta": spec.comparisons.pairwise_beta,
+        "runs": runs,
+        "losses": [run_by_id(spec, run).loss for run in runs],
+        "win_rate": matrix,  # win_rate[i][j]: run i over run j
+        "bradley_terry": strengths.to_dict() if strengths else None,
+    }
+    write_json(out, summary)
+    return summary

@@ -1,0 +1,115 @@
+"""The sweep: job spec validation, the embedded runner on the built-in task end to end, resuming,
+and the report built from the job folder."""
+
+import json
+
+import pytest
+
+from gpo_core.sweep import stages
+from gpo_core.sweep.report import build_report
+from gpo_core.sweep.runner import run_job
+from gpo_core.sweep.spec import MAX_RUNS, JobSpec, JobSpecError, parse_job_spec
+
+
+def grid(**overrides) -> dict:
+    return {"task": {"size": "small", "seed": 3}, "losses": ["logistic"], "betas": [0.1], **overrides}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "message"),
+    [
+        ({"losses": ["nope"]}, "losses", "unknown loss 'nope'"),
+        ({"losses": ["__import__('os')"]}, "losses", ""),
+        ({"betas": [0.0]}, "betas", "finite number > 0"),
+        ({"betas": [float("inf")]}, "betas", "finite number > 0"),
+        (
+            {"losses": [f"exp(-x) + {k}" for k in range(9)], "betas": [0.1 * (k + 1) for k in range(8)]},
+            "(spec)",
+            "at most",
+        ),
+        ({"task": None}, "(spec)", "give policy, dataset, eval_prompts"),
+        ({"runs": [{"loss": "hinge", "beta": 1}]}, "(spec)", "not both"),
+        ({"losses": []}, "(spec)", "give a grid"),
+        ({"comparisons": {"pairwise_beta": 5}}, "(spec)", "fewer than two runs"),
+        ({"generation": {"max_new_tokens": 0}}, "generation.max_new_tokens", "greater than or equal to 1"),
+        ({"judge": {"kind": "endpoint"}}, "judge", "base_url and model"),
+        ({"name": "../etc"}, "name", "pattern"),
+        ({"bogus": 1}, "bogus", "Extra inputs"),
+    ],
+)
+def test_invalid_specs_name_the_field(overrides, field, message) -> None:
+    with pytest.raises(JobSpecError) as caught:
+        parse_job_spec(grid(**overrides), "job.yaml")
+    text = str(caught.value)
+    assert text.startswith("job.yaml: invalid job spec") and f"  {field}: " in text and message in text
+    assert MAX_RUNS == 64
+
+
+def test_run_ids_are_stable_and_path_safe() -> None:
+    spec = JobSpec(**grid(losses=["dpo", "exp(-x) + 0.1*x^2"], betas=[0.1, 10]))
+    assert spec.run_ids() == [
+        "r00-logistic-b0.1",
+        "r01-logistic-b10",
+        "r02-f_exp_x_0_1_x_2-b0.1",
+        "r03-f_exp_x_0_1_x_2-b10",
+    ]
+
+
+@pytest.mark.slow
+def test_sweep_end_to_end_with_the_oracle_judge_and_report(small_task, tmp_path) -> None:
+    spec = JobSpec(
+        **grid(
+            losses=["logistic", "square"],
+            betas=[0.1, 1.0],
+            training={"steps": 6, "batch_size": 8, "trace_every": 3, "checkpoint_every": 0, "trace_prompts": 8},
+            generation={"backend": "transformers", "prompts": 12, "n": 2},
+            comparisons={"pairwise_beta": 0.1},
+        )
+    )
+    events = []
+    report = run_job(spec, tmp_path / "job", cache_dir=tmp_path / "cache", events=events.append)
+    assert report == tmp_path / "job" / "report" / "report.html"
+    data = json.loads((report.parent / "report.json").read_text())
+    assert [r["id"] for r in data["runs"]] == spec.run_ids()
+    for run in data["runs"]:
+        assert run["steps"] == 6 and len(run["curve"]) == 6
+        assert [t["step"] for t in run["traces"]] == [0, 3, 6]
+        judged = run["judgement"]
+        assert judged["win_rate"]["comparisons"] == 24 and judged["invalid"] == 0
+        assert 0 <= judged["win_rate"]["low"] <= judged["win_rate"]["rate"] <= judged["win_rate"]["high"] <= 1
+    pairwise = data["pairwise"]
+    assert pairwise["runs"] == ["r00-logistic-b0.1", "r02-square-b0.1"]
+    assert pairwise["win_rate"][0][1] + pairwise["win_rate"][1][0] == pytest.approx(1.0)
+    assert set(data["figures"]) == {"winrate_vs_beta", "pairwise", "kl_vs_square_loss", "training_curves"}
+    page = report.read_text()
+    assert page.count("data:image/png;base64,") == 4 and "r03-square-b1" in page
+    stage_events = [(e["run"], e["stage"], e["state"]) for e in events if e["kind"] == "stage"]
+    assert ("r03-square-b1", "judge", "done") in stage_events and stage_events[-1] == ("job", "report", "done")
+    assert any(e["kind"] == "step" and e["run"] == "r00-logistic-b0.1" for e in events)
+
+    # The reference's samples are one file shared through the cache; every run judged the same set.
+    reference = (tmp_path / "job" / "reference" / "responses.jsonl").read_text().splitlines()
+    assert len(reference) == 24 and len(list((tmp_path / "cache" / "responses").iterdir())) == 1
+
+    # Running again resumes: nothing is trained, sampled or judged twice.
+    trained = {run: (tmp_path / "job" / "runs" / run / "train.json").stat().st_mtime_ns for run in spec.run_ids()}
+    verdicts = (tmp_path / "job" / "verdicts.jsonl").read_text()
+    again = []
+    run_job(spec, tmp_path / "job", cache_dir=tmp_path / "cache", events=again.append)
+    assert not any(e["kind"] == "step" for e in again)
+    assert trained == {run: (tmp_path / "job" / "runs" / run / "train.json").stat().st_mtime_ns for run in trained}
+    assert (tmp_path / "job" / "verdicts.jsonl").read_text() == verdicts
+
+
+def test_report_of_a_job_in_flight_shows_what_it_has(small_task, tmp_path) -> None:
+    spec = JobSpec(**grid(losses=["hinge"], betas=[1.0]))
+    stages.write_job_file(spec, tmp_path)
+    page = build_report(tmp_path)
+    data = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert data["runs"][0]["trained"] is False and data["runs"][0]["judgement"] is None and data["figures"] == {}
+    assert "r00-hinge-b1" in page.read_text()
+
+
+def test_report_needs_a_job_folder(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="not a job folder"):
+        build_report(tmp_path)
