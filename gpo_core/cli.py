@@ -525,27 +525,6 @@ def run_command(
     console.print(f"report: {report}")
 
 
-@app.command("report")
-def report_command(
-    job_dir: Annotated[Path, typer.Argument(help="A job folder (written by gpo run or the services).")],
-    open_browser: Annotated[bool, typer.Option("--open", help="Open the HTML report in a browser.")] = False,
-) -> None:
-    """(Re)build a sweep's report from its artifacts: report.html (self-contained), report.json
-    and the figures (win rate vs beta, pairwise matrix, KL vs square loss, training curves)."""
-    from gpo_core.sweep.report import build_report
-
-    try:
-        page = build_report(job_dir)
-    except FileNotFoundError as err:
-        raise _fail(str(err)) from None
-    print_winrate_table(page.with_name("report.json"))
-    console.print(f"report: {page}")
-    if open_browser:
-        import webbrowser
-
-        webbrowser.open(page.resolve().as_uri())
-
-
 def main() -> None:
     from transformers.utils import logging as transformers_logging
 

@@ -132,11 +132,15 @@ class VLLMEngine:
             self.llm = None
             gc.collect()
 
+    def can_serve(self, model_dir: str | Path) -> bool:
+        """Same architecture and shapes, and the same tokenizer: only the weights differ."""
+        return _architecture(model_dir) == self._architecture
+
     def load_weights(self, model_dir: str | Path) -> None:
-        """Serve ``model_dir`` (same architecture and shapes, same tokenizer) from now on."""
+        """Serve ``model_dir`` (see :meth:`can_serve`) from now on."""
         if str(model_dir) == self.model_dir:
             return
-        if _architecture(model_dir) != self._architecture:
+        if not self.can_serve(model_dir):
             raise ValueError(
                 f"{model_dir} is not the architecture this engine serves ({self.model_dir}); start a new engine"
             )

@@ -1,0 +1,163 @@
+"""The local stack (``gpo up`` / ``gpo down``): a private redis-server, the control service and the
+trainer, generator and judge workers, all on loopback, with their logs in one folder. The
+trainer starts Ray locally when a job trains on Ray workers.
+
+The stack's folder holds ``stack.json`` (addresses, the API key, process ids), ``logs/``, the
+artifacts and Redis's append-only file, so a stack brought down and up again keeps its jobs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+SERVICES = {  # name -> module run with python -m
+    "control": "gpo_services.control",
+    "trainer": "gpo_services.trainer",
+    "generator": "gpo_services.generator",
+    "judge": "gpo_services.judge",
+}
+
+
+def default_stack_dir() -> Path:
+    return Path(os.environ.get("GPO_STACK_DIR", Path.home() / ".gpo" / "stack"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:  # our child, exited: reaped now
+            return False
+    except ChildProcessError:
+        pass  # not our child (a stack started by another gpo up)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def running_stack(directory: Path | None = None) -> dict | None:
+    """The stack's record when its control service answers, else None."""
+    path = (directory or default_stack_dir()) / "stack.json"
+    if not path.exists():
+        return None
+    stack = json.loads(path.read_text())
+    try:
+        if httpx.get(f"{stack['server']}/healthz", timeout=2).status_code == 200:
+            return stack
+    except httpx.HTTPError:
+        return None
+    return None
+
+
+class StackError(RuntimeError):
+    pass
+
+
+def _wait_for(check, what: str, timeout_s: float, logs: Path) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    raise StackError(f"{what} did not start within {timeout_s:.0f} s; see the logs in {logs}")
+
+
+def start_stack(
+    directory: Path | None = None,
+    port: int | None = None,
+    env: dict[str, str] | None = None,
+    workers: tuple[str, ...] = ("trainer", "generator", "judge"),
+) -> dict:
+    """Start the stack (or return the running one). ``env`` adds settings for every service."""
+    directory = (directory or default_stack_dir()).resolve()
+    if (stack := running_stack(directory)) is not None:
+        return stack
+    redis_server = shutil.which("redis-server")
+    if redis_server is None:
+        raise StackError("redis-server is not installed (Debian/Ubuntu: apt-get install redis-server)")
+    logs = directory / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    (directory / "redis").mkdir(exist_ok=True)
+    api_key = os.environ.get("GPO_API_KEY") or secrets.token_urlsafe(24)
+    redis_port, port = free_port(), port or free_port()
+    stack = {
+        "server": f"http://127.0.0.1:{port}",
+        "api_key": api_key,
+        "redis_url": f"redis://127.0.0.1:{redis_port}/0",
+        "artifacts": str(directory / "artifacts"),
+        "logs": str(logs),
+        "pids": {},
+    }
+    processes = stack["pids"]
+    with (logs / "redis.log").open("a") as log:
+        redis_command = [redis_server, "--port", str(redis_port), "--bind", "127.0.0.1",
+                         "--dir", str(directory / "redis"), "--appendonly", "yes", "--save", ""]  # fmt: skip
+        processes["redis"] = subprocess.Popen(redis_command, stdout=log, stderr=log, start_new_session=True).pid
+    service_env = {
+        **os.environ,
+        "GPO_REDIS_URL": stack["redis_url"],
+        "GPO_ARTIFACTS": stack["artifacts"],
+        "GPO_API_KEYS": f"{api_key}:local",
+        "GPO_HOST": "127.0.0.1",
+        "GPO_PORT": str(port),
+        **(env or {}),
+    }
+    for name in ("control", *workers):
+        with (logs / f"{name}.log").open("a") as log:
+            command = [sys.executable, "-m", SERVICES[name]]
+            processes[name] = subprocess.Popen(
+                command, stdout=log, stderr=log, env=service_env, start_new_session=True
+            ).pid
+    (directory / "stack.json").write_text(json.dumps(stack, indent=1))
+    try:
+        _wait_for(lambda: running_stack(directory) is not None, "the control service", 60, logs)
+        ready = lambda: httpx.get(f"{stack['server']}/readyz", timeout=2).status_code == 200  # noqa: E731
+        _wait_for(ready, "redis", 30, logs)
+    except StackError:
+        stop_stack(directory)
+        raise
+    return stack
+
+
+def stop_stack(directory: Path | None = None, grace_s: float = 30.0) -> list[str]:
+    """SIGTERM every service (workers finish or hand back their task), then Redis; SIGKILL what
+    is still running after ``grace_s``. Returns the names stopped."""
+    directory = (directory or default_stack_dir()).resolve()
+    path = directory / "stack.json"
+    if not path.exists():
+        return []
+    pids: dict[str, int] = json.loads(path.read_text())["pids"]
+    order = [name for name in pids if name != "redis"] + (["redis"] if "redis" in pids else [])
+    stopped = []
+    for group in ([n for n in order if n != "redis"], ["redis"]):
+        for name in group:
+            if name in pids and _alive(pids[name]):
+                os.killpg(pids[name], signal.SIGTERM)
+                stopped.append(name)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and any(_alive(pids[n]) for n in group if n in pids):
+            time.sleep(0.2)
+        for name in group:
+            if name in pids and _alive(pids[name]):
+                os.killpg(pids[name], signal.SIGKILL)
+    path.unlink()
+    return stopped

@@ -1,0 +1,53 @@
+"""Jobs and runs as the API shows them: the contract between the control service and the SDK
+(both import these models, so the two cannot drift apart)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+RunState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+Stage = Literal["train", "generate", "judge", "done"]
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+
+
+class RunView(BaseModel):
+    id: str
+    loss: str
+    beta: float
+    state: RunState
+    stage: Stage
+    step: int = 0
+    steps: int = 0
+    win_rate: dict | None = Field(None, description="Against the reference: rate, low, high, stderr, counts.")
+    reason: str | None = None
+    updated_at: float
+
+
+class JobView(BaseModel):
+    id: str
+    name: str
+    state: JobState
+    reason: str | None = None
+    created_at: float
+    updated_at: float
+    runs: list[RunView]
+    report: str | None = Field(None, description="Path of the HTML report under this API, once written.")
+
+
+class JobPage(BaseModel):
+    jobs: list[JobView]
+    next_offset: int | None = Field(None, description="Pass as offset for the next page; null on the last.")
+
+
+class ErrorItem(BaseModel):
+    field: str | None = None
+    message: str
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="A short machine-readable code: invalid_spec, not_found, unauthorized, ...")
+    message: str
+    details: list[ErrorItem] = Field(default_factory=list)

@@ -1,0 +1,285 @@
+"""Job and run records in Redis, and each job's event stream.
+
+A job's state is derived from its runs (and the cancel flag) on every transition, inside one
+optimistic transaction (WATCH on the job key, which every transition writes), so concurrent
+workers never leave a stale state. Every transition appends an event with a timestamp to the
+job's stream (trimmed), which feeds the SSE endpoint.
+
+Keys::
+
+    gpo:job:{id}              hash: id, tenant, name, spec, runs, state, reason, cancel, report, times
+    gpo:job:{id}:run:{run}    hash: id, loss, beta, state, stage, step, steps, win_rate, reason, updated_at
+    gpo:job:{id}:events       stream of {type, data, ts}
+    gpo:tenant:{tenant}:jobs  sorted set of job ids by creation time
+    gpo:idem:{tenant}:{hash}  the job an Idempotency-Key created (24 h)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Iterator
+
+import redis
+
+from gpo_core.sweep.spec import JobSpec
+from gpo_core.sweep.views import TERMINAL, JobPage, JobView, RunView
+
+EVENTS_MAXLEN = 5000
+IDEMPOTENCY_TTL_S = 24 * 3600
+
+
+class Conflict(Exception):
+    """The request contradicts the job's state (e.g. cancelling a finished job)."""
+
+
+def job_key(job_id: str) -> str:
+    return f"gpo:job:{job_id}"
+
+
+def run_key(job_id: str, run: str) -> str:
+    return f"gpo:job:{job_id}:run:{run}"
+
+
+def events_key(job_id: str) -> str:
+    return f"gpo:job:{job_id}:events"
+
+
+def _derive_state(job: dict, runs: list[dict]) -> tuple[str, str]:
+    """(state, reason) of a job from its record and its runs."""
+    if job.get("state") in TERMINAL:
+        return job["state"], job.get("reason", "")
+    if job.get("cancel") == "1":
+        return "cancelled", "cancelled on request"
+    failed = [r for r in runs if r.get("state") == "failed"]
+    if failed:
+        return "failed", f"run {failed[0]['id']} failed at {failed[0].get('stage', '?')}: {failed[0].get('reason', '')}"
+    if job.get("report") and all(r.get("state") == "succeeded" for r in runs):
+        return "succeeded", ""
+    if all(r.get("state") == "queued" and r.get("stage") == "train" for r in runs):
+        return "queued", ""
+    return "running", ""
+
+
+class JobStore:
+    def __init__(self, client: redis.Redis):
+        self.r = client
+
+    # -- creation -------------------------------------------------------------------------------
+
+    def create_job(self, tenant: str, spec: JobSpec, idempotency_key: str | None = None) -> tuple[str, bool]:
+        """(job id, created). A repeated Idempotency-Key returns the first job (created=False);
+        the same key with a different spec is a :class:`Conflict`."""
+        spec_json = spec.model_dump_json()
+        spec_hash = hashlib.sha256(spec_json.encode()).hexdigest()
+        job_id = uuid.uuid4().hex[:16]
+        if idempotency_key is not None:
+            idem = f"gpo:idem:{tenant}:{hashlib.sha256(idempotency_key.encode()).hexdigest()}"
+            if not self.r.set(idem, f"{job_id} {spec_hash}", nx=True, ex=IDEMPOTENCY_TTL_S):
+                return self._existing(idem, spec_hash), False
+        now = time.time()
+        runs = spec.run_ids()
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(
+            job_key(job_id),
+            mapping={
+                "id": job_id,
+                "tenant": tenant,
+                "name": spec.name,
+                "spec": spec_json,
+                "runs": json.dumps(runs),
+                "state": "queued",
+                "created_at": now,
+                "updated_at": now,
+            },
+        )
+        for run_id, run in zip(runs, spec.run_list(), strict=True):
+            pipe.hset(
+                run_key(job_id, run_id),
+                mapping={"id": run_id, "loss": run.loss, "beta": run.beta, "state": "queued", "stage": "train",
+                         "step": 0, "steps": spec.training.steps, "updated_at": now},
+            )  # fmt: skip
+        pipe.zadd(f"gpo:tenant:{tenant}:jobs", {job_id: now})
+        pipe.xadd(events_key(job_id), self._event("job_state", {"state": "queued"}), maxlen=EVENTS_MAXLEN)
+        pipe.execute()
+        return job_id, True
+
+    def _existing(self, idem_key: str, spec_hash: str) -> str:
+        value = self.r.get(idem_key)
+        job_id, first_hash = value.split(" ")
+        if first_hash != spec_hash:
+            raise Conflict("this Idempotency-Key was used with a different spec")
+        for _ in range(200):  # the first request may still be writing the job: wait for it
+            if self.r.exists(job_key(job_id)):
+                return job_id
+            time.sleep(0.01)
+        raise Conflict("a request with this Idempotency-Key is still being processed; retry")
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def exists(self, job_id: str) -> bool:
+        return bool(self.r.exists(job_key(job_id)))
+
+    def tenant_of(self, job_id: str) -> str | None:
+        return self.r.hget(job_key(job_id), "tenant")
+
+    def spec(self, job_id: str) -> JobSpec:
+        return JobSpec.model_validate_json(self.r.hget(job_key(job_id), "spec"))
+
+    def run_ids(self, job_id: str) -> list[str]:
+        return json.loads(self.r.hget(job_key(job_id), "runs") or "[]")
+
+    def state(self, job_id: str) -> str | None:
+        return self.r.hget(job_key(job_id), "state")
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return self.r.hget(job_key(job_id), "cancel") == "1"
+
+    def get(self, job_id: str, tenant: str | None = None) -> JobView | None:
+        """The job, or None when it does not exist or belongs to another tenant."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(job_key(job_id))
+        job = pipe.execute()[0]
+        if not job or (tenant is not None and job.get("tenant") != tenant):
+            return None
+        runs = self._runs(job_id, json.loads(job["runs"]))
+        return self._view(job, runs)
+
+    def _runs(self, job_id: str, run_ids: list[str]) -> list[dict]:
+        pipe = self.r.pipeline(transaction=False)
+        for run in run_ids:
+            pipe.hgetall(run_key(job_id, run))
+        return pipe.execute()
+
+    @staticmethod
+    def _view(job: dict, runs: list[dict]) -> JobView:
+        return JobView(
+            id=job["id"],
+            name=job["name"],
+            state=job["state"],
+            reason=job.get("reason") or None,
+            created_at=float(job["created_at"]),
+            updated_at=float(job["updated_at"]),
+            report=f"/jobs/{job['id']}/report" if job.get("report") else None,
+            runs=[
+                RunView(
+                    id=r["id"],
+                    loss=r["loss"],
+                    beta=float(r["beta"]),
+                    state=r["state"],
+                    stage=r["stage"],
+                    step=int(r.get("step", 0)),
+                    steps=int(r.get("steps", 0)),
+                    win_rate=json.loads(r["win_rate"]) if r.get("win_rate") else None,
+                    reason=r.get("reason") or None,
+                    updated_at=float(r["updated_at"]),
+                )
+                for r in runs
+            ],
+        )
+
+    def list(self, tenant: str, state: str | None = None, offset: int = 0, limit: int = 20) -> JobPage:
+        """Newest first. With a state filter, pages are over the matching jobs."""
+        ids = self.r.zrevrange(f"gpo:tenant:{tenant}:jobs", 0, -1)
+        if state is not None:
+            pipe = self.r.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.hget(job_key(job_id), "state")
+            ids = [job_id for job_id, s in zip(ids, pipe.execute(), strict=True) if s == state]
+        page = ids[offset : offset + limit]
+        jobs = [view for job_id in page if (view := self.get(job_id)) is not None]
+        return JobPage(jobs=jobs, next_offset=offset + limit if offset + limit < len(ids) else None)
+
+    # -- transitions ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _event(kind: str, data: dict) -> dict:
+        return {"type": kind, "data": json.dumps(data), "ts": f"{time.time():.6f}"}
+
+    def transition(self, job_id: str, run: str | None = None, job_fields: dict | None = None, **run_fields) -> str:
+        """Change a run (and/or the job record), re-derive the job's state, append the events;
+        atomically. Returns the job's state afterwards."""
+        key = job_key(job_id)
+        outcome = {}
+
+        def work(pipe: redis.client.Pipeline) -> None:
+            job = pipe.hgetall(key)
+            if not job:
+                raise KeyError(f"no job {job_id}")
+            run_ids = json.loads(job["runs"])
+            runs = [pipe.hgetall(run_key(job_id, r)) for r in run_ids]
+            now = time.time()
+            changed_run = None
+            if run is not None:
+                index = run_ids.index(run)
+                before = runs[index]
+                after = {**before, **{k: str(v) for k, v in run_fields.items()}, "updated_at": str(now)}
+                runs[index] = after
+                if (before.get("state"), before.get("stage")) != (after.get("state"), after.get("stage")):
+                    changed_run = after
+            job_after = {**job, **{k: str(v) for k, v in (job_fields or {}).items()}}
+            state, reason = _derive_state(job_after, runs)
+            pipe.multi()
+            if run is not None:
+                pipe.hset(
+                    run_key(job_id, run), mapping={**{k: str(v) for k, v in run_fields.items()}, "updated_at": now}
+                )
+            pipe.hset(key, mapping={**(job_fields or {}), "state": state, "reason": reason, "updated_at": now})
+            if changed_run is not None:
+                data = {k: changed_run.get(k) for k in ("state", "stage", "reason")}
+                pipe.xadd(events_key(job_id), self._event("run_state", {"run": run, **data}), maxlen=EVENTS_MAXLEN)
+            if state != job.get("state"):
+                pipe.xadd(
+                    events_key(job_id), self._event("job_state", {"state": state, "reason": reason}),
+                    maxlen=EVENTS_MAXLEN,
+                )  # fmt: skip
+            outcome["state"] = state
+
+        self.r.transaction(work, key)
+        return outcome["state"]
+
+    def request_cancel(self, job_id: str) -> str:
+        """Flag the job cancelled (workers stop its running stage and skip its queued tasks)."""
+        state = self.state(job_id)
+        if state in TERMINAL:
+            raise Conflict(f"job {job_id} is already {state}")
+        return self.transition(job_id, job_fields={"cancel": "1"})
+
+    def progress(self, job_id: str, run: str, record: dict) -> None:
+        """A training record: the run's step, and a metrics event (no state change)."""
+        pipe = self.r.pipeline(transaction=False)
+        if record.get("kind") == "step":
+            pipe.hset(run_key(job_id, run), mapping={"step": record["step"], "steps": record.get("steps", 0)})
+        pipe.xadd(events_key(job_id), self._event("metrics", {"run": run, **record}), maxlen=EVENTS_MAXLEN)
+        pipe.execute()
+
+    def log(self, job_id: str, message: str, **extra) -> None:
+        self.r.xadd(events_key(job_id), self._event("log", {"message": message, **extra}), maxlen=EVENTS_MAXLEN)
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def events(self, job_id: str, after: str = "0", block_ms: int | None = None) -> list[tuple[str, str, dict, float]]:
+        """(id, type, data, timestamp) of the events after ``after``; blocks up to ``block_ms``."""
+        reply = self.r.xread({events_key(job_id): after}, count=500, block=block_ms)
+        out = []
+        for _, entries in reply or []:
+            for event_id, fields in entries:
+                out.append((event_id, fields["type"], json.loads(fields["data"]), float(fields["ts"])))
+        return out
+
+    def follow(
+        self, job_id: str, after: str = "0", block_ms: int = 1000
+    ) -> Iterator[tuple[str, str, dict, float] | None]:
+        """Events as they come; None after each quiet wait (a chance to send a keep-alive).
+        Ends once the job is terminal and every event has been read."""
+        while True:
+            batch = self.events(job_id, after, block_ms)
+            for event in batch:
+                after = event[0]
+                yield event
+            if not batch:
+                if self.state(job_id) in TERMINAL and not self.events(job_id, after):
+                    return
+                yield None

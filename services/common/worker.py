@@ -1,0 +1,220 @@
+"""The loop every worker service runs: take a task from its stage's stream, run the handler with a
+heartbeat, then acknowledge, retry later, dead-letter or hand back; reconnect to Redis with
+backoff; stop gracefully on SIGTERM (a short task finishes, training hands its task back after a
+checkpoint); signal liveness."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from gpo_core.data import DatasetError
+from gpo_core.sweep.spec import JobSpecError
+from gpo_core.sweep.views import TERMINAL
+from gpo_core.train.loop import TrainingError
+from gpo_core.train.spec import SpecError
+from gpo_services.common.logs import log, service_logger
+from gpo_services.common.queue import Message, TaskQueue, enqueue
+from gpo_services.common.settings import Settings
+from gpo_services.common.store import JobStore
+
+FINALIZE = "*finalize*"  # the judge task that makes the pairwise comparisons and the report
+# Errors that another attempt cannot fix: bad data, a bad spec, a diverging run.
+PERMANENT_ERRORS = (DatasetError, JobSpecError, SpecError, TrainingError)
+
+
+class HandBack(Exception):
+    """The worker is stopping in the middle of this task: give it to another worker."""
+
+
+def connect(settings: Settings) -> redis.Redis:
+    return redis.Redis.from_url(
+        settings.redis_url, decode_responses=True, socket_timeout=15, socket_connect_timeout=5, health_check_interval=10
+    )
+
+
+@dataclass
+class TaskContext:
+    store: JobStore
+    settings: Settings
+    client: redis.Redis
+    stopping: Callable[[], bool]
+    logger: logging.Logger
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.settings.artifacts / job_id
+
+    def enqueue(self, stage: str, job_id: str, run: str) -> None:
+        enqueue(self.client, stage, {"job": job_id, "run": run, "attempt": 1})
+
+    def skip_if_over(self, job_id: str, run: str) -> bool:
+        """True (and the run marked cancelled) when the job was cancelled or has already failed."""
+        if self.store.state(job_id) not in TERMINAL and not self.store.cancel_requested(job_id):
+            return False
+        if run != FINALIZE:
+            self.store.transition(job_id, run, state="cancelled")
+        return True
+
+
+Handler = Callable[[dict, TaskContext], None]
+
+
+class Worker:
+    def __init__(self, stage: str, service: str, handler: Handler, settings: Settings | None = None):
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # progress goes to the job's events, not the log
+        self.settings = settings or Settings.from_env()
+        self.logger = service_logger(service)
+        self.client = connect(self.settings)
+        self.store = JobStore(self.client)
+        self.queue = TaskQueue(
+            self.client,
+            stage,
+            self.settings.worker_name,
+            claim_idle_ms=int(self.settings.claim_idle_s * 1000),
+            max_attempts=self.settings.max_attempts,
+        )
+        self.handler, self.service = handler, service
+        self.stop_event = threading.Event()
+
+    def request_stop(self, signum=None, frame=None) -> None:
+        if not self.stop_event.is_set():
+            log(self.logger, logging.INFO, "stopping", signal=signum)
+        self.stop_event.set()
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        log(self.logger, logging.INFO, "started", stage=self.queue.stage, consumer=self.queue.consumer)
+        backoff = 0.5
+        ready = False
+        while not self.stop_event.is_set():
+            try:
+                if not ready:
+                    self.queue.ensure_group()
+                    ready = True
+                self._alive()
+                message = self.queue.get(block_ms=1000)
+                backoff = 0.5
+                if message is not None:
+                    self._process(message)
+            except (redis.ConnectionError, redis.TimeoutError) as err:
+                log(self.logger, logging.WARNING, "redis unreachable; retrying", error=str(err), retry_in_s=backoff)
+                self.stop_event.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+        log(self.logger, logging.INFO, "stopped")
+
+    def _alive(self) -> None:
+        self.client.set(f"gpo:alive:{self.queue.stage}:{self.queue.consumer}", f"{time.time():.0f}", ex=60)
+        if self.settings.liveness_file:
+            self.settings.liveness_file.touch()
+
+    def _fail(self, message: Message, reason: str) -> None:
+        self.queue.dead_letter(message, reason)
+        job_id, run = message.task["job"], message.task.get("run")
+        if not self.store.exists(job_id):
+            return
+        if run == FINALIZE:
+            self.store.transition(job_id, job_fields={"state": "failed", "reason": f"report: {reason}"})
+        else:
+            self.store.transition(job_id, run, state="failed", reason=reason)
+
+    def _process(self, message: Message) -> None:
+        fields = {"job": message.task.get("job"), "run": message.task.get("run"), "attempt": message.attempt}
+        if not self.store.exists(message.task.get("job", "")):
+            log(self.logger, logging.WARNING, "task for an unknown job; dropped", **fields)
+            self.queue.ack(message)
+            return
+        if self.queue.exhausted(message):
+            reason = f"workers stopped {message.deliveries - 1} times while running this task"
+            log(self.logger, logging.ERROR, "dead-lettered", reason=reason, **fields)
+            self._fail(message, reason)
+            return
+        done = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(message, done), daemon=True)
+        beat.start()
+        context = TaskContext(self.store, self.settings, self.client, self.stop_event.is_set, self.logger)
+        started = time.perf_counter()
+        try:
+            log(self.logger, logging.INFO, "task started", **fields)
+            self.handler(message.task, context)
+        except HandBack:
+            self.queue.hand_back(message)
+            log(self.logger, logging.INFO, "task handed back", **fields)
+        except PERMANENT_ERRORS as err:
+            log(self.logger, logging.ERROR, "task failed (not retried)", error=str(err), **fields)
+            self._fail(message, str(err))
+        except (redis.ConnectionError, redis.TimeoutError):
+            raise  # not the task's fault: the loop reconnects and the task is redelivered
+        except Exception as err:
+            reason = f"{type(err).__name__}: {err}"
+            if message.attempt < self.settings.max_attempts:
+                delay = self.queue.retry_later(message, reason)
+                log(self.logger, logging.WARNING, "task failed; retrying", error=reason, retry_in_s=delay, **fields)
+                self.store.log(message.task["job"], f"{message.task.get('run')}: {reason}; retrying in {delay:.0f} s")
+            else:
+                log(self.logger, logging.ERROR, "task failed; dead-lettered", error=reason, **fields)
+                self._fail(message, f"{reason} (after {message.attempt} attempts)")
+        else:
+            self.queue.ack(message)
+            log(self.logger, logging.INFO, "task done", seconds=round(time.perf_counter() - started, 2), **fields)
+        finally:
+            done.set()
+            beat.join()
+
+    def _heartbeat(self, message: Message, done: threading.Event) -> None:
+        while not done.wait(self.settings.heartbeat_s):
+            try:
+                self.queue.heartbeat(message)
+                self._alive()
+            except redis.RedisError as err:
+                log(self.logger, logging.WARNING, "heartbeat failed", error=str(err))
+
+
+class CancelWatch:
+    """``stop_requested`` for a training run: the worker is stopping, or the job was cancelled
+    (Redis asked at most once a second, so the training loop can call it every step)."""
+
+    def __init__(self, context: TaskContext, job_id: str, interval_s: float = 1.0):
+        self.context, self.job_id, self.interval_s = context, job_id, interval_s
+        self._checked, self._cancelled = 0.0, False
+
+    def __call__(self) -> bool:
+        if self.context.stopping():
+            return True
+        now = time.monotonic()
+        if now - self._checked >= self.interval_s:
+            self._checked = now
+            with contextlib.suppress(redis.RedisError):  # Redis away for a moment: ask again later
+                self._cancelled = self.context.store.cancel_requested(self.job_id)
+        return self._cancelled
+
+
+class ProgressSink:
+    """Training records to the job's event stream: step records at most twice a second, every
+    trace, start, resume and end record."""
+
+    def __init__(self, context: TaskContext, job_id: str, run: str, min_interval_s: float = 0.5):
+        self.context, self.job_id, self.run, self.min_interval_s = context, job_id, run, min_interval_s
+        self._last = 0.0
+
+    def emit(self, record: dict) -> None:
+        now = time.monotonic()
+        last_step = record.get("kind") == "step" and record.get("step") == record.get("steps")
+        if record.get("kind") == "step" and not last_step and now - self._last < self.min_interval_s:
+            return
+        self._last = now
+        with contextlib.suppress(redis.RedisError):  # best effort: the metrics file has every record
+            self.context.store.progress(self.job_id, self.run, record)
+
+    def close(self) -> None:
+        pass

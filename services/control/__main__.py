@@ -1,0 +1,4 @@
+from gpo_services.control.app import main
+
+if __name__ == "__main__":
+    main()

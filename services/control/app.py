@@ -1,0 +1,140 @@
+"""The control service: the FastAPI application (``create_app``) and its process entry point."""
+
+from __future__ import annotations
+
+import time
+
+import redis
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gpo_core.sweep.views import ErrorBody
+from gpo_services.common.queue import STAGES, TaskQueue
+from gpo_services.common.settings import Settings
+from gpo_services.common.store import JobStore
+from gpo_services.common.worker import connect
+from gpo_services.control import errors
+from gpo_services.control.jobs import router as jobs_router
+
+
+class BodyLimit:
+    """Refuse bodies over ``limit`` bytes with a 413, by Content-Length or while streaming."""
+
+    def __init__(self, app: ASGIApp, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            await self._refuse(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> dict:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except _TooLarge:
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope, receive, send) -> None:
+        response = errors.error_response(413, "too_large", f"request body over {self.limit} bytes")
+        await response(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _QueueDepth:
+    """Queue depths, read from Redis at scrape time."""
+
+    def __init__(self, client: redis.Redis):
+        self.client = client
+
+    def collect(self):
+        gauge = GaugeMetricFamily("gpo_queue_tasks", "Tasks per stage queue and state", labels=["stage", "state"])
+        try:
+            for stage in STAGES:
+                for state, value in TaskQueue(self.client, stage, "metrics").depth().items():
+                    gauge.add_metric([stage, state], value)
+        except redis.RedisError:
+            pass
+        yield gauge
+
+
+def create_app(settings: Settings | None = None, client: redis.Redis | None = None) -> FastAPI:
+    settings = settings or Settings.from_env()
+    client = client or connect(settings)
+    app = FastAPI(
+        title="GPO control service",
+        version="0.1.0",
+        description="Submit loss x beta sweeps of Generalized Preference Optimization, follow them, read reports.",
+    )
+    app.state.settings = settings
+    app.state.store = JobStore(client)
+    app.include_router(jobs_router)
+    app.add_exception_handler(errors.ApiError, errors.api_error)
+    app.add_exception_handler(RequestValidationError, errors.validation_error)
+    app.add_exception_handler(StarletteHTTPException, errors.http_error)
+    app.add_exception_handler(Exception, errors.unexpected_error)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+
+    registry = CollectorRegistry()
+    requests = Counter("gpo_http_requests", "HTTP requests", ["method", "route", "status"], registry=registry)
+    latency = Histogram("gpo_http_request_seconds", "HTTP request latency", ["method", "route"], registry=registry)
+    registry.register(_QueueDepth(client))
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = route.path if route is not None else "unmatched"
+        requests.labels(request.method, path, str(response.status_code)).inc()
+        latency.labels(request.method, path).observe(time.perf_counter() - started)
+        return response
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict:
+        """The process is up (liveness)."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], responses={503: {"model": ErrorBody}})
+    def readyz():
+        """Redis is reachable (readiness)."""
+        try:
+            client.ping()
+        except redis.RedisError as err:
+            return errors.error_response(503, "not_ready", f"redis unreachable: {err}")
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics", tags=["health"], response_class=Response)
+    def metrics() -> Response:
+        """Prometheus metrics: requests, latency, queue depths."""
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def main() -> None:
+    import uvicorn
+
+    settings = Settings.from_env()
+    if not settings.api_keys:
+        raise SystemExit("no API keys configured: set GPO_API_KEYS='key:tenant' or GPO_API_KEYS_FILE")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")

@@ -1,0 +1,46 @@
+"""Every error is JSON: ``{"error": code, "message": ..., "details": [{"field", "message"}]}``."""
+
+from __future__ import annotations
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from gpo_core.sweep.views import ErrorBody
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, details: list[dict] | None = None):
+        self.status, self.code, self.message, self.details = status, code, message, details or []
+
+
+def error_response(status: int, code: str, message: str, details: list[dict] | None = None, headers=None):
+    body = ErrorBody(error=code, message=message, details=details or [])
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    return error_response(exc.status, exc.code, exc.message, exc.details, headers)
+
+
+async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    details = []
+    for problem in exc.errors():
+        location = [str(part) for part in problem.get("loc", ())]
+        if location and location[0] in ("body", "query", "path", "header"):
+            location = location[1:] if location[0] == "body" else location
+        message = str(problem.get("msg", "invalid")).removeprefix("Value error, ")
+        details.append({"field": ".".join(location) or None, "message": message})
+    summary = "; ".join(f"{d['field']}: {d['message']}" if d["field"] else d["message"] for d in details[:5])
+    return error_response(422, "invalid_request", summary or "invalid request", details)
+
+
+async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    codes = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+    return error_response(exc.status_code, codes.get(exc.status_code, "error"), str(exc.detail))
+
+
+async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    return error_response(500, "internal", "internal error; the service log has the details")

@@ -1,0 +1,180 @@
+"""The /jobs API: submit a sweep, follow it, cancel it, read its report and artifacts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response
+from fastapi.responses import FileResponse, StreamingResponse
+
+from gpo_core.sweep import stages
+from gpo_core.sweep.spec import JobSpec
+from gpo_core.sweep.views import ErrorBody, JobPage, JobState, JobView
+from gpo_services.common.queue import enqueue
+from gpo_services.common.store import Conflict
+from gpo_services.control.deps import SettingsDep, StoreDep, TenantDep
+from gpo_services.control.errors import ApiError
+from gpo_services.control.security import artifact_path
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+ERRORS = {
+    401: {"model": ErrorBody, "description": "Missing or wrong API key"},
+    404: {"model": ErrorBody, "description": "No such job for this tenant"},
+}
+
+
+def _missing_paths(spec: JobSpec) -> list[dict]:
+    """Model and data paths this service cannot see (the workers share its artifact volume)."""
+    fields = ("policy", "reference", "dataset", "eval_pairs", "eval_prompts")
+    details = [
+        {"field": name, "message": f"no such file or folder: {getattr(spec, name)}"}
+        for name in fields
+        if getattr(spec, name) and not Path(getattr(spec, name)).exists()
+    ]
+    if spec.judge.kind == "local" and not Path(spec.judge.model_dir).exists():
+        details.append({"field": "judge.model_dir", "message": f"no such folder: {spec.judge.model_dir}"})
+    return details
+
+
+def _job_or_404(store, job_id: str, tenant: str) -> JobView:
+    job = store.get(job_id, tenant)
+    if job is None:
+        raise ApiError(404, "not_found", f"no job {job_id}")
+    return job
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=JobView,
+    responses={
+        **ERRORS,
+        200: {"model": JobView, "description": "A retry with the same Idempotency-Key: the job it created"},
+        409: {"model": ErrorBody, "description": "Idempotency-Key reused with a different spec"},
+        413: {"model": ErrorBody, "description": "Request body too large"},
+        422: {"model": ErrorBody, "description": "Invalid spec; details name each field"},
+    },
+)
+def submit_job(
+    spec: JobSpec,
+    response: Response,
+    store: StoreDep,
+    tenant: TenantDep,
+    settings: SettingsDep,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> JobView:
+    """Validate the sweep, store the job and its runs, and queue one training task per run."""
+    missing = _missing_paths(spec)
+    if missing:
+        raise ApiError(422, "invalid_spec", "; ".join(f"{d['field']}: {d['message']}" for d in missing), missing)
+    try:
+        job_id, created = store.create_job(tenant, spec, idempotency_key)
+    except Conflict as err:
+        raise ApiError(409, "conflict", str(err)) from None
+    if created:
+        stages.write_job_file(spec, settings.artifacts / job_id)
+        for run in spec.run_ids():
+            enqueue(store.r, "train", {"job": job_id, "run": run, "attempt": 1})
+    else:
+        response.status_code = 200
+        response.headers["Idempotent-Replayed"] = "true"
+    return store.get(job_id)
+
+
+@router.get("", response_model=JobPage, responses={401: ERRORS[401]})
+def list_jobs(
+    store: StoreDep,
+    tenant: TenantDep,
+    state: JobState | None = None,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> JobPage:
+    """This tenant's jobs, newest first."""
+    return store.list(tenant, state, offset, limit)
+
+
+@router.get("/{job_id}", response_model=JobView, responses=ERRORS)
+def get_job(job_id: str, store: StoreDep, tenant: TenantDep) -> JobView:
+    """State, each run's stage and progress, and the win rates so far."""
+    return _job_or_404(store, job_id, tenant)
+
+
+@router.post(
+    "/{job_id}/cancel",
+    status_code=202,
+    response_model=JobView,
+    responses={**ERRORS, 409: {"model": ErrorBody, "description": "The job has already finished"}},
+)
+def cancel_job(job_id: str, store: StoreDep, tenant: TenantDep) -> JobView:
+    """Cancel the job: a running training stops at its next step (a checkpoint is kept), queued
+    tasks are skipped."""
+    _job_or_404(store, job_id, tenant)
+    try:
+        store.request_cancel(job_id)
+    except Conflict as err:
+        raise ApiError(409, "conflict", str(err)) from None
+    return store.get(job_id)
+
+
+@router.get(
+    "/{job_id}/events",
+    responses={**ERRORS, 200: {"content": {"text/event-stream": {}}, "description": "Server-sent events"}},
+)
+def job_events(
+    job_id: str,
+    store: StoreDep,
+    tenant: TenantDep,
+    last_event_id: Annotated[str | None, Header(max_length=64)] = None,
+) -> StreamingResponse:
+    """Server-sent events: ``job_state``, ``run_state``, ``metrics`` and ``log``, each with its
+    stream id (send it back as Last-Event-ID to resume). The stream ends when the job is over."""
+    _job_or_404(store, job_id, tenant)
+    after = last_event_id if last_event_id and _is_stream_id(last_event_id) else "0"
+
+    def stream():
+        yield "retry: 2000\n\n"
+        for event in store.follow(job_id, after, block_ms=1000):
+            if event is None:
+                yield ": keep-alive\n\n"
+                continue
+            event_id, kind, data, ts = event
+            yield f"id: {event_id}\nevent: {kind}\ndata: {json.dumps({**data, 'ts': ts})}\n\n"
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def _is_stream_id(value: str) -> bool:
+    first, _, second = value.partition("-")
+    return first.isdigit() and (second == "" or second.isdigit())
+
+
+def _report_file(store, settings, job_id: str, tenant: str, name: str) -> Path:
+    _job_or_404(store, job_id, tenant)
+    path = artifact_path(settings.artifacts / job_id, f"report/{name}")
+    if path is None:
+        raise ApiError(404, "not_found", f"job {job_id} has no report yet")
+    return path
+
+
+@router.get("/{job_id}/report", responses={**ERRORS, 200: {"content": {"text/html": {}}}})
+def job_report(job_id: str, store: StoreDep, tenant: TenantDep, settings: SettingsDep) -> FileResponse:
+    """The self-contained HTML report (figures inlined)."""
+    return FileResponse(_report_file(store, settings, job_id, tenant, "report.html"), media_type="text/html")
+
+
+@router.get("/{job_id}/report.json", responses={**ERRORS, 200: {"content": {"application/json": {}}}})
+def job_report_json(job_id: str, store: StoreDep, tenant: TenantDep, settings: SettingsDep) -> FileResponse:
+    """Every number of the report."""
+    return FileResponse(_report_file(store, settings, job_id, tenant, "report.json"), media_type="application/json")
+
+
+@router.get("/{job_id}/artifacts/{path:path}", responses={**ERRORS, 200: {"content": {"application/octet-stream": {}}}})
+def job_artifact(job_id: str, path: str, store: StoreDep, tenant: TenantDep, settings: SettingsDep) -> FileResponse:
+    """A file of the job's folder, e.g. ``runs/RUN/responses.jsonl`` or ``report/pairwise.png``."""
+    _job_or_404(store, job_id, tenant)
+    found = artifact_path(settings.artifacts / job_id, path)
+    if found is None:
+        raise ApiError(404, "not_found", f"no artifact {path!r} in job {job_id}")
+    return FileResponse(found)

@@ -1,0 +1,42 @@
+"""The judge service: consumes judge tasks, compares a run's responses with the reference's (both
+orders, cached verdicts), records the win rate; when every run of a job is judged, makes the
+pairwise comparisons and the report (one finalize task per job)."""
+
+from __future__ import annotations
+
+import json
+
+from gpo_core.sweep import stages
+from gpo_core.sweep.report import build_report
+from gpo_services.common.worker import FINALIZE, TaskContext, Worker
+
+
+def handle(task: dict, context: TaskContext) -> None:
+    job_id, run = task["job"], task["run"]
+    if run == FINALIZE:
+        finalize(job_id, context)
+        return
+    if context.skip_if_over(job_id, run):
+        return
+    spec = context.store.spec(job_id)
+    context.store.transition(job_id, run, state="running", stage="judge")
+    summary = stages.judge_stage(spec, context.job_dir(job_id), run)
+    context.store.transition(job_id, run, state="succeeded", stage="done", win_rate=json.dumps(summary.get("win_rate")))
+    # Exactly one finalize task per job, whichever judge saw the last run finish.
+    all_judged = all(r.state == "succeeded" for r in context.store.get(job_id).runs)
+    if all_judged and context.client.set(f"gpo:job:{job_id}:finalize", "1", nx=True, ex=7 * 24 * 3600):
+        context.enqueue("judge", job_id, FINALIZE)
+
+
+def finalize(job_id: str, context: TaskContext) -> None:
+    if context.store.state(job_id) in ("cancelled", "failed"):
+        return
+    spec = context.store.spec(job_id)
+    job_dir = context.job_dir(job_id)
+    stages.pairwise_stage(spec, job_dir)
+    page = build_report(job_dir)
+    context.store.transition(job_id, job_fields={"report": str(page.relative_to(job_dir))})
+
+
+def main() -> None:
+    Worker("judge", "judge", handle).run()

@@ -1,0 +1,31 @@
+"""The trainer service: consumes train tasks and runs the training engine (in this process, or on
+Ray Train when the job asks for workers: a Ray driver connected to ``RAY_ADDRESS`` or to a Ray
+it starts locally). Cancellation and SIGTERM stop a run at its next step, after a checkpoint; a
+redelivered task resumes from that checkpoint."""
+
+from __future__ import annotations
+
+from gpo_core.sweep import stages
+from gpo_services.common.worker import CancelWatch, HandBack, ProgressSink, TaskContext, Worker
+
+
+def handle(task: dict, context: TaskContext) -> None:
+    job_id, run = task["job"], task["run"]
+    if context.skip_if_over(job_id, run):
+        return
+    spec = context.store.spec(job_id)
+    context.store.transition(job_id, run, state="running", stage="train")
+    result = stages.train_stage(
+        spec, context.job_dir(job_id), run, ProgressSink(context, job_id, run), CancelWatch(context, job_id)
+    )
+    if result["stopped"]:
+        if context.stopping():
+            raise HandBack
+        context.store.transition(job_id, run, state="cancelled", step=result["steps"])
+        return
+    context.store.transition(job_id, run, state="queued", stage="generate", step=result["steps"])
+    context.enqueue("generate", job_id, run)
+
+
+def main() -> None:
+    Worker("train", "trainer", handle).run()
