@@ -23,7 +23,8 @@ from gpo_services.control.jobs import router as jobs_router
 
 
 class BodyLimit:
-    """Refuse bodies over ``limit`` bytes with a 413, by Content-Length or while streaming."""
+    """Refuse bodies over ``limit`` bytes with a 413: by Content-Length, or for a chunked body by
+    reading it (up to the limit) before the application sees it."""
 
     def __init__(self, app: ASGIApp, limit: int):
         self.app, self.limit = app, limit
@@ -32,32 +33,41 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            await self._refuse(scope, receive, send)
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            if not declared.isdigit() or int(declared) > self.limit:
+                await self._refuse(scope, receive, send)
+                return
+            await self.app(scope, receive, send)
             return
-        received = 0
-
-        async def counted() -> dict:
-            nonlocal received
+        if headers.get(b"transfer-encoding", b"").lower() != b"chunked":
+            await self.app(scope, receive, send)
+            return
+        body, more = b"", True
+        while more:
             message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.limit:
-                raise _TooLarge
-            return message
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.limit:
+                await self._refuse(scope, receive, send)
+                return
+        replayed = False
 
-        try:
-            await self.app(scope, counted, send)
-        except _TooLarge:
-            await self._refuse(scope, receive, send)
+        async def replay() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
 
     async def _refuse(self, scope, receive, send) -> None:
         response = errors.error_response(413, "too_large", f"request body over {self.limit} bytes")
         await response(scope, receive, send)
-
-
-class _TooLarge(Exception):
-    pass
 
 
 class _QueueDepth:

@@ -1,0 +1,96 @@
+"""Platform fixtures: a private redis-server on a free port (never the machine's shared one), a
+clean database per test, and the real control service over HTTP (uvicorn on loopback)."""
+
+import shutil
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+import redis
+import uvicorn
+
+from gpo_services.common.settings import Settings
+from gpo_services.control.app import create_app
+
+TENANT_KEYS = {"key-of-tenant-a-0123456789": "tenant-a", "key-of-tenant-b-0123456789": "tenant-b"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(check, timeout_s: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+class RedisServer:
+    """A private redis-server (append-only on) that tests may stop and start again."""
+
+    def __init__(self, directory):
+        self.directory, self.port = directory, free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process = None
+
+    def start(self) -> None:
+        command = [shutil.which("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
+                   "--dir", str(self.directory), "--appendonly", "yes", "--save", ""]  # fmt: skip
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port)
+
+        def up() -> bool:
+            try:
+                return client.ping()
+            except redis.ConnectionError:
+                return False
+
+        wait_until(up, 10, "redis-server")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_client(redis_server):
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def settings(redis_server, tmp_path) -> Settings:
+    return Settings(redis_url=redis_server.url, artifacts=tmp_path / "artifacts", api_keys=TENANT_KEYS,
+                    max_body_bytes=64 * 1024)  # fmt: skip
+
+
+@pytest.fixture
+def api(settings, redis_client):
+    """The control service on a free loopback port; yields its base URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_until(lambda: server.started, 15, "the control service")
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)

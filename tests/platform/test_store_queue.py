@@ -1,0 +1,141 @@
+"""The job store and the task queues against a real redis-server."""
+
+import json
+import threading
+import time
+
+import pytest
+
+from gpo_core.sweep.spec import JobSpec
+from gpo_services.common.queue import DEAD_LETTER, TaskQueue
+from gpo_services.common.store import Conflict, JobStore
+
+
+def spec(**overrides) -> JobSpec:
+    return JobSpec(task={"size": "small"}, losses=["logistic", "hinge"], betas=[0.1], **overrides)
+
+
+def test_a_job_and_its_runs_are_stored_and_listed_per_tenant(redis_client) -> None:
+    store = JobStore(redis_client)
+    job_id, created = store.create_job("a", spec())
+    assert created
+    job = store.get(job_id, "a")
+    assert job.state == "queued" and [r.id for r in job.runs] == ["r00-logistic-b0.1", "r01-hinge-b0.1"]
+    assert all(r.state == "queued" and r.stage == "train" and r.steps == 200 for r in job.runs)
+    assert store.get(job_id, "b") is None
+    for _ in range(4):
+        store.create_job("a", spec())
+    first = store.list("a", limit=3)
+    second = store.list("a", offset=first.next_offset, limit=3)
+    assert len(first.jobs) == 3 and len(second.jobs) == 2 and second.next_offset is None
+    assert len({j.id for j in first.jobs + second.jobs}) == 5
+    assert store.list("b").jobs == []
+
+
+def test_job_state_is_derived_from_runs_and_every_transition_is_an_event(redis_client) -> None:
+    store = JobStore(redis_client)
+    job_id, _ = store.create_job("a", spec())
+    assert store.transition(job_id, "r00-logistic-b0.1", state="running", stage="train") == "running"
+    store.progress(job_id, "r00-logistic-b0.1", {"kind": "step", "step": 3, "steps": 200, "loss": 0.6})
+    assert store.get(job_id).runs[0].step == 3
+    for run in ("r00-logistic-b0.1", "r01-hinge-b0.1"):
+        store.transition(job_id, run, state="succeeded", stage="done", win_rate=json.dumps({"rate": 0.6}))
+    assert store.state(job_id) == "running"  # judged, but no report yet
+    assert store.transition(job_id, job_fields={"report": "report/report.html"}) == "succeeded"
+    events = store.events(job_id)
+    kinds = [kind for _, kind, _, _ in events]
+    assert kinds.count("job_state") == 3 and kinds.count("run_state") == 3 and kinds.count("metrics") == 1
+    assert [d["state"] for _, k, d, _ in events if k == "job_state"] == ["queued", "running", "succeeded"]
+    assert all(ts > 0 for *_, ts in events)
+    with pytest.raises(Conflict, match="already succeeded"):
+        store.request_cancel(job_id)
+
+
+def test_a_failed_run_fails_the_job_with_its_reason_and_cancel_wins_over_running(redis_client) -> None:
+    store = JobStore(redis_client)
+    job_id, _ = store.create_job("a", spec())
+    store.transition(job_id, "r01-hinge-b0.1", state="failed", stage="train", reason="non-finite loss at step 7")
+    job = store.get(job_id)
+    assert job.state == "failed" and "r01-hinge-b0.1" in job.reason and "non-finite loss at step 7" in job.reason
+    # A terminal job stays terminal whatever late workers report.
+    store.transition(job_id, "r00-logistic-b0.1", state="running", stage="train")
+    assert store.state(job_id) == "failed"
+    other, _ = store.create_job("a", spec())
+    store.transition(other, "r00-logistic-b0.1", state="running", stage="train")
+    assert store.request_cancel(other) == "cancelled" and store.cancel_requested(other)
+
+
+def test_concurrent_transitions_never_leave_a_stale_job_state(redis_client) -> None:
+    store = JobStore(redis_client)
+    runs = [{"loss": "logistic", "beta": 0.1 * (k + 1)} for k in range(8)]
+    job_id, _ = store.create_job("a", JobSpec(task={"size": "small"}, runs=runs))
+    ids = store.run_ids(job_id)
+    threads = [
+        threading.Thread(target=store.transition, args=(job_id, run), kwargs={"state": "succeeded", "stage": "done"})
+        for run in ids
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(r.state == "succeeded" for r in store.get(job_id).runs)
+    assert store.transition(job_id, job_fields={"report": "r"}) == "succeeded"
+
+
+def test_idempotency_key_returns_the_first_job_and_refuses_another_spec(redis_client) -> None:
+    store = JobStore(redis_client)
+    first, created = store.create_job("a", spec(), "key-1")
+    again, created_again = store.create_job("a", spec(), "key-1")
+    assert created and not created_again and again == first
+    other_tenant, created_other = store.create_job("b", spec(), "key-1")
+    assert created_other and other_tenant != first
+    with pytest.raises(Conflict, match="different spec"):
+        store.create_job("a", spec(name="other"), "key-1")
+
+
+def test_queue_delivers_acknowledges_and_reclaims_from_a_dead_consumer(redis_client) -> None:
+    dead = TaskQueue(redis_client, "train", "worker-1", claim_idle_ms=200)
+    dead.ensure_group()
+    dead.put({"job": "j", "run": "r", "attempt": 1})
+    taken = dead.get(block_ms=100)
+    assert taken.task == {"job": "j", "run": "r", "attempt": 1} and taken.deliveries == 1
+    # worker-1 dies without acknowledging; worker-2 finds nothing until the entry goes idle...
+    alive = TaskQueue(redis_client, "train", "worker-2", claim_idle_ms=200)
+    assert alive.get(block_ms=50) is None
+    time.sleep(0.25)
+    reclaimed = alive.get(block_ms=50)
+    assert reclaimed.id == taken.id and reclaimed.deliveries == 2
+    # ...while a heartbeat keeps a busy worker's entry its own.
+    alive.heartbeat(reclaimed)
+    assert dead.get(block_ms=50) is None
+    alive.ack(reclaimed)
+    time.sleep(0.25)
+    assert dead.get(block_ms=50) is None and alive.depth() == {"waiting": 0, "in_flight": 0, "delayed": 0}
+
+
+def test_failed_attempts_back_off_then_dead_letter_with_the_reason(redis_client) -> None:
+    queue = TaskQueue(redis_client, "judge", "w", claim_idle_ms=60_000, max_attempts=2, backoff_s=0.1)
+    queue.ensure_group()
+    queue.put({"job": "j", "run": "r", "attempt": 1})
+    first = queue.get(block_ms=50)
+    assert queue.retry_later(first, "boom") == pytest.approx(0.1)
+    assert queue.get(block_ms=10) is None and queue.depth()["delayed"] == 1  # not before the backoff
+    time.sleep(0.15)
+    second = queue.get(block_ms=50)
+    assert second.attempt == 2 and second.task["last_error"] == "boom"
+    queue.dead_letter(second, "boom again")
+    [(_, entry)] = redis_client.xrange(DEAD_LETTER)
+    assert entry["stage"] == "judge" and entry["reason"] == "boom again" and json.loads(entry["task"])["run"] == "r"
+    assert queue.depth() == {"waiting": 0, "in_flight": 0, "delayed": 0}
+
+
+def test_a_task_that_kills_its_workers_is_exhausted(redis_client) -> None:
+    queue = TaskQueue(redis_client, "generate", "w", claim_idle_ms=1, max_attempts=2)
+    queue.ensure_group()
+    queue.put({"job": "j", "run": "r"})
+    deliveries = []
+    for _ in range(3):
+        time.sleep(0.01)
+        message = queue.get(block_ms=50)
+        deliveries.append(message.deliveries)
+    assert deliveries == [1, 2, 3] and queue.exhausted(message)
