@@ -6,7 +6,7 @@ import os
 import httpx
 import pytest
 
-from gpo_client import Client, Conflict, InvalidSpec, NotFound, Unauthorized
+from gpo_client import Client, Conflict, NotFound, Unauthorized
 from tests.platform.conftest import TENANT_KEYS
 
 KEY_A, KEY_B = list(TENANT_KEYS)
@@ -67,7 +67,8 @@ def test_another_tenants_job_is_404_on_every_job_endpoint(client_a, client_b, ap
         ({**SPEC, "losses": ["nope"]}, "losses", "unknown loss 'nope'"),
         ({**SPEC, "losses": ["__import__('os').system('x')"]}, "losses", "unknown function"),
         ({**SPEC, "betas": [-1]}, "betas", "finite number > 0"),
-        ({**SPEC, "betas": [0.1 * (k + 1) for k in range(32)], "losses": ["logistic", "hinge", "square"]}, None, "at most 64"),
+        ({**SPEC, "betas": [0.1 * (k + 1) for k in range(32)], "losses": ["logistic", "hinge", "square"]},
+         None, "at most 64"),
         ({**SPEC, "training": {"max_response_length": 0}}, "training.max_response_length", "greater than or equal"),
         ({"losses": ["logistic"], "betas": [1], "policy": "/nonexistent/model", "dataset": "/nonexistent/pairs.jsonl",
           "eval_prompts": "/nonexistent/prompts.jsonl", "judge": {"kind": "local", "model_dir": "/nonexistent/judge"}},
