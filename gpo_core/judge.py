@@ -151,7 +151,8 @@ class OpenAIJudge:
 
 
 class VerdictCache:
-    """Verdicts on disk (JSON lines, appended): judging the same thing twice costs nothing."""
+    """Verdicts on disk (JSON lines, appended): judging the same thing twice costs nothing, and a
+    judge killed mid-way resumes from the verdicts it had written."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -159,9 +160,11 @@ class VerdictCache:
         self._verdicts: dict[str, str] = {}
         if self.path.exists():
             for line in self.path.read_text(encoding="utf-8").splitlines():
-                if line.strip():
+                try:
                     record = json.loads(line)
-                    self._verdicts[record["key"]] = record["verdict"]
+                except json.JSONDecodeError:
+                    continue  # the last line of a writer that was killed mid-write
+                self._verdicts[record["key"]] = record["verdict"]
 
     @staticmethod
     def key(judge_key: str, prompt: str, first: str, second: str) -> str:

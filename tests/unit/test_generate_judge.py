@@ -133,6 +133,11 @@ def test_verdict_cache_makes_rejudging_free(small_task, prompts, tmp_path: Path)
     second = side_by_side(OracleTaskJudge(small_task), items, cache=reopened)
     assert second.judge_calls == 0
     assert [r["outcome"] for r in second.records] == [r["outcome"] for r in first.records]
+    # A judge killed mid-write leaves half a line: the cache keeps every complete verdict.
+    lines = (tmp_path / "verdicts.jsonl").read_text().splitlines()
+    (tmp_path / "verdicts.jsonl").write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:20])
+    third = side_by_side(OracleTaskJudge(small_task), items, cache=VerdictCache(tmp_path / "verdicts.jsonl"))
+    assert third.judge_calls == 1
 
 
 def test_logprob_judge_gives_valid_consistent_verdicts(tmp_path: Path) -> None:

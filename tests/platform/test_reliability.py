@@ -1,0 +1,288 @@
+"""Breaking things on purpose: real service processes, a real redis-server (append-only on), the
+real control service over HTTP. Workers are killed (SIGKILL, SIGTERM) mid-task, Redis restarts
+mid-job, tasks fail forever; no job is lost, run twice or left without a reason."""
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from gpo_client import Client
+from gpo_client.stack import SERVICES, start_stack, stop_stack
+from tests.platform.conftest import TENANT_KEYS, wait_until
+
+pytestmark = pytest.mark.slow
+KEY = next(iter(TENANT_KEYS))
+
+
+class Platform:
+    """The local stack without workers; tests start, kill and restart them one by one."""
+
+    def __init__(self, directory: Path, env: dict):
+        self.directory, self.env = directory, env
+        self.stack = start_stack(directory, env=env, workers=())
+        self.client = Client(self.stack["server"], KEY)
+        self.processes: list[subprocess.Popen] = []
+        self.redis = redis.Redis.from_url(self.stack["redis_url"], decode_responses=True)
+
+    def start(self, name: str) -> subprocess.Popen:
+        log = self.directory / "logs" / f"{name}-{len(self.processes)}.log"
+        name_tag = f"{name}-{len(self.processes)}"
+        env = {**os.environ, **self.env, "GPO_REDIS_URL": self.stack["redis_url"],
+               "GPO_ARTIFACTS": self.stack["artifacts"], "GPO_WORKER_NAME": name_tag}  # fmt: skip
+        with log.open("w") as handle:
+            process = subprocess.Popen([sys.executable, "-m", SERVICES[name]], stdout=handle, stderr=handle, env=env,
+                                       start_new_session=True)  # fmt: skip
+        process.log = log
+        self.processes.append(process)
+        return process
+
+    def signal(self, process: subprocess.Popen, signum: int) -> None:
+        os.killpg(process.pid, signum)
+
+    def run_dir(self, job_id: str, run: str) -> Path:
+        return Path(self.stack["artifacts"]) / job_id / "runs" / run
+
+    def wait_for_job(self, job_id: str, timeout_s: float = 240):
+        wait_until(lambda: self.client.get(job_id).state in ("succeeded", "failed", "cancelled"), timeout_s, "the job")
+        return self.client.get(job_id)
+
+    def close(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                self.signal(process, signal.SIGKILL)
+                process.wait()
+        self.client.close()
+        stop_stack(self.directory)
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("platform-cache")  # the small task is built once for these tests
+
+
+@pytest.fixture
+def platform(tmp_path, shared_cache):
+    keys = ",".join(f"{key}:{tenant}" for key, tenant in TENANT_KEYS.items())
+    env = {"GPO_API_KEYS": keys, "GPO_CACHE_DIR": str(shared_cache), "GPO_CLAIM_IDLE_S": "3",
+           "GPO_HEARTBEAT_S": "0.5", "GPO_MAX_ATTEMPTS": "2"}  # fmt: skip
+    platform = Platform(tmp_path / "stack", env)
+    yield platform
+    platform.close()
+
+
+def small_job(steps: int = 30, **generation) -> dict:
+    return {
+        "task": {"size": "small", "seed": 3},
+        "losses": ["logistic"],
+        "betas": [0.1],
+        "training": {"steps": steps, "batch_size": 8, "checkpoint_every": 5, "trace_every": 0},
+        "generation": {"backend": "transformers", "prompts": 8, **generation},
+    }
+
+
+def metrics(platform: Platform, job_id: str, run: str) -> list[dict]:
+    lines = (platform.run_dir(job_id, run) / "train" / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def started_tasks(process) -> list[str]:
+    """The runs whose tasks this worker started, from its JSON log lines (complete ones only)."""
+    lines = [line for line in process.log.read_text().splitlines() if line.startswith('{"ts"') and line.endswith("}")]
+    return [r["run"] for r in map(json.loads, lines) if r["message"] == "task started"]
+
+
+def test_a_killed_trainer_is_replaced_and_the_run_resumes_from_its_checkpoint(platform) -> None:
+    first = platform.start("trainer")
+    platform.start("generator")
+    platform.start("judge")
+    job = platform.client.submit(small_job(steps=30))
+    run = job.runs[0].id
+    wait_until(lambda: platform.client.get(job.id).runs[0].step >= 12, 120, "training past a checkpoint")
+    platform.signal(first, signal.SIGKILL)
+    second = platform.start("trainer")
+    done = platform.wait_for_job(job.id)
+    assert done.state == "succeeded" and done.runs[0].step == 30
+    records = metrics(platform, job.id, run)
+    resumed = [r for r in records if r["kind"] == "resumed"]
+    assert len(resumed) == 1 and resumed[0]["step"] >= 10 and resumed[0]["step"] % 5 == 0
+    assert [r["kind"] for r in records].count("end") == 1  # trained to completion once
+    assert max(r["step"] for r in records if r["kind"] == "step") == 30
+    assert started_tasks(second) == [run]
+    assert platform.redis.xlen("gpo:dead") == 0
+
+
+def test_killed_generator_and_judge_tasks_are_redelivered_and_complete_once(platform) -> None:
+    platform.start("trainer")
+    generator = platform.start("generator")
+    judge = platform.start("judge")
+    spec = small_job(steps=4)
+    spec["generation"] = {"backend": "transformers", "n": 16}  # seconds of work for each stage
+    job = platform.client.submit(spec)
+    run = job.runs[0].id
+    # Killed as soon as each has started the task (its log says so): mid-task, before any ack.
+    wait_until(lambda: run in started_tasks(generator), 120, "generation to start", interval_s=0.01)
+    platform.signal(generator, signal.SIGKILL)
+    second_generator = platform.start("generator")
+    wait_until(lambda: run in started_tasks(judge), 120, "judging to start", interval_s=0.01)
+    platform.signal(judge, signal.SIGKILL)
+    second_judge = platform.start("judge")
+    done = platform.wait_for_job(job.id)
+    assert done.state == "succeeded"
+    assert run in started_tasks(second_generator) and run in started_tasks(second_judge)
+    prompts = 48  # the small task's evaluation prompts
+    responses = (platform.run_dir(job.id, run) / "responses.jsonl").read_text().splitlines()
+    assert len(responses) == 16 * prompts
+    assert len({(json.loads(r)["prompt_id"], json.loads(r)["sample"]) for r in responses}) == 16 * prompts
+    judged = json.loads((platform.run_dir(job.id, run) / "judgement.json").read_text())
+    assert judged["win_rate"]["comparisons"] == 16 * prompts and judged["invalid"] == 0
+    assert platform.redis.xlen("gpo:dead") == 0
+
+
+def test_a_redis_restart_mid_job_loses_nothing(platform) -> None:
+    for name in ("trainer", "generator", "judge"):
+        platform.start(name)
+    spec = small_job(steps=40)
+    spec["betas"] = [0.1, 1.0]
+    job = platform.client.submit(spec)
+    wait_until(lambda: platform.client.get(job.id).runs[0].step >= 5, 120, "training to start")
+    pid = json.loads((platform.directory / "stack.json").read_text())["pids"]["redis"]
+    port = platform.stack["redis_url"].rsplit(":", 1)[1].split("/")[0]
+    os.killpg(pid, signal.SIGTERM)  # a clean shutdown writes the append-only file
+    wait_until(lambda: not _answers(platform.redis), 10, "redis to stop")
+    time.sleep(3)  # services see it gone and back off
+    command = ["redis-server", "--port", port, "--bind", "127.0.0.1", "--dir", str(platform.directory / "redis"),
+               "--appendonly", "yes", "--save", ""]  # fmt: skip
+    restarted = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_until(lambda: _answers(platform.redis), 10, "redis to restart")
+        done = platform.wait_for_job(job.id)
+        assert done.state == "succeeded" and [r.step for r in done.runs] == [40, 40]
+        assert platform.redis.xlen("gpo:dead") == 0
+        logs = "".join(p.log.read_text() for p in platform.processes)
+        assert "redis unreachable; retrying" in logs
+    finally:
+        restarted.terminate()
+        restarted.wait()
+
+
+def _answers(client: redis.Redis) -> bool:
+    try:
+        return client.ping()
+    except redis.ConnectionError:
+        return False
+
+
+def test_a_task_that_always_fails_is_dead_lettered_and_the_job_fails_with_the_reason(platform) -> None:
+    for name in ("trainer", "generator", "judge"):
+        platform.start(name)
+    spec = small_job(steps=4)
+    spec["judge"] = {"kind": "endpoint", "base_url": "http://127.0.0.1:9/v1", "model": "judge"}  # nobody listens
+    job = platform.client.submit(spec)
+    done = platform.wait_for_job(job.id)
+    assert done.state == "failed"
+    assert "APIConnectionError" in done.reason and "after 2 attempts" in done.reason, done.reason
+    assert done.runs[0].state == "failed" and done.runs[0].stage == "judge"
+    [(_, entry)] = platform.redis.xrange("gpo:dead")
+    assert entry["stage"] == "judge" and "APIConnectionError" in entry["reason"] and entry["attempts"] == "2"
+
+
+def test_bad_data_fails_the_run_at_once_with_file_and_line(platform, small_task, tmp_path) -> None:
+    platform.start("trainer")
+    pairs = tmp_path / "pairs.jsonl"
+    lines = Path(small_task.artifacts.train_pairs).read_text().splitlines()[:10]
+    lines[2] = '{"prompt": "a post", "chosen": "a summary"}'
+    pairs.write_text("\n".join(lines) + "\n")
+    artifacts = small_task.artifacts
+    spec = {"policy": artifacts.model_dir, "dataset": str(pairs), "eval_prompts": artifacts.eval_prompts,
+            "losses": ["logistic"], "betas": [0.1], "training": {"steps": 5, "batch_size": 4, "trace_every": 0},
+            "judge": {"kind": "local", "model_dir": artifacts.model_dir}}  # fmt: skip
+    job = platform.client.submit(spec)
+    done = platform.wait_for_job(job.id, 60)
+    assert done.state == "failed" and f"{pairs}:3" in done.reason and "rejected" in done.reason, done.reason
+    [(_, entry)] = platform.redis.xrange("gpo:dead")
+    assert entry["attempts"] == "1"  # not retried: another attempt cannot fix the data
+
+
+def test_sigterm_stops_each_service_gracefully(platform) -> None:
+    trainer = platform.start("trainer")
+    generator = platform.start("generator")
+    judge = platform.start("judge")
+    job = platform.client.submit(small_job(steps=400))
+    run = job.runs[0].id
+    wait_until(lambda: platform.client.get(job.id).runs[0].step >= 3, 120, "training to start")
+    for process in (trainer, generator, judge):
+        platform.signal(process, signal.SIGTERM)
+    for process in (trainer, generator, judge):
+        assert process.wait(timeout=30) == 0, process.log.read_text()[-2000:]
+    assert "task handed back" in trainer.log.read_text()
+    stopped_at = metrics(platform, job.id, run)[-1]
+    assert stopped_at["kind"] == "end" and stopped_at["stopped"] is True
+    # The handed-back task resumes at once on another trainer, from the checkpoint written on the way out.
+    successor = platform.start("trainer")
+    wait_until(lambda: run in started_tasks(successor), 30, "the task to be taken over")
+    wait_until(lambda: any(r["kind"] == "resumed" for r in metrics(platform, job.id, run)), 60, "the run to resume")
+    resumed = next(r for r in metrics(platform, job.id, run) if r["kind"] == "resumed")
+    assert resumed["step"] == stopped_at["step"]
+    platform.client.cancel(job.id)
+    control = json.loads((platform.directory / "stack.json").read_text())["pids"]["control"]
+    os.killpg(control, signal.SIGTERM)
+    wait_until(lambda: _gone(control), 15, "the control service to exit")
+
+
+def _gone(pid: int) -> bool:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_keys_are_never_written_to_the_logs(platform) -> None:
+    for name in ("trainer", "generator", "judge"):
+        platform.start(name)
+    httpx.get(platform.stack["server"] + "/jobs", headers={"Authorization": "Bearer not-a-key-0123456789"})
+    job = platform.client.submit(small_job(steps=4))
+    platform.wait_for_job(job.id)
+    logs = "".join(path.read_text() for path in (platform.directory / "logs").iterdir())
+    for key in TENANT_KEYS:
+        assert key not in logs
+    assert "not-a-key-0123456789" not in logs
+
+
+def test_a_thousand_retried_submissions_create_exactly_a_thousand_jobs(api) -> None:
+    spec = {"task": {"size": "small"}, "losses": ["logistic"], "betas": [0.1]}
+    headers = {"Authorization": f"Bearer {KEY}"}
+    local = threading.local()
+
+    def submit(number: int) -> tuple[str, int]:
+        if not hasattr(local, "client"):
+            local.client = httpx.Client(base_url=api, headers=headers, timeout=30)
+        response = local.client.post("/jobs", json=spec, headers={"Idempotency-Key": f"submission-{number}"})
+        return response.json()["id"], response.status_code
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        answers = list(pool.map(submit, [n for n in range(1000) for _ in range(2)]))  # every one sent twice
+    ids = [job_id for job_id, _ in answers]
+    assert len(set(ids)) == 1000 and all(ids[2 * k] == ids[2 * k + 1] for k in range(1000))
+    assert sorted(status for _, status in answers).count(201) == 1000
+    with Client(api, KEY) as client:
+        page, total = client.list(limit=100), 0
+        while True:
+            total += len(page.jobs)
+            if page.next_offset is None:
+                break
+            page = client.list(offset=page.next_offset, limit=100)
+    assert total == 1000
