@@ -19,6 +19,7 @@ ENVIRONMENT = {
     "GPO_HOST": "Address the control service listens on.",
     "GPO_PORT": "Port the control service listens on.",
     "GPO_MAX_BODY_BYTES": "Largest request body the control service accepts.",
+    "GPO_WORKERS": "Processes of the control service (uvicorn workers).",
     "GPO_MAX_ATTEMPTS": "Attempts per task before it goes to the dead-letter stream.",
     "GPO_CLAIM_IDLE_S": "Seconds without a heartbeat after which another worker reclaims a task.",
     "GPO_HEARTBEAT_S": "Seconds between a busy worker's heartbeats.",
@@ -34,6 +35,7 @@ class Settings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(8700, ge=1, le=65535)
     max_body_bytes: int = Field(1_048_576, ge=1024)
+    workers: int = Field(1, ge=1, le=64)
     max_attempts: int = Field(3, ge=1, le=100)
     claim_idle_s: float = Field(30.0, gt=0)
     heartbeat_s: float = Field(5.0, gt=0)
@@ -50,6 +52,7 @@ class Settings(BaseModel):
             "host": env.get("GPO_HOST"),
             "port": env.get("GPO_PORT"),
             "max_body_bytes": env.get("GPO_MAX_BODY_BYTES"),
+            "workers": env.get("GPO_WORKERS"),
             "max_attempts": env.get("GPO_MAX_ATTEMPTS"),
             "claim_idle_s": env.get("GPO_CLAIM_IDLE_S"),
             "heartbeat_s": env.get("GPO_HEARTBEAT_S"),

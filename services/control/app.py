@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import redis
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -70,6 +70,37 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
+class RequestMetrics:
+    """Requests by method, route and status, and their latency (a plain ASGI middleware: no
+    per-request task or body buffering)."""
+
+    def __init__(self, app: ASGIApp, registry: CollectorRegistry):
+        self.app = app
+        self.requests = Counter("gpo_http_requests", "HTTP requests", ["method", "route", "status"], registry=registry)
+        self.latency = Histogram("gpo_http_request_seconds", "Request latency", ["method", "route"], registry=registry)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def record_status(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            route = scope.get("route")
+            path = route.path if route is not None else "unmatched"
+            self.requests.labels(scope["method"], path, str(status)).inc()
+            self.latency.labels(scope["method"], path).observe(time.perf_counter() - started)
+
+
 class _QueueDepth:
     """Queue depths, read from Redis at scrape time."""
 
@@ -102,25 +133,13 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
     app.add_exception_handler(RequestValidationError, errors.validation_error)
     app.add_exception_handler(StarletteHTTPException, errors.http_error)
     app.add_exception_handler(Exception, errors.unexpected_error)
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
-
     registry = CollectorRegistry()
-    requests = Counter("gpo_http_requests", "HTTP requests", ["method", "route", "status"], registry=registry)
-    latency = Histogram("gpo_http_request_seconds", "HTTP request latency", ["method", "route"], registry=registry)
     registry.register(_QueueDepth(client))
-
-    @app.middleware("http")
-    async def measure(request: Request, call_next):
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = route.path if route is not None else "unmatched"
-        requests.labels(request.method, path, str(response.status_code)).inc()
-        latency.labels(request.method, path).observe(time.perf_counter() - started)
-        return response
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(RequestMetrics, registry=registry)
 
     @app.get("/healthz", tags=["health"])
-    def healthz() -> dict:
+    async def healthz() -> dict:
         """The process is up (liveness)."""
         return {"status": "ok"}
 
@@ -147,4 +166,8 @@ def main() -> None:
     settings = Settings.from_env()
     if not settings.api_keys:
         raise SystemExit("no API keys configured: set GPO_API_KEYS='key:tenant' or GPO_API_KEYS_FILE")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
+    if settings.workers > 1:  # worker processes, each building its app from the environment
+        uvicorn.run("gpo_services.control.app:create_app", factory=True, workers=settings.workers,
+                    host=settings.host, port=settings.port, log_level="warning")  # fmt: skip
+    else:
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")

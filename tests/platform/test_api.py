@@ -159,3 +159,26 @@ def test_readiness_and_metrics(api, client_a) -> None:
     text = httpx.get(api + "/metrics").text
     assert 'gpo_queue_tasks{stage="train",state="waiting"} 4.0' in text
     assert 'gpo_http_requests_total{method="POST",route="/jobs",status="201"} 1.0' in text
+
+
+def test_the_async_client_speaks_the_same_api(api) -> None:
+    import asyncio
+
+    from gpo_client import AsyncClient
+
+    async def scenario() -> None:
+        async with AsyncClient(api, KEY_A) as client:
+            job = await client.submit(SPEC)
+            assert (await client.get(job.id)).id == job.id
+            assert [j.id for j in (await client.list()).jobs] == [job.id]
+            assert (await client.cancel(job.id)).state == "cancelled"
+            kinds = [event.type async for event in client.events(job.id)]
+            assert kinds[0] == "job_state" and kinds[-1] == "job_state"
+            assert (await client.wait(job.id)).state == "cancelled"
+            with pytest.raises(NotFound):
+                await client.get("nope")
+        async with AsyncClient(api, "wrong-key-0123456789") as stranger:
+            with pytest.raises(Unauthorized):
+                await stranger.list()
+
+    asyncio.run(scenario())

@@ -1,0 +1,119 @@
+"""Load on the control service: 64 concurrent clients on loopback against the real service (its
+own process, uvicorn) and a private redis-server; requests/s and latency percentiles for
+``POST /jobs`` and ``GET /jobs/{id}``.
+
+    python benchmarks/api_load.py [--clients 64] [--posts 3000] [--gets 10000] [--workers 1]
+
+Goal on a 2-core machine: POST >= 300/s, GET >= 1000/s, p99 <= 50 ms. The clients run in this
+process (one asyncio loop), on the same cores as the service.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import httpx
+
+KEY = "benchmark-key-0123456789"
+SPEC = {"task": {"size": "small"}, "losses": ["logistic", "hinge"], "betas": [0.1, 1.0]}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def hammer(base: str, clients: int, total: int, request) -> tuple[float, list[float], list]:
+    """``total`` requests spread over ``clients`` concurrent connections; (seconds, latencies, results)."""
+    latencies: list[float] = []
+    results: list = []
+    counter = iter(range(total))
+
+    async def client() -> None:
+        async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {KEY}"}, timeout=30) as http:
+            for number in counter:
+                started = time.perf_counter()
+                results.append(await request(http, number))
+                latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return time.perf_counter() - started, latencies, results
+
+
+def summary(name: str, seconds: float, latencies: list[float]) -> str:
+    ordered = sorted(latencies)
+    p50 = statistics.median(ordered) * 1000
+    p99 = ordered[int(0.99 * (len(ordered) - 1))] * 1000
+    rate = len(ordered) / seconds
+    return f"{name:<16} {rate:8.1f} req/s   p50 {p50:6.1f} ms   p99 {p99:6.1f} ms   ({len(ordered)} requests)"
+
+
+async def run(args, base: str) -> None:
+    async def post(http, number):
+        response = await http.post("/jobs", json=SPEC)
+        assert response.status_code == 201, response.text
+        return response.json()["id"]
+
+    seconds, latencies, ids = await hammer(base, args.clients, args.posts, post)
+    print(summary("POST /jobs", seconds, latencies), flush=True)
+
+    async def get(http, number):
+        response = await http.get(f"/jobs/{ids[number % len(ids)]}")
+        assert response.status_code == 200, response.text
+        return None
+
+    seconds, latencies, _ = await hammer(base, args.clients, args.gets, get)
+    print(summary("GET /jobs/{id}", seconds, latencies), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--posts", type=int, default=3000)
+    parser.add_argument("--gets", type=int, default=10000)
+    parser.add_argument("--workers", type=int, default=1, help="processes of the control service (GPO_WORKERS)")
+    args = parser.parse_args()
+    print(f"command: python benchmarks/api_load.py --clients {args.clients} --posts {args.posts} --gets {args.gets} "
+          f"--workers {args.workers}")  # fmt: skip
+    folder = tempfile.mkdtemp(prefix="gpo-load-")
+    redis_port, port = free_port(), free_port()
+    redis = subprocess.Popen(
+        [shutil.which("redis-server"), "--port", str(redis_port), "--bind", "127.0.0.1", "--dir", folder,
+         "--appendonly", "yes", "--save", ""],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    env = {**os.environ, "GPO_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0", "GPO_ARTIFACTS": f"{folder}/artifacts",
+           "GPO_API_KEYS": f"{KEY}:bench", "GPO_PORT": str(port), "GPO_WORKERS": str(args.workers)}  # fmt: skip
+    control = subprocess.Popen([sys.executable, "-m", "gpo_services.control"], env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(base + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        asyncio.run(run(args, base))
+        print(f"cores: {os.cpu_count()}; load average {os.getloadavg()[0]:.2f}")
+    finally:
+        control.terminate()
+        control.wait()
+        redis.terminate()
+        redis.wait()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""The gpo command line against the local stack it starts: up, submit --watch, list, status,
+report (downloaded), cancel of a finished job (a clear error), down."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+
+def gpo(*args: str, env: dict, cwd) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-c", "from gpo_client.cli import main; main()", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
+
+
+def test_up_submit_watch_status_report_down(tmp_path) -> None:
+    env = {**os.environ, "GPO_STACK_DIR": str(tmp_path / "stack"), "GPO_CACHE_DIR": str(tmp_path / "cache")}
+    env.pop("GPO_SERVER", None)
+    env.pop("GPO_API_KEY", None)
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "cli", "task": {"size": "small", "seed": 3}, "losses": ["hinge"], "betas": [1.0],
+        "training": {"steps": 4, "batch_size": 8, "trace_every": 0},
+        "generation": {"backend": "transformers", "prompts": 8},
+    }))  # fmt: skip
+    up = gpo("up", env=env, cwd=tmp_path)
+    assert up.returncode == 0, up.stderr
+    try:
+        assert "control service: http://127.0.0.1:" in up.stdout
+        submitted = gpo("submit", str(spec), "--watch", env=env, cwd=tmp_path)
+        assert submitted.returncode == 0, submitted.stderr
+        job_id = submitted.stdout.split()[0]
+        assert "succeeded" in submitted.stdout and "r00-hinge-b1" in submitted.stdout
+        listed = gpo("list", env=env, cwd=tmp_path)
+        assert job_id in listed.stdout and "1/1" in listed.stdout
+        status = gpo("status", job_id, env=env, cwd=tmp_path)
+        assert "done" in status.stdout and "4/4" in status.stdout
+        report = gpo("report", job_id, env=env, cwd=tmp_path)
+        assert report.returncode == 0, report.stderr
+        page = tmp_path / "outputs" / "reports" / job_id / "report.html"
+        assert page.exists() and json.loads(page.with_name("report.json").read_text())["runs"][0]["trained"]
+        refused = gpo("cancel", job_id, env=env, cwd=tmp_path)
+        assert (
+            refused.returncode == 2 and "409 conflict: job" in refused.stderr and "already succeeded" in refused.stderr
+        )
+        missing = gpo("status", "nope", env=env, cwd=tmp_path)
+        assert missing.returncode == 2 and "404 not_found" in missing.stderr
+    finally:
+        down = gpo("down", env=env, cwd=tmp_path)
+    assert down.returncode == 0 and "stopped: control, trainer, generator, judge, redis" in down.stdout
+    unreachable = gpo("list", env=env, cwd=tmp_path)
+    assert unreachable.returncode == 2 and "cannot reach the control service" in unreachable.stderr
