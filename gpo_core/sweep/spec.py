@@ -4,7 +4,6 @@ bad specs with the same field-named messages."""
 
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 from typing import Literal
@@ -14,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gpo_core.analysis import beta_from_ipo_equivalent
 from gpo_core.losses import BUILTIN_LOSSES, LossSpecError, resolve_loss
+from gpo_core.train.spec import Beta, Loss
 
 MAX_RUNS = 64  # a grid larger than this is almost certainly a mistake; split it into jobs
 
@@ -28,24 +28,8 @@ class BuiltinTask(BaseModel):
 
 class RunSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    loss: str = Field(max_length=500, description="Registry name or a formula in x.")
-    beta: float
-
-    @field_validator("loss")
-    @classmethod
-    def _usable_loss(cls, value: str) -> str:
-        try:
-            resolve_loss(value)
-        except LossSpecError as err:
-            raise ValueError(str(err)) from None
-        return value
-
-    @field_validator("beta")
-    @classmethod
-    def _positive_beta(cls, value: float) -> float:
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(f"beta must be a finite number > 0, got {value}")
-        return value
+    loss: Loss = Field(description="Registry name or a formula in x.")
+    beta: Beta
 
 
 class TrainingSettings(BaseModel):
@@ -128,8 +112,8 @@ class JobSpec(BaseModel):
     eval_pairs: str | None = Field(None, max_length=4096)
     eval_prompts: str | None = Field(None, max_length=4096)
 
-    losses: list[str] = Field(default_factory=list, max_length=32)
-    betas: list[float] = Field(default_factory=list, max_length=32)
+    losses: list[Loss] = Field(default_factory=list, max_length=32)
+    betas: list[Beta] = Field(default_factory=list, max_length=32)
     runs: list[RunSpec] = Field(default_factory=list, max_length=MAX_RUNS)
 
     training: TrainingSettings = Field(default_factory=TrainingSettings)
@@ -137,26 +121,11 @@ class JobSpec(BaseModel):
     judge: JudgeSettings = Field(default_factory=JudgeSettings)
     comparisons: Comparisons = Field(default_factory=Comparisons)
 
-    @field_validator("losses")
+    @field_validator("losses", "betas")
     @classmethod
-    def _usable_losses(cls, values: list[str]) -> list[str]:
-        for value in values:
-            try:
-                resolve_loss(value)
-            except LossSpecError as err:
-                raise ValueError(f"{value!r}: {err}") from None
+    def _no_repeats(cls, values: list) -> list:
         if len(set(values)) != len(values):
-            raise ValueError("a loss is listed twice")
-        return values
-
-    @field_validator("betas")
-    @classmethod
-    def _positive_betas(cls, values: list[float]) -> list[float]:
-        for value in values:
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"every beta must be a finite number > 0, got {value}")
-        if len(set(values)) != len(values):
-            raise ValueError("a beta is listed twice")
+            raise ValueError("a value is listed twice")
         return values
 
     @model_validator(mode="after")

@@ -4,13 +4,32 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gpo_core.analysis import beta_from_ipo_equivalent
 from gpo_core.losses import LossSpecError, resolve_loss
+
+
+def _usable_loss(value: str) -> str:
+    try:
+        resolve_loss(value)
+    except LossSpecError as err:
+        raise ValueError(str(err)) from None
+    return value
+
+
+def _finite_positive(value: float) -> float:
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"must be a finite number > 0, got {value}")
+    return value
+
+
+# Field types shared with the sweep's job spec: one rule, one message, wherever a loss or beta is given.
+Loss = Annotated[str, Field(max_length=500), AfterValidator(_usable_loss)]
+Beta = Annotated[float, AfterValidator(_finite_positive)]
 
 
 class TrainingSpec(BaseModel):
@@ -27,9 +46,9 @@ class TrainingSpec(BaseModel):
     eval_prompts: str | None = Field(None, description="Prompts whose samples estimate KL(pi_theta || pi_ref).")
     output_dir: str = Field(description="Run folder: checkpoints, metrics.jsonl, final model.")
 
-    loss: str = Field("logistic", description="Registry name (logistic, hinge, square, ...) or a formula in x.")
-    beta: float | None = Field(None, description="beta in the loss's own units.")
-    beta_ipo: float | None = Field(None, description="beta in IPO-equivalent units, converted per loss.")
+    loss: Loss = Field("logistic", description="Registry name (logistic, hinge, square, ...) or a formula in x.")
+    beta: Beta | None = Field(None, description="beta in the loss's own units.")
+    beta_ipo: Beta | None = Field(None, description="beta in IPO-equivalent units, converted per loss.")
 
     optimizer: Literal["adamw", "adafactor"] = "adamw"
     lr: float = Field(1e-4, gt=0)
@@ -57,22 +76,6 @@ class TrainingSpec(BaseModel):
     trace_max_new_tokens: int = Field(32, ge=1, le=4096)
     log_every: int = Field(1, ge=1)
     cache_dir: str | None = Field(None, description="Reference log-prob cache; default $GPO_CACHE_DIR or ~/.cache/gpo.")
-
-    @field_validator("loss")
-    @classmethod
-    def _loss_is_usable(cls, value: str) -> str:
-        try:
-            resolve_loss(value)
-        except LossSpecError as err:
-            raise ValueError(str(err)) from None
-        return value
-
-    @field_validator("beta", "beta_ipo")
-    @classmethod
-    def _beta_is_positive(cls, value: float | None) -> float | None:
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise ValueError(f"must be a finite number > 0, got {value}")
-        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainingSpec:

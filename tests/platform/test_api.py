@@ -64,9 +64,9 @@ def test_another_tenants_job_is_404_on_every_job_endpoint(client_a, client_b, ap
 @pytest.mark.parametrize(
     ("body", "field", "message"),
     [
-        ({**SPEC, "losses": ["nope"]}, "losses", "unknown loss 'nope'"),
-        ({**SPEC, "losses": ["__import__('os').system('x')"]}, "losses", "unknown function"),
-        ({**SPEC, "betas": [-1]}, "betas", "finite number > 0"),
+        ({**SPEC, "losses": ["nope"]}, "losses.0", "unknown loss 'nope'"),
+        ({**SPEC, "losses": ["__import__('os').system('x')"]}, "losses.0", "unknown function"),
+        ({**SPEC, "betas": [-1]}, "betas.0", "finite number > 0"),
         ({**SPEC, "betas": [0.1 * (k + 1) for k in range(32)], "losses": ["logistic", "hinge", "square"]},
          None, "at most 64"),
         ({**SPEC, "training": {"max_response_length": 0}}, "training.max_response_length", "greater than or equal"),

@@ -18,10 +18,11 @@ def grid(**overrides) -> dict:
 @pytest.mark.parametrize(
     ("overrides", "field", "message"),
     [
-        ({"losses": ["nope"]}, "losses", "unknown loss 'nope'"),
-        ({"losses": ["__import__('os')"]}, "losses", ""),
-        ({"betas": [0.0]}, "betas", "finite number > 0"),
-        ({"betas": [float("inf")]}, "betas", "finite number > 0"),
+        ({"losses": ["nope"]}, "losses.0", "unknown loss 'nope'"),
+        ({"losses": ["logistic", "__import__('os')"]}, "losses.1", "unknown function"),
+        ({"losses": ["logistic", "logistic"]}, "losses", "listed twice"),
+        ({"betas": [0.0]}, "betas.0", "finite number > 0"),
+        ({"betas": [float("inf")]}, "betas.0", "finite number > 0"),
         (
             {"losses": [f"exp(-x) + {k}" for k in range(9)], "betas": [0.1 * (k + 1) for k in range(8)]},
             "(spec)",
