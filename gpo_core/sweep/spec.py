@@ -8,11 +8,11 @@ import re
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gpo_core.analysis import beta_from_ipo_equivalent
 from gpo_core.losses import BUILTIN_LOSSES, LossSpecError, resolve_loss
+from gpo_core.specfile import format_errors, read_mapping
 from gpo_core.train.spec import Beta, Loss
 
 MAX_RUNS = 64  # a grid larger than this is almost certainly a mistake; split it into jobs
@@ -175,34 +175,15 @@ class JobSpecError(ValueError):
     """A spec that cannot be used; the message names the source and each bad field."""
 
 
-def describe_errors(err: ValidationError) -> list[dict]:
-    """pydantic's errors as ``{"field": "a.b", "message": ...}``."""
-    return [
-        {
-            "field": ".".join(str(part) for part in problem["loc"]) or "(spec)",
-            "message": problem["msg"].removeprefix("Value error, "),
-        }
-        for problem in err.errors()
-    ]
-
-
 def parse_job_spec(data: object, source: str = "spec") -> JobSpec:
     if not isinstance(data, dict):
         raise JobSpecError(f"{source}: a job spec is a mapping of fields, found {type(data).__name__}")
     try:
         return JobSpec(**data)
     except ValidationError as err:
-        lines = [f"{source}: invalid job spec"] + [f"  {e['field']}: {e['message']}" for e in describe_errors(err)]
-        raise JobSpecError("\n".join(lines)) from None
+        raise JobSpecError(format_errors(err, source, "job spec")) from None
 
 
 def load_job_spec(path: str | Path) -> JobSpec:
     """A YAML or JSON file (JSON is YAML)."""
-    path = Path(path)
-    if not path.is_file():
-        raise JobSpecError(f"{path}: no such file")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise JobSpecError(f"{path}: not valid YAML ({err})") from None
-    return parse_job_spec(data, str(path))
+    return parse_job_spec(read_mapping(path, JobSpecError), str(path))

@@ -6,11 +6,11 @@ import math
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gpo_core.analysis import beta_from_ipo_equivalent
 from gpo_core.losses import LossSpecError, resolve_loss
+from gpo_core.specfile import format_errors, read_mapping
 
 
 def _usable_loss(value: str) -> str:
@@ -112,26 +112,10 @@ class SpecError(ValueError):
     """A spec file that cannot be used; the message names the file and each bad field."""
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
-    lines = [f"{source}: invalid training spec"]
-    for problem in err.errors():
-        where = ".".join(str(part) for part in problem["loc"]) or "(spec)"
-        lines.append(f"  {where}: {problem['msg'].removeprefix('Value error, ')}")
-    return "\n".join(lines)
-
-
 def load_spec(path: str | Path, **overrides) -> TrainingSpec:
-    """Read a YAML or JSON spec file (JSON is YAML); ``overrides`` replace fields."""
-    path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"{path}: no such file")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise SpecError(f"{path}: not valid YAML ({err})") from None
-    if not isinstance(data, dict):
-        raise SpecError(f"{path}: a spec is a mapping of fields, found {type(data).__name__}")
+    """Read a YAML or JSON spec file; ``overrides`` replace fields."""
+    data = read_mapping(path, SpecError)
     try:
         return TrainingSpec(**{**data, **overrides})
     except ValidationError as err:
-        raise SpecError(format_validation_error(err, str(path))) from None
+        raise SpecError(format_errors(err, str(path), "training spec")) from None
