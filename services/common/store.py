@@ -26,6 +26,7 @@ import redis
 
 from gpo_core.sweep.spec import JobSpec
 from gpo_core.sweep.views import TERMINAL, JobPage, JobView, RunView
+from gpo_services.common.queue import stream_key
 
 EVENTS_MAXLEN = 5000
 IDEMPOTENCY_TTL_S = 24 * 3600
@@ -70,8 +71,9 @@ class JobStore:
     # -- creation -------------------------------------------------------------------------------
 
     def create_job(self, tenant: str, spec: JobSpec, idempotency_key: str | None = None) -> tuple[str, bool]:
-        """(job id, created). A repeated Idempotency-Key returns the first job (created=False);
-        the same key with a different spec is a :class:`Conflict`."""
+        """Store the job and its runs and queue one train task per run, in one transaction:
+        (job id, created). A repeated Idempotency-Key returns the first job (created=False); the
+        same key with a different spec is a :class:`Conflict`."""
         spec_json = spec.model_dump_json()
         spec_hash = hashlib.sha256(spec_json.encode()).hexdigest()
         job_id = uuid.uuid4().hex[:16]
@@ -101,6 +103,8 @@ class JobStore:
                 mapping={"id": run_id, "loss": run.loss, "beta": run.beta, "state": "queued", "stage": "train",
                          "step": 0, "steps": spec.training.steps, "updated_at": now},
             )  # fmt: skip
+        for run_id in runs:  # queued in the same transaction: a stored job always has its tasks
+            pipe.xadd(stream_key("train"), {"task": json.dumps({"job": job_id, "run": run_id, "attempt": 1})})
         pipe.zadd(f"gpo:tenant:{tenant}:jobs", {job_id: now})
         pipe.xadd(events_key(job_id), self._event("job_state", {"state": "queued"}), maxlen=EVENTS_MAXLEN)
         pipe.execute()

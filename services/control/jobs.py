@@ -12,7 +12,6 @@ from fastapi.responses import FileResponse, StreamingResponse
 from gpo_core.sweep import stages
 from gpo_core.sweep.spec import JobSpec
 from gpo_core.sweep.views import ErrorBody, JobPage, JobState, JobView
-from gpo_services.common.queue import enqueue
 from gpo_services.common.store import Conflict
 from gpo_services.control.deps import SettingsDep, StoreDep, TenantDep
 from gpo_services.control.errors import ApiError
@@ -75,9 +74,7 @@ def submit_job(
     except Conflict as err:
         raise ApiError(409, "conflict", str(err)) from None
     if created:
-        stages.write_job_file(spec, settings.artifacts / job_id)
-        for run in spec.run_ids():
-            enqueue(store.r, "train", {"job": job_id, "run": run, "attempt": 1})
+        stages.write_job_file(spec, settings.artifacts / job_id)  # (the trainer writes it too if missing)
     else:
         response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"

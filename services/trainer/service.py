@@ -14,10 +14,11 @@ def handle(task: dict, context: TaskContext) -> None:
     if context.skip_if_over(job_id, run):
         return
     spec = context.store.spec(job_id)
+    job_dir = context.job_dir(job_id)
+    if not (job_dir / "job.json").exists():  # the control service died before writing it
+        stages.write_job_file(spec, job_dir)
     context.store.transition(job_id, run, state="running", stage="train")
-    result = stages.train_stage(
-        spec, context.job_dir(job_id), run, ProgressSink(context, job_id, run), CancelWatch(context, job_id)
-    )
+    result = stages.train_stage(spec, job_dir, run, ProgressSink(context, job_id, run), CancelWatch(context, job_id))
     if result["stopped"]:
         if context.stopping():
             raise HandBack
