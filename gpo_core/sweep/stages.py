@@ -17,7 +17,6 @@ already there, so a redelivered task costs nothing and never duplicates anything
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,10 +186,7 @@ def generate_stage(spec: JobSpec, job_dir: Path, run: str, cache_dir: Path, engi
     backend = spec.generation.backend
     if run == REFERENCE:
         cached, _ = cached_responses(inputs.reference, prompts, settings, cache_dir, backend, engine)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(cached, out.with_suffix(".tmp"))
-        out.with_suffix(".tmp").replace(out)
-        return out
+        return write_jsonl(out, load_responses(cached))  # atomic, even with two generators at once
     trained = run_dir(job_dir, run) / "train.json"
     if not trained.exists():
         raise FileNotFoundError(f"run {run} has no trained model yet ({trained} is missing)")
