@@ -34,20 +34,27 @@ def free_port() -> int:
 
 
 async def hammer(base: str, clients: int, total: int, request) -> tuple[float, list[float], list]:
-    """``total`` requests spread over ``clients`` concurrent connections; (seconds, latencies, results)."""
+    """``total`` requests spread over ``clients`` concurrent connections, opened before the clock
+    starts; (seconds, latencies, results)."""
     latencies: list[float] = []
     results: list = []
     counter = iter(range(total))
 
     async def client() -> None:
         async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {KEY}"}, timeout=30) as http:
+            await http.get("/healthz")  # connect first: steady-state latency, not 64 simultaneous handshakes
+            await ready.wait()
             for number in counter:
                 started = time.perf_counter()
                 results.append(await request(http, number))
                 latencies.append(time.perf_counter() - started)
 
+    ready = asyncio.Event()
+    connected = [asyncio.create_task(client()) for _ in range(clients)]
+    await asyncio.sleep(1.0)  # every client connected
     started = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(clients)))
+    ready.set()
+    await asyncio.gather(*connected)
     return time.perf_counter() - started, latencies, results
 
 

@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Iterator
 
 import redis
+import redis.asyncio
 
 from gpo_core.sweep.spec import JobSpec
 from gpo_core.sweep.views import TERMINAL, JobPage, JobView, RunView
@@ -287,3 +288,22 @@ class JobStore:
                 if self.state(job_id) in TERMINAL and not self.events(job_id, after):
                     return
                 yield None
+
+
+class AsyncJobReader:
+    """The hot read path of the control service (``GET /jobs/{id}``) on an asyncio Redis client:
+    no thread per request, and a slow Redis delays only the requests that need it."""
+
+    def __init__(self, client: redis.asyncio.Redis):
+        self.r = client
+
+    async def get(self, job_id: str, tenant: str | None = None) -> JobView | None:
+        """As :meth:`JobStore.get`."""
+        job = await self.r.hgetall(job_key(job_id))
+        if not job or (tenant is not None and job.get("tenant") != tenant):
+            return None
+        async with self.r.pipeline(transaction=False) as pipe:
+            for run in json.loads(job["runs"]):
+                pipe.hgetall(run_key(job_id, run))
+            runs = await pipe.execute()
+        return JobStore._view(job, runs)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis
+import redis.asyncio
 
 from gpo_core.data import DatasetError
 from gpo_core.sweep.spec import JobSpecError
@@ -35,10 +36,20 @@ class HandBack(Exception):
     """The worker is stopping in the middle of this task: give it to another worker."""
 
 
+REDIS_OPTIONS = {
+    "decode_responses": True,
+    "socket_timeout": 15,
+    "socket_connect_timeout": 5,
+    "health_check_interval": 10,
+}
+
+
 def connect(settings: Settings) -> redis.Redis:
-    return redis.Redis.from_url(
-        settings.redis_url, decode_responses=True, socket_timeout=15, socket_connect_timeout=5, health_check_interval=10
-    )
+    return redis.Redis.from_url(settings.redis_url, **REDIS_OPTIONS)
+
+
+def connect_async(settings: Settings) -> redis.asyncio.Redis:
+    return redis.asyncio.Redis.from_url(settings.redis_url, **REDIS_OPTIONS)
 
 
 @dataclass

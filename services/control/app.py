@@ -16,8 +16,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gpo_core.sweep.views import ErrorBody
 from gpo_services.common.queue import STAGES, TaskQueue
 from gpo_services.common.settings import Settings
-from gpo_services.common.store import JobStore
-from gpo_services.common.worker import connect
+from gpo_services.common.store import AsyncJobReader, JobStore
+from gpo_services.common.worker import connect, connect_async
 from gpo_services.control import errors
 from gpo_services.control.jobs import router as jobs_router
 
@@ -128,6 +128,7 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
     )
     app.state.settings = settings
     app.state.store = JobStore(client)
+    app.state.reader = AsyncJobReader(connect_async(settings))
     app.include_router(jobs_router)
     app.add_exception_handler(errors.ApiError, errors.api_error)
     app.add_exception_handler(RequestValidationError, errors.validation_error)

@@ -1,4 +1,5 @@
-"""FastAPI dependencies: settings, the job store and the caller's tenant."""
+"""FastAPI dependencies: settings, the job store and the caller's tenant. They do no I/O, so they
+are coroutines: FastAPI would run plain functions in its thread pool, one thread hop each."""
 
 from __future__ import annotations
 
@@ -7,20 +8,20 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 
 from gpo_services.common.settings import Settings
-from gpo_services.common.store import JobStore
+from gpo_services.common.store import AsyncJobReader, JobStore
 from gpo_services.control.errors import ApiError
 from gpo_services.control.security import tenant_for
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_store(request: Request) -> JobStore:
+async def get_store(request: Request) -> JobStore:
     return request.app.state.store
 
 
-def get_tenant(
+async def get_tenant(
     request: Request, authorization: Annotated[str | None, Header(description="Bearer API key")] = None
 ) -> str:
     scheme, _, key = (authorization or "").partition(" ")
@@ -30,6 +31,11 @@ def get_tenant(
     return tenant
 
 
+async def get_reader(request: Request) -> AsyncJobReader:
+    return request.app.state.reader
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+ReaderDep = Annotated[AsyncJobReader, Depends(get_reader)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
 TenantDep = Annotated[str, Depends(get_tenant)]

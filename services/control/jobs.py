@@ -13,7 +13,7 @@ from gpo_core.sweep import stages
 from gpo_core.sweep.spec import JobSpec
 from gpo_core.sweep.views import ErrorBody, JobPage, JobState, JobView
 from gpo_services.common.store import Conflict
-from gpo_services.control.deps import SettingsDep, StoreDep, TenantDep
+from gpo_services.control.deps import ReaderDep, SettingsDep, StoreDep, TenantDep
 from gpo_services.control.errors import ApiError
 from gpo_services.control.security import artifact_path
 
@@ -94,9 +94,12 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobView, responses=ERRORS)
-def get_job(job_id: str, store: StoreDep, tenant: TenantDep) -> JobView:
+async def get_job(job_id: str, reader: ReaderDep, tenant: TenantDep) -> JobView:
     """State, each run's stage and progress, and the win rates so far."""
-    return _job_or_404(store, job_id, tenant)
+    job = await reader.get(job_id, tenant)
+    if job is None:
+        raise ApiError(404, "not_found", f"no job {job_id}")
+    return job
 
 
 @router.post(
