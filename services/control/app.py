@@ -133,6 +133,7 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
     app.add_exception_handler(errors.ApiError, errors.api_error)
     app.add_exception_handler(RequestValidationError, errors.validation_error)
     app.add_exception_handler(StarletteHTTPException, errors.http_error)
+    app.add_exception_handler(redis.RedisError, errors.redis_error)
     app.add_exception_handler(Exception, errors.unexpected_error)
     registry = CollectorRegistry()
     registry.register(_QueueDepth(client))

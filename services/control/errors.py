@@ -42,5 +42,12 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> JSONRespo
     return error_response(exc.status_code, codes.get(exc.status_code, "error"), str(exc.detail))
 
 
+async def redis_error(request: Request, exc: Exception) -> JSONResponse:
+    """Redis away (a restart, a network split): the request may be retried; nothing was lost."""
+    return error_response(
+        503, "unavailable", "the job store is unreachable; retry shortly", headers={"Retry-After": "2"}
+    )
+
+
 async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(500, "internal", "internal error; the service log has the details")

@@ -22,6 +22,7 @@ ERRORS = {
     401: {"model": ErrorBody, "description": "Missing or wrong API key"},
     404: {"model": ErrorBody, "description": "No such job for this tenant"},
     422: {"model": ErrorBody, "description": "Invalid parameters; details name each one"},
+    503: {"model": ErrorBody, "description": "The job store (Redis) is unreachable; retry"},
 }
 
 
@@ -81,7 +82,7 @@ def submit_job(
     return store.get(job_id)
 
 
-@router.get("", response_model=JobPage, responses={401: ERRORS[401], 422: ERRORS[422]})
+@router.get("", response_model=JobPage, responses={401: ERRORS[401], 422: ERRORS[422], 503: ERRORS[503]})
 def list_jobs(
     store: StoreDep,
     tenant: TenantDep,

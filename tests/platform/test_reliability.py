@@ -106,18 +106,19 @@ def test_a_killed_trainer_is_replaced_and_the_run_resumes_from_its_checkpoint(pl
     first = platform.start("trainer")
     platform.start("generator")
     platform.start("judge")
-    job = platform.client.submit(small_job(steps=30))
+    job = platform.client.submit(small_job(steps=300))  # long enough to be killed mid-run
     run = job.runs[0].id
     wait_until(lambda: platform.client.get(job.id).runs[0].step >= 12, 120, "training past a checkpoint")
     platform.signal(first, signal.SIGKILL)
+    assert not (platform.run_dir(job.id, run) / "train.json").exists()  # killed mid-run, not after
     second = platform.start("trainer")
     done = platform.wait_for_job(job.id)
-    assert done.state == "succeeded" and done.runs[0].step == 30
+    assert done.state == "succeeded" and done.runs[0].step == 300
     records = metrics(platform, job.id, run)
     resumed = [r for r in records if r["kind"] == "resumed"]
     assert len(resumed) == 1 and resumed[0]["step"] >= 10 and resumed[0]["step"] % 5 == 0
     assert [r["kind"] for r in records].count("end") == 1  # trained to completion once
-    assert max(r["step"] for r in records if r["kind"] == "step") == 30
+    assert max(r["step"] for r in records if r["kind"] == "step") == 300
     assert started_tasks(second) == [run]
     assert platform.redis.xlen("gpo:dead") == 0
 
@@ -160,6 +161,8 @@ def test_a_redis_restart_mid_job_loses_nothing(platform) -> None:
     port = platform.stack["redis_url"].rsplit(":", 1)[1].split("/")[0]
     os.killpg(pid, signal.SIGTERM)  # a clean shutdown writes the append-only file
     wait_until(lambda: not _answers(platform.redis), 10, "redis to stop")
+    during = httpx.get(f"{platform.stack['server']}/jobs/{job.id}", headers={"Authorization": f"Bearer {KEY}"})
+    assert during.status_code == 503 and during.json()["error"] == "unavailable"  # not a 500
     time.sleep(3)  # services see it gone and back off
     command = ["redis-server", "--port", port, "--bind", "127.0.0.1", "--dir", str(platform.directory / "redis"),
                "--appendonly", "yes", "--save", ""]  # fmt: skip
