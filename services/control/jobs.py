@@ -39,11 +39,15 @@ def _missing_paths(spec: JobSpec) -> list[dict]:
     return details
 
 
-def _job_or_404(store, job_id: str, tenant: str) -> JobView:
-    job = store.get(job_id, tenant)
+def _found(job: JobView | None, job_id: str) -> JobView:
+    """The job, or a 404 (also for another tenant's job: its existence is not revealed)."""
     if job is None:
         raise ApiError(404, "not_found", f"no job {job_id}")
     return job
+
+
+def _job_or_404(store, job_id: str, tenant: str) -> JobView:
+    return _found(store.get(job_id, tenant), job_id)
 
 
 @router.post(
@@ -97,10 +101,7 @@ def list_jobs(
 @router.get("/{job_id}", response_model=JobView, responses=ERRORS)
 async def get_job(job_id: str, reader: ReaderDep, tenant: TenantDep) -> JobView:
     """State, each run's stage and progress, and the win rates so far."""
-    job = await reader.get(job_id, tenant)
-    if job is None:
-        raise ApiError(404, "not_found", f"no job {job_id}")
-    return job
+    return _found(await reader.get(job_id, tenant), job_id)
 
 
 @router.post(
