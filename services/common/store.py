@@ -127,9 +127,6 @@ class JobStore:
     def exists(self, job_id: str) -> bool:
         return bool(self.r.exists(job_key(job_id)))
 
-    def tenant_of(self, job_id: str) -> str | None:
-        return self.r.hget(job_key(job_id), "tenant")
-
     def spec(self, job_id: str) -> JobSpec:
         return JobSpec.model_validate_json(self.r.hget(job_key(job_id), "spec"))
 
@@ -144,9 +141,7 @@ class JobStore:
 
     def get(self, job_id: str, tenant: str | None = None) -> JobView | None:
         """The job, or None when it does not exist or belongs to another tenant."""
-        pipe = self.r.pipeline(transaction=False)
-        pipe.hgetall(job_key(job_id))
-        job = pipe.execute()[0]
+        job = self.r.hgetall(job_key(job_id))
         if not job or (tenant is not None and job.get("tenant") != tenant):
             return None
         runs = self._runs(job_id, json.loads(job["runs"]))
@@ -187,15 +182,18 @@ class JobStore:
 
     def list(self, tenant: str, state: str | None = None, offset: int = 0, limit: int = 20) -> JobPage:
         """Newest first. With a state filter, pages are over the matching jobs."""
-        ids = self.r.zrevrange(f"gpo:tenant:{tenant}:jobs", 0, -1)
-        if state is not None:
+        index = f"gpo:tenant:{tenant}:jobs"
+        if state is None:  # one page straight from the index
+            page, total = self.r.zrevrange(index, offset, offset + limit - 1), self.r.zcard(index)
+        else:  # the matching jobs first, then the page
+            ids = self.r.zrevrange(index, 0, -1)
             pipe = self.r.pipeline(transaction=False)
             for job_id in ids:
                 pipe.hget(job_key(job_id), "state")
             ids = [job_id for job_id, s in zip(ids, pipe.execute(), strict=True) if s == state]
-        page = ids[offset : offset + limit]
+            page, total = ids[offset : offset + limit], len(ids)
         jobs = [view for job_id in page if (view := self.get(job_id)) is not None]
-        return JobPage(jobs=jobs, next_offset=offset + limit if offset + limit < len(ids) else None)
+        return JobPage(jobs=jobs, next_offset=offset + limit if offset + limit < total else None)
 
     # -- transitions ----------------------------------------------------------------------------
 
