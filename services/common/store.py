@@ -16,6 +16,7 @@ Keys::
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
@@ -68,59 +69,6 @@ def _derive_state(job: dict, runs: list[dict]) -> tuple[str, str]:
 class JobStore:
     def __init__(self, client: redis.Redis):
         self.r = client
-
-    # -- creation -------------------------------------------------------------------------------
-
-    def create_job(self, tenant: str, spec: JobSpec, idempotency_key: str | None = None) -> tuple[str, bool]:
-        """Store the job and its runs and queue one train task per run, in one transaction:
-        (job id, created). A repeated Idempotency-Key returns the first job (created=False); the
-        same key with a different spec is a :class:`Conflict`."""
-        spec_json = spec.model_dump_json()
-        spec_hash = hashlib.sha256(spec_json.encode()).hexdigest()
-        job_id = uuid.uuid4().hex[:16]
-        if idempotency_key is not None:
-            idem = f"gpo:idem:{tenant}:{hashlib.sha256(idempotency_key.encode()).hexdigest()}"
-            if not self.r.set(idem, f"{job_id} {spec_hash}", nx=True, ex=IDEMPOTENCY_TTL_S):
-                return self._existing(idem, spec_hash), False
-        now = time.time()
-        runs = spec.run_ids()
-        pipe = self.r.pipeline(transaction=True)
-        pipe.hset(
-            job_key(job_id),
-            mapping={
-                "id": job_id,
-                "tenant": tenant,
-                "name": spec.name,
-                "spec": spec_json,
-                "runs": json.dumps(runs),
-                "state": "queued",
-                "created_at": now,
-                "updated_at": now,
-            },
-        )
-        for run_id, run in zip(runs, spec.run_list(), strict=True):
-            pipe.hset(
-                run_key(job_id, run_id),
-                mapping={"id": run_id, "loss": run.loss, "beta": run.beta, "state": "queued", "stage": "train",
-                         "step": 0, "steps": spec.training.steps, "updated_at": now},
-            )  # fmt: skip
-        for run_id in runs:  # queued in the same transaction: a stored job always has its tasks
-            pipe.xadd(stream_key("train"), {"task": json.dumps({"job": job_id, "run": run_id, "attempt": 1})})
-        pipe.zadd(f"gpo:tenant:{tenant}:jobs", {job_id: now})
-        pipe.xadd(events_key(job_id), self._event("job_state", {"state": "queued"}), maxlen=EVENTS_MAXLEN)
-        pipe.execute()
-        return job_id, True
-
-    def _existing(self, idem_key: str, spec_hash: str) -> str:
-        value = self.r.get(idem_key)
-        job_id, first_hash = value.split(" ")
-        if first_hash != spec_hash:
-            raise Conflict("this Idempotency-Key was used with a different spec")
-        for _ in range(200):  # the first request may still be writing the job: wait for it
-            if self.r.exists(job_key(job_id)):
-                return job_id
-            time.sleep(0.01)
-        raise Conflict("a request with this Idempotency-Key is still being processed; retry")
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -288,12 +236,53 @@ class JobStore:
                 yield None
 
 
-class AsyncJobReader:
-    """The hot read path of the control service (``GET /jobs/{id}``) on an asyncio Redis client:
-    no thread per request, and a slow Redis delays only the requests that need it."""
+class AsyncJobStore:
+    """The control service's requests (submit a job, read one) on an asyncio Redis client: no
+    thread per request, and a slow Redis delays only the requests that need it."""
 
     def __init__(self, client: redis.asyncio.Redis):
         self.r = client
+
+    async def create_job(self, tenant: str, spec: JobSpec, idempotency_key: str | None = None) -> tuple[JobView, bool]:
+        """Store the job and its runs and queue one train task per run, in one transaction:
+        (the job, created). A repeated Idempotency-Key returns the first job (created=False); the
+        same key with a different spec is a :class:`Conflict`."""
+        spec_json = spec.model_dump_json()
+        spec_hash = hashlib.sha256(spec_json.encode()).hexdigest()
+        job_id = uuid.uuid4().hex[:16]
+        if idempotency_key is not None:
+            idem = f"gpo:idem:{tenant}:{hashlib.sha256(idempotency_key.encode()).hexdigest()}"
+            if not await self.r.set(idem, f"{job_id} {spec_hash}", nx=True, ex=IDEMPOTENCY_TTL_S):
+                return await self._existing(idem, spec_hash, tenant), False
+        now = time.time()
+        runs = spec.run_ids()
+        job = {"id": job_id, "tenant": tenant, "name": spec.name, "spec": spec_json, "runs": json.dumps(runs),
+               "state": "queued", "created_at": now, "updated_at": now}  # fmt: skip
+        fresh = {"state": "queued", "stage": "train", "step": 0, "steps": spec.training.steps, "updated_at": now}
+        records = [
+            {"id": run_id, "loss": run.loss, "beta": run.beta, **fresh}
+            for run_id, run in zip(runs, spec.run_list(), strict=True)
+        ]
+        async with self.r.pipeline(transaction=True) as pipe:
+            pipe.hset(job_key(job_id), mapping=job)
+            for record in records:
+                pipe.hset(run_key(job_id, record["id"]), mapping=record)
+            for run_id in runs:  # queued in the same transaction: a stored job always has its tasks
+                pipe.xadd(stream_key("train"), {"task": json.dumps({"job": job_id, "run": run_id, "attempt": 1})})
+            pipe.zadd(f"gpo:tenant:{tenant}:jobs", {job_id: now})
+            pipe.xadd(events_key(job_id), JobStore._event("job_state", {"state": "queued"}), maxlen=EVENTS_MAXLEN)
+            await pipe.execute()
+        return JobStore._view(job, records), True  # what was just written: no read back
+
+    async def _existing(self, idem_key: str, spec_hash: str, tenant: str) -> JobView:
+        job_id, first_hash = (await self.r.get(idem_key)).split(" ")
+        if first_hash != spec_hash:
+            raise Conflict("this Idempotency-Key was used with a different spec")
+        for _ in range(200):  # the first request may still be writing the job: wait for it
+            if (job := await self.get(job_id, tenant)) is not None:
+                return job
+            await asyncio.sleep(0.01)
+        raise Conflict("a request with this Idempotency-Key is still being processed; retry")
 
     async def get(self, job_id: str, tenant: str | None = None) -> JobView | None:
         """As :meth:`JobStore.get`."""

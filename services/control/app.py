@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 
 import redis
@@ -16,7 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gpo_core.sweep.views import ErrorBody
 from gpo_services.common.queue import STAGES, TaskQueue
 from gpo_services.common.settings import Settings
-from gpo_services.common.store import AsyncJobReader, JobStore
+from gpo_services.common.store import AsyncJobStore, JobStore
 from gpo_services.common.worker import connect, connect_async
 from gpo_services.control import errors
 from gpo_services.control.jobs import router as jobs_router
@@ -128,7 +129,7 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
     )
     app.state.settings = settings
     app.state.store = JobStore(client)
-    app.state.reader = AsyncJobReader(connect_async(settings))
+    app.state.async_store = AsyncJobStore(connect_async(settings))
     app.include_router(jobs_router)
     app.add_exception_handler(errors.ApiError, errors.api_error)
     app.add_exception_handler(RequestValidationError, errors.validation_error)
@@ -162,14 +163,22 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
     return app
 
 
+def serving_app() -> FastAPI:
+    """The app of a serving process: built from the environment, then every object that exists so
+    far (torch, transformers, the app: ~400k objects) is moved out of the garbage collector's sight.
+    Without this, each full collection walked them all and stalled requests for up to 250 ms, which
+    set the p99 latency under load (docs/reliability.md)."""
+    app = create_app()
+    gc.freeze()
+    return app
+
+
 def main() -> None:
     import uvicorn
 
     settings = Settings.from_env()
     if not settings.api_keys:
         raise SystemExit("no API keys configured: set GPO_API_KEYS='key:tenant' or GPO_API_KEYS_FILE")
-    if settings.workers > 1:  # worker processes, each building its app from the environment
-        uvicorn.run("gpo_services.control.app:create_app", factory=True, workers=settings.workers,
-                    host=settings.host, port=settings.port, log_level="warning")  # fmt: skip
-    else:
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
+    # Each worker process builds its own app (the factory); one process serves in this one.
+    uvicorn.run("gpo_services.control.app:serving_app", factory=True, workers=settings.workers,
+                host=settings.host, port=settings.port, log_level="warning")  # fmt: skip

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 
 from gpo_services.common.settings import Settings
-from gpo_services.common.store import AsyncJobReader, JobStore
+from gpo_services.common.store import AsyncJobStore, JobStore
 from gpo_services.control.errors import ApiError
 from gpo_services.control.security import tenant_for
 
@@ -31,11 +31,11 @@ async def get_tenant(
     return tenant
 
 
-async def get_reader(request: Request) -> AsyncJobReader:
-    return request.app.state.reader
+async def get_async_store(request: Request) -> AsyncJobStore:
+    return request.app.state.async_store
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-ReaderDep = Annotated[AsyncJobReader, Depends(get_reader)]
+AsyncStoreDep = Annotated[AsyncJobStore, Depends(get_async_store)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
 TenantDep = Annotated[str, Depends(get_tenant)]

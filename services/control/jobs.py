@@ -9,11 +9,10 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import FileResponse, StreamingResponse
 
-from gpo_core.sweep import stages
 from gpo_core.sweep.spec import JobSpec
 from gpo_core.sweep.views import ErrorBody, JobPage, JobState, JobView
 from gpo_services.common.store import Conflict
-from gpo_services.control.deps import ReaderDep, SettingsDep, StoreDep, TenantDep
+from gpo_services.control.deps import AsyncStoreDep, SettingsDep, StoreDep, TenantDep
 from gpo_services.control.errors import ApiError
 from gpo_services.control.security import artifact_path
 
@@ -62,12 +61,11 @@ def _job_or_404(store, job_id: str, tenant: str) -> JobView:
         422: {"model": ErrorBody, "description": "Invalid spec; details name each field"},
     },
 )
-def submit_job(
+async def submit_job(
     spec: JobSpec,
     response: Response,
-    store: StoreDep,
+    store: AsyncStoreDep,
     tenant: TenantDep,
-    settings: SettingsDep,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JobView:
     """Validate the sweep, store the job and its runs, and queue one training task per run."""
@@ -75,15 +73,13 @@ def submit_job(
     if missing:
         raise ApiError(422, "invalid_spec", "; ".join(f"{d['field']}: {d['message']}" for d in missing), missing)
     try:
-        job_id, created = store.create_job(tenant, spec, idempotency_key)
+        job, created = await store.create_job(tenant, spec, idempotency_key)
     except Conflict as err:
         raise ApiError(409, "conflict", str(err)) from None
-    if created:
-        stages.write_job_file(spec, settings.artifacts / job_id)  # (the trainer writes it too if missing)
-    else:
+    if not created:
         response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"
-    return store.get(job_id)
+    return job
 
 
 @router.get("", response_model=JobPage, responses={401: ERRORS[401], 422: ERRORS[422], 503: ERRORS[503]})
@@ -99,9 +95,9 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobView, responses=ERRORS)
-async def get_job(job_id: str, reader: ReaderDep, tenant: TenantDep) -> JobView:
+async def get_job(job_id: str, store: AsyncStoreDep, tenant: TenantDep) -> JobView:
     """State, each run's stage and progress, and the win rates so far."""
-    return _found(await reader.get(job_id, tenant), job_id)
+    return _found(await store.get(job_id, tenant), job_id)
 
 
 @router.post(

@@ -15,7 +15,7 @@ def handle(task: dict, context: TaskContext) -> None:
         return
     spec = context.store.spec(job_id)
     job_dir = context.job_dir(job_id)
-    if not (job_dir / "job.json").exists():  # the control service died before writing it
+    if not (job_dir / "job.json").exists():  # the job folder starts with the job's first task
         stages.write_job_file(spec, job_dir)
     context.store.transition(job_id, run, state="running", stage="train")
     result = stages.train_stage(spec, job_dir, run, ProgressSink(context, job_id, run), CancelWatch(context, job_id))

@@ -1,30 +1,50 @@
 """The job store and the task queues against a real redis-server."""
 
+import asyncio
 import json
 import threading
 import time
 
 import pytest
+import redis
+import redis.asyncio
 
 from gpo_core.sweep.spec import JobSpec
 from gpo_services.common.queue import DEAD_LETTER, TaskQueue
-from gpo_services.common.store import Conflict, JobStore
+from gpo_services.common.store import AsyncJobStore, Conflict, JobStore
 
 
 def spec(**overrides) -> JobSpec:
     return JobSpec(task={"size": "small"}, losses=["logistic", "hinge"], betas=[0.1], **overrides)
 
 
+def create_job(client: redis.Redis, tenant: str, job: JobSpec, idempotency_key: str | None = None) -> tuple[str, bool]:
+    """Submit through the control service's store (asyncio Redis, as in the service); (id, created)."""
+
+    kwargs = client.get_connection_kwargs()
+    url = f"redis://{kwargs['host']}:{kwargs['port']}/{kwargs.get('db', 0)}"
+
+    async def submit():
+        async_client = redis.asyncio.Redis.from_url(url, decode_responses=True)
+        try:
+            view, created = await AsyncJobStore(async_client).create_job(tenant, job, idempotency_key)
+        finally:
+            await async_client.aclose()
+        return view.id, created
+
+    return asyncio.run(submit())
+
+
 def test_a_job_and_its_runs_are_stored_and_listed_per_tenant(redis_client) -> None:
     store = JobStore(redis_client)
-    job_id, created = store.create_job("a", spec())
+    job_id, created = create_job(redis_client, "a", spec())
     assert created
     job = store.get(job_id, "a")
     assert job.state == "queued" and [r.id for r in job.runs] == ["r00-logistic-b0.1", "r01-hinge-b0.1"]
     assert all(r.state == "queued" and r.stage == "train" and r.steps == 200 for r in job.runs)
     assert store.get(job_id, "b") is None
     for _ in range(4):
-        store.create_job("a", spec())
+        create_job(redis_client, "a", spec())
     first = store.list("a", limit=3)
     second = store.list("a", offset=first.next_offset, limit=3)
     assert len(first.jobs) == 3 and len(second.jobs) == 2 and second.next_offset is None
@@ -34,7 +54,7 @@ def test_a_job_and_its_runs_are_stored_and_listed_per_tenant(redis_client) -> No
 
 def test_job_state_is_derived_from_runs_and_every_transition_is_an_event(redis_client) -> None:
     store = JobStore(redis_client)
-    job_id, _ = store.create_job("a", spec())
+    job_id, _ = create_job(redis_client, "a", spec())
     assert store.transition(job_id, "r00-logistic-b0.1", state="running", stage="train") == "running"
     store.progress(job_id, "r00-logistic-b0.1", {"kind": "step", "step": 3, "steps": 200, "loss": 0.6})
     assert store.get(job_id).runs[0].step == 3
@@ -53,14 +73,14 @@ def test_job_state_is_derived_from_runs_and_every_transition_is_an_event(redis_c
 
 def test_a_failed_run_fails_the_job_with_its_reason_and_cancel_wins_over_running(redis_client) -> None:
     store = JobStore(redis_client)
-    job_id, _ = store.create_job("a", spec())
+    job_id, _ = create_job(redis_client, "a", spec())
     store.transition(job_id, "r01-hinge-b0.1", state="failed", stage="train", reason="non-finite loss at step 7")
     job = store.get(job_id)
     assert job.state == "failed" and "r01-hinge-b0.1" in job.reason and "non-finite loss at step 7" in job.reason
     # A terminal job stays terminal whatever late workers report.
     store.transition(job_id, "r00-logistic-b0.1", state="running", stage="train")
     assert store.state(job_id) == "failed"
-    other, _ = store.create_job("a", spec())
+    other, _ = create_job(redis_client, "a", spec())
     store.transition(other, "r00-logistic-b0.1", state="running", stage="train")
     assert store.request_cancel(other) == "cancelled" and store.cancel_requested(other)
 
@@ -68,7 +88,7 @@ def test_a_failed_run_fails_the_job_with_its_reason_and_cancel_wins_over_running
 def test_concurrent_transitions_never_leave_a_stale_job_state(redis_client) -> None:
     store = JobStore(redis_client)
     runs = [{"loss": "logistic", "beta": 0.1 * (k + 1)} for k in range(8)]
-    job_id, _ = store.create_job("a", JobSpec(task={"size": "small"}, runs=runs))
+    job_id, _ = create_job(redis_client, "a", JobSpec(task={"size": "small"}, runs=runs))
     ids = store.run_ids(job_id)
     threads = [
         threading.Thread(target=store.transition, args=(job_id, run), kwargs={"state": "succeeded", "stage": "done"})
@@ -83,14 +103,13 @@ def test_concurrent_transitions_never_leave_a_stale_job_state(redis_client) -> N
 
 
 def test_idempotency_key_returns_the_first_job_and_refuses_another_spec(redis_client) -> None:
-    store = JobStore(redis_client)
-    first, created = store.create_job("a", spec(), "key-1")
-    again, created_again = store.create_job("a", spec(), "key-1")
+    first, created = create_job(redis_client, "a", spec(), "key-1")
+    again, created_again = create_job(redis_client, "a", spec(), "key-1")
     assert created and not created_again and again == first
-    other_tenant, created_other = store.create_job("b", spec(), "key-1")
+    other_tenant, created_other = create_job(redis_client, "b", spec(), "key-1")
     assert created_other and other_tenant != first
     with pytest.raises(Conflict, match="different spec"):
-        store.create_job("a", spec(name="other"), "key-1")
+        create_job(redis_client, "a", spec(name="other"), "key-1")
 
 
 def test_queue_delivers_acknowledges_and_reclaims_from_a_dead_consumer(redis_client) -> None:
