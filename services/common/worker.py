@@ -15,16 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis
-import redis.asyncio
-from redis.asyncio.retry import Retry as AsyncRetry
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
 from gpo_core.data import DatasetError
 from gpo_core.sweep.spec import JobSpecError
 from gpo_core.sweep.views import TERMINAL
 from gpo_core.train.loop import TrainingError
 from gpo_core.train.spec import SpecError
+from gpo_services.common.connection import connect
 from gpo_services.common.logs import log, service_logger
 from gpo_services.common.queue import Message, TaskQueue, enqueue
 from gpo_services.common.settings import Settings
@@ -37,29 +34,6 @@ PERMANENT_ERRORS = (DatasetError, JobSpecError, SpecError, TrainingError)
 
 class HandBack(Exception):
     """The worker is stopping in the middle of this task: give it to another worker."""
-
-
-# A pooled connection that Redis closed (a restart) is retried on a fresh one, on both clients
-# (the asyncio client does not retry unless told to).
-REDIS_OPTIONS = {
-    "decode_responses": True,
-    "socket_timeout": 15,
-    "socket_connect_timeout": 5,
-    "health_check_interval": 10,
-    "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
-}
-
-
-def _backoff() -> ExponentialBackoff:
-    return ExponentialBackoff(cap=1.0, base=0.05)
-
-
-def connect(settings: Settings) -> redis.Redis:
-    return redis.Redis.from_url(settings.redis_url, retry=Retry(_backoff(), 3), **REDIS_OPTIONS)
-
-
-def connect_async(settings: Settings) -> redis.asyncio.Redis:
-    return redis.asyncio.Redis.from_url(settings.redis_url, retry=AsyncRetry(_backoff(), 3), **REDIS_OPTIONS)
 
 
 @dataclass

@@ -15,10 +15,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gpo_core.sweep.views import ErrorBody
+from gpo_services.common.connection import connect, connect_async
 from gpo_services.common.queue import STAGES, TaskQueue
 from gpo_services.common.settings import Settings
 from gpo_services.common.store import AsyncJobStore, JobStore
-from gpo_services.common.worker import connect, connect_async
 from gpo_services.control import errors
 from gpo_services.control.jobs import router as jobs_router
 

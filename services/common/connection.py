@@ -1,0 +1,35 @@
+"""Redis clients of the services: both retry a pooled connection that Redis closed (a restart)
+on a fresh one, with backoff. A small module of its own, so that the control service does not
+import the workers' training stack."""
+
+from __future__ import annotations
+
+import redis
+import redis.asyncio
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from gpo_services.common.settings import Settings
+
+# A pooled connection that Redis closed (a restart) is retried on a fresh one, on both clients
+# (the asyncio client does not retry unless told to).
+REDIS_OPTIONS = {
+    "decode_responses": True,
+    "socket_timeout": 15,
+    "socket_connect_timeout": 5,
+    "health_check_interval": 10,
+    "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
+}
+
+
+def _backoff() -> ExponentialBackoff:
+    return ExponentialBackoff(cap=1.0, base=0.05)
+
+
+def connect(settings: Settings) -> redis.Redis:
+    return redis.Redis.from_url(settings.redis_url, retry=Retry(_backoff(), 3), **REDIS_OPTIONS)
+
+
+def connect_async(settings: Settings) -> redis.asyncio.Redis:
+    return redis.asyncio.Redis.from_url(settings.redis_url, retry=AsyncRetry(_backoff(), 3), **REDIS_OPTIONS)
