@@ -19,7 +19,7 @@ ENVIRONMENT = {
     "GPO_HOST": "Address the control service listens on.",
     "GPO_PORT": "Port the control service listens on.",
     "GPO_MAX_BODY_BYTES": "Largest request body the control service accepts.",
-    "GPO_WORKERS": "Processes of the control service (uvicorn workers).",
+    "GPO_WORKERS": "Processes of the control service, each listening on the port (SO_REUSEPORT).",
     "GPO_MAX_ATTEMPTS": "Attempts per task before it goes to the dead-letter stream.",
     "GPO_CLAIM_IDLE_S": "Seconds without a heartbeat after which another worker reclaims a task.",
     "GPO_HEARTBEAT_S": "Seconds between a busy worker's heartbeats.",

@@ -19,7 +19,7 @@ from gpo_services.common.connection import connect, connect_async
 from gpo_services.common.queue import STAGES, TaskQueue
 from gpo_services.common.settings import Settings
 from gpo_services.common.store import AsyncJobStore, JobStore
-from gpo_services.control import errors
+from gpo_services.control import errors, processes
 from gpo_services.control.jobs import router as jobs_router
 
 
@@ -179,6 +179,8 @@ def main() -> None:
     settings = Settings.from_env()
     if not settings.api_keys:
         raise SystemExit("no API keys configured: set GPO_API_KEYS='key:tenant' or GPO_API_KEYS_FILE")
-    # Each worker process builds its own app (the factory); one process serves in this one.
-    uvicorn.run("gpo_services.control.app:serving_app", factory=True, workers=settings.workers,
-                host=settings.host, port=settings.port, log_level="warning")  # fmt: skip
+    if settings.workers > 1:
+        processes.serve(settings)  # one socket per process (SO_REUSEPORT), see processes.py
+    else:
+        uvicorn.run("gpo_services.control.app:serving_app", factory=True, host=settings.host, port=settings.port,
+                    log_level="warning")  # fmt: skip

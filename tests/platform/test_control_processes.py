@@ -1,0 +1,89 @@
+"""The control service with several processes (GPO_WORKERS=2): each has its own socket on the
+port, connections are spread over them, a dead one is replaced, SIGTERM stops them all, and a
+taken port is a clear error. Real processes, a real redis-server, HTTP on loopback."""
+
+import http.client
+import os
+import signal
+import subprocess
+import sys
+
+import httpx
+import psutil
+import pytest
+
+from tests.platform.conftest import TENANT_KEYS, free_port, wait_until
+
+KEY = next(iter(TENANT_KEYS))
+
+
+def start_control(redis_server, tmp_path, port: int, workers: int = 2) -> subprocess.Popen:
+    env = {**os.environ, "GPO_REDIS_URL": redis_server.url, "GPO_ARTIFACTS": str(tmp_path / "artifacts"),
+           "GPO_API_KEYS": f"{KEY}:tenant-a", "GPO_PORT": str(port), "GPO_WORKERS": str(workers)}  # fmt: skip
+    return subprocess.Popen([sys.executable, "-m", "gpo_services.control"], env=env, stderr=subprocess.PIPE, text=True)
+
+
+def ready(base: str) -> bool:
+    try:
+        return httpx.get(base + "/readyz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def connections_per_process(parent: subprocess.Popen, port: int) -> dict[int, int]:
+    return {
+        child.pid: sum(1 for c in child.net_connections("tcp") if c.laddr.port == port and c.status == "ESTABLISHED")
+        for child in psutil.Process(parent.pid).children()
+        if child.is_running()
+        and child.status() != psutil.STATUS_ZOMBIE
+        and "resource_tracker" not in child.cmdline()[-1]
+    }
+
+
+@pytest.fixture
+def control(redis_server, tmp_path):
+    port = free_port()
+    process = start_control(redis_server, tmp_path, port)
+    base = f"http://127.0.0.1:{port}"
+    wait_until(lambda: ready(base), 60, "the control service")
+    yield process, port, base
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+def test_connections_are_spread_over_the_processes_and_a_dead_one_is_replaced(control) -> None:
+    process, port, base = control
+    kept_alive = []
+    for _ in range(32):  # connected all at once, as a burst of clients would
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.connect()
+        kept_alive.append(connection)
+    for connection in kept_alive:
+        connection.request("GET", "/healthz")
+        assert connection.getresponse().read() == b'{"status":"ok"}'
+    wait_until(lambda: sum(connections_per_process(process, port).values()) == 32, 10, "32 connections")
+    counts = connections_per_process(process, port)
+    assert len(counts) == 2 and all(n > 0 for n in counts.values()), counts  # all on one: 2**-31
+    for connection in kept_alive:
+        connection.close()
+
+    victim = next(iter(counts))
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: victim not in connections_per_process(process, port), 10, "the killed process to go")
+    wait_until(lambda: len(connections_per_process(process, port)) == 2, 60, "a replacement process")
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {KEY}"}) as client:
+        for _ in range(20):  # new connections, whichever process takes them
+            assert client.get("/jobs", headers={"Connection": "close"}).status_code == 200
+
+
+def test_sigterm_stops_every_process_and_a_taken_port_is_a_clear_error(control, redis_server, tmp_path) -> None:
+    process, port, base = control
+    children = list(connections_per_process(process, port))
+    second = start_control(redis_server, tmp_path, port)
+    _, errors = second.communicate(timeout=60)
+    assert second.returncode != 0 and f"cannot listen on 127.0.0.1:{port}" in errors
+    assert ready(base)  # the first instance is untouched
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=40) == 0
+    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in children)
