@@ -9,6 +9,7 @@ all gracefully (uvicorn finishes the requests in flight).
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -23,6 +24,7 @@ from gpo_services.common.settings import Settings
 
 STARTUP_FAILURE = 3  # uvicorn's exit code when a server cannot start
 GRACE_S = 30.0
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 def _listening_socket(host: str, port: int) -> socket.socket:
@@ -36,12 +38,17 @@ def _listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _serve_one(host: str, port: int) -> None:
+def _serve_one(host: str, port: int, parent: int) -> None:
     """One process: its own socket on the shared port, the app built from the environment. In a
-    process group of its own, so that a Ctrl+C reaches only the parent, which stops it once."""
+    process group of its own, so that a Ctrl+C reaches only the parent, which stops it once; and
+    on Linux the kernel stops it if the parent dies (nothing left holding the port)."""
     import uvicorn
 
     os.setpgrp()
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before that took effect
+            sys.exit(0)
     try:
         sock = _listening_socket(host, port)
     except OSError as err:
@@ -73,7 +80,9 @@ def serve(settings: Settings) -> None:
     stopping = False
 
     def start() -> multiprocessing.process.BaseProcess:
-        process = context.Process(target=_serve_one, args=(settings.host, settings.port), name="gpo-control")
+        process = context.Process(
+            target=_serve_one, args=(settings.host, settings.port, os.getpid()), name="gpo-control"
+        )
         process.start()
         return process
 

@@ -87,3 +87,13 @@ def test_sigterm_stops_every_process_and_a_taken_port_is_a_clear_error(control, 
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=40) == 0
     assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in children)
+
+
+def test_the_processes_stop_when_their_parent_is_killed(control) -> None:
+    process, port, base = control
+    children = list(connections_per_process(process, port))
+    assert len(children) == 2
+    process.kill()  # SIGKILL: no chance to stop them itself
+    process.wait()
+    wait_until(lambda: not any(psutil.pid_exists(pid) for pid in children), 30, "the orphaned processes to stop")
+    wait_until(lambda: not ready(base), 10, "the port to be released")
