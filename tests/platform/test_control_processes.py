@@ -31,13 +31,18 @@ def ready(base: str) -> bool:
 
 
 def connections_per_process(parent: subprocess.Popen, port: int) -> dict[int, int]:
-    return {
-        child.pid: sum(1 for c in child.net_connections("tcp") if c.laddr.port == port and c.status == "ESTABLISHED")
-        for child in psutil.Process(parent.pid).children()
-        if child.is_running()
-        and child.status() != psutil.STATUS_ZOMBIE
-        and "resource_tracker" not in child.cmdline()[-1]
-    }
+    """Established connections on the port, per serving process (not multiprocessing's helper;
+    a process starting or exiting meanwhile is left out)."""
+    counts = {}
+    for child in psutil.Process(parent.pid).children():
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE or "resource_tracker" in " ".join(child.cmdline()):
+                continue
+            connections = child.net_connections("tcp")
+        except psutil.Error:
+            continue
+        counts[child.pid] = sum(1 for c in connections if c.laddr.port == port and c.status == "ESTABLISHED")
+    return counts
 
 
 @pytest.fixture
