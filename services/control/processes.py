@@ -3,8 +3,9 @@
 Each process listens on a socket of its own with ``SO_REUSEPORT``, and the kernel spreads new
 connections over them. uvicorn's own workers share one listening socket instead; clients keep
 their connections alive, and a burst of them (64 clients connecting at once) was all accepted by
-one process while the other idled. A process that dies is replaced; SIGTERM or SIGINT stops them
-all gracefully (uvicorn finishes the requests in flight).
+one process while the other idled. A process killed by a signal is replaced; one that exits on an
+error stops the service with its exit code (restarting would fail the same way). SIGTERM or SIGINT
+stops them all gracefully (uvicorn finishes the requests in flight).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from multiprocessing.connection import wait
 from gpo_services.common.logs import log, service_logger
 from gpo_services.common.settings import Settings
 
-STARTUP_FAILURE = 3  # uvicorn's exit code when a server cannot start
+STARTUP_FAILURE = 3  # uvicorn's exit code when a server cannot start; ours when the port is taken
 GRACE_S = 30.0
 PR_SET_PDEATHSIG = 1  # prctl(2)
 
@@ -94,16 +95,18 @@ def serve(settings: Settings) -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     processes = [start() for _ in range(settings.workers)]
-    failed = False
+    failed = 0
     while not stopping:
         wait([p.sentinel for p in processes], timeout=0.5)
         for index, process in enumerate(processes):
             if process.is_alive() or stopping:
                 continue
-            if process.exitcode == STARTUP_FAILURE:
-                failed = stopping = True
+            if process.exitcode > 0:  # it stopped itself on an error (a port, a setting): another would too
+                log(logger, logging.ERROR, "a control process failed; stopping", pid=process.pid,
+                    code=process.exitcode)  # fmt: skip
+                failed, stopping = process.exitcode, True
                 break
-            log(logger, logging.WARNING, "a control process exited; starting another", pid=process.pid,
+            log(logger, logging.WARNING, "a control process was killed; starting another", pid=process.pid,
                 code=process.exitcode)  # fmt: skip
             processes[index] = start()
     for process in processes:
@@ -116,4 +119,4 @@ def serve(settings: Settings) -> None:
             process.kill()
             process.join()
     if failed:
-        raise SystemExit(STARTUP_FAILURE)
+        raise SystemExit(failed)

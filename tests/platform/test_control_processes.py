@@ -17,8 +17,8 @@ from tests.platform.conftest import TENANT_KEYS, free_port, wait_until
 KEY = next(iter(TENANT_KEYS))
 
 
-def start_control(redis_server, tmp_path, port: int, workers: int = 2) -> subprocess.Popen:
-    env = {**os.environ, "GPO_REDIS_URL": redis_server.url, "GPO_ARTIFACTS": str(tmp_path / "artifacts"),
+def start_control(redis_url: str, tmp_path, port: int, workers: int = 2) -> subprocess.Popen:
+    env = {**os.environ, "GPO_REDIS_URL": redis_url, "GPO_ARTIFACTS": str(tmp_path / "artifacts"),
            "GPO_API_KEYS": f"{KEY}:tenant-a", "GPO_PORT": str(port), "GPO_WORKERS": str(workers)}  # fmt: skip
     return subprocess.Popen([sys.executable, "-m", "gpo_services.control"], env=env, stderr=subprocess.PIPE, text=True)
 
@@ -48,7 +48,7 @@ def connections_per_process(parent: subprocess.Popen, port: int) -> dict[int, in
 @pytest.fixture
 def control(redis_server, tmp_path):
     port = free_port()
-    process = start_control(redis_server, tmp_path, port)
+    process = start_control(redis_server.url, tmp_path, port)
     base = f"http://127.0.0.1:{port}"
     wait_until(lambda: ready(base), 60, "the control service")
     yield process, port, base
@@ -85,7 +85,7 @@ def test_connections_are_spread_over_the_processes_and_a_dead_one_is_replaced(co
 def test_sigterm_stops_every_process_and_a_taken_port_is_a_clear_error(control, redis_server, tmp_path) -> None:
     process, port, base = control
     children = list(connections_per_process(process, port))
-    second = start_control(redis_server, tmp_path, port)
+    second = start_control(redis_server.url, tmp_path, port)
     _, errors = second.communicate(timeout=60)
     assert second.returncode != 0 and f"cannot listen on 127.0.0.1:{port}" in errors
     assert ready(base)  # the first instance is untouched
@@ -102,3 +102,10 @@ def test_the_processes_stop_when_their_parent_is_killed(control) -> None:
     process.wait()
     wait_until(lambda: not any(psutil.pid_exists(pid) for pid in children), 30, "the orphaned processes to stop")
     wait_until(lambda: not ready(base), 10, "the port to be released")
+
+
+def test_a_process_that_fails_on_an_error_stops_the_service_instead_of_restarting(tmp_path) -> None:
+    process = start_control("nonsense://127.0.0.1:1/0", tmp_path, free_port())
+    _, errors = process.communicate(timeout=60)
+    assert process.returncode == 1
+    assert "Redis URL must specify one of the following schemes" in errors and "a control process failed" in errors
