@@ -165,9 +165,9 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
 
 def serving_app() -> FastAPI:
     """The app of a serving process: built from the environment, then every object that exists so
-    far (torch, transformers, the app: ~400k objects) is moved out of the garbage collector's sight.
-    Without this, each full collection walked them all and stalled requests for up to 250 ms, which
-    set the p99 latency under load (docs/reliability.md)."""
+    far (torch and the app: ~250k objects) is moved out of the garbage collector's sight. Without
+    this, each full collection walked them all and stalled requests (up to 256 ms with ~420k),
+    which set the p99 latency under load (docs/reliability.md)."""
     app = create_app()
     gc.freeze()
     return app
