@@ -110,6 +110,11 @@ def test_idempotency_key_returns_the_first_job_and_refuses_another_spec(redis_cl
     assert created_other and other_tenant != first
     with pytest.raises(Conflict, match="different spec"):
         create_job(redis_client, "a", spec(name="other"), "key-1")
+    # A reused key writes nothing; each key's record names a job stored in the same step.
+    assert redis_client.xlen("gpo:queue:train") == 2 * 2 and redis_client.zcard("gpo:tenant:a:jobs") == 1
+    for record in redis_client.scan_iter("gpo:idem:*"):
+        assert redis_client.exists(f"gpo:job:{redis_client.get(record).split()[0]}")
+        assert 0 < redis_client.ttl(record) <= 24 * 3600
 
 
 def test_queue_delivers_acknowledges_and_reclaims_from_a_dead_consumer(redis_client) -> None:
