@@ -21,9 +21,8 @@ import torch
 from transformers import AutoTokenizer
 
 from gpo_core.data import write_jsonl
-from gpo_core.train.loop import load_model
-from gpo_core.train.pairs import pad_rows
-from gpo_core.train.reference import model_digest
+from gpo_core.logprobs import pad_rows
+from gpo_core.models import is_encoder_decoder, load_model, model_digest
 
 
 @dataclass(frozen=True)
@@ -60,7 +59,7 @@ def new_token_ids(
         pad_token_id=pad_id,
         **options,
     )
-    return out[:, 1:] if getattr(model.config, "is_encoder_decoder", False) else out[:, ids.shape[1] :]
+    return out[:, 1:] if is_encoder_decoder(model) else out[:, ids.shape[1] :]
 
 
 @torch.no_grad()

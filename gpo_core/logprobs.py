@@ -32,6 +32,18 @@ class Seq2SeqBatch:
     labels_mask: torch.Tensor  # [B, T], 1 on response tokens
 
 
+def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids, mask)``: the rows padded with ``pad_id`` to one length on the ``left`` or ``right``."""
+    length = max(len(r) for r in rows)
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, row in enumerate(rows):
+        start = length - len(row) if side == "left" else 0
+        ids[i, start : start + len(row)] = torch.as_tensor(list(row), dtype=torch.long)
+        mask[i, start : start + len(row)] = 1
+    return ids, mask
+
+
 def _check_rows(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]]) -> None:
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
@@ -50,16 +62,11 @@ def collate_causal(
     _check_rows(prompts, responses)
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-    rows = [list(p) + list(r) for p, r in zip(prompts, responses, strict=True)]
-    length = max(len(row) for row in rows)
-    ids = torch.full((len(rows), length), pad_token_id, dtype=torch.long)
-    attention = torch.zeros((len(rows), length), dtype=torch.long)
-    scored = torch.zeros((len(rows), length), dtype=torch.long)
-    for i, (row, prompt) in enumerate(zip(rows, prompts, strict=True)):
-        start = 0 if padding_side == "right" else length - len(row)
-        ids[i, start : start + len(row)] = torch.tensor(row)
-        attention[i, start : start + len(row)] = 1
-        scored[i, start + len(prompt) : start + len(row)] = 1
+    rows = [[*p, *r] for p, r in zip(prompts, responses, strict=True)]
+    ids, attention = pad_rows(rows, pad_token_id, padding_side)
+    scored, _ = pad_rows(
+        [[0] * len(p) + [1] * len(r) for p, r in zip(prompts, responses, strict=True)], 0, padding_side
+    )
     return CausalBatch(ids, attention, scored)
 
 
@@ -68,18 +75,8 @@ def collate_seq2seq(
 ) -> Seq2SeqBatch:
     """Right-pad prompts (encoder) and responses (decoder labels) separately."""
     _check_rows(prompts, responses)
-
-    def pad(rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        length = max(len(r) for r in rows)
-        ids = torch.full((len(rows), length), pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), length), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
-            mask[i, : len(r)] = 1
-        return ids, mask
-
-    input_ids, attention_mask = pad(prompts)
-    labels, labels_mask = pad(responses)
+    input_ids, attention_mask = pad_rows(prompts, pad_token_id, "right")
+    labels, labels_mask = pad_rows(responses, pad_token_id, "right")
     return Seq2SeqBatch(input_ids, attention_mask, labels, labels_mask)
 
 

@@ -11,10 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gpo_core.generate import VLLMEngine, vllm_available
+from gpo_core.models import cache_root
 from gpo_core.sweep import stages
 from gpo_core.sweep.report import build_report
 from gpo_core.sweep.spec import JobSpec
-from gpo_core.train.loop import default_cache_dir
 
 Events = Callable[[dict], None]
 
@@ -46,7 +46,7 @@ def run_job(
 ) -> Path | None:
     """Run the sweep into ``job_dir``; returns the report's path, or None when stopped early."""
     job_dir = Path(job_dir)
-    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    cache_dir = Path(cache_dir) if cache_dir else cache_root()
     emit = events or (lambda event: None)
 
     def stage(run: str, name: str, state: str, **extra) -> None:

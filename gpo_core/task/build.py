@@ -24,6 +24,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrained
 
 from gpo_core.data import load_records, write_jsonl
 from gpo_core.generate import sample_texts
+from gpo_core.models import cache_root
 from gpo_core.task.corpus import CorpusSettings, Document, make_documents, make_vocabulary
 from gpo_core.task.model import (
     MAX_SUMMARY_TOKENS,
@@ -103,17 +104,13 @@ class TaskArtifacts:
         return asdict(self)
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("GPO_CACHE_DIR", Path.home() / ".cache" / "gpo")) / "tasks"
-
-
 def build_task(
     out: str | Path | None = None, settings: TaskSettings | None = None, progress: Progress | None = None
 ) -> TaskArtifacts:
     """Build (or return the cached) task under ``out/<settings key>/``."""
     settings = settings or task_settings()
     say = progress or (lambda message: None)
-    root = Path(out) if out is not None else default_cache_dir()
+    root = Path(out) if out is not None else cache_root() / "tasks"
     final = root / f"{settings.size}-{settings.key()}"
     manifest = final / "manifest.json"
     if manifest.exists():

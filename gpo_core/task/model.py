@@ -20,6 +20,7 @@ from transformers import (
 )
 
 from gpo_core.logprobs import Seq2SeqBatch, collate_causal, collate_seq2seq, sequence_logprobs
+from gpo_core.models import is_encoder_decoder
 from gpo_core.task.corpus import Document, Vocabulary
 
 MAX_SUMMARY_TOKENS = 12
@@ -69,10 +70,6 @@ def make_model(settings: ModelSettings, tokenizer: PreTrainedTokenizerFast, seed
         )
         return T5ForConditionalGeneration(config)
     raise ValueError(f"architecture must be 'llama' or 't5', got {settings.architecture!r}")
-
-
-def is_encoder_decoder(model: PreTrainedModel) -> bool:
-    return bool(getattr(model.config, "is_encoder_decoder", False))
 
 
 def noisy_summary(rng: random.Random, document: Document, vocabulary: Vocabulary, noise: float) -> str:

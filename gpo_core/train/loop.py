@@ -16,17 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoModelForSeq2SeqLM,
-    AutoTokenizer,
-    PreTrainedModel,
-    get_scheduler,
-)
+from transformers import AutoTokenizer, PreTrainedModel, get_scheduler
 
 from gpo_core.data import load_preferences, load_prompts
 from gpo_core.losses import resolve_loss
+from gpo_core.models import cache_root, is_encoder_decoder, load_model
 from gpo_core.preference import log_ratio_difference, preference_loss
 from gpo_core.regularization import kl_from_samples, mu_weighted_square_loss
 from gpo_core.train.data import TokenizedPairs, length_grouped_batches, tokenize_pairs
@@ -71,16 +65,6 @@ class RunResult:
     reference_cache: str  # "hit" or "miss"
     stopped: bool
     padded_fraction: float
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("GPO_CACHE_DIR", Path.home() / ".cache" / "gpo"))
-
-
-def load_model(folder: str | Path) -> PreTrainedModel:
-    config = AutoConfig.from_pretrained(folder)
-    loader = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
-    return loader.from_pretrained(folder, dtype=torch.float32)
 
 
 class _PairForward(torch.nn.Module):
@@ -177,7 +161,7 @@ def train(spec: TrainingSpec, sink: MetricsSink | None = None, context: RunConte
     lengths = (spec.max_prompt_length, spec.max_response_length, spec.truncation_side)
     pairs = tokenize_pairs(records, tokenizer, *lengths)
     eval_pairs = tokenize_pairs(eval_records, tokenizer, *lengths) if eval_records else None
-    encoder_decoder = bool(getattr(AutoConfig.from_pretrained(spec.policy), "is_encoder_decoder", False))
+    encoder_decoder = is_encoder_decoder(spec.policy)
     pad_id = tokenizer.pad_token_id
 
     # Reference log-probs: from the shared cache, or one pass by the main worker.
@@ -190,7 +174,7 @@ def train(spec: TrainingSpec, sink: MetricsSink | None = None, context: RunConte
             reference_model.requires_grad_(False)
         return reference_model
 
-    cache_dir = Path(spec.cache_dir) if spec.cache_dir else default_cache_dir()
+    cache_dir = Path(spec.cache_dir) if spec.cache_dir else cache_root()
     hits = []
 
     def cached_reference(data: TokenizedPairs) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from transformers.modeling_outputs import BaseModelOutput
 
-from gpo_core.logprobs import collate_causal, collate_seq2seq, sequence_logprobs, token_logprobs
+from gpo_core.logprobs import collate_causal, collate_seq2seq, pad_rows, sequence_logprobs, token_logprobs
 
 
 @dataclass
@@ -52,17 +52,6 @@ class PairBatch:
             self.encoder_decoder,
             self.pad_id,
         )
-
-
-def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
-    length = max(len(r) for r in rows)
-    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for i, row in enumerate(rows):
-        start = length - len(row) if side == "left" else 0
-        ids[i, start : start + len(row)] = torch.tensor(list(row), dtype=torch.long)
-        mask[i, start : start + len(row)] = 1
-    return ids, mask
 
 
 def collate_pairs(

@@ -10,24 +10,9 @@ from pathlib import Path
 
 import torch
 
+from gpo_core.models import model_digest
 from gpo_core.train.data import TokenizedPairs
 from gpo_core.train.pairs import pair_logprobs
-
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json")
-
-
-def model_digest(folder: str | Path) -> str:
-    """Hash of a model folder's weights and configuration files (names and bytes)."""
-    folder = Path(folder)
-    h = hashlib.sha256()
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
-    if not files:
-        raise FileNotFoundError(f"{folder}: no model files (*.safetensors, *.bin, config.json)")
-    for path in files:
-        h.update(path.name.encode())
-        with path.open("rb") as handle:
-            h.update(hashlib.file_digest(handle, "sha256").digest())
-    return h.hexdigest()
 
 
 def cache_key(reference_folder: str | Path, pairs: TokenizedPairs, precision: str) -> str:

@@ -9,6 +9,7 @@ import torch
 
 from gpo_core.generate import new_token_ids
 from gpo_core.logprobs import collate_causal, collate_seq2seq, sequence_logprobs
+from gpo_core.models import is_encoder_decoder
 
 
 @torch.no_grad()
@@ -18,7 +19,7 @@ def sample_and_score(
     """Draw one response per prompt from the policy at temperature 1 (no top-k/top-p, so the
     samples follow pi_theta exactly) and return (log pi_theta, log pi_ref) of each. Responses
     cut by ``trace_max_new_tokens`` are scored as the prefixes they are."""
-    encoder_decoder = bool(getattr(policy.config, "is_encoder_decoder", False))
+    encoder_decoder = is_encoder_decoder(policy)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     policy_lp, reference_lp = [], []
     for start in range(0, len(prompts), batch_size):

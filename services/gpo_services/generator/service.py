@@ -4,9 +4,9 @@ when installed, transformers otherwise; one engine is kept across tasks."""
 
 from __future__ import annotations
 
+from gpo_core.models import cache_root
 from gpo_core.sweep import stages
 from gpo_core.sweep.runner import uses_vllm
-from gpo_core.train.loop import default_cache_dir
 from gpo_services.common.worker import TaskContext, Worker
 
 
@@ -30,7 +30,7 @@ class Generator:
             return
         spec = context.store.spec(job_id)
         context.store.transition(job_id, run, state="running", stage="generate")
-        cache = default_cache_dir()
+        cache = cache_root()
         engine = self.engine_for(stages.resolve_inputs(spec).reference) if uses_vllm(spec) else None
         job_dir = context.job_dir(job_id)
         stages.generate_stage(spec, job_dir, stages.REFERENCE, cache, engine)
