@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
-from gpo_core.losses import LossFunction, gpo_loss
+from gpo_core.losses import LossFunction, gpo_loss, resolve_loss
 
 
 def log_ratio_difference(
@@ -41,16 +42,53 @@ def preference_loss(
     """
     rho = log_ratio_difference(policy_chosen, policy_rejected, reference_chosen, reference_rejected)
     loss = gpo_loss(rho, beta, f)
-    with torch.no_grad():
-        chosen_reward = beta * (policy_chosen - reference_chosen)
-        rejected_reward = beta * (policy_rejected - reference_rejected)
-        metrics = {
-            "loss": float(loss),
-            "rho_mean": float(rho.mean()),
-            "rho_std": float(rho.std()) if rho.numel() > 1 else 0.0,
-            "accuracy": float((rho > 0).float().mean()),
-            "reward_chosen": float(chosen_reward.mean()),
-            "reward_rejected": float(rejected_reward.mean()),
-            "margin": float((chosen_reward - rejected_reward).mean()),
-        }
-    return PreferenceOutput(loss, rho, metrics)
+    sums = preference_sums(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta, f)
+    return PreferenceOutput(loss, rho, metrics_from_sums(sums.tolist()))
+
+
+# The order of the sums in :func:`preference_sums`.
+SUMS = ("pairs", "loss", "rho", "rho_squared", "correct", "reward_chosen", "reward_rejected")
+
+
+@torch.no_grad()
+def preference_sums(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    reference_chosen: torch.Tensor,
+    reference_rejected: torch.Tensor,
+    beta: float,
+    f: str | LossFunction,
+) -> torch.Tensor:
+    """The sums behind the metrics, as one float64 tensor on the inputs' device (see ``SUMS``).
+
+    Sums add across micro-batches and workers (one all-reduce), and the metrics come from them
+    with a single transfer to the host per step (:func:`metrics_from_sums`)."""
+    rho = log_ratio_difference(policy_chosen, policy_rejected, reference_chosen, reference_rejected).double()
+    losses = resolve_loss(f)(beta * rho)
+    return torch.stack(
+        [
+            torch.ones_like(rho).sum(),  # made on the device: a host scalar would mean a copy and a sync
+            losses.sum(),
+            rho.sum(),
+            (rho * rho).sum(),
+            (rho > 0).double().sum(),
+            beta * (policy_chosen.double() - reference_chosen.double()).sum(),
+            beta * (policy_rejected.double() - reference_rejected.double()).sum(),
+        ]
+    )
+
+
+def metrics_from_sums(sums: list[float]) -> dict[str, float]:
+    """Means over all pairs from :func:`preference_sums` (summed over batches and workers)."""
+    n, loss, rho, rho_squared, correct, chosen, rejected = sums
+    mean = rho / n
+    variance = max(0.0, (rho_squared - n * mean * mean) / (n - 1)) if n > 1 else 0.0
+    return {
+        "loss": loss / n,
+        "rho_mean": mean,
+        "rho_std": math.sqrt(variance),
+        "accuracy": correct / n,
+        "reward_chosen": chosen / n,
+        "reward_rejected": rejected / n,
+        "margin": (chosen - rejected) / n,
+    }

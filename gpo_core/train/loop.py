@@ -16,17 +16,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, PreTrainedModel, get_scheduler
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from gpo_core.data import load_preferences, load_prompts
-from gpo_core.losses import resolve_loss
+from gpo_core.losses import gpo_loss, resolve_loss
 from gpo_core.models import cache_root, is_encoder_decoder, load_model
-from gpo_core.preference import log_ratio_difference, preference_loss
+from gpo_core.preference import SUMS, log_ratio_difference, metrics_from_sums, preference_sums
 from gpo_core.regularization import kl_from_samples, mu_weighted_square_loss
 from gpo_core.train.data import TokenizedPairs, length_grouped_batches, tokenize_pairs
 from gpo_core.train.metrics import MetricsSink, StdoutSink
-from gpo_core.train.pairs import pair_logprobs
+from gpo_core.train.pairs import pair_logprobs, to_device
 from gpo_core.train.reference import cache_key, compute_reference_logprobs, load_or_compute
+from gpo_core.train.sampling import sample_and_score
 from gpo_core.train.spec import TrainingSpec
 
 CHECKPOINTS = "checkpoints"
@@ -55,6 +56,8 @@ class RunContext:
     should_stop: Callable[[], bool] = lambda: False
     wrap_model: Callable[[torch.nn.Module], torch.nn.Module] = lambda model: model  # DDP
     barrier: Callable[[], None] = lambda: None
+    # Sums a tensor over the workers (in place) and returns it; the identity in one process.
+    all_reduce: Callable[[torch.Tensor], torch.Tensor] = lambda tensor: tensor
 
 
 @dataclass
@@ -134,19 +137,23 @@ def _optimizer(spec: TrainingSpec, model: torch.nn.Module) -> torch.optim.Optimi
     return torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
 
 
-def train(spec: TrainingSpec, sink: MetricsSink | None = None, context: RunContext | None = None) -> RunResult:
-    """Run (or resume) one GPO training run described by ``spec``."""
-    context = context or RunContext()
-    sink = sink or StdoutSink()
-    device = context.device
-    output_dir = Path(spec.output_dir)
-    is_main = context.rank == 0
-    torch.manual_seed(spec.seed + context.rank)
-    autocast_dtype = torch.bfloat16 if spec.precision == "bf16" else None
-    f = resolve_loss(spec.loss)
-    beta = spec.effective_beta
+@dataclass
+class TrainingData:
+    """The run's data, tokenized once: training pairs, held-out pairs, trace prompts."""
 
-    # Data first: a bad dataset fails here, before any model is loaded.
+    tokenizer: PreTrainedTokenizerBase
+    pairs: TokenizedPairs
+    eval_pairs: TokenizedPairs | None
+    trace_prompts: list[str]
+    encoder_decoder: bool
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id
+
+
+def load_training_data(spec: TrainingSpec) -> TrainingData:
+    """Read and tokenize the data; a bad dataset fails here, before any model is loaded."""
     records = load_preferences(spec.dataset)
     eval_records = load_preferences(spec.eval_pairs) if spec.eval_pairs else []
     trace_prompts = load_prompts(spec.eval_prompts)[: spec.trace_prompts] if spec.eval_prompts else []
@@ -159,50 +166,71 @@ def train(spec: TrainingSpec, sink: MetricsSink | None = None, context: RunConte
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     lengths = (spec.max_prompt_length, spec.max_response_length, spec.truncation_side)
-    pairs = tokenize_pairs(records, tokenizer, *lengths)
-    eval_pairs = tokenize_pairs(eval_records, tokenizer, *lengths) if eval_records else None
-    encoder_decoder = is_encoder_decoder(spec.policy)
-    pad_id = tokenizer.pad_token_id
+    return TrainingData(
+        tokenizer=tokenizer,
+        pairs=tokenize_pairs(records, tokenizer, *lengths),
+        eval_pairs=tokenize_pairs(eval_records, tokenizer, *lengths) if eval_records else None,
+        trace_prompts=[p["prompt"] for p in trace_prompts],
+        encoder_decoder=is_encoder_decoder(spec.policy),
+    )
 
-    # Reference log-probs: from the shared cache, or one pass by the main worker.
-    reference_model: PreTrainedModel | None = None
 
-    def reference() -> PreTrainedModel:
-        nonlocal reference_model
-        if reference_model is None:
-            reference_model = load_model(spec.reference_path).to(device).eval()
-            reference_model.requires_grad_(False)
-        return reference_model
+class ReferenceModel:
+    """pi_ref, loaded only when needed: for a reference cache miss, or to score KL trace samples."""
 
+    def __init__(self, folder: str, device: torch.device):
+        self.folder, self.device, self.model = folder, device, None
+
+    def get(self) -> PreTrainedModel:
+        if self.model is None:
+            self.model = load_model(self.folder).to(self.device).eval()
+            self.model.requires_grad_(False)
+        return self.model
+
+    def release(self) -> None:
+        self.model = None
+
+
+@dataclass
+class ReferenceLogprobs:
+    chosen: torch.Tensor  # [pairs], on the CPU (each micro-batch copies its rows to the device)
+    rejected: torch.Tensor
+    eval: tuple[torch.Tensor, torch.Tensor] | None  # the same for the held-out pairs
+    hit: bool  # the training pairs' log-probs came from the cache
+
+
+def reference_logprobs(
+    spec: TrainingSpec, data: TrainingData, reference: ReferenceModel, context: RunContext
+) -> ReferenceLogprobs:
+    """log pi_ref of every response, from the shared cache or one pass by the main worker (the
+    others wait at a barrier, then read the cache)."""
     cache_dir = Path(spec.cache_dir) if spec.cache_dir else cache_root()
-    hits = []
 
-    def cached_reference(data: TokenizedPairs) -> tuple[torch.Tensor, torch.Tensor]:
-        key = cache_key(spec.reference_path, data, spec.precision)
-
+    def cached(pairs: TokenizedPairs) -> tuple[torch.Tensor, torch.Tensor, bool]:
         def compute():
-            ref = reference()
             return compute_reference_logprobs(
-                ref, data, pad_id, encoder_decoder, spec.batch_size * 2, device, autocast_dtype
-            )
+                reference.get(), pairs, data.pad_id, data.encoder_decoder, spec.batch_size * 2, context.device,
+                _autocast_dtype(spec),
+            )  # fmt: skip
 
-        if not is_main:
+        if context.rank != 0:
             context.barrier()  # wait for the main worker to fill the cache
+        key = cache_key(spec.reference_path, pairs, spec.precision)
         chosen, rejected, hit = load_or_compute(cache_dir, key, compute)
-        if is_main:
+        if context.rank == 0:
             context.barrier()
-        hits.append(hit)
-        return chosen, rejected
+        return chosen, rejected, hit
 
-    ref_chosen, ref_rejected = cached_reference(pairs)
-    eval_ref = cached_reference(eval_pairs) if eval_pairs is not None else None
-    if not trace_prompts and reference_model is not None:
-        reference_model = None  # not needed again: free it
+    chosen, rejected, hit = cached(data.pairs)
+    held_out = cached(data.eval_pairs)[:2] if data.eval_pairs is not None else None
+    return ReferenceLogprobs(chosen, rejected, held_out, hit)
 
-    # Policy, optimizer, schedule; resume from the last checkpoint when there is one.
-    steps = total_steps(spec, len(pairs), context.world_size)
-    resume = context.resume_from or _latest_checkpoint(output_dir)
-    policy = load_model(resume if resume else spec.policy).to(device)
+
+def load_policy(spec: TrainingSpec, context: RunContext, steps: int, sink: MetricsSink):
+    """``(policy, optimizer, scheduler, step)``: fresh at step 0, or restored from the last
+    checkpoint when there is one to resume from (announced to the sink)."""
+    resume = context.resume_from or _latest_checkpoint(Path(spec.output_dir))
+    policy = load_model(resume if resume else spec.policy).to(context.device)
     optimizer = _optimizer(spec, policy)
     schedule = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}[spec.schedule]
     scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=spec.warmup_steps, num_training_steps=steps)
@@ -212,74 +240,118 @@ def train(spec: TrainingSpec, sink: MetricsSink | None = None, context: RunConte
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step = state["step"]
-        if is_main:
+        if context.rank == 0:
             sink.emit({"kind": "resumed", "step": step, "checkpoint": str(resume)})
+    return policy, optimizer, scheduler, step
+
+
+@torch.no_grad()
+def trace(
+    policy: PreTrainedModel,
+    reference: ReferenceModel,
+    data: TrainingData,
+    ref: ReferenceLogprobs,
+    spec: TrainingSpec,
+    device: torch.device,
+) -> dict:
+    """The paper's Fig. 5 quantities at this point of training: the mu-weighted square loss on
+    the held-out pairs and the on-policy KL(pi_theta || pi_ref) from samples of the trace prompts."""
+    record: dict = {}
+    f, beta, autocast_dtype = resolve_loss(spec.loss), spec.effective_beta, _autocast_dtype(spec)
+    policy.eval()
+    with _autocast(device, autocast_dtype):
+        if data.eval_pairs is not None:
+            pc, pr = compute_reference_logprobs(
+                policy, data.eval_pairs, data.pad_id, data.encoder_decoder, spec.batch_size * 2, device, autocast_dtype
+            )
+            rho = log_ratio_difference(pc, pr, *ref.eval)
+            square = mu_weighted_square_loss(rho)
+            record.update(
+                square_loss=square.mean,
+                square_loss_stderr=square.stderr,
+                eval_rho_mean=float(rho.mean()),
+                eval_accuracy=float((rho > 0).float().mean()),
+                eval_loss=float(f(beta * rho).mean()),
+            )
+        if data.trace_prompts:
+            policy_lp, reference_lp = sample_and_score(
+                policy, reference.get(), data.tokenizer, data.trace_prompts, spec, device
+            )
+            kl = kl_from_samples(policy_lp, reference_lp)
+            record.update(kl=kl.mean, kl_stderr=kl.stderr, kl_samples=kl.n)
+    policy.train()
+    return record
+
+
+def _autocast_dtype(spec: TrainingSpec) -> torch.dtype | None:
+    return torch.bfloat16 if spec.precision == "bf16" else None
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def train(spec: TrainingSpec, sink: MetricsSink | None = None, context: RunContext | None = None) -> RunResult:
+    """Run (or resume) one GPO training run described by ``spec``."""
+    context = context or RunContext()
+    sink = sink or StdoutSink()
+    device, is_main = context.device, context.rank == 0
+    output_dir = Path(spec.output_dir)
+    torch.manual_seed(spec.seed + context.rank)
+    f, beta, autocast_dtype = resolve_loss(spec.loss), spec.effective_beta, _autocast_dtype(spec)
+
+    data = load_training_data(spec)
+    reference = ReferenceModel(spec.reference_path, device)
+    ref = reference_logprobs(spec, data, reference, context)
+    if not data.trace_prompts:
+        reference.release()  # only the KL trace needs pi_ref itself; its log-probs are cached
+
+    steps = total_steps(spec, len(data.pairs), context.world_size)
+    policy, optimizer, scheduler, step = load_policy(spec, context, steps, sink)
     if is_main:
         sink.emit({"kind": "start", "step": step, "steps": steps, "pid": os.getpid(), "world_size": context.world_size})
     forward = context.wrap_model(_PairForward(policy))
-    batches = _batches(pairs, spec, context.rank, context.world_size)
+    batches = _batches(data.pairs, spec, context.rank, context.world_size)
     for _ in range(step * spec.grad_accumulation):  # the data order continues where it stopped
         next(batches)
-
-    def trace(at_step: int) -> None:
-        record: dict = {"kind": "trace", "step": at_step}
-        policy.eval()
-        with torch.no_grad(), torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            if eval_pairs is not None:
-                pc, pr = compute_reference_logprobs(
-                    policy, eval_pairs, pad_id, encoder_decoder, spec.batch_size * 2, device, autocast_dtype
-                )
-                rho = log_ratio_difference(pc, pr, *eval_ref)
-                square = mu_weighted_square_loss(rho)
-                record.update(
-                    square_loss=square.mean,
-                    square_loss_stderr=square.stderr,
-                    eval_rho_mean=float(rho.mean()),
-                    eval_accuracy=float((rho > 0).float().mean()),
-                    eval_loss=float(f(beta * rho).mean()),
-                )
-            if trace_prompts:
-                from gpo_core.train.sampling import sample_and_score
-
-                policy_lp, reference_lp = sample_and_score(
-                    policy, reference(), tokenizer, [p["prompt"] for p in trace_prompts], spec, device
-                )
-                kl = kl_from_samples(policy_lp, reference_lp)
-                record.update(kl=kl.mean, kl_stderr=kl.stderr, kl_samples=kl.n)
-        policy.train()
-        sink.emit(record)
+    tracing = is_main and spec.trace_every > 0
+    if tracing and step == 0:
+        sink.emit({"kind": "trace", "step": 0, **trace(policy, reference, data, ref, spec, device)})
 
     padded, real = 0, 0
     checkpointed_at = step  # a resumed run starts from a checkpoint of this step
     last: dict = {}
     stopped = False
     policy.train()
-    if is_main and spec.trace_every and step == 0:
-        trace(0)
     while step < steps:
         if context.should_stop():
             stopped = True
             break
         started = time.perf_counter()
         micro = [next(batches) for _ in range(spec.grad_accumulation)]
-        rows = sum(len(m) for m in micro)
-        outputs = []
+        rows = sum(len(indices) for indices in micro)
+        sums = torch.zeros(len(SUMS), dtype=torch.float64, device=device)
         tokens = 0
+        # Micro-batches compute the loss and add up the metrics' sums on the device: no host sync.
         for indices in micro:
-            batch = pairs.batch(indices, pad_id, encoder_decoder).to(device)
+            batch = data.pairs.batch(indices, data.pad_id, data.encoder_decoder)
             tokens += batch.tokens()
             padded += batch.prompt_ids.numel() + batch.responses.numel() - batch.tokens()
-            real += batch.tokens()
-            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                chosen, rejected = forward(batch)
-            out = preference_loss(chosen.float(), rejected.float(), ref_chosen[indices].to(device),
-                                  ref_rejected[indices].to(device), beta, f)  # fmt: skip
-            if not torch.isfinite(out.loss):
-                raise NonFiniteLossError(f"non-finite loss at step {step + 1} ({out.loss.item()})")
-            (out.loss * len(indices) / rows).backward()
-            outputs.append((chosen.detach().float(), rejected.detach().float(), indices))
+            with _autocast(device, autocast_dtype):
+                chosen, rejected = forward(batch.to(device))
+            chosen, rejected = chosen.float(), rejected.float()
+            ref_chosen, ref_rejected = to_device(torch.stack([ref.chosen[indices], ref.rejected[indices]]), device)
+            loss = gpo_loss(log_ratio_difference(chosen, rejected, ref_chosen, ref_rejected), beta, f)
+            (loss * len(indices) / rows).backward()
+            sums += preference_sums(chosen.detach(), rejected.detach(), ref_chosen, ref_rejected, beta, f)
+        real += tokens
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), spec.max_grad_norm or float("inf"))
-        if not torch.isfinite(grad_norm):
+        # One transfer to the host per step: the metrics' sums over all workers, and the grad norm.
+        totals = torch.cat([context.all_reduce(sums), grad_norm.reshape(1).to(sums)]).tolist()
+        mean_loss = totals[SUMS.index("loss")] / totals[SUMS.index("pairs")]
+        if not math.isfinite(mean_loss):
+            raise NonFiniteLossError(f"non-finite loss at step {step + 1} ({mean_loss})")
+        if not math.isfinite(totals[-1]):
             raise NonFiniteLossError(f"non-finite gradient norm at step {step + 1}")
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
@@ -288,17 +360,13 @@ def train(spec: TrainingSpec, sink: MetricsSink | None = None, context: RunConte
         step += 1
         elapsed = time.perf_counter() - started
 
-        all_indices = [i for _, _, idx in outputs for i in idx]
-        summary = preference_loss(
-            torch.cat([c for c, _, _ in outputs]), torch.cat([r for _, r, _ in outputs]),
-            ref_chosen[all_indices].to(device), ref_rejected[all_indices].to(device), beta, f,
-        ).metrics  # fmt: skip
         last = {
             "kind": "step",
             "step": step,
             "steps": steps,
-            **summary,
-            "grad_norm": float(grad_norm),
+            "pairs": int(totals[SUMS.index("pairs")]),  # this step's, over all workers
+            **metrics_from_sums(totals[:-1]),
+            "grad_norm": totals[-1],
             "lr": lr,
             "pairs_per_s": rows * context.world_size / elapsed,
             "tokens_per_s": tokens * context.world_size / elapsed,
@@ -307,20 +375,20 @@ def train(spec: TrainingSpec, sink: MetricsSink | None = None, context: RunConte
         if is_main and (step % spec.log_every == 0 or step == steps):
             sink.emit(last)
         if spec.checkpoint_every and step % spec.checkpoint_every == 0 and step < steps:
-            _checkpoint(context, output_dir, step, policy, tokenizer, optimizer, scheduler, last, is_main)
+            _checkpoint(context, output_dir, step, policy, data.tokenizer, optimizer, scheduler, last, is_main)
             checkpointed_at = step
-        if is_main and spec.trace_every and (step % spec.trace_every == 0 or step == steps):
-            trace(step)
+        if tracing and (step % spec.trace_every == 0 or step == steps):
+            sink.emit({"kind": "trace", "step": step, **trace(policy, reference, data, ref, spec, device)})
 
     final_dir = None
     if stopped:
         if step > 0 and checkpointed_at != step:  # decided alike on every worker: Ray needs that
-            _checkpoint(context, output_dir, step, policy, tokenizer, optimizer, scheduler, last, is_main)
+            _checkpoint(context, output_dir, step, policy, data.tokenizer, optimizer, scheduler, last, is_main)
     else:
         final_dir = output_dir / "final"
         if is_main:
             policy.save_pretrained(final_dir)
-            tokenizer.save_pretrained(final_dir)
+            data.tokenizer.save_pretrained(final_dir)
         if context.on_checkpoint is not None:
             context.on_checkpoint(last, final_dir if is_main else None)
     if is_main:
@@ -329,7 +397,7 @@ def train(spec: TrainingSpec, sink: MetricsSink | None = None, context: RunConte
         steps=step,
         final_model_dir=str(final_dir) if final_dir else None,
         last_metrics=last,
-        reference_cache="hit" if hits[0] else "miss",
+        reference_cache="hit" if ref.hit else "miss",
         stopped=stopped,
         padded_fraction=padded / max(1, padded + real),
     )

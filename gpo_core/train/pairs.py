@@ -44,14 +44,16 @@ class PairBatch:
         return 1.0 - self.tokens() / total
 
     def to(self, device: torch.device | str) -> PairBatch:
-        return PairBatch(
-            self.prompt_ids.to(device),
-            self.prompt_mask.to(device),
-            self.responses.to(device),
-            self.response_mask.to(device),
-            self.encoder_decoder,
-            self.pad_id,
-        )
+        tensors = (self.prompt_ids, self.prompt_mask, self.responses, self.response_mask)
+        return PairBatch(*(to_device(t, torch.device(device)) for t in tensors), self.encoder_decoder, self.pad_id)
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device``. To a GPU it goes from pinned memory without blocking: a copy
+    from pageable memory would wait for all queued GPU work first (a host-device sync per batch)."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def collate_pairs(

@@ -64,6 +64,11 @@ def _worker(config: dict) -> None:
         if world_size > 1:
             torch.distributed.barrier()
 
+    def all_reduce(tensor: torch.Tensor) -> torch.Tensor:
+        if world_size > 1:
+            torch.distributed.all_reduce(tensor)
+        return tensor
+
     resume = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -78,6 +83,7 @@ def _worker(config: dict) -> None:
         should_stop=should_stop,
         wrap_model=ray.train.torch.prepare_model,
         barrier=barrier,
+        all_reduce=all_reduce,
     )
     try:
         train(spec, sink, run_context)

@@ -51,6 +51,8 @@ def test_two_workers_train_to_the_end(ray_session, small_task, tmp_path) -> None
     steps = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [r["step"] for r in steps if r["kind"] == "step"] == [1, 2, 3, 4]
     assert all(r["pairs_per_s"] > 0 for r in steps if r["kind"] == "step")
+    # the step's metrics are reduced over both workers: 2 x 8 pairs, not rank 0's 8
+    assert all(r["pairs"] == 16 for r in steps if r["kind"] == "step")
 
 
 def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_session, small_task, tmp_path) -> None:

@@ -40,3 +40,23 @@ def test_accuracy_counts_strictly_positive_rho() -> None:
     rho = log_ratio_difference(torch.tensor([1.0, 0.0, -1.0, 2.0]), zeros, zeros, zeros)
     out = preference_loss(rho, zeros, zeros, zeros, 1.0, "hinge")
     assert out.metrics["accuracy"] == 0.5
+
+
+def test_sums_over_micro_batches_give_the_metrics_of_the_whole_batch() -> None:
+    """What the loop does per step: add the sums of each micro-batch (and worker), then divide once."""
+    from gpo_core.preference import metrics_from_sums, preference_sums
+
+    torch.manual_seed(0)
+    pc, pr, rc, rr = (torch.randn(10) * 3 for _ in range(4))
+    beta = 0.3
+    parts = [slice(0, 3), slice(3, 4), slice(4, 10)]
+    sums = sum(preference_sums(pc[s], pr[s], rc[s], rr[s], beta, "savage") for s in parts)
+    metrics = metrics_from_sums(sums.tolist())
+    rho = (pc - rc) - (pr - rr)
+    x = beta * rho.double()
+    savage = 1 / (1 + torch.exp(x)) ** 2  # the paper's Savage loss, computed here independently
+    assert metrics["loss"] == pytest.approx(float(savage.mean()), rel=1e-6)
+    assert metrics["rho_mean"] == pytest.approx(float(rho.mean()), rel=1e-5)
+    assert metrics["rho_std"] == pytest.approx(float(rho.std()), rel=1e-5)
+    assert metrics["accuracy"] == float((rho > 0).float().mean())
+    assert metrics["margin"] == pytest.approx(beta * float(rho.mean()), rel=1e-5)
