@@ -197,6 +197,25 @@ class SideBySide:
         return out
 
 
+def pair_responses(first: list[dict], second: list[dict]) -> list[dict]:
+    """Comparison items from two response sets (as :func:`gpo_core.generate.generate_responses`
+    writes them), matched by (prompt id, sample): A is ``first``, B is ``second``."""
+    theirs = {(r["prompt_id"], r.get("sample", 0)): r["response"] for r in second}
+    items = []
+    for record in first:
+        key = (record["prompt_id"], record.get("sample", 0))
+        if key in theirs:
+            items.append(
+                {
+                    "prompt_id": record["prompt_id"],
+                    "prompt": record["prompt"],
+                    "a": record["response"],
+                    "b": theirs[key],
+                }
+            )
+    return items
+
+
 def _judge_once(judge: Judge, cache: VerdictCache | None, prompt: str, first: str, second: str, retries: int):
     """(verdict or "invalid", backend calls made)."""
     key = VerdictCache.key(judge.key, prompt, first, second) if cache else ""

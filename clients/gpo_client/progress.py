@@ -1,16 +1,16 @@
-"""Live progress of a job in the terminal, driven by its server-sent events: one bar per run
-(training steps), its stage and state, and the win rate once judged."""
+"""Live progress in the terminal, one display for every command that waits on training: one bar
+per run (training steps), its stage and state, the win rate once judged, and a line for each
+message. It is fed by whichever stream the command has: a run's training records (``gpo
+train``), a sweep's events (``gpo run``) or a job's server-sent events (``gpo watch``, the SDK)."""
 
 from __future__ import annotations
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from gpo_core.sweep.views import JobView
 
-
-class JobProgress:
-    def __init__(self, job: JobView, console: Console | None = None):
+class RunProgress:
+    def __init__(self, console: Console | None = None):
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -19,26 +19,61 @@ class JobProgress:
             TimeElapsedColumn(),
             console=console or Console(stderr=True),
         )
-        self.bars = {
-            run.id: self.progress.add_task(
-                run.id, total=run.steps, completed=run.step, info=f"{run.stage}: {run.state}"
-            )
-            for run in job.runs
-        }
-        self.progress.start()
+        self.bars: dict[str, int] = {}
 
-    def update(self, event) -> None:
-        data, run = event.data, event.data.get("run")
-        if event.type == "metrics" and run in self.bars and data.get("kind") == "step":
-            info = f"train: loss {data.get('loss', 0):.4f} acc {data.get('accuracy', 0):.2f}"
-            self.progress.update(self.bars[run], completed=data["step"], total=data.get("steps"), info=info)
-        elif event.type == "run_state" and run in self.bars:
-            self.progress.update(self.bars[run], info=f"{data['stage']}: {data['state']}")
+    def __enter__(self) -> RunProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+    def add(self, run: str, total: int | None, completed: int = 0, info: str = "queued") -> None:
+        self.bars[run] = self.progress.add_task(run, total=total, completed=completed, info=info)
+
+    def message(self, text: str) -> None:
+        self.progress.console.print(text, highlight=False)
+
+    def training(self, run: str, record: dict) -> None:
+        """A training record of ``run``: a step moves its bar; a trace or a resume is a line."""
+        kind = record.get("kind")
+        if kind == "step" and run in self.bars:
+            info = f"train: loss {record.get('loss', 0):.4f} acc {record.get('accuracy', 0):.2f}"
+            if "pairs_per_s" in record:
+                info += f" {record['pairs_per_s']:.1f} pairs/s"
+            self.progress.update(self.bars[run], completed=record["step"], total=record.get("steps"), info=info)
+        elif kind == "trace":
+            parts = [f"{k} {record[k]:.4g}" for k in ("square_loss", "kl") if k in record]
+            self.message(f"{run} trace at step {record['step']}: " + ", ".join(parts))
+        elif kind == "resumed":
+            self.message(f"{run} resumed from step {record['step']} ({record['checkpoint']})")
+
+    def stage(self, run: str, stage: str, state: str, win_rate: dict | None = None) -> None:
+        if run not in self.bars:
+            self.message(f"{run} {stage}: {state}")
+            return
+        info = f"win rate {win_rate['rate']:.3f}" if win_rate else f"{stage}: {state}"
+        self.progress.update(self.bars[run], info=info)
+
+    def sweep_event(self, event: dict) -> None:
+        """An event of the embedded runner (``gpo_core.sweep.runner.run_job``)."""
+        if event["kind"] == "log":
+            self.message(event["message"])
+        elif event["kind"] == "stage":
+            win_rate = event.get("win_rate") if event["stage"] == "judge" and event["state"] == "done" else None
+            self.stage(event["run"], event["stage"], event["state"], win_rate)
+        elif "run" in event:
+            self.training(event["run"], event)
+
+    def server_event(self, event) -> None:
+        """A job's server-sent event (``gpo_client.sdk.Event``)."""
+        data = event.data
+        if event.type == "metrics":
+            self.training(data.get("run", ""), data)
+        elif event.type == "run_state":
+            self.stage(data.get("run", ""), data["stage"], data["state"])
         elif event.type == "job_state":
             reason = f" ({data['reason']})" if data.get("reason") else ""
-            self.progress.console.print(f"job {data['state']}{reason}")
+            self.message(f"job {data['state']}{reason}")
         elif event.type == "log":
-            self.progress.console.print(data.get("message", ""))
-
-    def close(self) -> None:
-        self.progress.stop()
+            self.message(data.get("message", ""))

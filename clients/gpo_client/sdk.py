@@ -167,16 +167,17 @@ class Client:
 
     def wait(self, job_id: str, progress: bool = False) -> JobView:
         """Follow the job until it is over (with live progress bars if ``progress``)."""
-        from gpo_client.progress import JobProgress
+        if not progress:
+            for _ in self.events(job_id):
+                pass
+            return self.get(job_id)
+        from gpo_client.progress import RunProgress
 
-        display = JobProgress(self.get(job_id)) if progress else None
-        try:
+        with RunProgress() as display:
+            for run in self.get(job_id).runs:
+                display.add(run.id, run.steps, run.step, f"{run.stage}: {run.state}")
             for event in self.events(job_id):
-                if display is not None:
-                    display.update(event)
-        finally:
-            if display is not None:
-                display.close()
+                display.server_event(event)
         return self.get(job_id)
 
     def report_html(self, job_id: str) -> str:

@@ -23,8 +23,9 @@ from pathlib import Path
 
 from gpo_core.data import load_prompts, write_json, write_jsonl
 from gpo_core.generate import SamplingSettings, VLLMEngine, cached_responses, generate_responses, load_responses
+from gpo_core.judge import pair_responses
 from gpo_core.sweep.spec import JobSpec, RunSpec
-from gpo_core.train.metrics import FanOut, JsonlSink, MetricsSink
+from gpo_core.train.metrics import MetricsSink
 from gpo_core.train.spec import TrainingSpec
 
 REFERENCE = "reference"
@@ -109,23 +110,14 @@ def train_stage(
 ) -> dict:
     """Train one run (resuming from its last checkpoint). Returns the result; ``stopped`` is true
     when a stop was requested, and then no result file is written (the run is not done)."""
-    from gpo_core.train.loop import RunContext, train
+    from gpo_core.train.launch import run_training
 
     done = run_dir(job_dir, run) / "train.json"
     if done.exists():
         return json.loads(done.read_text())
     inputs = resolve_inputs(spec)
     training = training_spec(spec, inputs, job_dir, run)
-    metrics_path = Path(training.output_dir) / "metrics.jsonl"
-    if training.workers > 0:
-        result = _train_on_ray(training, metrics_path, sink, stop_requested)
-    else:
-        metrics = JsonlSink(metrics_path)
-        try:
-            out = FanOut(metrics, sink) if sink is not None else metrics
-            result = train(training, out, RunContext(should_stop=stop_requested))
-        finally:
-            metrics.close()
+    result = run_training(training, sink, stop_requested)
     summary = {
         "steps": result.steps,
         "final_model_dir": result.final_model_dir,
@@ -136,30 +128,6 @@ def train_stage(
     if not result.stopped:
         write_json(done, summary)
     return summary
-
-
-def _train_on_ray(training: TrainingSpec, metrics_path: Path, sink: MetricsSink | None, stop_requested):
-    """Ray Train's rank 0 writes the metrics file; a watcher thread forwards its new lines to
-    ``sink`` and turns a stop request into the run's STOP file."""
-    import threading
-
-    from gpo_core.train.metrics import ListSink, follow_jsonl
-    from gpo_core.train.ray_runner import request_stop, train_on_ray
-
-    def poll() -> None:
-        if stop_requested():
-            request_stop(training.output_dir)
-
-    finished = threading.Event()
-    watcher = threading.Thread(
-        target=follow_jsonl, args=(metrics_path, sink or ListSink(), finished, poll), name="ray-run-watcher"
-    )
-    watcher.start()
-    try:
-        return train_on_ray(training, metrics_path=metrics_path)
-    finally:
-        finished.set()
-        watcher.join()
 
 
 def sampling_settings(spec: JobSpec) -> SamplingSettings:
@@ -209,24 +177,6 @@ def make_judge(spec: JobSpec, inputs: Inputs):
     return judging.OpenAIJudge(settings.base_url, settings.model, template, verdict=settings.verdict)
 
 
-def _paired_items(first: list[dict], second: list[dict]) -> list[dict]:
-    """Pair the two response sets by (prompt id, sample): A is ``first``, B is ``second``."""
-    theirs = {(r["prompt_id"], r.get("sample", 0)): r["response"] for r in second}
-    items = []
-    for record in first:
-        key = (record["prompt_id"], record.get("sample", 0))
-        if key in theirs:
-            items.append(
-                {
-                    "prompt_id": record["prompt_id"],
-                    "prompt": record["prompt"],
-                    "a": record["response"],
-                    "b": theirs[key],
-                }
-            )
-    return items
-
-
 def _judge(spec: JobSpec, inputs: Inputs, job_dir: Path, items: list[dict]):
     from gpo_core.judge import VerdictCache, side_by_side
 
@@ -244,7 +194,7 @@ def judge_stage(spec: JobSpec, job_dir: Path, run: str) -> dict:
     inputs = resolve_inputs(spec)
     ours = load_responses(run_dir(job_dir, run) / "responses.jsonl")
     theirs = load_responses(run_dir(job_dir, REFERENCE) / "responses.jsonl")
-    items = _paired_items(ours, theirs)
+    items = pair_responses(ours, theirs)
     result, judge = _judge(spec, inputs, job_dir, items)
     summary = {"run": run, "against": REFERENCE, "judge": judge.key, **result.to_dict()}
     if inputs.task_root is not None:  # the built-in task knows the true reward: report it too
@@ -282,7 +232,7 @@ def pairwise_stage(spec: JobSpec, job_dir: Path) -> dict | None:
     comparisons = []
     for i in range(len(runs)):
         for j in range(i + 1, len(runs)):
-            items = _paired_items(responses[i], responses[j])
+            items = pair_responses(responses[i], responses[j])
             result, _ = _judge(spec, inputs, job_dir, items)
             if result.win_rate is not None:
                 matrix[i][j] = result.win_rate.rate

@@ -1,0 +1,80 @@
+"""The built-in task and preference datasets: ``gpo task build``, ``gpo data convert-tldr``,
+``gpo data check``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from gpo_client.cli.output import JsonFlag, console, emit_json, errors, fail
+
+
+def task_build(
+    as_json: JsonFlag = False,
+    out: Annotated[
+        Path | None, typer.Option(help="Cache folder (default: $GPO_CACHE_DIR/tasks or ~/.cache/gpo/tasks).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of everything: vocabulary, documents, model, samples.")] = 0,
+    size: Annotated[str, typer.Option(help="small (tests, seconds) or default (the demo, minutes).")] = "default",
+    architecture: Annotated[str, typer.Option(help="llama (causal) or t5 (encoder-decoder).")] = "llama",
+) -> None:
+    """Build the task (or return the cached build) and print its paths and quality figures."""
+    from gpo_core.task.build import build_task, task_settings
+
+    try:
+        settings = task_settings(size=size, seed=seed, architecture=architecture)
+    except ValueError as err:
+        raise fail(str(err)) from None
+    if as_json:
+        artifacts = build_task(out, settings, progress=lambda message: errors.print(message, highlight=False))
+        emit_json(artifacts.to_dict())
+        return
+    with console.status("building the task") as status:
+        artifacts = build_task(out, settings, progress=status.update)
+    summary = Table(title=f"built-in task ({'cached' if artifacts.cached else 'built'}: {artifacts.root})")
+    summary.add_column("figure")
+    summary.add_column("value")
+    for key in (
+        "gold_mean_reward", "ref_mean_reward", "ref_greedy_mean_reward", "random_mean_reward",
+        "parameters", "build_seconds", "model_dir", "tokenizer_dir", "train_pairs", "eval_pairs", "eval_prompts",
+    ):  # fmt: skip
+        summary.add_row(key, str(getattr(artifacts, key)))
+    console.print(summary)
+
+
+def data_convert_tldr(
+    source: Annotated[Path, typer.Argument(help="OpenAI summarize_from_feedback comparisons (JSONL).")],
+    destination: Annotated[Path, typer.Argument(help="Output in the common format (JSONL).")],
+    skip_invalid: Annotated[
+        bool, typer.Option("--skip-invalid", help="Skip malformed lines and count them instead of stopping.")
+    ] = False,
+) -> None:
+    """Convert TL;DR comparisons to {"prompt", "chosen", "rejected"} with the TL;DR prompt template."""
+    from gpo_core.data import DatasetError
+    from gpo_core.tldr import convert_tldr
+
+    try:
+        report = convert_tldr(source, destination, skip_invalid=skip_invalid)
+    except DatasetError as err:
+        raise fail(str(err)) from None
+    console.print(f"wrote {report.written} pairs to {destination}", highlight=False)
+    if report.skipped:
+        errors.print(f"skipped {len(report.skipped)} malformed lines:", highlight=False)
+        for reason in report.skipped[:20]:
+            errors.print(f"  {reason}", highlight=False)
+        if len(report.skipped) > 20:
+            errors.print(f"  ... and {len(report.skipped) - 20} more", highlight=False)
+
+
+def data_check(path: Annotated[Path, typer.Argument(help="JSONL, Parquet or a saved datasets folder.")]) -> None:
+    """Validate a preference dataset; the first bad record is reported with file, line and field."""
+    from gpo_core.data import DatasetError, load_preferences
+
+    try:
+        records = load_preferences(path)
+    except DatasetError as err:
+        raise fail(str(err)) from None
+    console.print(f"{path}: {len(records)} valid preference pairs", highlight=False)

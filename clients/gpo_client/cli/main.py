@@ -1,0 +1,57 @@
+"""The ``gpo`` command line, assembled in one place: every command and group is registered here,
+from the module that holds it. Commands import their heavy libraries (torch, transformers, Ray)
+when they run, not when ``gpo`` starts."""
+
+from __future__ import annotations
+
+import typer
+
+from gpo_client.cli import analysis, data, jobs, runs, stack
+
+app = typer.Typer(
+    help="Generalized Preference Optimization: losses, analyses, training, sweeps and the platform's jobs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# The paper's analyses (computed here).
+app.command("losses")(analysis.losses)
+app.command("bandit")(analysis.bandit)
+app.command("gaussians")(analysis.gaussians)
+app.command("paper")(analysis.paper)
+
+# The built-in task and datasets.
+task_app = typer.Typer(help="The built-in summarization task (offline data, gold reward, SFT reference).")
+task_app.command("build")(data.task_build)
+app.add_typer(task_app, name="task")
+data_app = typer.Typer(help="Preference datasets: conversion and validation.")
+data_app.command("convert-tldr")(data.data_convert_tldr)
+data_app.command("check")(data.data_check)
+app.add_typer(data_app, name="data")
+
+# Work in this process, no services.
+app.command("train")(runs.train_command)
+app.command("generate")(runs.generate_command)
+app.command("judge")(runs.judge_command)
+app.command("run")(runs.run_command)
+
+# Jobs on the control service (HTTP).
+app.command("submit")(jobs.submit_command)
+app.command("list")(jobs.list_command)
+app.command("status")(jobs.status_command)
+app.command("watch")(jobs.watch_command)
+app.command("cancel")(jobs.cancel_command)
+app.command("report")(jobs.report_command)
+
+# The local stack and the demo.
+app.command("up")(stack.up_command)
+app.command("down")(stack.down_command)
+app.command("demo")(stack.demo_command)
+
+
+def main() -> None:
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # our own progress display is enough
+    app()

@@ -1,0 +1,186 @@
+"""Work in this process, no services: ``gpo train``, ``generate``, ``judge`` and ``run`` (a whole
+sweep, the embedded default)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gpo_client.cli.output import JsonFlag, console, emit_json, errors, fail, print_winrate_table
+
+
+def train_command(
+    spec_file: Annotated[Path, typer.Argument(help="Training spec (YAML or JSON).")],
+    workers: Annotated[int | None, typer.Option(help="Override the spec's Ray Train workers (0: in-process).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Override the spec's steps.")] = None,
+) -> None:
+    """Run one GPO training from a spec, with a progress bar; Ctrl-C stops at the next step and
+    keeps a checkpoint, and running it again resumes. Metrics go to OUTPUT_DIR/metrics.jsonl."""
+    from gpo_client.progress import RunProgress
+    from gpo_core.data import DatasetError
+    from gpo_core.train.launch import metrics_path, run_training
+    from gpo_core.train.loop import TrainingError
+    from gpo_core.train.spec import SpecError, load_spec
+
+    overrides = {k: v for k, v in {"workers": workers, "steps": steps}.items() if v is not None}
+    if "steps" in overrides:
+        overrides["epochs"] = None
+    try:
+        spec = load_spec(spec_file, **overrides)
+    except SpecError as err:
+        raise fail(str(err)) from None
+    label = f"{spec.loss} beta={spec.effective_beta:g}"
+    stop = _stop_on_ctrl_c("stopping at the next step (a checkpoint is kept; run again to resume)")
+
+    class ToDisplay:
+        def emit(self, record: dict) -> None:
+            display.training(label, record)
+
+        def close(self) -> None:
+            pass
+
+    try:
+        with RunProgress(console) as display:
+            display.add(label, spec.steps, info="")
+            result = run_training(spec, ToDisplay(), stop.is_set)
+    except (DatasetError, TrainingError) as err:
+        raise fail(str(err)) from None
+    state = "stopped" if result.stopped else "finished"
+    console.print(
+        f"{state} after {result.steps} steps; final model: {result.final_model_dir}; metrics: {metrics_path(spec)}"
+    )
+
+
+def _stop_on_ctrl_c(message: str) -> threading.Event:
+    """Ctrl-C sets the returned event (the run stops at its next step) instead of killing it."""
+    stop = threading.Event()
+
+    def ask_to_stop(signum, frame) -> None:
+        stop.set()
+        errors.print(message)
+
+    signal.signal(signal.SIGINT, ask_to_stop)
+    return stop
+
+
+def generate_command(
+    model_dir: Annotated[Path, typer.Argument(help="Model folder (transformers, with its tokenizer).")],
+    prompts: Annotated[Path, typer.Argument(help="Prompts: JSONL records with id and prompt.")],
+    out: Annotated[Path, typer.Argument(help="Responses (JSONL) to write.")],
+    n: Annotated[int, typer.Option(min=1, help="Responses per prompt.")] = 1,
+    temperature: Annotated[float, typer.Option(min=0.0, help="0 is greedy.")] = 1.0,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
+    seed: int = 0,
+    backend: Annotated[str, typer.Option(help="transformers, vllm or auto.")] = "auto",
+) -> None:
+    """Sample responses from a checkpoint for evaluation prompts."""
+    from gpo_core.data import DatasetError, load_prompts, write_jsonl
+    from gpo_core.generate import SamplingSettings, generate_responses
+
+    try:
+        records = load_prompts(prompts)
+        missing = next((i for i, r in enumerate(records, start=1) if "id" not in r), None)
+        if missing is not None:
+            raise DatasetError(f"{prompts}: record {missing}: field 'id' is missing")
+        settings = SamplingSettings(temperature, top_p, max_new_tokens, n, seed)
+        with console.status(f"generating {n * len(records)} responses"):
+            responses = generate_responses(model_dir, records, settings, backend=backend)
+    except (DatasetError, ValueError) as err:
+        raise fail(str(err)) from None
+    write_jsonl(out, responses)
+    console.print(f"wrote {len(responses)} responses ({responses[0]['backend']}) to {out}", highlight=False)
+
+
+def judge_command(
+    responses_a: Annotated[Path, typer.Argument(help="Responses A (JSONL from gpo generate).")],
+    responses_b: Annotated[Path, typer.Argument(help="Responses B on the same prompts.")],
+    task: Annotated[Path | None, typer.Option(help="Built-in task folder: judge with its gold reward.")] = None,
+    local: Annotated[Path | None, typer.Option(help="Local causal LM folder: judge by label log-probs.")] = None,
+    endpoint: Annotated[str | None, typer.Option(help="OpenAI-compatible base URL, e.g. http://host:8000/v1.")] = None,
+    model: Annotated[str | None, typer.Option(help="Model name at the endpoint.")] = None,
+    cache: Annotated[Path | None, typer.Option(help="Verdict cache file (JSONL).")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Judge A against B side by side (both orders): win rate, length-controlled win rate, flips."""
+    from gpo_core.generate import load_responses
+    from gpo_core.judge import LogprobJudge, OpenAIJudge, OracleTaskJudge, VerdictCache, pair_responses, side_by_side
+
+    chosen = [option for option in (task, local, endpoint) if option is not None]
+    if len(chosen) != 1:
+        raise fail("choose exactly one judge: --task, --local or --endpoint (with --model)")
+    if endpoint is not None and model is None:
+        raise fail("--endpoint needs --model")
+    try:
+        a, b = load_responses(responses_a), load_responses(responses_b)
+    except (OSError, ValueError) as err:
+        raise fail(f"cannot read responses: {err}") from None
+    items = pair_responses(a, b)
+    if not items:
+        raise fail(f"{responses_a} and {responses_b} share no (prompt_id, sample)")
+    if task is not None:
+        from gpo_core.task.build import BuiltTask
+
+        judge = OracleTaskJudge(BuiltTask(task))
+    elif local is not None:
+        judge = LogprobJudge(local)
+    else:
+        judge = OpenAIJudge(endpoint, model)
+    with console.status(f"judging {len(items)} pairs in both orders"):
+        result = side_by_side(judge, items, cache=VerdictCache(cache) if cache else None)
+    payload = {
+        "compared": len(items),
+        "unmatched": len(a) - len(items),
+        "win_rate": result.win_rate.to_dict() if result.win_rate else None,
+        "length_controlled_win_rate": result.length_controlled.to_dict() if result.length_controlled else None,
+        "flip_rate": result.flip_rate,
+        "invalid": result.invalid,
+        "judge_calls": result.judge_calls,
+        "mean_length": result.mean_length,
+    }
+    if as_json:
+        emit_json(payload)
+        return
+    if result.win_rate is None:
+        raise fail(f"every comparison was invalid ({result.invalid})")
+    w, lc = result.win_rate, result.length_controlled
+    console.print(f"A over B: win rate {w.rate:.3f} [{w.low:.3f}, {w.high:.3f}] over {w.comparisons} comparisons")
+    console.print(f"length-controlled: {lc.rate:.3f} [{lc.low:.3f}, {lc.high:.3f}]; flip rate {result.flip_rate:.3f}")
+    console.print(f"invalid: {result.invalid}; judge calls: {result.judge_calls}")
+
+
+def run_command(
+    spec_file: Annotated[Path, typer.Argument(help="Job spec (YAML or JSON): a loss x beta sweep.")],
+    out: Annotated[Path | None, typer.Option(help="Job folder (default: outputs/jobs/NAME).")] = None,
+) -> None:
+    """Run a whole sweep in this process (the embedded default: no Redis, no services): train
+    every run, sample it, judge it against the reference, compare runs pairwise, write the report.
+    Ctrl-C stops at the next training step; running it again resumes."""
+    from gpo_client.progress import RunProgress
+    from gpo_core.data import DatasetError
+    from gpo_core.sweep.runner import run_job
+    from gpo_core.sweep.spec import JobSpecError, load_job_spec
+    from gpo_core.train.loop import TrainingError
+
+    try:
+        spec = load_job_spec(spec_file)
+    except JobSpecError as err:
+        raise fail(str(err)) from None
+    job_dir = out or Path("outputs") / "jobs" / spec.name.replace(" ", "_")
+    stop = _stop_on_ctrl_c("stopping at the next step (checkpoints are kept; run again to resume)")
+    try:
+        with RunProgress(console) as display:
+            for run in spec.run_ids():
+                display.add(run, spec.training.steps)
+            report = run_job(spec, job_dir, events=display.sweep_event, stop_requested=stop.is_set)
+    except (DatasetError, TrainingError, FileNotFoundError) as err:
+        raise fail(str(err)) from None
+    if report is None:
+        console.print(f"stopped; run again to resume: gpo run {spec_file} --out {job_dir}")
+        raise typer.Exit(code=1)
+    print_winrate_table(report.with_name("report.json"))
+    console.print(f"report: {report}")
