@@ -4,16 +4,17 @@ bad specs with the same field-named messages."""
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from gpo_core.analysis import beta_from_ipo_equivalent
 from gpo_core.losses import BUILTIN_LOSSES, LossSpecError, resolve_loss
 from gpo_core.specfile import format_errors, read_mapping
-from gpo_core.train.spec import Beta, Loss
+from gpo_core.train.spec import Beta, Loss, TrainingOptions
 
 MAX_RUNS = 64  # a grid larger than this is almost certainly a mistake; split it into jobs
 
@@ -32,29 +33,49 @@ class RunSpec(BaseModel):
     beta: Beta
 
 
-class TrainingSettings(BaseModel):
-    """The fields of :class:`gpo_core.train.spec.TrainingSpec` that a sweep shares across runs."""
+# Where a sweep's defaults differ from a single run's: the built-in task's tiny models learn at a
+# higher rate, its responses are short, and a sweep's report needs checkpoints and Fig. 5 traces.
+SWEEP_DEFAULTS = {
+    "steps": 200,
+    "batch_size": 16,
+    "lr": 5e-4,
+    "warmup_steps": 10,
+    "max_response_length": 16,
+    "checkpoint_every": 50,
+    "trace_every": 50,
+    "trace_prompts": 32,
+}
 
-    model_config = ConfigDict(extra="forbid")
-    steps: int = Field(200, ge=1, le=1_000_000)
-    batch_size: int = Field(16, ge=1, le=4096)
-    grad_accumulation: int = Field(1, ge=1, le=1024)
-    lr: float = Field(5e-4, gt=0, le=1.0)
-    warmup_steps: int = Field(10, ge=0)
-    schedule: Literal["constant", "linear", "cosine"] = "constant"
-    optimizer: Literal["adamw", "adafactor"] = "adamw"
-    max_prompt_length: int = Field(512, ge=1, le=131_072)
-    max_response_length: int = Field(16, ge=1, le=131_072)
-    precision: Literal["fp32", "bf16"] = "fp32"
-    seed: int = 0
+
+def _with_defaults(base: type[BaseModel], defaults: dict) -> dict:
+    """Field definitions of ``base`` with other defaults and the same types and limits."""
+    fields = {}
+    for name, default in defaults.items():
+        info = copy.copy(base.model_fields[name])
+        info.default = default
+        fields[name] = (base.model_fields[name].annotation, info)
+    return fields
+
+
+_SweepTrainingOptions = create_model(
+    "_SweepTrainingOptions", __base__=TrainingOptions, **_with_defaults(TrainingOptions, SWEEP_DEFAULTS)
+)
+
+
+class TrainingSettings(_SweepTrainingOptions):
+    """The training options every run of a sweep shares (:class:`TrainingOptions`, with the sweep's
+    defaults), and the units of the grid's betas."""
+
     beta_units: Literal["native", "ipo"] = Field(
         "native", description="Are the betas in each loss's own units or IPO-equivalent units?"
     )
-    workers: int = Field(0, ge=0, le=1024, description="Ray Train workers; 0 trains in the worker's own process.")
-    use_gpu: bool = False
-    checkpoint_every: int = Field(50, ge=0)
-    trace_every: int = Field(50, ge=0, description="Steps between KL / square-loss traces (Fig. 5); 0: none.")
-    trace_prompts: int = Field(32, ge=1, le=100_000)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _epochs_instead_of_steps(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("epochs") is not None and "steps" not in data:
+            return {**data, "steps": None}  # epochs given: the default step count does not apply
+        return data
 
 
 class GenerationSettings(BaseModel):

@@ -32,33 +32,21 @@ Loss = Annotated[str, Field(max_length=500), AfterValidator(_usable_loss)]
 Beta = Annotated[float, AfterValidator(_finite_positive)]
 
 
-class TrainingSpec(BaseModel):
-    """One GPO fine-tuning run. Paths are model folders (transformers) and datasets in the common
-    format (JSONL, Parquet or a saved ``datasets`` folder)."""
+class TrainingOptions(BaseModel):
+    """How a run trains: every option that ``gpo train``'s spec and a sweep's ``training`` block
+    share, defined once (a sweep changes some defaults: :data:`gpo_core.sweep.spec.SWEEP_DEFAULTS`)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    policy: str = Field(description="Model folder to fine-tune (transformers, causal or encoder-decoder).")
-    reference: str | None = Field(None, description="Reference model folder; default: the policy's starting weights.")
-    tokenizer: str | None = Field(None, description="Tokenizer folder; default: the policy folder.")
-    dataset: str = Field(description="Training pairs {prompt, chosen, rejected}.")
-    eval_pairs: str | None = Field(None, description="Held-out pairs for the mu-weighted square loss trace.")
-    eval_prompts: str | None = Field(None, description="Prompts whose samples estimate KL(pi_theta || pi_ref).")
-    output_dir: str = Field(description="Run folder: checkpoints, metrics.jsonl, final model.")
-
-    loss: Loss = Field("logistic", description="Registry name (logistic, hinge, square, ...) or a formula in x.")
-    beta: Beta | None = Field(None, description="beta in the loss's own units.")
-    beta_ipo: Beta | None = Field(None, description="beta in IPO-equivalent units, converted per loss.")
-
     optimizer: Literal["adamw", "adafactor"] = "adamw"
-    lr: float = Field(1e-4, gt=0)
+    lr: float = Field(1e-4, gt=0, le=1.0)
     weight_decay: float = Field(0.0, ge=0)
     schedule: Literal["constant", "linear", "cosine"] = "constant"
     warmup_steps: int = Field(0, ge=0)
     batch_size: int = Field(8, ge=1, le=4096)
     grad_accumulation: int = Field(1, ge=1, le=1024)
-    steps: int | None = Field(None, ge=1, le=10_000_000)
-    epochs: float | None = Field(None, gt=0, le=10_000)
+    steps: int | None = Field(None, ge=1, le=10_000_000, description="Optimizer steps (or give epochs).")
+    epochs: float | None = Field(None, gt=0, le=10_000, description="Passes over the pairs (or give steps).")
     max_grad_norm: float | None = Field(1.0, gt=0)
 
     max_prompt_length: int = Field(512, ge=1, le=131_072)
@@ -71,10 +59,34 @@ class TrainingSpec(BaseModel):
     use_gpu: bool = False
 
     checkpoint_every: int = Field(0, ge=0, description="Steps between checkpoints; 0: only the final model.")
-    trace_every: int = Field(0, ge=0, description="Steps between regularization traces; 0: none.")
+    trace_every: int = Field(0, ge=0, description="Steps between KL / square-loss traces (Fig. 5); 0: none.")
     trace_prompts: int = Field(64, ge=1, le=100_000, description="Evaluation prompts sampled for the KL trace.")
     trace_max_new_tokens: int = Field(32, ge=1, le=4096)
     log_every: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _one_length(self) -> TrainingOptions:
+        if (self.steps is None) == (self.epochs is None):
+            raise ValueError("give exactly one of steps and epochs")
+        return self
+
+
+class TrainingSpec(TrainingOptions):
+    """One GPO fine-tuning run: the models and data, the loss and beta, the output folder, and the
+    training options. Paths are model folders (transformers) and datasets in the common format
+    (JSONL, Parquet or a saved ``datasets`` folder)."""
+
+    policy: str = Field(description="Model folder to fine-tune (transformers, causal or encoder-decoder).")
+    reference: str | None = Field(None, description="Reference model folder; default: the policy's starting weights.")
+    tokenizer: str | None = Field(None, description="Tokenizer folder; default: the policy folder.")
+    dataset: str = Field(description="Training pairs {prompt, chosen, rejected}.")
+    eval_pairs: str | None = Field(None, description="Held-out pairs for the mu-weighted square loss trace.")
+    eval_prompts: str | None = Field(None, description="Prompts whose samples estimate KL(pi_theta || pi_ref).")
+    output_dir: str = Field(description="Run folder: checkpoints, metrics.jsonl, final model.")
+
+    loss: Loss = Field("logistic", description="Registry name (logistic, hinge, square, ...) or a formula in x.")
+    beta: Beta | None = Field(None, description="beta in the loss's own units.")
+    beta_ipo: Beta | None = Field(None, description="beta in IPO-equivalent units, converted per loss.")
     cache_dir: str | None = Field(None, description="Reference log-prob cache; default $GPO_CACHE_DIR or ~/.cache/gpo.")
 
     @model_validator(mode="after")
@@ -86,8 +98,6 @@ class TrainingSpec(BaseModel):
                 beta_from_ipo_equivalent(self.beta_ipo, self.loss)
             except LossSpecError as err:
                 raise ValueError(str(err)) from None
-        if (self.steps is None) == (self.epochs is None):
-            raise ValueError("give exactly one of steps and epochs")
         if self.trace_every and not (self.eval_pairs or self.eval_prompts):
             raise ValueError("trace_every needs eval_pairs and/or eval_prompts to trace on")
         return self

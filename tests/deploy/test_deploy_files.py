@@ -5,6 +5,7 @@ variables and ports in both agree with what the services read."""
 
 import copy
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -193,3 +194,25 @@ def test_environment_and_ports_agree_with_what_the_services_read() -> None:
     assert control["ports"][0]["containerPort"] == int(port) == Settings().port
     service = _find(documents, "Service", "gpo-control")
     assert service["spec"]["ports"][0]["targetPort"] == control["ports"][0]["name"]
+
+
+def test_the_documented_variables_are_the_settings_fields() -> None:
+    """docs/platform.md's configuration table lists exactly the variables of the settings model."""
+    text = (ROOT / "docs" / "platform.md").read_text(encoding="utf-8")
+    section = text.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    documented = {name for row in rows for name in re.findall(r"`((?:GPO|RAY)_[A-Z_]+)`", row.split("|")[1])}
+    assert documented == set(ENVIRONMENT)
+
+
+def test_settings_read_the_environment_and_never_echo_a_bad_key(monkeypatch) -> None:
+    monkeypatch.setenv("GPO_PORT", "9100")
+    monkeypatch.setenv("RAY_ADDRESS", "ray-head:6379")
+    monkeypatch.setenv("GPO_API_KEYS", "k" * 16 + ":alice, " + "m" * 20 + ":bob")
+    settings = Settings.from_env()
+    assert settings.port == 9100 and settings.ray_address == "ray-head:6379"
+    assert settings.api_keys == {"k" * 16: "alice", "m" * 20: "bob"}
+    monkeypatch.setenv("GPO_API_KEYS", "too-short-key:alice")
+    with pytest.raises(ValueError, match="at least 16 characters") as caught:
+        Settings.from_env()
+    assert "too-short-key" not in str(caught.value)

@@ -1,69 +1,94 @@
-"""Service configuration, from environment variables only (one list: ``ENVIRONMENT``), so that
-docker-compose, Kubernetes and ``gpo up`` set the same names the code reads."""
+"""Service configuration: one pydantic-settings model whose fields are the environment variables a
+service reads (``GPO_`` + the field's name, ``RAY_ADDRESS``), so docker-compose, Kubernetes and
+``gpo up`` set the names the code reads. ``ENVIRONMENT`` (name -> meaning) is derived from it, and
+the deployment files and docs are checked against that list."""
 
 from __future__ import annotations
 
 import os
 import socket
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, Field
-
-# Every variable a service reads, with its meaning (docs and deployment files are checked against it).
-ENVIRONMENT = {
-    "GPO_REDIS_URL": "Redis URL for job records, events and the task queues.",
-    "GPO_ARTIFACTS": "Artifact root: one folder per job (a shared volume when services run on several hosts).",
-    "GPO_CACHE_DIR": "Cache of built tasks, reference log-probs and reference samples.",
-    "GPO_API_KEYS": "API keys of the control service: 'key:tenant' pairs separated by commas.",
-    "GPO_API_KEYS_FILE": "A file of 'key:tenant' lines (a mounted Secret); read in addition to GPO_API_KEYS.",
-    "GPO_HOST": "Address the control service listens on.",
-    "GPO_PORT": "Port the control service listens on.",
-    "GPO_MAX_BODY_BYTES": "Largest request body the control service accepts.",
-    "GPO_WORKERS": "Processes of the control service, each listening on the port (SO_REUSEPORT).",
-    "GPO_MAX_ATTEMPTS": "Attempts per task before it goes to the dead-letter stream.",
-    "GPO_CLAIM_IDLE_S": "Seconds without a heartbeat after which another worker reclaims a task.",
-    "GPO_HEARTBEAT_S": "Seconds between a busy worker's heartbeats.",
-    "GPO_WORKER_NAME": "Consumer name of a worker (default: host name and process id).",
-    "GPO_LIVENESS_FILE": "A file a worker touches at every loop (for exec liveness probes).",
-    "RAY_ADDRESS": "Ray cluster the trainer connects to (default: it starts Ray locally).",
-}
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
-class Settings(BaseModel):
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    artifacts: Path = Path("outputs/artifacts")
-    host: str = "127.0.0.1"
-    port: int = Field(8700, ge=1, le=65535)
-    max_body_bytes: int = Field(1_048_576, ge=1024)
-    workers: int = Field(1, ge=1, le=64)
-    max_attempts: int = Field(3, ge=1, le=100)
-    claim_idle_s: float = Field(30.0, gt=0)
-    heartbeat_s: float = Field(5.0, gt=0)
-    worker_name: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
-    liveness_file: Path | None = None
-    api_keys: dict[str, str] = Field(default_factory=dict, repr=False)  # key -> tenant; never logged
+class Settings(BaseSettings):
+    # hide_input_in_errors: a malformed GPO_API_KEYS must not be echoed into logs by the error.
+    model_config = SettingsConfigDict(
+        env_prefix="GPO_", extra="ignore", populate_by_name=True, hide_input_in_errors=True
+    )
+
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0", description="Redis URL for job records, events and the task queues."
+    )
+    artifacts: Path = Field(
+        Path("outputs/artifacts"),
+        description="Artifact root: one folder per job (a shared volume when services run on several hosts).",
+    )
+    cache_dir: Path | None = Field(
+        None, description="Cache of built tasks, reference log-probs and reference samples (default ~/.cache/gpo)."
+    )
+    api_keys: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        repr=False,  # key -> tenant; never logged
+        description="API keys of the control service: 'key:tenant' pairs separated by commas.",
+    )
+    api_keys_file: Path | None = Field(
+        None, description="A file of 'key:tenant' lines (a mounted Secret); read in addition to GPO_API_KEYS."
+    )
+    host: str = Field("127.0.0.1", description="Address the control service listens on.")
+    port: int = Field(8700, ge=1, le=65535, description="Port the control service listens on.")
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body the control service accepts.")
+    workers: int = Field(
+        1, ge=1, le=64, description="Processes of the control service, each listening on the port (SO_REUSEPORT)."
+    )
+    max_attempts: int = Field(
+        3, ge=1, le=100, description="Attempts per task before it goes to the dead-letter stream."
+    )
+    claim_idle_s: float = Field(
+        30.0, gt=0, description="Seconds without a heartbeat after which another worker reclaims a task."
+    )
+    heartbeat_s: float = Field(5.0, gt=0, description="Seconds between a busy worker's heartbeats.")
+    worker_name: str = Field(
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
+        description="Consumer name of a worker (default: host name and process id).",
+    )
+    liveness_file: Path | None = Field(
+        None, description="A file a worker touches at every loop (for exec liveness probes)."
+    )
+    ray_address: str | None = Field(
+        None,
+        validation_alias="RAY_ADDRESS",
+        description="Ray cluster the trainer connects to (default: it starts Ray locally).",
+    )
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _parse_keys(cls, value: object) -> object:
+        return parse_api_keys(value, "GPO_API_KEYS") if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _keys_from_file(self) -> Settings:
+        if self.api_keys_file is not None:
+            text = self.api_keys_file.read_text(encoding="utf-8").replace("\n", ",")
+            self.api_keys = {**self.api_keys, **parse_api_keys(text, str(self.api_keys_file))}
+        return self
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
-        env = os.environ if environ is None else environ
-        fields = {
-            "redis_url": env.get("GPO_REDIS_URL"),
-            "artifacts": env.get("GPO_ARTIFACTS"),
-            "host": env.get("GPO_HOST"),
-            "port": env.get("GPO_PORT"),
-            "max_body_bytes": env.get("GPO_MAX_BODY_BYTES"),
-            "workers": env.get("GPO_WORKERS"),
-            "max_attempts": env.get("GPO_MAX_ATTEMPTS"),
-            "claim_idle_s": env.get("GPO_CLAIM_IDLE_S"),
-            "heartbeat_s": env.get("GPO_HEARTBEAT_S"),
-            "worker_name": env.get("GPO_WORKER_NAME"),
-            "liveness_file": env.get("GPO_LIVENESS_FILE"),
-        }
-        keys = parse_api_keys(env.get("GPO_API_KEYS", ""), "GPO_API_KEYS")
-        if env.get("GPO_API_KEYS_FILE"):
-            path = Path(env["GPO_API_KEYS_FILE"])
-            keys.update(parse_api_keys(path.read_text(encoding="utf-8").replace("\n", ","), str(path)))
-        return cls(**{k: v for k, v in fields.items() if v not in (None, "")}, api_keys=keys)
+    def from_env(cls) -> Settings:
+        """The settings of this process's environment (what every service starts with)."""
+        return cls()
+
+
+def environment_name(field: str) -> str:
+    info = Settings.model_fields[field]
+    return info.validation_alias if isinstance(info.validation_alias, str) else "GPO_" + field.upper()
+
+
+# Every variable a service reads, with its meaning (docs and deployment files are checked against it).
+ENVIRONMENT = {environment_name(name): info.description for name, info in Settings.model_fields.items()}
 
 
 def parse_api_keys(text: str, source: str) -> dict[str, str]:

@@ -285,7 +285,7 @@ class AsyncJobStore:
         runs = spec.run_ids()
         job = {"id": job_id, "tenant": tenant, "name": spec.name, "spec": spec_json, "runs": json.dumps(runs),
                "state": "queued", "created_at": now, "updated_at": now}  # fmt: skip
-        fresh = {"state": "queued", "stage": "train", "step": 0, "steps": spec.training.steps, "updated_at": now}
+        fresh = {"state": "queued", "stage": "train", "step": 0, "steps": spec.training.steps or 0, "updated_at": now}
         records = [
             {"id": run_id, "loss": run.loss, "beta": run.beta, **fresh}
             for run_id, run in zip(runs, spec.run_list(), strict=True)
