@@ -1,2 +1,2 @@
-"""The platform's services (importable as ``gpo_services``): thin processes around the gpo_core
-stages that talk only through Redis and the artifact store."""
+"""The platform's services: thin processes around the gpo_core stages that talk only through Redis
+and the artifact store."""
