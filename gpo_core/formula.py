@@ -9,6 +9,7 @@ node types, names and functions, and build the sympy expression ourselves.
 from __future__ import annotations
 
 import ast
+import math
 from collections.abc import Callable
 
 import sympy as sp
@@ -20,6 +21,9 @@ X = sp.Symbol("x", real=True)
 MAX_FORMULA_CHARS = 500
 MAX_AST_NODES = 200
 MAX_CONSTANT_EXPONENT = 64
+# Numbers in a formula (literals and constant parts such as 3^64) are bounded in magnitude too:
+# a bound on exponents alone lets (((3^64)^64)^64)^64 build an integer of millions of digits.
+MAX_CONSTANT_MAGNITUDE = 1e6
 
 
 class FormulaError(ValueError):
@@ -95,6 +99,10 @@ def _build(node: ast.AST, text: str) -> sp.Expr:
     if isinstance(node, ast.Constant):
         if isinstance(node.value, bool) or not isinstance(node.value, int | float):
             raise FormulaError(f"only numbers are allowed as constants, found {node.value!r} at {_where(node)}")
+        if not abs(node.value) <= MAX_CONSTANT_MAGNITUDE:
+            raise FormulaError(
+                f"the number {node.value:g} at {_where(node)} is too large (at most {MAX_CONSTANT_MAGNITUDE:g} in size)"
+            )
         return sp.nsimplify(node.value) if isinstance(node.value, float) else sp.Integer(node.value)
     if isinstance(node, ast.Name):
         if node.id in CONSTANTS:
@@ -109,14 +117,21 @@ def _build(node: ast.AST, text: str) -> sp.Expr:
         operand = _build(node.operand, text)
         return -operand if isinstance(node.op, ast.USub) else operand
     if isinstance(node, ast.BinOp) and type(node.op) in _BINARY_OPS:
-        return _BINARY_OPS[type(node.op)](_build(node.left, text), _build(node.right, text))
+        return _bounded(_BINARY_OPS[type(node.op)](_build(node.left, text), _build(node.right, text)), node)
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
         base, exponent = _build(node.left, text), _build(node.right, text)
-        if exponent.is_number and abs(float(exponent)) > MAX_CONSTANT_EXPONENT:
+        if exponent.is_number and abs(_real(exponent, node)) > MAX_CONSTANT_EXPONENT:
             raise FormulaError(
                 f"exponent {exponent} at {_where(node)} is too large (at most {MAX_CONSTANT_EXPONENT} in size)"
             )
-        return base**exponent
+        if base.is_number and exponent.is_number:
+            magnitude = abs(_real(exponent, node)) * math.log10(max(abs(_real(base, node)), 1e-300))
+            if magnitude > math.log10(MAX_CONSTANT_MAGNITUDE):
+                raise FormulaError(
+                    f"the constant {ast.unparse(node)} at {_where(node)} is too large "
+                    f"(numbers are at most {MAX_CONSTANT_MAGNITUDE:g} in size)"
+                )
+        return _bounded(base**exponent, node)
     if isinstance(node, ast.Call):
         if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
             name = node.func.id if isinstance(node.func, ast.Name) else ast.unparse(node.func)
@@ -128,8 +143,90 @@ def _build(node: ast.AST, text: str) -> sp.Expr:
         if (arity is not None and len(args) != arity) or (arity is None and len(args) < 2):
             wanted = arity if arity is not None else "two or more"
             raise FormulaError(f"{node.func.id}() takes {wanted} argument(s), got {len(args)}, at {_where(node)}")
-        return builder(*args)
+        return _bounded(builder(*args), node)
     raise FormulaError(f"'{ast.unparse(node)}' at {_where(node)} is not allowed in a loss formula")
+
+
+def _real(value: sp.Expr, node: ast.AST) -> float:
+    """A constant's value as a real number, or a FormulaError if it is not real (log(-1) = i*pi)."""
+    try:
+        number = complex(value.evalf(20))
+    except (TypeError, ValueError):
+        raise FormulaError(f"'{ast.unparse(node)}' at {_where(node)} is not a real number") from None
+    if number.imag != 0 or math.isnan(number.real):
+        raise FormulaError(f"'{ast.unparse(node)}' at {_where(node)} is not a real number ({value})")
+    return number.real
+
+
+def _bounded(value: sp.Expr, node: ast.AST) -> sp.Expr:
+    """``value`` unchanged, if it depends on x or is a real constant of bounded magnitude."""
+    if value.is_number:
+        number = _real(value, node)
+        if not abs(number) <= MAX_CONSTANT_MAGNITUDE:
+            raise FormulaError(
+                f"the constant {ast.unparse(node)} at {_where(node)} is too large "
+                f"(numbers are at most {MAX_CONSTANT_MAGNITUDE:g} in size)"
+            )
+    return value
+
+
+_FLOAT_FUNCTIONS: dict[type, Callable[[float], float]] = {
+    sp.exp: math.exp,
+    sp.log: math.log,
+    sp.sin: math.sin,
+    sp.cos: math.cos,
+    sp.tanh: math.tanh,
+    sp.atan: math.atan,
+    sp.erf: math.erf,
+    sp.Abs: abs,
+    sp.sign: lambda v: float((v > 0) - (v < 0)),
+    sp.Heaviside: lambda v: 1.0 if v > 0 else 0.0 if v < 0 else 0.5,
+}
+
+
+def float_value(e: sp.Expr) -> float:
+    """A constant expression in float64, computed node by node with Python's math: OverflowError
+    as soon as a part leaves the float range, ValueError where it is undefined (log(0), a complex
+    value), TypeError for a node it does not know. Never evaluates a number exactly."""
+    if e.is_Number or e in (sp.E, sp.pi):
+        value = float(e)  # OverflowError for an integer beyond the float range
+    elif isinstance(e, sp.Add):
+        value = math.fsum(float_value(a) for a in e.args)
+    elif isinstance(e, sp.Mul):
+        value = math.prod(float_value(a) for a in e.args)
+    elif isinstance(e, sp.Pow):
+        value = math.pow(float_value(e.base), float_value(e.exp))
+    elif isinstance(e, sp.Max | sp.Min):
+        value = (max if isinstance(e, sp.Max) else min)(float_value(a) for a in e.args)
+    elif isinstance(e, sp.DiracDelta):
+        if float_value(e.args[0]) == 0:
+            raise ValueError("DiracDelta(0) is not a number")
+        value = 0.0
+    elif type(e) in _FLOAT_FUNCTIONS and len(e.args) == 1:
+        value = _FLOAT_FUNCTIONS[type(e)](float_value(e.args[0]))
+    else:
+        raise TypeError(f"cannot evaluate {type(e).__name__} in float64")
+    if not math.isfinite(value):
+        raise OverflowError("outside the float64 range")
+    return value
+
+
+def kink_at_zero(expr: sp.Expr) -> bool:
+    """Whether a piecewise part of ``expr`` (max/min, abs, step) switches exactly at x = 0: read
+    from the part's argument at 0, so it holds where solving for all kinks cannot (abs(sin(x))
+    has infinitely many)."""
+    for node in sp.preorder_traversal(expr):
+        if isinstance(node, sp.Max | sp.Min):
+            args = node.args
+            arguments = [a - b for i, a in enumerate(args) for b in args[i + 1 :]]
+        elif isinstance(node, sp.Abs | sp.Heaviside | sp.sign | sp.DiracDelta):
+            arguments = [node.args[0]]
+        else:
+            continue
+        for argument in arguments:
+            if X in argument.free_symbols and sp.simplify(argument.subs(X, 0)) == 0:
+                return True
+    return False
 
 
 def kinks(expr: sp.Expr) -> list[float]:

@@ -22,7 +22,7 @@ import sympy as sp
 import torch
 import torch.nn.functional as F
 
-from gpo_core.formula import FormulaError, X, compile_to_torch, kinks, parse_formula
+from gpo_core.formula import FormulaError, X, compile_to_torch, float_value, kink_at_zero, parse_formula
 
 TorchFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -97,16 +97,26 @@ _ALIASES = {alias: f.name for f in BUILTIN_LOSSES.values() for alias in f.aliase
 
 
 def derivatives_at_zero(expr: sp.Expr) -> tuple[float, float, float]:
-    """``f(0), f'(0), f''(0)`` computed symbolically (exact, then converted to float)."""
+    """``f(0), f'(0), f''(0)`` from the symbolic derivatives (NaN where one is not defined)."""
     first = sp.diff(expr, X)
-    second = sp.diff(first, X)
-    values = []
-    for e in (expr, first, second):
-        try:
-            values.append(float(sp.simplify(e.subs(X, 0))))
-        except (TypeError, ValueError):  # zoo, nan, DiracDelta(0): not defined at 0
-            values.append(math.nan)
-    return values[0], values[1], values[2]
+    return _value_at_zero(expr), _value_at_zero(first), _value_at_zero(sp.diff(first, X))
+
+
+def _value_at_zero(e: sp.Expr) -> float:
+    """``e(0)`` as a float, NaN where it is not defined or not a float64 number. Evaluated in
+    float64 (:func:`gpo_core.formula.float_value`), because sympy's exact evaluation of a huge
+    number, such as exp(exp(exp(exp(e)))), never ends."""
+    at_zero = e.subs(X, 0)
+    try:
+        return float_value(at_zero)
+    except (OverflowError, ValueError, ZeroDivisionError):
+        return math.nan
+    except TypeError:
+        pass  # a node float_value does not know: sympy evaluates it
+    try:
+        return float(at_zero.evalf(30))
+    except (TypeError, ValueError):  # zoo, nan, complex: not defined at 0
+        return math.nan
 
 
 def loss_from_formula(text: str) -> LossFunction:
@@ -116,7 +126,13 @@ def loss_from_formula(text: str) -> LossFunction:
         torch_fn = compile_to_torch(expr)
     except FormulaError as err:
         raise LossSpecError(str(err)) from None
-    if 0.0 in kinks(expr):
+    with torch.no_grad():
+        grid = torch.linspace(-50.0, 50.0, 20_001, dtype=torch.float64)
+        undefined = torch.isnan(torch_fn(grid)).nonzero()
+    if len(undefined):
+        at = float(grid[undefined[0, 0]])
+        raise LossSpecError(f"formula {text!r} is not real-valued at x = {at:g}; f must be defined on the whole line")
+    if kink_at_zero(expr):
         raise LossSpecError(f"formula {text!r} has a kink at x = 0; the GPO analysis needs f twice differentiable at 0")
     f0, f1, f2 = derivatives_at_zero(expr)
     if not all(math.isfinite(v) for v in (f0, f1, f2)):

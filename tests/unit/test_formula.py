@@ -80,7 +80,15 @@ def test_accepted_formulas(text: str) -> None:
         ("x**2", "f'\\(0\\) = 0"),
         ("x", "f'\\(0\\) = 1"),
         ("abs(x) - x", "kink at x = 0"),
-        ("log(x)", "not twice differentiable at x = 0"),
+        ("log(x)", "not real-valued at x = -50"),
+        ("1/x - x", "not twice differentiable at x = 0"),
+        # found by a tenant (issue 17): each must be refused quickly, with the reason
+        ("exp(exp(exp(exp(exp(exp(-x))))))", "not twice differentiable at x = 0"),
+        ("-x + 0*(((((3^64)^64)^64)^64)^64)", "constant 3 \\*\\* 64 at column 13 is too large"),
+        ("-x + log(-1)", "'log\\(-1\\)' at column 6 is not a real number"),
+        ("sqrt(1-x) - x", "not real-valued at x = 1.005"),
+        ("-x + abs(sin(x))", "kink at x = 0"),
+        ("1e7*x - x", "the number 1e\\+07 at column 1 is too large"),
     ],
 )
 def test_refused_formulas_say_why(text: str, message: str) -> None:
@@ -99,3 +107,14 @@ def test_formula_loss_keeps_its_text_as_name() -> None:
     f = loss_from_formula("  exp(-x) ")
     assert f.name == "exp(-x)"
     assert math.isclose(f(torch.tensor(0.0)).item(), 1.0)
+
+
+def test_hostile_formulas_are_refused_in_milliseconds() -> None:
+    """Each of these took minutes (or never ended) inside the control service's request before."""
+    import time
+
+    for text in ("exp(exp(exp(exp(exp(exp(-x))))))", "-x + 0*(((((3^64)^64)^64)^64)^64)"):
+        started = time.perf_counter()
+        with pytest.raises(LossSpecError):
+            resolve_loss(text)
+        assert time.perf_counter() - started < 5, text
