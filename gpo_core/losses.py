@@ -14,6 +14,7 @@ step.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -119,6 +120,7 @@ def _value_at_zero(e: sp.Expr) -> float:
         return math.nan
 
 
+@functools.lru_cache(maxsize=256)  # a spec names its loss for every run and check: parse it once
 def loss_from_formula(text: str) -> LossFunction:
     """A user-defined ``f`` from a formula in ``x``; refused unless it is usable for GPO."""
     try:
@@ -148,17 +150,22 @@ def loss_from_formula(text: str) -> LossFunction:
     return LossFunction(text.strip(), torch_fn, expr, "user formula")
 
 
+def registry_name(text: str) -> str | None:
+    """The registry's name for ``text`` (a name or an alias: dpo, slic, ipo, sigmoid), or None for
+    anything else. Parses nothing: cheap enough for any request."""
+    key = text.strip().lower()
+    return key if key in BUILTIN_LOSSES else _ALIASES.get(key)
+
+
 def resolve_loss(spec: str | LossFunction) -> LossFunction:
     """A registry name (or alias: dpo, slic, ipo, sigmoid) or a formula in x."""
     if isinstance(spec, LossFunction):
         return spec
     if not isinstance(spec, str):
         raise LossSpecError(f"a loss is a registry name or a formula string, got {type(spec).__name__}")
+    if (name := registry_name(spec)) is not None:
+        return BUILTIN_LOSSES[name]
     key = spec.strip().lower()
-    if key in BUILTIN_LOSSES:
-        return BUILTIN_LOSSES[key]
-    if key in _ALIASES:
-        return BUILTIN_LOSSES[_ALIASES[key]]
     if key.isidentifier() and key not in ("x", "e", "pi"):
         raise LossSpecError(
             f"unknown loss {spec!r}; choose one of {', '.join(BUILTIN_LOSSES)} "

@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from gpo_core.analysis import beta_from_ipo_equivalent
-from gpo_core.losses import BUILTIN_LOSSES, LossSpecError, resolve_loss
+from gpo_core.losses import LossSpecError, registry_name
 from gpo_core.specfile import format_errors, read_mapping
 from gpo_core.train.spec import Beta, Loss, TrainingOptions
 
@@ -187,8 +187,8 @@ class JobSpec(BaseModel):
 
 
 def run_id(index: int, run: RunSpec) -> str:
-    name = resolve_loss(run.loss).name
-    loss = name if name in BUILTIN_LOSSES else "f_" + re.sub(r"[^A-Za-z0-9]+", "_", run.loss).strip("_")[:24]
+    name = registry_name(run.loss)  # no parsing: the control service must not analyse formulas
+    loss = name if name is not None else "f_" + re.sub(r"[^A-Za-z0-9]+", "_", run.loss).strip("_")[:24]
     return f"r{index:02d}-{loss}-b{run.beta:g}".replace("+", "")
 
 

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     workers: int = Field(
         1, ge=1, le=64, description="Processes of the control service, each listening on the port (SO_REUSEPORT)."
     )
+    formula_timeout_s: float = Field(
+        2.0, gt=0, le=60, description="Wall (and CPU) seconds to check a job spec's loss formulas, in a child process."
+    )
     max_attempts: int = Field(
         3, ge=1, le=100, description="Attempts per task before it goes to the dead-letter stream."
     )

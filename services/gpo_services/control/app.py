@@ -8,12 +8,14 @@ import time
 import redis
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gpo_core.sweep.spec import JobSpec
 from gpo_core.sweep.views import ErrorBody
 from gpo_services.common.connection import connect, connect_async
 from gpo_services.common.queue import STAGES, TaskQueue
@@ -21,6 +23,7 @@ from gpo_services.common.settings import Settings
 from gpo_services.common.store import AsyncJobStore, JobStore
 from gpo_services.control import errors, processes
 from gpo_services.control.jobs import router as jobs_router
+from gpo_services.control.validation import FormulaSandbox
 
 
 class BodyLimit:
@@ -130,6 +133,8 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
     app.state.settings = settings
     app.state.store = JobStore(client)
     app.state.async_store = AsyncJobStore(connect_async(settings))
+    app.state.formula_sandbox = FormulaSandbox(settings.formula_timeout_s)
+    app.openapi = lambda: _openapi_with_job_spec(app)
     app.include_router(jobs_router)
     app.add_exception_handler(errors.ApiError, errors.api_error)
     app.add_exception_handler(RequestValidationError, errors.validation_error)
@@ -163,12 +168,26 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
     return app
 
 
+def _openapi_with_job_spec(app: FastAPI) -> dict:
+    """FastAPI's document, with the JobSpec schema that POST /jobs refers to (its body is read as
+    JSON and validated by the handler, so FastAPI does not see the model by itself)."""
+    if app.openapi_schema is None:
+        document = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        schema = JobSpec.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = document.setdefault("components", {}).setdefault("schemas", {})
+        components.update(schema.pop("$defs", {}))
+        components["JobSpec"] = schema
+        app.openapi_schema = document
+    return app.openapi_schema
+
+
 def serving_app() -> FastAPI:
     """The app of a serving process: built from the environment, then every object that exists so
     far (torch and the app: ~250k objects) is moved out of the garbage collector's sight. Without
     this, each full collection walked them all and stalled requests (up to 256 ms with ~420k),
     which set the p99 latency under load (docs/reliability.md)."""
     app = create_app()
+    app.state.formula_sandbox.warm_up()  # the forkserver imports torch once, now, not on a request
     gc.freeze()
     return app
 

@@ -25,16 +25,22 @@ async def api_error(request: Request, exc: ApiError) -> JSONResponse:
     return error_response(exc.status, exc.code, exc.message, exc.details, headers)
 
 
-async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+def invalid(problems: list[dict], code: str = "invalid_request") -> ApiError:
+    """A 422 naming each bad field, from pydantic's errors (``loc``, ``msg``)."""
     details = []
-    for problem in exc.errors():
+    for problem in problems:
         location = [str(part) for part in problem.get("loc", ())]
         if location and location[0] in ("body", "query", "path", "header"):
             location = location[1:] if location[0] == "body" else location
         message = str(problem.get("msg", "invalid")).removeprefix("Value error, ")
         details.append({"field": ".".join(location) or None, "message": message})
     summary = "; ".join(f"{d['field']}: {d['message']}" if d["field"] else d["message"] for d in details[:5])
-    return error_response(422, "invalid_request", summary or "invalid request", details)
+    return ApiError(422, code, summary or "invalid request", details)
+
+
+async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    error = invalid(list(exc.errors()))
+    return error_response(error.status, error.code, error.message, error.details)
 
 
 async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
