@@ -44,8 +44,13 @@ def _raw_records(path: Path) -> Iterator[tuple[str, dict | str]]:
         for i, row in enumerate(table.to_pylist()):
             yield f"{path}: row {i}", row
     elif path.suffix in (".jsonl", ".json"):
-        with path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
+        with path.open("rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    yield f"{path}:{number}", f"not UTF-8 text (byte {err.start + 1} of the line)"
+                    continue
                 if not line.strip():
                     continue
                 try:

@@ -189,6 +189,22 @@ class Client:
     def artifact(self, job_id: str, path: str) -> bytes:
         return _check(self.http.get(f"/jobs/{job_id}/artifacts/{path}")).content
 
+    def upload(self, path: str | Path, name: str | None = None, kind: str = "pairs") -> dict:
+        """Upload a dataset (``kind`` pairs or prompts; JSONL or Parquet) as this tenant's ``name``
+        (default: the file's name); job specs then name it ``data:NAME``. Streamed from disk."""
+        path = Path(path)
+        with path.open("rb") as handle:
+            response = self.http.put(f"/data/{name or path.name}", params={"kind": kind}, content=handle,
+                                     headers={"Content-Type": "application/octet-stream"}, timeout=None)  # fmt: skip
+        return _check(response).json()
+
+    def uploads(self) -> list[dict]:
+        """This tenant's uploads: name, kind, bytes, sha256, records, reference (data:NAME)."""
+        return _check(self.http.get("/data")).json()
+
+    def delete_upload(self, name: str) -> None:
+        _check(self.http.delete(f"/data/{name}"))
+
     def download_report(self, job_id: str, dest: str | Path) -> Path:
         """The HTML report (self-contained) and report.json beside it."""
         dest = Path(dest)

@@ -71,7 +71,7 @@ def test_another_tenants_job_is_404_on_every_job_endpoint(client_a, client_b, ap
         ({**SPEC, "training": {"max_response_length": 0}}, "training.max_response_length", "greater than or equal"),
         ({"losses": ["logistic"], "betas": [1], "policy": "/nonexistent/model", "dataset": "/nonexistent/pairs.jsonl",
           "eval_prompts": "/nonexistent/prompts.jsonl", "judge": {"kind": "local", "model_dir": "/nonexistent/judge"}},
-         "policy", "no such file or folder"),
+         "policy", "is not among your uploads"),
     ],
 )  # fmt: skip
 def test_invalid_specs_are_422_naming_the_field(api, body, field, message) -> None:

@@ -5,6 +5,7 @@ mid-job, tasks fail forever; no job is lost, run twice or left without a reason.
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -74,8 +75,9 @@ def shared_cache(tmp_path_factory) -> Path:
 @pytest.fixture
 def platform(tmp_path, shared_cache):
     keys = ",".join(f"{key}:{tenant}" for key, tenant in TENANT_KEYS.items())
+    (tmp_path / "shared").mkdir()  # the deployment's read-only root: jobs may name files in it
     env = {"GPO_API_KEYS": keys, "GPO_CACHE_DIR": str(shared_cache), "GPO_CLAIM_IDLE_S": "3",
-           "GPO_HEARTBEAT_S": "0.5", "GPO_MAX_ATTEMPTS": "2"}  # fmt: skip
+           "GPO_HEARTBEAT_S": "0.5", "GPO_MAX_ATTEMPTS": "2", "GPO_READ_ROOTS": str(tmp_path / "shared")}  # fmt: skip
     platform = Platform(tmp_path / "stack", env)
     yield platform
     platform.close()
@@ -202,14 +204,16 @@ def test_a_task_that_always_fails_is_dead_lettered_and_the_job_fails_with_the_re
 
 def test_bad_data_fails_the_run_at_once_with_file_and_line(platform, small_task, tmp_path) -> None:
     platform.start("trainer")
-    pairs = tmp_path / "pairs.jsonl"
+    shared = tmp_path / "shared"  # a file on the server (not an upload, which is checked on arrival)
+    pairs = shared / "pairs.jsonl"
     lines = Path(small_task.artifacts.train_pairs).read_text().splitlines()[:10]
     lines[2] = '{"prompt": "a post", "chosen": "a summary"}'
     pairs.write_text("\n".join(lines) + "\n")
-    artifacts = small_task.artifacts
-    spec = {"policy": artifacts.model_dir, "dataset": str(pairs), "eval_prompts": artifacts.eval_prompts,
+    model = shutil.copytree(small_task.artifacts.model_dir, shared / "model")
+    prompts = shutil.copy(small_task.artifacts.eval_prompts, shared / "prompts.jsonl")
+    spec = {"policy": str(model), "dataset": str(pairs), "eval_prompts": str(prompts),
             "losses": ["logistic"], "betas": [0.1], "training": {"steps": 5, "batch_size": 4, "trace_every": 0},
-            "judge": {"kind": "local", "model_dir": artifacts.model_dir}}  # fmt: skip
+            "judge": {"kind": "local", "model_dir": str(model)}}  # fmt: skip
     job = platform.client.submit(spec)
     done = platform.wait_for_job(job.id, 60)
     assert done.state == "failed" and f"{pairs}:3" in done.reason and "rejected" in done.reason, done.reason

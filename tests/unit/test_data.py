@@ -167,3 +167,11 @@ def test_cli_convert_and_check(tmp_path: Path) -> None:
     assert skipped.returncode == 0 and "wrote 2 pairs" in skipped.stdout and "skipped 1" in skipped.stderr
     checked = subprocess.run([gpo, "data", "check", str(tmp_path / "o.jsonl")], capture_output=True, text=True)
     assert checked.returncode == 0 and "2 valid preference pairs" in checked.stdout
+
+
+def test_bytes_that_are_not_utf8_name_the_line(tmp_path) -> None:
+    """Found by fuzzing the upload endpoint: binary content was a UnicodeDecodeError (a 500)."""
+    path = tmp_path / "binary.jsonl"
+    path.write_bytes(b'{"prompt": "p", "chosen": "c", "rejected": "r"}\n\x89PNG\r\n')
+    with pytest.raises(DatasetError, match=r"binary.jsonl:2: not UTF-8 text \(byte 1 of the line\)"):
+        load_preferences(path)

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from gpo_client.cli.jobs import KeyOption, ServerOption, api_call, sdk_client
 from gpo_client.cli.output import JsonFlag, console, emit_json, errors, fail
 
 
@@ -78,3 +79,35 @@ def data_check(path: Annotated[Path, typer.Argument(help="JSONL, Parquet or a sa
     except DatasetError as err:
         raise fail(str(err)) from None
     console.print(f"{path}: {len(records)} valid preference pairs", highlight=False)
+
+
+def data_push(
+    path: Annotated[Path, typer.Argument(help="Pairs or prompts: JSONL or Parquet.")],
+    name: Annotated[str | None, typer.Option(help="Name on the server (default: the file's name).")] = None,
+    kind: Annotated[str, typer.Option(help="pairs or prompts.")] = "pairs",
+    server: ServerOption = None,
+    api_key: KeyOption = None,
+) -> None:
+    """Upload a dataset to the control service; job specs then name it data:NAME."""
+    if not path.is_file():
+        raise fail(f"{path}: no such file")
+    record = api_call(sdk_client(server, api_key).upload, path, name, kind)
+    console.print(f"uploaded {record['reference']}: {record['records']} {kind}, {record['bytes']} bytes, "
+                  f"sha256 {record['sha256']}", highlight=False)  # fmt: skip
+
+
+def data_list(server: ServerOption = None, api_key: KeyOption = None) -> None:
+    """Your uploads on the control service."""
+    table = Table()
+    for column in ("reference", "kind", "records", "bytes", "sha256"):
+        table.add_column(column)
+    for record in api_call(sdk_client(server, api_key).uploads):
+        table.add_row(record["reference"], record["kind"], str(record["records"]), str(record["bytes"]),
+                      record["sha256"][:16])  # fmt: skip
+    console.print(table)
+
+
+def data_remove(name: str, server: ServerOption = None, api_key: KeyOption = None) -> None:
+    """Delete one of your uploads."""
+    api_call(sdk_client(server, api_key).delete_upload, name)
+    console.print(f"deleted data:{name}", highlight=False)

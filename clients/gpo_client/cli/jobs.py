@@ -17,13 +17,13 @@ ServerOption = Annotated[str | None, typer.Option("--server", help="Control serv
 KeyOption = Annotated[str | None, typer.Option("--api-key", help="API key (default: $GPO_API_KEY).")]
 
 
-def _client(server: str | None, api_key: str | None):
+def sdk_client(server: str | None, api_key: str | None):
     from gpo_client.sdk import Client
 
     return Client(server, api_key)
 
 
-def _api_call(function, *args):
+def api_call(function, *args):
     """Run an SDK call; API and connection errors become one-line messages."""
     import httpx
 
@@ -70,14 +70,14 @@ def submit_command(
     """Submit a sweep to the control service; prints the job id."""
     from gpo_core.sweep.spec import JobSpecError
 
-    client = _client(server, api_key)
+    client = sdk_client(server, api_key)
     try:
-        job = _api_call(client.submit, spec_file, idempotency_key)
+        job = api_call(client.submit, spec_file, idempotency_key)
     except JobSpecError as err:
         raise fail(str(err)) from None
     console.print(job.id)
     if watch:
-        job = _api_call(lambda: client.wait(job.id, progress=True))
+        job = api_call(lambda: client.wait(job.id, progress=True))
         console.print(run_table(job))
 
 
@@ -88,19 +88,19 @@ def list_command(
     api_key: KeyOption = None,
 ) -> None:
     """Your jobs, newest first."""
-    page = _api_call(_client(server, api_key).list, state, 0, limit)
+    page = api_call(sdk_client(server, api_key).list, state, 0, limit)
     console.print(job_table(page.jobs))
 
 
 def status_command(job_id: str, server: ServerOption = None, api_key: KeyOption = None) -> None:
     """A job's state and each run's stage, progress and win rate."""
-    console.print(run_table(_api_call(_client(server, api_key).get, job_id)))
+    console.print(run_table(api_call(sdk_client(server, api_key).get, job_id)))
 
 
 def watch_command(job_id: str, server: ServerOption = None, api_key: KeyOption = None) -> None:
     """Live progress bars per run and stage until the job is over."""
-    client = _client(server, api_key)
-    job = _api_call(lambda: client.wait(job_id, progress=True))
+    client = sdk_client(server, api_key)
+    job = api_call(lambda: client.wait(job_id, progress=True))
     console.print(run_table(job))
     if job.state != "succeeded":
         raise typer.Exit(code=1)
@@ -108,7 +108,7 @@ def watch_command(job_id: str, server: ServerOption = None, api_key: KeyOption =
 
 def cancel_command(job_id: str, server: ServerOption = None, api_key: KeyOption = None) -> None:
     """Cancel a job: its training stops at the next step, queued work is skipped."""
-    job = _api_call(_client(server, api_key).cancel, job_id)
+    job = api_call(sdk_client(server, api_key).cancel, job_id)
     console.print(f"job {job.id}: {job.state}")
 
 
@@ -129,8 +129,8 @@ def report_command(
         except FileNotFoundError as err:
             raise fail(str(err)) from None
     else:
-        client = _client(server, api_key)
-        page = _api_call(client.download_report, target, out or Path("outputs") / "reports" / target / "report.html")
+        client = sdk_client(server, api_key)
+        page = api_call(client.download_report, target, out or Path("outputs") / "reports" / target / "report.html")
     print_winrate_table(page.with_name("report.json"))
     console.print(f"report: {page}")
     if open_browser:

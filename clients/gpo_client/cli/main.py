@@ -25,9 +25,12 @@ app.command("paper")(analysis.paper)
 task_app = typer.Typer(help="The built-in summarization task (offline data, gold reward, SFT reference).")
 task_app.command("build")(data.task_build)
 app.add_typer(task_app, name="task")
-data_app = typer.Typer(help="Preference datasets: conversion and validation.")
+data_app = typer.Typer(help="Preference datasets: conversion, validation, uploads to the control service.")
 data_app.command("convert-tldr")(data.data_convert_tldr)
 data_app.command("check")(data.data_check)
+data_app.command("push")(data.data_push)
+data_app.command("ls")(data.data_list)
+data_app.command("rm")(data.data_remove)
 app.add_typer(data_app, name="data")
 
 # Work in this process, no services.

@@ -30,6 +30,12 @@ class Settings(BaseSettings):
     cache_dir: Path | None = Field(
         None, description="Cache of built tasks, reference log-probs and reference samples (default ~/.cache/gpo)."
     )
+    read_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Folders jobs may read models and data from besides their uploads, ':'-separated "
+        "(shared base models); never the artifact root or the cache.",
+    )
+    max_upload_bytes: int = Field(256 * 2**20, ge=1024, description="Largest dataset upload (PUT /data/NAME).")
     api_keys: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict,
         repr=False,  # key -> tenant; never logged
@@ -72,6 +78,23 @@ class Settings(BaseSettings):
     def _parse_keys(cls, value: object) -> object:
         return parse_api_keys(value, "GPO_API_KEYS") if isinstance(value, str) else value
 
+    @field_validator("read_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: object) -> object:
+        return [part for part in value.split(":") if part.strip()] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _roots_hold_no_tenant_data(self) -> Settings:
+        """A read root holding the artifact root (every tenant's jobs and uploads) or the cache, or
+        inside the artifact root, would give every tenant the others' data."""
+        artifacts = Path(os.path.realpath(self.artifacts))
+        cache = Path(os.path.realpath(self.cache_dir or _default_cache()))
+        for root in self.read_roots:
+            real = Path(os.path.realpath(root))
+            if artifacts.is_relative_to(real) or cache.is_relative_to(real) or real.is_relative_to(artifacts):
+                raise ValueError(f"GPO_READ_ROOTS: {root} holds or is inside the artifact root or the cache")
+        return self
+
     @model_validator(mode="after")
     def _keys_from_file(self) -> Settings:
         if self.api_keys_file is not None:
@@ -83,6 +106,10 @@ class Settings(BaseSettings):
     def from_env(cls) -> Settings:
         """The settings of this process's environment (what every service starts with)."""
         return cls()
+
+
+def _default_cache() -> Path:
+    return Path(os.environ.get("GPO_CACHE_DIR") or Path.home() / ".cache" / "gpo")
 
 
 def environment_name(field: str) -> str:

@@ -22,22 +22,32 @@ from gpo_services.common.queue import STAGES, TaskQueue
 from gpo_services.common.settings import Settings
 from gpo_services.common.store import AsyncJobStore, JobStore
 from gpo_services.control import errors, processes
+from gpo_services.control.data import router as data_router
 from gpo_services.control.jobs import router as jobs_router
 from gpo_services.control.validation import FormulaSandbox
 
 
 class BodyLimit:
     """Refuse bodies over ``limit`` bytes with a 413: by Content-Length, or for a chunked body by
-    reading it (up to the limit) before the application sees it."""
+    reading it (up to the limit) before the application sees it. Uploads (``/data/``) have their
+    own, larger limit and are streamed to disk by their route, which counts a chunked body itself."""
 
-    def __init__(self, app: ASGIApp, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app: ASGIApp, limit: int, upload_limit: int):
+        self.app, self.limit, self.upload_limit = app, limit, upload_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
+        if scope["path"].startswith("/data/"):
+            declared = headers.get(b"content-length")
+            if declared is not None and (not declared.isdigit() or int(declared) > self.upload_limit):
+                response = errors.error_response(413, "too_large", f"uploads are at most {self.upload_limit} bytes")
+                await response(scope, receive, send)
+                return
+            await self.app(scope, receive, send)
+            return
         declared = headers.get(b"content-length")
         if declared is not None:
             if not declared.isdigit() or int(declared) > self.limit:
@@ -136,6 +146,7 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
     app.state.formula_sandbox = FormulaSandbox(settings.formula_timeout_s)
     app.openapi = lambda: _openapi_with_job_spec(app)
     app.include_router(jobs_router)
+    app.include_router(data_router)
     app.add_exception_handler(errors.ApiError, errors.api_error)
     app.add_exception_handler(RequestValidationError, errors.validation_error)
     app.add_exception_handler(StarletteHTTPException, errors.http_error)
@@ -143,7 +154,7 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
     app.add_exception_handler(Exception, errors.unexpected_error)
     registry = CollectorRegistry()
     registry.register(_QueueDepth(client))
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes, upload_limit=settings.max_upload_bytes)
     app.add_middleware(RequestMetrics, registry=registry)
 
     @app.get("/healthz", tags=["health"])

@@ -9,11 +9,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 
-from gpo_core.sweep.spec import JobSpec
 from gpo_core.sweep.views import ErrorBody, JobPage, JobState, JobView
 from gpo_services.common.store import Conflict
 from gpo_services.control.deps import AsyncStoreDep, SettingsDep, StoreDep, TenantDep
 from gpo_services.control.errors import ApiError, invalid
+from gpo_services.control.inputs import resolve_spec_paths
 from gpo_services.control.security import artifact_path
 from gpo_services.control.validation import SpecInvalid, formulas_in, validate_here
 
@@ -24,19 +24,6 @@ ERRORS = {
     422: {"model": ErrorBody, "description": "Invalid parameters; details name each one"},
     503: {"model": ErrorBody, "description": "The job store (Redis) is unreachable; retry"},
 }
-
-
-def _missing_paths(spec: JobSpec) -> list[dict]:
-    """Model and data paths this service cannot see (the workers share its artifact volume)."""
-    fields = ("policy", "reference", "dataset", "eval_pairs", "eval_prompts")
-    details = [
-        {"field": name, "message": f"no such file or folder: {getattr(spec, name)}"}
-        for name in fields
-        if getattr(spec, name) and not Path(getattr(spec, name)).exists()
-    ]
-    if spec.judge.kind == "local" and not Path(spec.judge.model_dir).exists():
-        details.append({"field": "judge.model_dir", "message": f"no such folder: {spec.judge.model_dir}"})
-    return details
 
 
 def _found(job: JobView | None, job_id: str) -> JobView:
@@ -75,11 +62,13 @@ async def submit_job(
     request: Request,
     response: Response,
     store: AsyncStoreDep,
+    settings: SettingsDep,
     tenant: TenantDep,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JobView:
     """Validate the sweep, store the job and its runs, and queue one training task per run. A spec
-    with loss formulas of its own is checked in a limited child process (validation.py)."""
+    with loss formulas of its own is checked in a limited child process (validation.py); the paths
+    it names must be the tenant's uploads (data:NAME) or under the shared read-only roots."""
     try:
         if formulas_in(body):
             spec = await request.app.state.formula_sandbox.validate(body)
@@ -87,9 +76,7 @@ async def submit_job(
             spec = validate_here(body)
     except SpecInvalid as err:
         raise invalid(err.details) from None
-    missing = _missing_paths(spec)
-    if missing:
-        raise ApiError(422, "invalid_spec", "; ".join(f"{d['field']}: {d['message']}" for d in missing), missing)
+    spec = resolve_spec_paths(spec, tenant, settings)  # only its uploads and the shared read-only roots
     try:
         job, created = await store.create_job(tenant, spec, idempotency_key)
     except Conflict as err:

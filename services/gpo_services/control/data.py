@@ -1,0 +1,148 @@
+"""Tenant-owned data: preference pairs and prompt sets uploaded through the API, stored per
+tenant, listed and deleted by their owner, and named in job specs as ``data:NAME``.
+
+An upload is streamed to disk (never held in memory), counted against ``GPO_MAX_UPLOAD_BYTES``,
+hashed (SHA-256) on the way, validated as what it claims to be (pairs or prompts, with the line
+that is wrong), and only then renamed into place: a refused upload leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import re
+import time
+import uuid
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi import Path as PathParam
+from pydantic import BaseModel
+
+from gpo_core.sweep.views import ErrorBody
+from gpo_services.common.settings import Settings
+from gpo_services.control.deps import SettingsDep, TenantDep
+from gpo_services.control.errors import ApiError
+
+router = APIRouter(prefix="/data", tags=["data"])
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}\.(jsonl|parquet)$"
+UPLOADS = ".uploads"  # inside the artifact root (a volume every service shares); job ids are hex
+ERRORS = {
+    401: {"model": ErrorBody, "description": "Missing or wrong API key"},
+    404: {"model": ErrorBody, "description": "No such upload for this tenant"},
+    413: {"model": ErrorBody, "description": "Larger than GPO_MAX_UPLOAD_BYTES"},
+    422: {"model": ErrorBody, "description": "Not valid pairs or prompts; the message names the line"},
+}
+UploadName = Annotated[
+    str, PathParam(pattern=NAME_PATTERN, description="File name: letters, digits, _ -; .jsonl or .parquet")
+]
+
+
+class Upload(BaseModel):
+    name: str
+    kind: Literal["pairs", "prompts"]
+    bytes: int
+    sha256: str
+    records: int
+    uploaded_at: float
+    reference: str  # what a job spec names it by: data:NAME
+
+
+def tenant_folder(settings: Settings, tenant: str) -> Path:
+    """The tenant's upload folder; named by a hash, so no tenant name ever becomes a path."""
+    return settings.artifacts / UPLOADS / hashlib.sha256(tenant.encode()).hexdigest()[:24]
+
+
+def uploaded_file(settings: Settings, tenant: str, name: str) -> Path | None:
+    """The tenant's upload ``name`` (a plain file, no link), or None."""
+    if not re.fullmatch(NAME_PATTERN, name):
+        return None
+    path = tenant_folder(settings, tenant) / name
+    return path if path.is_file() and not path.is_symlink() else None
+
+
+def _validate(path: Path, kind: str, name: str) -> int:
+    """Records in the file, or a 422 whose message names the upload (not the server path)."""
+    from gpo_core.data import DatasetError, load_preferences, load_prompts
+
+    try:
+        records = load_preferences(path) if kind == "pairs" else load_prompts(path)
+    except DatasetError as err:
+        raise ApiError(422, "invalid_data", str(err).replace(str(path), name)) from None
+    if kind == "prompts":
+        missing = next((i for i, r in enumerate(records, start=1) if "id" not in r), None)
+        if missing is not None:
+            raise ApiError(422, "invalid_data", f"{name}: record {missing}: field 'id' is missing")
+    return len(records)
+
+
+@router.put(
+    "/{name}",
+    status_code=201,
+    response_model=Upload,
+    responses=ERRORS,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
+)
+async def upload(
+    name: UploadName,
+    request: Request,
+    settings: SettingsDep,
+    tenant: TenantDep,
+    kind: Annotated[Literal["pairs", "prompts"], Query(description="What the file holds")] = "pairs",
+) -> Upload:
+    """Store the request body (the file's bytes) as this tenant's upload ``name``, replacing an
+    earlier one of that name once the new one is valid."""
+    folder = tenant_folder(settings, tenant)
+    await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
+    partial = folder / f".part-{uuid.uuid4().hex}-{name}"  # the suffix tells the format
+    digest, size = hashlib.sha256(), 0
+    try:
+        with partial.open("wb") as handle:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > settings.max_upload_bytes:
+                    raise ApiError(413, "too_large", f"uploads are at most {settings.max_upload_bytes} bytes")
+                digest.update(chunk)
+                await asyncio.to_thread(handle.write, chunk)
+        if size == 0:
+            raise ApiError(422, "invalid_data", f"{name}: the upload is empty")
+        records = await asyncio.to_thread(_validate, partial, kind, name)
+        record = Upload(name=name, kind=kind, bytes=size, sha256=digest.hexdigest(), records=records,
+                        uploaded_at=time.time(), reference=f"data:{name}")  # fmt: skip
+        os.replace(partial, folder / name)
+        (folder / f".{name}.json").write_text(record.model_dump_json(), encoding="utf-8")
+        return record
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+@router.get("", response_model=list[Upload], responses={401: ERRORS[401]})
+async def list_uploads(settings: SettingsDep, tenant: TenantDep) -> list[Upload]:
+    """This tenant's uploads, by name."""
+    folder = tenant_folder(settings, tenant)
+    records = []
+    for meta in sorted(folder.glob(".*.json")) if folder.exists() else []:
+        record = Upload.model_validate(json.loads(meta.read_text(encoding="utf-8")))
+        if uploaded_file(settings, tenant, record.name) is not None:
+            records.append(record)
+    return records
+
+
+@router.delete("/{name}", status_code=204, responses=ERRORS)
+async def delete_upload(name: UploadName, settings: SettingsDep, tenant: TenantDep) -> Response:
+    """Delete this tenant's upload ``name``. Jobs read their data when they run: a queued job that
+    names a deleted upload fails with a message saying so."""
+    path = uploaded_file(settings, tenant, name)
+    if path is None:
+        raise ApiError(404, "not_found", f"no upload {name}")
+    path.unlink()
+    (path.parent / f".{name}.json").unlink(missing_ok=True)
+    return Response(status_code=204)

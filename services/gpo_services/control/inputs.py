@@ -1,0 +1,58 @@
+"""Where a job may read its models and data: the tenant's own uploads (``data:NAME``) and the
+operator's read-only roots (``GPO_READ_ROOTS``, e.g. shared base models), nothing else.
+
+Each path a spec names is resolved here, when the job is submitted: an upload to its file in the
+tenant's folder, a server path with ``realpath`` (links followed) and kept only if it stays inside
+a read root. The stored spec holds the resolved paths, so workers open exactly what was checked.
+A path that is missing and one that is forbidden get the same answer: the API is no oracle for
+what exists on the server (another tenant's job folder, a key file, /etc/shadow).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from gpo_core.sweep.spec import JobSpec
+from gpo_services.common.settings import Settings
+from gpo_services.control.data import uploaded_file
+from gpo_services.control.errors import ApiError
+
+PATH_FIELDS = ("policy", "reference", "dataset", "eval_pairs", "eval_prompts")
+UPLOAD_PREFIX = "data:"
+
+
+def resolve_path(value: str, tenant: str, settings: Settings) -> str | None:
+    """The real path ``value`` may be read at, or None if it is not this tenant's to read."""
+    if value.startswith(UPLOAD_PREFIX):
+        found = uploaded_file(settings, tenant, value.removeprefix(UPLOAD_PREFIX))
+        return str(found) if found is not None else None
+    if "\x00" in value or not os.path.isabs(value):
+        return None
+    real = Path(os.path.realpath(value))
+    for root in settings.read_roots:
+        if real.is_relative_to(os.path.realpath(root)) and real.exists():
+            return str(real)
+    return None
+
+
+def resolve_spec_paths(spec: JobSpec, tenant: str, settings: Settings) -> JobSpec:
+    """``spec`` with every path resolved (see the module's docstring), or a 422 naming each field."""
+    updates, judge_updates, details = {}, {}, []
+    named = [(name, getattr(spec, name)) for name in PATH_FIELDS if getattr(spec, name)]
+    if spec.judge.kind == "local" and spec.judge.model_dir:
+        named.append(("judge.model_dir", spec.judge.model_dir))
+    for field, value in named:
+        resolved = resolve_path(value, tenant, settings)
+        if resolved is None:
+            details.append({"field": field, "message": f"{value!r} is not among your uploads (data:NAME, see "
+                            "GET /data) or the deployment's shared read-only roots"})  # fmt: skip
+        elif field == "judge.model_dir":
+            judge_updates["model_dir"] = resolved
+        else:
+            updates[field] = resolved
+    if details:
+        raise ApiError(422, "invalid_spec", "; ".join(f"{d['field']}: {d['message']}" for d in details), details)
+    if judge_updates:
+        updates["judge"] = spec.judge.model_copy(update=judge_updates)
+    return spec.model_copy(update=updates)
