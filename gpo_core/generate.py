@@ -263,14 +263,16 @@ def cached_responses(
     cache_dir: str | Path,
     backend: str = "transformers",
     engine: VLLMEngine | None = None,
+    model_id: str | None = None,
 ) -> tuple[Path, bool]:
-    """Responses for (weights, prompts, settings, backend), generated once: ``(path, hit)``."""
-    key = [model_digest(model_dir), [(p["id"], p["prompt"]) for p in prompts], asdict(settings), backend]
+    """Responses for (weights, prompts, settings, backend), generated once: ``(path, hit)``. The
+    records name the model ``model_id`` (default: its folder)."""
+    key = [model_digest(model_dir), [(p["id"], p["prompt"]) for p in prompts], asdict(settings), backend, model_id]
     text = json.dumps(key)
     path = Path(cache_dir) / "responses" / f"{hashlib.sha256(text.encode()).hexdigest()[:24]}.jsonl"
     if path.exists():
         return path, True
-    write_jsonl(path, generate_responses(model_dir, prompts, settings, backend=backend, engine=engine))
+    write_jsonl(path, generate_responses(model_dir, prompts, settings, model_id, backend=backend, engine=engine))
     return path, False
 
 

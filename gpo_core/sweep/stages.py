@@ -17,6 +17,7 @@ already there, so a redelivered task costs nothing and never duplicates anything
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,7 +121,10 @@ def train_stage(
     result = run_training(training, sink, stop_requested)
     summary = {
         "steps": result.steps,
-        "final_model_dir": result.final_model_dir,
+        # relative to the run's folder: records a tenant downloads carry no server paths
+        "final_model_dir": os.path.relpath(result.final_model_dir, run_dir(job_dir, run))
+        if result.final_model_dir
+        else None,
         "stopped": result.stopped,
         "reference_cache": result.reference_cache,
         "last_metrics": result.last_metrics,
@@ -153,12 +157,12 @@ def generate_stage(spec: JobSpec, job_dir: Path, run: str, cache_dir: Path, engi
     settings = sampling_settings(spec)
     backend = spec.generation.backend
     if run == REFERENCE:
-        cached, _ = cached_responses(inputs.reference, prompts, settings, cache_dir, backend, engine)
+        cached, _ = cached_responses(inputs.reference, prompts, settings, cache_dir, backend, engine, REFERENCE)
         return write_jsonl(out, load_responses(cached))  # atomic, even with two generators at once
     trained = run_dir(job_dir, run) / "train.json"
     if not trained.exists():
         raise FileNotFoundError(f"run {run} has no trained model yet ({trained} is missing)")
-    model_dir = json.loads(trained.read_text())["final_model_dir"]
+    model_dir = run_dir(job_dir, run) / json.loads(trained.read_text())["final_model_dir"]
     records = generate_responses(model_dir, prompts, settings, model_id=run, backend=backend, engine=engine)
     return write_jsonl(out, records)
 

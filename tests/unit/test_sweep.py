@@ -91,6 +91,14 @@ def test_sweep_end_to_end_with_the_oracle_judge_and_report(small_task, tmp_path)
     # The reference's samples are one file shared through the cache; every run judged the same set.
     reference = (tmp_path / "job" / "reference" / "responses.jsonl").read_text().splitlines()
     assert len(reference) == 24 and len(list((tmp_path / "cache" / "responses").iterdir())) == 1
+    # Records a tenant downloads name runs and the reference, not server folders.
+    for record in (
+        "reference/responses.jsonl",
+        "runs/r00-logistic-b0.1/train.json",
+        "runs/r00-logistic-b0.1/responses.jsonl",
+    ):
+        text = (tmp_path / "job" / record).read_text()
+        assert str(tmp_path) not in text and small_task.artifacts.root not in text, record
 
     # Running again resumes: nothing is trained, sampled or judged twice.
     trained = {run: (tmp_path / "job" / "runs" / run / "train.json").stat().st_mtime_ns for run in spec.run_ids()}
