@@ -64,6 +64,8 @@ def _child(body: dict[str, Any], connection, cpu_seconds: int) -> None:
         connection.send(("invalid", _errors(err)))
     except MemoryError:
         connection.send(("invalid", [{"loc": ["losses"], "msg": "checking the formula needs too much memory"}]))
+    except Exception as err:  # a bug of ours, not the tenant's: the parent answers 500 and logs it
+        connection.send(("error", f"{type(err).__name__}: {err}"))
     finally:
         connection.close()
 
@@ -108,6 +110,8 @@ class FormulaSandbox:
             receive.close()
         if verdict == "invalid":
             raise SpecInvalid(payload)
+        if verdict == "error":
+            raise RuntimeError(f"validating a job spec failed in its child process: {payload}")
         return payload
 
     def _too_slow(self) -> str:
