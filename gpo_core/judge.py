@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,8 +29,78 @@ DEFAULT_TEMPLATE = (
 )
 
 
+SLOTS = ("prompt", "first", "second")
+_TEMPLATE_TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
+
+
 class JudgeOutputError(ValueError):
     """The judge produced something that is not a verdict."""
+
+
+class JudgeEndpointError(RuntimeError):
+    """The judge endpoint could not give an answer (unreachable, timed out, a server error):
+    another attempt later may succeed. The message names the endpoint and the HTTP status only,
+    never what the server sent back."""
+
+
+class JudgeEndpointRefused(ValueError):
+    """The judge endpoint refused the request (HTTP 4xx other than 408 and 429: a wrong model name,
+    URL or key); retrying cannot help."""
+
+
+def check_template(template: str) -> None:
+    """A judge template is text with the slots ``{prompt}``, ``{first}`` and ``{second}``, each
+    exactly once, and ``{{``/``}}`` for literal braces; nothing else. (Not ``str.format``: a
+    tenant's template must not reach attributes or ask for a 40 GB padded field.)"""
+    seen = dict.fromkeys(SLOTS, 0)
+    for match in _TEMPLATE_TOKEN.finditer(template):
+        token, name = match.group(0), match.group(1)
+        if token in ("{{", "}}"):
+            continue
+        if name not in SLOTS:
+            shown = token if len(token) <= 40 else token[:37] + "..."
+            raise ValueError(
+                f"template: {shown!r} at character {match.start()} is not a slot; the slots are "
+                "{prompt}, {first} and {second} (write {{ and }} for literal braces)"
+            )
+        seen[name] += 1
+    for name, count in seen.items():
+        if count != 1:
+            raise ValueError(f"template must contain {{{name}}} exactly once (found {count})")
+
+
+def endpoint_url(url: str) -> str:
+    """``url`` normalized (no trailing slash) if it is a plain http(s) URL with a host: no
+    credentials, query or fragment (a key belongs in the server's configuration, not a URL)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError as err:
+        raise ValueError(f"not a valid URL: {err}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise ValueError("must not carry credentials, a query or a fragment")
+    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    netloc = host if port is None else f"{host}:{port}"
+    return f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}"
+
+
+def render_template(template: str, prompt: str, first: str, second: str) -> str:
+    """``template`` (checked by :func:`check_template`) with its slots filled."""
+    values = {"prompt": prompt, "first": first, "second": second}
+
+    def fill(match: re.Match) -> str:
+        token = match.group(0)
+        if token in ("{{", "}}"):
+            return token[0]
+        if match.group(1) not in values:
+            raise ValueError(f"template: {token[:40]!r} is not a slot")
+        return values[match.group(1)]
+
+    return _TEMPLATE_TOKEN.sub(fill, template)
 
 
 class Judge(Protocol):
@@ -64,6 +135,7 @@ class LogprobJudge:
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+        check_template(template)
         self.template, self.labels = template, labels
         label_ids = [self.tokenizer(label, add_special_tokens=False)["input_ids"] for label in labels]
         if any(len(ids) != 1 for ids in label_ids) or label_ids[0] == label_ids[1]:
@@ -76,7 +148,7 @@ class LogprobJudge:
 
     @torch.no_grad()
     def compare(self, prompt: str, first: str, second: str) -> OrderVerdict:
-        text = self.template.format(prompt=prompt, first=first, second=second)
+        text = render_template(self.template, prompt, first, second)
         ids = self.tokenizer(text, return_tensors="pt")["input_ids"]
         logits = self.model(input_ids=ids).logits[0, -1]
         a, b = (float(logits[i]) for i in self.label_ids)
@@ -107,11 +179,16 @@ class OpenAIJudge:
         timeout: float = 60.0,
         verdict: Literal["logprobs", "choice"] = "logprobs",
     ):
+        import httpx
         from openai import OpenAI
 
         if verdict not in ("logprobs", "choice"):
             raise ValueError(f"verdict must be logprobs or choice, got {verdict!r}")
-        self.client = OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=2)
+        check_template(template)
+        # No redirects: an allowed endpoint must not be able to send the worker somewhere else.
+        http = httpx.Client(follow_redirects=False, timeout=timeout)
+        self.client = OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=2, http_client=http)
+        self.base_url, self.timeout = base_url, timeout
         self.model, self.template, self.labels, self.verdict = model, template, labels, verdict
         digest = hashlib.sha256((template + "|".join(labels)).encode()).hexdigest()[:16]
         self.key = f"openai:{base_url}:{model}:{verdict}:{digest}"
@@ -143,10 +220,25 @@ class OpenAIJudge:
         return "first" if output == choices[0] else "second"
 
     def compare(self, prompt: str, first: str, second: str) -> OrderVerdict:
-        text = self.template.format(prompt=prompt, first=first, second=second)
-        if self.verdict == "choice":
-            return self._choice(text)
-        a, b = (self._label_logprob(text, label) for label in self.labels)
+        from openai import APIConnectionError, APIStatusError, APITimeoutError
+
+        text = render_template(self.template, prompt, first, second)
+        try:
+            if self.verdict == "choice":
+                return self._choice(text)
+            a, b = (self._label_logprob(text, label) for label in self.labels)
+        except APITimeoutError:
+            raise JudgeEndpointError(f"the judge endpoint {self.base_url} timed out ({self.timeout:g} s)") from None
+        except APIConnectionError:
+            raise JudgeEndpointError(f"could not connect to the judge endpoint {self.base_url}") from None
+        except APIStatusError as err:  # the status only: the body is the server's, not the tenant's
+            status = err.status_code
+            if status in (408, 429) or status >= 500:
+                raise JudgeEndpointError(f"the judge endpoint {self.base_url} answered HTTP {status}") from None
+            raise JudgeEndpointRefused(
+                f"the judge endpoint {self.base_url} refused the request with HTTP {status} "
+                f"(check the judge's base_url, model ({self.model!r}) and key)"
+            ) from None
         return "first" if a > b else "second" if b > a else "tie"
 
 

@@ -68,6 +68,14 @@ def running_stack(directory: Path | None = None) -> dict | None:
     return None
 
 
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only (it holds the API key or a password)."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(descriptor, 0o600)  # a file left by an older version keeps its mode otherwise
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
 class StackError(RuntimeError):
     pass
 
@@ -98,18 +106,21 @@ def start_stack(
     logs.mkdir(parents=True, exist_ok=True)
     (directory / "redis").mkdir(exist_ok=True)
     api_key = os.environ.get("GPO_API_KEY") or secrets.token_urlsafe(24)
+    redis_password = secrets.token_urlsafe(24)  # other local users can reach a loopback port too
     redis_port, port = free_port(), port or free_port()
     stack = {
         "server": f"http://127.0.0.1:{port}",
         "api_key": api_key,
-        "redis_url": f"redis://127.0.0.1:{redis_port}/0",
+        "redis_url": f"redis://:{redis_password}@127.0.0.1:{redis_port}/0",
         "artifacts": str(directory / "artifacts"),
         "logs": str(logs),
         "pids": {},
     }
     processes = stack["pids"]
     with (logs / "redis.log").open("a") as log:
-        redis_command = [redis_server, "--port", str(redis_port), "--bind", "127.0.0.1",
+        config = directory / "redis" / "redis.conf"  # the password in a private file, not on a command line
+        _write_private(config, f"requirepass {redis_password}\n")
+        redis_command = [redis_server, str(config), "--port", str(redis_port), "--bind", "127.0.0.1",
                          "--dir", str(directory / "redis"), "--appendonly", "yes", "--save", ""]  # fmt: skip
         processes["redis"] = subprocess.Popen(redis_command, stdout=log, stderr=log, start_new_session=True).pid
     service_env = {
@@ -119,6 +130,10 @@ def start_stack(
         "GPO_API_KEYS": f"{api_key}:local",
         "GPO_HOST": "127.0.0.1",
         "GPO_PORT": str(port),
+        # Ray (started by the trainer for multi-worker jobs) has no authentication of its own and
+        # its ports listen on every interface: a token keeps anyone else from running code on it.
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),
         **(env or {}),
     }
     for name in ("control", *workers):
@@ -127,7 +142,7 @@ def start_stack(
             processes[name] = subprocess.Popen(
                 command, stdout=log, stderr=log, env=service_env, start_new_session=True
             ).pid
-    (directory / "stack.json").write_text(json.dumps(stack, indent=1))
+    _write_private(directory / "stack.json", json.dumps(stack, indent=1))
     try:
         _wait_for(lambda: running_stack(directory) is not None, "the control service", 60, logs)
         ready = lambda: httpx.get(f"{stack['server']}/readyz", timeout=2).status_code == 200  # noqa: E731

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from gpo_core.analysis import beta_from_ipo_equivalent
+from gpo_core.judge import check_template, endpoint_url
 from gpo_core.losses import LossSpecError, registry_name
 from gpo_core.specfile import format_errors, read_mapping
 from gpo_core.train.spec import Beta, Loss, TrainingOptions
@@ -93,7 +94,9 @@ class JudgeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: Literal["oracle", "endpoint", "local"] = "oracle"
     mode: Literal["deterministic", "sampled"] = Field("deterministic", description="Oracle verdicts.")
-    base_url: str | None = Field(None, description="OpenAI-compatible endpoint (kind=endpoint).")
+    base_url: str | None = Field(
+        None, max_length=2048, description="OpenAI-compatible endpoint, http(s) (kind=endpoint)."
+    )
     model: str | None = Field(None, description="Model name at the endpoint (kind=endpoint).")
     model_dir: str | None = Field(None, description="Local causal LM folder (kind=local).")
     verdict: Literal["logprobs", "choice"] = "logprobs"
@@ -107,10 +110,13 @@ class JudgeSettings(BaseModel):
         if self.kind == "local" and not self.model_dir:
             raise ValueError("a local judge needs model_dir")
         if self.template is not None:
-            for slot in ("{prompt}", "{first}", "{second}"):
-                if slot not in self.template:
-                    raise ValueError(f"template must contain {slot}")
+            check_template(self.template)
         return self
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        return None if value is None else endpoint_url(value)
 
 
 class Comparisons(BaseModel):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -236,7 +237,11 @@ def load_policy(spec: TrainingSpec, context: RunContext, steps: int, sink: Metri
     scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=spec.warmup_steps, num_training_steps=steps)
     step = 0
     if resume:
-        state = torch.load(resume / STATE_FILE, weights_only=False)
+        try:  # tensors and numbers only: unpickling a planted file must not run its code
+            state = torch.load(resume / STATE_FILE, weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise TrainingError(f"{resume / STATE_FILE}: not a trainer state (holds more than tensors and "
+                                f"numbers), so it was not loaded: {str(err).splitlines()[0]}") from None  # fmt: skip
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step = state["step"]

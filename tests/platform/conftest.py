@@ -1,6 +1,7 @@
 """Platform fixtures: a private redis-server on a free port (never the machine's shared one), a
 clean database per test, and the real control service over HTTP (uvicorn on loopback)."""
 
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -13,7 +14,9 @@ import uvicorn
 
 from gpo_services.common.settings import Settings
 from gpo_services.control.app import create_app
+from gpo_services.control.server import server_config
 
+METRICS_KEY = "key-of-the-metrics-scraper-0123"
 TENANT_KEYS = {"key-of-tenant-a-0123456789": "tenant-a", "key-of-tenant-b-0123456789": "tenant-b"}
 
 
@@ -80,17 +83,27 @@ def redis_client(redis_server):
 @pytest.fixture
 def settings(redis_server, tmp_path) -> Settings:
     return Settings(redis_url=redis_server.url, artifacts=tmp_path / "artifacts", api_keys=TENANT_KEYS,
-                    max_body_bytes=64 * 1024)  # fmt: skip
+                    max_body_bytes=64 * 1024, metrics_key=METRICS_KEY)  # fmt: skip
+
+
+@contextlib.contextmanager
+def serving(settings: Settings):
+    """The control service of ``settings`` on a free loopback port, configured as in production
+    (server.py); yields its base URL."""
+    port = free_port()
+    server = uvicorn.Server(server_config(create_app(settings), settings, host="127.0.0.1", port=port))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_until(lambda: server.started, 15, "the control service")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 @pytest.fixture
 def api(settings, redis_client):
     """The control service on a free loopback port; yields its base URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_until(lambda: server.started, 15, "the control service")
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(settings) as url:
+        yield url

@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from gpo_client import Client, Conflict, NotFound, Unauthorized
-from tests.platform.conftest import TENANT_KEYS
+from tests.platform.conftest import METRICS_KEY, TENANT_KEYS
 
 KEY_A, KEY_B = list(TENANT_KEYS)
 SPEC = {"task": {"size": "small"}, "losses": ["logistic", "hinge"], "betas": [0.1, 1.0]}
@@ -41,7 +41,7 @@ def test_no_key_or_a_wrong_key_is_401_everywhere_but_health(api) -> None:
             response = httpx.request(method, api + path, headers=headers, json=SPEC if method == "POST" else None)
             assert response.status_code == 401, (method, path, headers)
             assert response.json()["error"] == "unauthorized" and response.headers["www-authenticate"] == "Bearer"
-    for path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
+    for path in ("/healthz", "/readyz", "/openapi.json"):
         assert httpx.get(api + path).status_code == 200
     with pytest.raises(Unauthorized):
         Client(api, "wrong-key-0123456789").list()
@@ -157,7 +157,9 @@ def test_openapi_documents_every_endpoint_with_its_schemas(api) -> None:
 def test_readiness_and_metrics(api, client_a) -> None:
     client_a.submit(SPEC)
     assert httpx.get(api + "/readyz").json() == {"status": "ready"}
-    text = httpx.get(api + "/metrics").text
+    for headers in ({}, {"Authorization": f"Bearer {KEY_A}"}):  # every tenant's figures: not for tenants
+        assert httpx.get(api + "/metrics", headers=headers).status_code == 401
+    text = httpx.get(api + "/metrics", headers={"Authorization": f"Bearer {METRICS_KEY}"}).text
     assert 'gpo_queue_tasks{stage="train",state="waiting"} 4.0' in text
     assert 'gpo_http_requests_total{method="POST",route="/jobs",status="201"} 1.0' in text
 

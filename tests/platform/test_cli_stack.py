@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import redis
 import yaml
 
 pytestmark = pytest.mark.slow
@@ -31,6 +32,12 @@ def test_up_submit_watch_status_report_down(tmp_path) -> None:
     assert up.returncode == 0, up.stderr
     try:
         assert "control service: http://127.0.0.1:" in up.stdout
+        record = tmp_path / "stack" / "stack.json"  # holds the API key and Redis's password
+        assert record.stat().st_mode & 0o777 == 0o600
+        redis_url = json.loads(record.read_text())["redis_url"]
+        with pytest.raises(redis.AuthenticationError):  # another local user, on the loopback port
+            redis.Redis(port=redis.Redis.from_url(redis_url).connection_pool.connection_kwargs["port"]).ping()
+        assert redis.Redis.from_url(redis_url).ping()
         submitted = gpo("submit", str(spec), "--watch", env=env, cwd=tmp_path)
         assert submitted.returncode == 0, submitted.stderr
         job_id = submitted.stdout.split()[0]

@@ -7,10 +7,8 @@ import time
 
 import httpx
 import pytest
-import uvicorn
 
-from gpo_services.control.app import create_app
-from tests.platform.conftest import TENANT_KEYS, free_port, wait_until
+from tests.platform.conftest import TENANT_KEYS, serving
 
 KEY_A, KEY_B = list(TENANT_KEYS)
 HEADERS_A = {"Authorization": f"Bearer {KEY_A}"}
@@ -18,29 +16,16 @@ HEADERS_B = {"Authorization": f"Bearer {KEY_B}"}
 SPEC = {"task": {"size": "small"}, "betas": [0.1, 1.0]}
 
 
-def serve(settings):
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_until(lambda: server.started, 15, "the control service")
-    return server, thread, f"http://127.0.0.1:{port}"
-
-
 @pytest.fixture
 def service(settings, redis_client):
-    server, thread, url = serve(settings)
-    yield url
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(settings) as url:
+        yield url
 
 
 @pytest.fixture
 def impatient_service(settings, redis_client):
-    server, thread, url = serve(settings.model_copy(update={"formula_timeout_s": 0.001}))
-    yield url
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(settings.model_copy(update={"formula_timeout_s": 0.001})) as url:
+        yield url
 
 
 def test_a_formula_of_ones_own_is_checked_and_accepted(service) -> None:

@@ -77,7 +77,8 @@ def platform(tmp_path, shared_cache):
     keys = ",".join(f"{key}:{tenant}" for key, tenant in TENANT_KEYS.items())
     (tmp_path / "shared").mkdir()  # the deployment's read-only root: jobs may name files in it
     env = {"GPO_API_KEYS": keys, "GPO_CACHE_DIR": str(shared_cache), "GPO_CLAIM_IDLE_S": "3",
-           "GPO_HEARTBEAT_S": "0.5", "GPO_MAX_ATTEMPTS": "2", "GPO_READ_ROOTS": str(tmp_path / "shared")}  # fmt: skip
+           "GPO_HEARTBEAT_S": "0.5", "GPO_MAX_ATTEMPTS": "2", "GPO_READ_ROOTS": str(tmp_path / "shared"),
+           "GPO_JUDGE_ENDPOINTS": "http://127.0.0.1:9/v1"}  # fmt: skip
     platform = Platform(tmp_path / "stack", env)
     yield platform
     platform.close()
@@ -196,10 +197,11 @@ def test_a_task_that_always_fails_is_dead_lettered_and_the_job_fails_with_the_re
     job = platform.client.submit(spec)
     done = platform.wait_for_job(job.id)
     assert done.state == "failed"
-    assert "APIConnectionError" in done.reason and "after 2 attempts" in done.reason, done.reason
+    message = "JudgeEndpointError: could not connect to the judge endpoint http://127.0.0.1:9/v1"
+    assert message in done.reason and "after 2 attempts" in done.reason, done.reason
     assert done.runs[0].state == "failed" and done.runs[0].stage == "judge"
     [(_, entry)] = platform.redis.xrange("gpo:dead")
-    assert entry["stage"] == "judge" and "APIConnectionError" in entry["reason"] and entry["attempts"] == "2"
+    assert entry["stage"] == "judge" and message in entry["reason"] and entry["attempts"] == "2"
 
 
 def test_bad_data_fails_the_run_at_once_with_file_and_line(platform, small_task, tmp_path) -> None:

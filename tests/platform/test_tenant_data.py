@@ -6,17 +6,14 @@ for "missing" and "forbidden" are the same, so the API tells nothing about what 
 import hashlib
 import json
 import os
-import threading
 
 import httpx
 import pytest
-import uvicorn
 
 from gpo_client import Client
 from gpo_client.sdk import ApiError
 from gpo_services.common.settings import Settings
-from gpo_services.control.app import create_app
-from tests.platform.conftest import TENANT_KEYS, free_port, wait_until
+from tests.platform.conftest import TENANT_KEYS, serving
 
 KEY_A, KEY_B = list(TENANT_KEYS)
 PAIRS = [{"prompt": f"post {i}", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(5)]
@@ -35,14 +32,8 @@ def shared(tmp_path):
 @pytest.fixture
 def service(settings, redis_client, shared):
     configured = settings.model_copy(update={"read_roots": [shared], "max_upload_bytes": 64 * 1024})
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(configured), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_until(lambda: server.started, 15, "the control service")
-    yield f"http://127.0.0.1:{port}", configured
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(configured) as url:
+        yield url, configured
 
 
 def jsonl(path, records):

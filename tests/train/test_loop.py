@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from gpo_core.data import DatasetError, load_preferences, write_jsonl
 from gpo_core.logprobs import collate_causal, sequence_logprobs
-from gpo_core.train.loop import NonFiniteLossError, RunContext, train
+from gpo_core.train.loop import NonFiniteLossError, RunContext, TrainingError, train
 from gpo_core.train.metrics import JsonlSink, ListSink
 from gpo_core.train.spec import TrainingSpec
 
@@ -111,6 +111,28 @@ def test_stop_then_resume_ends_with_exactly_the_requested_steps(small_task, tmp_
     b = AutoModelForCausalLM.from_pretrained(second.final_model_dir).state_dict()
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-5)
+
+
+class _Planted:
+    """Unpickling this runs code (creates the marker file): what a poisoned checkpoint would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_poisoned_trainer_state_is_refused_and_runs_no_code(small_task, tmp_path, cache_dir) -> None:
+    sink = ListSink()
+    spec = make_spec(small_task, tmp_path, cache_dir, steps=3)
+    train(spec, sink, RunContext(should_stop=lambda: any(r.get("step") == 1 for r in sink.records)))
+    state = Path(spec.output_dir) / "checkpoints" / "step-0000001" / "trainer_state.pt"
+    marker = tmp_path / "code-ran"
+    torch.save({"step": 1, "optimizer": _Planted(marker)}, state)
+    with pytest.raises(TrainingError, match="not a trainer state"):
+        train(spec, ListSink())
+    assert not marker.exists()
 
 
 def test_non_finite_loss_fails_with_the_step(small_task, tmp_path, cache_dir) -> None:

@@ -112,3 +112,41 @@ def test_stop_request_ends_a_ray_run_within_seconds(ray_session, small_task, tmp
     end = [json.loads(line) for line in metrics.read_text().splitlines()][-1]
     assert end["kind"] == "end" and end["stopped"] and end["step"] == result.steps
     assert (Path(spec.output_dir) / "checkpoints" / f"step-{result.steps:07d}" / "config.json").exists()
+
+
+TOKEN_RUN = """
+import json, subprocess, sys
+from pathlib import Path
+from gpo_core.train.ray_runner import ensure_ray, train_on_ray
+from gpo_core.train.spec import TrainingSpec
+import ray
+
+spec = TrainingSpec(**json.loads(sys.argv[1]))
+ensure_ray(temp_dir=sys.argv[2])
+gcs = ray.get_runtime_context().gcs_address
+result = train_on_ray(spec, Path(spec.output_dir) / "metrics.jsonl")
+intruder = "import ray; ray.init(address=%r); print('INTRUDER CONNECTED')" % gcs
+env = {"PATH": "/usr/bin:/bin", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+seen = subprocess.run([sys.executable, "-c", intruder], env=env, capture_output=True, text=True, timeout=120)
+print(json.dumps({"steps": result.steps, "gcs": gcs, "intruder": seen.returncode, "out": seen.stdout[-200:]}))
+"""
+
+
+def test_a_local_ray_with_a_token_trains_and_refuses_clients_without_it(small_task, tmp_path) -> None:
+    """What `gpo up` runs: Ray started by the trainer with RAY_AUTH_MODE=token. Ray Train works under
+    the token; a client without it cannot join the cluster (so runs no code on it), although Ray's
+    ports listen on every interface."""
+    import subprocess
+    import sys
+    import tempfile
+
+    spec = spec_for(small_task, tmp_path, steps=2).model_dump(mode="json")
+    ray_dir = tempfile.mkdtemp(prefix="ray-")  # short: Ray's socket paths must fit in 107 bytes
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "t" * 64, "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    done = subprocess.run([sys.executable, "-c", TOKEN_RUN, json.dumps(spec), ray_dir], env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    outcome = json.loads(done.stdout.strip().splitlines()[-1])
+    assert outcome["steps"] == 2
+    assert outcome["intruder"] != 0 and "INTRUDER CONNECTED" not in outcome["out"]

@@ -13,6 +13,8 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from gpo_core.judge import endpoint_url
+
 
 class Settings(BaseSettings):
     # hide_input_in_errors: a malformed GPO_API_KEYS must not be echoed into logs by the error.
@@ -35,6 +37,11 @@ class Settings(BaseSettings):
         description="Folders jobs may read models and data from besides their uploads, ':'-separated "
         "(shared base models); never the artifact root or the cache.",
     )
+    judge_endpoints: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Judge endpoints (OpenAI-compatible base URLs, http(s)) jobs may use, comma-separated; "
+        "none: endpoint judges are refused.",
+    )
     max_upload_bytes: int = Field(256 * 2**20, ge=1024, description="Largest dataset upload (PUT /data/NAME).")
     api_keys: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict,
@@ -44,9 +51,24 @@ class Settings(BaseSettings):
     api_keys_file: Path | None = Field(
         None, description="A file of 'key:tenant' lines (a mounted Secret); read in addition to GPO_API_KEYS."
     )
+    metrics_key: str | None = Field(
+        None,
+        min_length=16,
+        repr=False,
+        description="Bearer token for GET /metrics (the operator's scraper, not a tenant); unset: /metrics is off.",
+    )
     host: str = Field("127.0.0.1", description="Address the control service listens on.")
     port: int = Field(8700, ge=1, le=65535, description="Port the control service listens on.")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body the control service accepts.")
+    max_header_bytes: int = Field(
+        65_536, ge=4096, le=2**24, description="Largest request head (request line and headers): 431 beyond."
+    )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="Seconds a request body may take to arrive (an upload: between two of its chunks): 408 beyond.",
+    )
     workers: int = Field(
         1, ge=1, le=64, description="Processes of the control service, each listening on the port (SO_REUSEPORT)."
     )
@@ -82,6 +104,23 @@ class Settings(BaseSettings):
     @classmethod
     def _split_roots(cls, value: object) -> object:
         return [part for part in value.split(":") if part.strip()] if isinstance(value, str) else value
+
+    @field_validator("judge_endpoints", mode="before")
+    @classmethod
+    def _split_endpoints(cls, value: object) -> object:
+        parts = [part.strip() for part in value.split(",")] if isinstance(value, str) else value
+        try:
+            return [endpoint_url(part) for part in parts if part]
+        except ValueError as err:
+            raise ValueError(f"GPO_JUDGE_ENDPOINTS: {err}") from None
+
+    def allows_judge_endpoint(self, url: str) -> bool:
+        """Is ``url`` one of the operator's judge endpoints? (Compared after normalizing, so a
+        tenant cannot reach any other host, port or path: the judge worker is no network scanner.)"""
+        try:
+            return endpoint_url(url) in self.judge_endpoints
+        except ValueError:
+            return False
 
     @model_validator(mode="after")
     def _roots_hold_no_tenant_data(self) -> Settings:

@@ -17,6 +17,7 @@ from pathlib import Path
 import redis
 
 from gpo_core.data import DatasetError
+from gpo_core.judge import JudgeEndpointRefused
 from gpo_core.sweep.spec import JobSpecError
 from gpo_core.sweep.views import TERMINAL
 from gpo_core.train.loop import TrainingError
@@ -28,8 +29,9 @@ from gpo_services.common.settings import Settings
 from gpo_services.common.store import JobStore
 
 FINALIZE = "*finalize*"  # the judge task that makes the pairwise comparisons and the report
-# Errors that another attempt cannot fix: bad data, a bad spec, a diverging run.
-PERMANENT_ERRORS = (DatasetError, JobSpecError, SpecError, TrainingError)
+# Errors that another attempt cannot fix: bad data, a bad spec, a diverging run, a judge endpoint
+# that refuses the request.
+PERMANENT_ERRORS = (DatasetError, JobSpecError, SpecError, TrainingError, JudgeEndpointRefused)
 
 
 class HandBack(Exception):

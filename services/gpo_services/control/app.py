@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import time
+from typing import Annotated
 
 import redis
-from fastapi import FastAPI
+from fastapi import FastAPI, Header
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
@@ -24,50 +26,55 @@ from gpo_services.common.store import AsyncJobStore, JobStore
 from gpo_services.control import errors, processes
 from gpo_services.control.data import router as data_router
 from gpo_services.control.jobs import router as jobs_router
+from gpo_services.control.security import tenant_for
+from gpo_services.control.server import server_config
 from gpo_services.control.validation import FormulaSandbox
 
 
 class BodyLimit:
-    """Refuse bodies over ``limit`` bytes with a 413: by Content-Length, or for a chunked body by
-    reading it (up to the limit) before the application sees it. Uploads (``/data/``) have their
-    own, larger limit and are streamed to disk by their route, which counts a chunked body itself."""
+    """Bound request bodies before the application reads them: in size (413, by Content-Length or
+    by counting a chunked body) and in time (408: a client announcing 100 bytes and sending 2 no
+    longer holds a connection). A body is read whole within ``timeout_s`` and replayed to the app.
+    Uploads (``/data/``) have their own, larger limit and are streamed to disk by their route,
+    which counts the bytes; each of their chunks must arrive within ``timeout_s``."""
 
-    def __init__(self, app: ASGIApp, limit: int, upload_limit: int):
-        self.app, self.limit, self.upload_limit = app, limit, upload_limit
+    def __init__(self, app: ASGIApp, limit: int, upload_limit: int, timeout_s: float):
+        self.app, self.limit, self.upload_limit, self.timeout_s = app, limit, upload_limit, timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        if scope["path"].startswith("/data/"):
-            declared = headers.get(b"content-length")
-            if declared is not None and (not declared.isdigit() or int(declared) > self.upload_limit):
-                response = errors.error_response(413, "too_large", f"uploads are at most {self.upload_limit} bytes")
-                await response(scope, receive, send)
-                return
-            await self.app(scope, receive, send)
-            return
+        upload = scope["path"].startswith("/data/")
+        limit = self.upload_limit if upload else self.limit
         declared = headers.get(b"content-length")
-        if declared is not None:
-            if not declared.isdigit() or int(declared) > self.limit:
-                await self._refuse(scope, receive, send)
-                return
-            await self.app(scope, receive, send)
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            await self._too_large(limit, scope, receive, send)
             return
-        if headers.get(b"transfer-encoding", b"").lower() != b"chunked":
-            await self.app(scope, receive, send)
+        if upload:
+            await self.app(scope, self._each_chunk_in_time(receive), send)
+            return
+        if declared is None and headers.get(b"transfer-encoding", b"").lower() != b"chunked":
+            await self.app(scope, receive, send)  # no body
             return
         body, more = b"", True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > self.limit:
-                await self._refuse(scope, receive, send)
-                return
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                while more:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    body += message.get("body", b"")
+                    more = message.get("more_body", False)
+                    if len(body) > limit:
+                        await self._too_large(limit, scope, receive, send)
+                        return
+        except TimeoutError:
+            response = errors.error_response(408, "timeout", f"the request body did not arrive within "
+                                             f"{self.timeout_s:g} s", headers={"Connection": "close"})  # fmt: skip
+            await response(scope, receive, send)
+            return
         replayed = False
 
         async def replay() -> dict:
@@ -79,8 +86,26 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, scope, receive, send) -> None:
-        response = errors.error_response(413, "too_large", f"request body over {self.limit} bytes")
+    def _each_chunk_in_time(self, receive: Receive) -> Receive:
+        finished = False
+
+        async def bounded() -> dict:
+            nonlocal finished
+            if finished:  # the body is in: what follows is a wait for the disconnect, not bounded
+                return await receive()
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    message = await receive()
+            except TimeoutError:
+                raise errors.BodyTimeout(self.timeout_s) from None
+            finished = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+
+        return bounded
+
+    @staticmethod
+    async def _too_large(limit: int, scope, receive, send) -> None:
+        response = errors.error_response(413, "too_large", f"request body over {limit} bytes")
         await response(scope, receive, send)
 
 
@@ -148,13 +173,15 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
     app.include_router(jobs_router)
     app.include_router(data_router)
     app.add_exception_handler(errors.ApiError, errors.api_error)
+    app.add_exception_handler(errors.BodyTimeout, errors.body_timeout)
     app.add_exception_handler(RequestValidationError, errors.validation_error)
     app.add_exception_handler(StarletteHTTPException, errors.http_error)
     app.add_exception_handler(redis.RedisError, errors.redis_error)
     app.add_exception_handler(Exception, errors.unexpected_error)
     registry = CollectorRegistry()
     registry.register(_QueueDepth(client))
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes, upload_limit=settings.max_upload_bytes)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes, upload_limit=settings.max_upload_bytes,
+                       timeout_s=settings.body_timeout_s)  # fmt: skip
     app.add_middleware(RequestMetrics, registry=registry)
 
     @app.get("/healthz", tags=["health"])
@@ -171,9 +198,14 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
             return errors.error_response(503, "not_ready", f"redis unreachable: {err}")
         return JSONResponse({"status": "ready"})
 
-    @app.get("/metrics", tags=["health"], response_class=Response)
-    def metrics() -> Response:
-        """Prometheus metrics: requests, latency, queue depths."""
+    @app.get("/metrics", tags=["health"], response_class=Response, responses={401: {"model": ErrorBody}})
+    def metrics(authorization: Annotated[str | None, Header()] = None) -> Response:
+        """Prometheus metrics: requests, latency, queue depths. For the operator's scraper only
+        (``Authorization: Bearer`` the ``GPO_METRICS_KEY``): the figures span every tenant."""
+        if settings.metrics_key is None:
+            raise errors.ApiError(404, "not_found", "metrics are off; an operator sets GPO_METRICS_KEY")
+        if tenant_for({settings.metrics_key: "metrics"}, (authorization or "").removeprefix("Bearer ")) is None:
+            raise errors.ApiError(401, "unauthorized", "the metrics key is required: Authorization: Bearer <key>")
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
@@ -212,5 +244,6 @@ def main() -> None:
     if settings.workers > 1:
         processes.serve(settings)  # one socket per process (SO_REUSEPORT), see processes.py
     else:
-        uvicorn.run("gpo_services.control.app:serving_app", factory=True, host=settings.host, port=settings.port,
-                    log_level="warning")  # fmt: skip
+        config = server_config("gpo_services.control.app:serving_app", settings, factory=True, host=settings.host,
+                               port=settings.port)  # fmt: skip
+        uvicorn.Server(config).run()

@@ -24,6 +24,8 @@ async def get_store(request: Request) -> JobStore:
 async def get_tenant(
     request: Request, authorization: Annotated[str | None, Header(description="Bearer API key")] = None
 ) -> str:
+    if len(request.headers.getlist("authorization")) > 1:  # which one would count is ambiguous
+        raise ApiError(400, "bad_request", "send one Authorization header, not several")
     scheme, _, key = (authorization or "").partition(" ")
     tenant = tenant_for(request.app.state.settings.api_keys, key.strip()) if scheme.lower() == "bearer" else None
     if tenant is None:

@@ -15,6 +15,13 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.details = status, code, message, details or []
 
 
+class BodyTimeout(Exception):
+    """A request body (an upload's next chunk) did not arrive in time."""
+
+    def __init__(self, timeout_s: float):
+        super().__init__(f"the request body did not arrive within {timeout_s:g} s")
+
+
 def error_response(status: int, code: str, message: str, details: list[dict] | None = None, headers=None):
     body = ErrorBody(error=code, message=message, details=details or [])
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
@@ -29,6 +36,15 @@ def invalid(problems: list[dict], code: str = "invalid_request") -> ApiError:
     """A 422 naming each bad field, from pydantic's errors (``loc``, ``msg``)."""
     details = []
     for problem in problems:
+        if problem.get("type") == "json_invalid":  # its location is a byte offset, not a field
+            reason = (problem.get("ctx") or {}).get("error", "invalid JSON")
+            offset = problem.get("loc", (None, None))[-1]
+            details.append({"field": None, "message": f"the body is not valid JSON: {reason} (at byte {offset})"})
+            continue
+        if tuple(problem.get("loc", ())) == ("body",) and problem.get("type") in ("dict_type", "missing"):
+            message = "the body must be a JSON object" if problem["type"] == "dict_type" else "the request has no body"
+            details.append({"field": None, "message": message})
+            continue
         location = [str(part) for part in problem.get("loc", ())]
         if location and location[0] in ("body", "query", "path", "header"):
             location = location[1:] if location[0] == "body" else location
@@ -44,8 +60,14 @@ async def validation_error(request: Request, exc: RequestValidationError) -> JSO
 
 
 async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    if exc.status_code == 400:  # the framework could not read the body: as every invalid request, a 422
+        return error_response(422, "invalid_request", f"the body could not be read: {exc.detail}")
     codes = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
     return error_response(exc.status_code, codes.get(exc.status_code, "error"), str(exc.detail))
+
+
+async def body_timeout(request: Request, exc: BodyTimeout) -> JSONResponse:
+    return error_response(408, "timeout", str(exc), headers={"Connection": "close"})
 
 
 async def redis_error(request: Request, exc: Exception) -> JSONResponse:

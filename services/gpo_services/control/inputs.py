@@ -1,5 +1,6 @@
 """Where a job may read its models and data: the tenant's own uploads (``data:NAME``) and the
-operator's read-only roots (``GPO_READ_ROOTS``, e.g. shared base models), nothing else.
+operator's read-only roots (``GPO_READ_ROOTS``, e.g. shared base models), nothing else; and the
+judge endpoints it may call: the operator's list (``GPO_JUDGE_ENDPOINTS``), nothing else.
 
 Each path a spec names is resolved here, when the job is submitted: an upload to its file in the
 tenant's folder, a server path with ``realpath`` (links followed) and kept only if it stays inside
@@ -37,8 +38,13 @@ def resolve_path(value: str, tenant: str, settings: Settings) -> str | None:
 
 
 def resolve_spec_paths(spec: JobSpec, tenant: str, settings: Settings) -> JobSpec:
-    """``spec`` with every path resolved (see the module's docstring), or a 422 naming each field."""
+    """``spec`` with every path resolved (see the module's docstring), or a 422 naming each field;
+    an endpoint judge must be one of the operator's (``GPO_JUDGE_ENDPOINTS``)."""
     updates, judge_updates, details = {}, {}, []
+    if spec.judge.kind == "endpoint" and not settings.allows_judge_endpoint(spec.judge.base_url or ""):
+        allowed = ", ".join(settings.judge_endpoints) or "none (an operator sets GPO_JUDGE_ENDPOINTS)"
+        details.append({"field": "judge.base_url", "message": f"not a judge endpoint of this deployment; "
+                        f"allowed: {allowed}"})  # fmt: skip
     named = [(name, getattr(spec, name)) for name in PATH_FIELDS if getattr(spec, name)]
     if spec.judge.kind == "local" and spec.judge.model_dir:
         named.append(("judge.model_dir", spec.judge.model_dir))

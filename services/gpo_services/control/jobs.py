@@ -64,7 +64,7 @@ async def submit_job(
     store: AsyncStoreDep,
     settings: SettingsDep,
     tenant: TenantDep,
-    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
 ) -> JobView:
     """Validate the sweep, store the job and its runs, and queue one training task per run. A spec
     with loss formulas of its own is checked in a limited child process (validation.py); the paths

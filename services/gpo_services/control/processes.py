@@ -22,6 +22,7 @@ from multiprocessing.connection import wait
 
 from gpo_services.common.logs import log, service_logger
 from gpo_services.common.settings import Settings
+from gpo_services.control.server import server_config
 
 STARTUP_FAILURE = 3  # uvicorn's exit code when a server cannot start; ours when the port is taken
 GRACE_S = 30.0
@@ -42,12 +43,13 @@ def _listening_socket(host: str, port: int) -> socket.socket:
 def _serve_one(host: str, port: int, parent: int) -> None:
     """One process: its own socket on the shared port, the app built from the environment. In a
     process group of its own, so that a Ctrl+C reaches only the parent, which stops it once; and
-    on Linux the kernel stops it if the parent dies (nothing left holding the port)."""
+    on Linux the kernel kills it if the parent dies (SIGKILL, which even a blocked event loop cannot
+    ignore: nothing is left holding the port)."""
     import uvicorn
 
     os.setpgrp()
     if sys.platform == "linux":
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != parent:  # the parent died before that took effect
             sys.exit(0)
     try:
@@ -55,7 +57,7 @@ def _serve_one(host: str, port: int, parent: int) -> None:
     except OSError as err:
         print(f"control service: cannot listen on {host}:{port}: {err}", file=sys.stderr)
         sys.exit(STARTUP_FAILURE)
-    config = uvicorn.Config("gpo_services.control.app:serving_app", factory=True, log_level="warning")
+    config = server_config("gpo_services.control.app:serving_app", Settings.from_env(), factory=True)
     uvicorn.Server(config).run(sockets=[sock])
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import stat
 from pathlib import Path, PurePosixPath
 
 
@@ -18,22 +19,24 @@ def tenant_for(keys: dict[str, str], presented: str) -> str | None:
 
 
 def artifact_path(job_dir: Path, relative: str) -> Path | None:
-    """``job_dir/relative`` when it is a regular file inside the job folder, reached without
-    symlinks; None for anything else (``..``, absolute or backslashed paths, NUL, symlinks)."""
+    """``job_dir/relative`` when it is a regular file inside the job folder with a single link,
+    reached without symlinks; None for anything else (``..``, absolute or backslashed paths, NUL,
+    symlinks, names too long for the file system, a hard link planted to a file elsewhere)."""
     if not relative or "\x00" in relative or "\\" in relative or relative.startswith("/"):
         return None
     parts = PurePosixPath(relative).parts
     if any(part in ("..", ".") for part in parts):
         return None
     current = job_dir
-    for part in parts:
-        current = current / part
-        if current.is_symlink():
-            return None
     try:
+        for part in parts:
+            current = current / part
+            if current.is_symlink():
+                return None
         resolved = current.resolve(strict=True)
-    except (OSError, RuntimeError):
+        status = resolved.lstat()
+    except (OSError, RuntimeError):  # missing, ENAMETOOLONG, a loop
         return None
-    if not resolved.is_relative_to(job_dir.resolve()) or not resolved.is_file():
+    if not resolved.is_relative_to(job_dir.resolve()) or not stat.S_ISREG(status.st_mode) or status.st_nlink != 1:
         return None
     return resolved

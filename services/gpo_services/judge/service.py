@@ -8,6 +8,7 @@ import json
 
 from gpo_core.sweep import stages
 from gpo_core.sweep.report import build_report
+from gpo_core.sweep.spec import JobSpec, JobSpecError
 from gpo_services.common.worker import FINALIZE, TaskContext, Worker
 
 
@@ -19,6 +20,7 @@ def handle(task: dict, context: TaskContext) -> None:
     if context.skip_if_over(job_id, run):
         return
     spec = context.store.spec(job_id)
+    check_endpoint(spec, context)
     context.store.transition(job_id, run, state="running", stage="judge")
     summary = stages.judge_stage(spec, context.job_dir(job_id), run)
     context.store.transition(job_id, run, state="succeeded", stage="done", win_rate=json.dumps(summary.get("win_rate")))
@@ -28,10 +30,18 @@ def handle(task: dict, context: TaskContext) -> None:
         context.enqueue("judge", job_id, FINALIZE)
 
 
+def check_endpoint(spec: JobSpec, context: TaskContext) -> None:
+    """The control service admitted only the operator's endpoints; the worker checks again with its
+    own configuration (the list may have shrunk since the job was queued)."""
+    if spec.judge.kind == "endpoint" and not context.settings.allows_judge_endpoint(spec.judge.base_url or ""):
+        raise JobSpecError(f"judge.base_url: {spec.judge.base_url} is not a judge endpoint of this deployment")
+
+
 def finalize(job_id: str, context: TaskContext) -> None:
     if context.store.state(job_id) in ("cancelled", "failed"):
         return
     spec = context.store.spec(job_id)
+    check_endpoint(spec, context)
     job_dir = context.job_dir(job_id)
     stages.pairwise_stage(spec, job_dir)
     page = build_report(job_dir)
