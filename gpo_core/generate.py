@@ -23,6 +23,9 @@ from transformers import AutoTokenizer
 from gpo_core.data import write_jsonl
 from gpo_core.logprobs import pad_rows
 from gpo_core.models import is_encoder_decoder, load_model, model_digest
+from gpo_core.stopping import StopCheck, check
+
+VLLM_CHUNK = 512  # prompts per vLLM call: batches stay full, and a cancel waits for one chunk at most
 
 
 @dataclass(frozen=True)
@@ -72,14 +75,16 @@ def sample_texts(
     max_new_tokens: int = 64,
     seed: int = 0,
     batch_size: int = 128,
+    should_stop: StopCheck | None = None,
 ) -> list[str]:
     """One response per prompt from a loaded model (see :func:`new_token_ids`), special tokens and
-    extra whitespace removed."""
+    extra whitespace removed; ``should_stop`` is asked before each batch."""
     torch.manual_seed(seed)
     model.eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     texts: list[str] = []
     for start in range(0, len(prompts), batch_size):
+        check(should_stop)
         prompt_ids = tokenizer(list(prompts[start : start + batch_size]))["input_ids"]
         new = new_token_ids(model, prompt_ids, pad, temperature, top_p, max_new_tokens)
         texts += tokenizer.batch_decode(new, skip_special_tokens=True)
@@ -168,8 +173,11 @@ class VLLMEngine:
             torch.set_num_threads(threads)
         self.model_dir = str(model_dir)
 
-    def sample(self, prompts: Sequence[str], settings: SamplingSettings) -> list[list[str]]:
-        """``settings.n`` responses per prompt, in prompt order."""
+    def sample(
+        self, prompts: Sequence[str], settings: SamplingSettings, should_stop: StopCheck | None = None
+    ) -> list[list[str]]:
+        """``settings.n`` responses per prompt, in prompt order; in chunks of prompts, asking
+        ``should_stop`` before each (every request has the same seed, so chunks change nothing)."""
         from vllm import SamplingParams
 
         params = SamplingParams(
@@ -182,8 +190,11 @@ class VLLMEngine:
         # Token ids, tokenized as everywhere else in gpo_core (special tokens included).
         requests = [{"prompt_token_ids": ids} for ids in self.tokenizer(list(prompts))["input_ids"]]
         threads = torch.get_num_threads()
+        outputs = []
         try:
-            outputs = self.llm.generate(requests, params, use_tqdm=False)
+            for start in range(0, len(requests), VLLM_CHUNK):
+                check(should_stop)
+                outputs += self.llm.generate(requests[start : start + VLLM_CHUNK], params, use_tqdm=False)
         finally:
             torch.set_num_threads(threads)
         return [[" ".join(o.text.split()) for o in out.outputs] for out in outputs]
@@ -197,7 +208,9 @@ def _architecture(model_dir: str | Path) -> dict:
     }
 
 
-def _transformers_samples(model_dir: str | Path, prompts: Sequence[str], settings: SamplingSettings):
+def _transformers_samples(
+    model_dir: str | Path, prompts: Sequence[str], settings: SamplingSettings, should_stop: StopCheck | None
+):
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = load_model(model_dir)
     per_sample = [
@@ -210,6 +223,7 @@ def _transformers_samples(model_dir: str | Path, prompts: Sequence[str], setting
             settings.max_new_tokens,
             seed=settings.seed + sample,
             batch_size=settings.batch_size,
+            should_stop=should_stop,
         )
         for sample in range(settings.n)
     ]
@@ -223,6 +237,7 @@ def generate_responses(
     model_id: str | None = None,
     backend: str = "transformers",
     engine: VLLMEngine | None = None,
+    should_stop: StopCheck | None = None,
 ) -> list[dict]:
     """``prompts``: records with ``id`` and ``prompt``. One record per (prompt, sample).
     ``backend``: "transformers", "vllm" or "auto" (vLLM when installed); ``engine`` is a warm vLLM
@@ -235,9 +250,9 @@ def generate_responses(
         if engine is None:
             engine = VLLMEngine(model_dir)
         engine.load_weights(model_dir)
-        samples = engine.sample(texts, settings)
+        samples = engine.sample(texts, settings, should_stop)
     else:
-        samples = _transformers_samples(model_dir, texts, settings)
+        samples = _transformers_samples(model_dir, texts, settings, should_stop)
     records = []
     for sample in range(settings.n):
         for record, responses in zip(prompts, samples, strict=True):
@@ -264,6 +279,7 @@ def cached_responses(
     backend: str = "transformers",
     engine: VLLMEngine | None = None,
     model_id: str | None = None,
+    should_stop: StopCheck | None = None,
 ) -> tuple[Path, bool]:
     """Responses for (weights, prompts, settings, backend), generated once: ``(path, hit)``. The
     records name the model ``model_id`` (default: its folder)."""
@@ -272,7 +288,8 @@ def cached_responses(
     path = Path(cache_dir) / "responses" / f"{hashlib.sha256(text.encode()).hexdigest()[:24]}.jsonl"
     if path.exists():
         return path, True
-    write_jsonl(path, generate_responses(model_dir, prompts, settings, model_id, backend=backend, engine=engine))
+    records = generate_responses(model_dir, prompts, settings, model_id, backend, engine, should_stop)
+    write_jsonl(path, records)
     return path, False
 
 

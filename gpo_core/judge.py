@@ -8,6 +8,7 @@ Verdicts are cached by (judge settings, prompt, first response, second response)
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import re
@@ -19,6 +20,7 @@ from typing import Literal, Protocol
 import torch
 
 from gpo_core.stats import WinRate, length_controlled_win_rate, win_rate
+from gpo_core.stopping import StopCheck, check
 
 OrderVerdict = Literal["first", "second", "tie"]
 
@@ -326,18 +328,42 @@ def _judge_once(judge: Judge, cache: VerdictCache | None, prompt: str, first: st
     return "invalid", calls
 
 
+_CALLS = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="judge-call")
+
+
+def _until_stopped(call, should_stop: StopCheck | None, poll_s: float = 0.25):
+    """``call()``; with ``should_stop``, in a helper thread while this one keeps asking it, so a
+    stop is seen within ``poll_s`` even while a slow endpoint holds the call (which then finishes,
+    bounded by the client's timeout, in the background; its verdict only reaches the cache)."""
+    if should_stop is None:
+        return call()
+    future = _CALLS.submit(call)
+    while True:
+        try:
+            return future.result(timeout=poll_s)
+        except concurrent.futures.TimeoutError:
+            check(should_stop)
+
+
 def side_by_side(
     judge: Judge,
     items: Sequence[dict],
     cache: VerdictCache | None = None,
     retries: int = 2,
     seed: int = 0,
+    should_stop: StopCheck | None = None,
 ) -> SideBySide:
-    """``items``: dicts with ``prompt_id``, ``prompt``, ``a`` and ``b`` (the two responses)."""
+    """``items``: dicts with ``prompt_id``, ``prompt``, ``a`` and ``b`` (the two responses);
+    ``should_stop`` is asked before each comparison (the verdicts so far stay in the cache)."""
     records, calls = [], 0
     for item in items:
-        first_order, n1 = _judge_once(judge, cache, item["prompt"], item["a"], item["b"], retries)
-        second_order, n2 = _judge_once(judge, cache, item["prompt"], item["b"], item["a"], retries)
+        check(should_stop)
+        first_order, n1 = _until_stopped(
+            lambda item=item: _judge_once(judge, cache, item["prompt"], item["a"], item["b"], retries), should_stop
+        )
+        second_order, n2 = _until_stopped(
+            lambda item=item: _judge_once(judge, cache, item["prompt"], item["b"], item["a"], retries), should_stop
+        )
         calls += n1 + n2
         if "invalid" in (first_order, second_order):
             outcome = "invalid"

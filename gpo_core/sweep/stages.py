@@ -25,6 +25,7 @@ from pathlib import Path
 from gpo_core.data import load_prompts, write_json, write_jsonl
 from gpo_core.generate import SamplingSettings, VLLMEngine, cached_responses, generate_responses, load_responses
 from gpo_core.judge import pair_responses
+from gpo_core.stopping import StopCheck
 from gpo_core.sweep.spec import JobSpec, RunSpec
 from gpo_core.train.metrics import MetricsSink
 from gpo_core.train.spec import TrainingSpec
@@ -44,12 +45,16 @@ class Inputs:
     task_root: str | None
 
 
-def resolve_inputs(spec: JobSpec, progress: Callable[[str], None] | None = None) -> Inputs:
-    """Builds the built-in task when the spec asks for it (cached by content: instant when built)."""
+def resolve_inputs(
+    spec: JobSpec, progress: Callable[[str], None] | None = None, should_stop: StopCheck | None = None
+) -> Inputs:
+    """Builds the built-in task when the spec asks for it (cached by content: instant when built;
+    a build stops when ``should_stop`` says so)."""
     if spec.task is not None:
         from gpo_core.task.build import build_task, task_settings
 
-        artifacts = build_task(None, task_settings(spec.task.size, spec.task.seed), progress=progress)
+        settings = task_settings(spec.task.size, spec.task.seed)
+        artifacts = build_task(None, settings, progress=progress, should_stop=should_stop)
         return Inputs(
             policy=artifacts.model_dir,
             reference=artifacts.model_dir,
@@ -116,7 +121,7 @@ def train_stage(
     done = run_dir(job_dir, run) / "train.json"
     if done.exists():
         return json.loads(done.read_text())
-    inputs = resolve_inputs(spec)
+    inputs = resolve_inputs(spec, should_stop=stop_requested)
     training = training_spec(spec, inputs, job_dir, run)
     result = run_training(training, sink, stop_requested)
     summary = {
@@ -146,24 +151,33 @@ def evaluation_prompts(spec: JobSpec, inputs: Inputs) -> list[dict]:
     return prompts[: spec.generation.prompts] if spec.generation.prompts else prompts
 
 
-def generate_stage(spec: JobSpec, job_dir: Path, run: str, cache_dir: Path, engine: VLLMEngine | None = None) -> Path:
+def generate_stage(
+    spec: JobSpec,
+    job_dir: Path,
+    run: str,
+    cache_dir: Path,
+    engine: VLLMEngine | None = None,
+    should_stop: StopCheck | None = None,
+) -> Path:
     """Sample ``run``'s final model (or the reference policy) on the evaluation prompts. The
     reference's samples come from the content-keyed cache, so a sweep (or many) makes them once."""
     out = run_dir(job_dir, run) / "responses.jsonl"
     if out.exists():
         return out
-    inputs = resolve_inputs(spec)
+    inputs = resolve_inputs(spec, should_stop=should_stop)
     prompts = evaluation_prompts(spec, inputs)
     settings = sampling_settings(spec)
     backend = spec.generation.backend
     if run == REFERENCE:
-        cached, _ = cached_responses(inputs.reference, prompts, settings, cache_dir, backend, engine, REFERENCE)
+        cached, _ = cached_responses(
+            inputs.reference, prompts, settings, cache_dir, backend, engine, REFERENCE, should_stop
+        )
         return write_jsonl(out, load_responses(cached))  # atomic, even with two generators at once
     trained = run_dir(job_dir, run) / "train.json"
     if not trained.exists():
         raise FileNotFoundError(f"run {run} has no trained model yet ({trained} is missing)")
     model_dir = run_dir(job_dir, run) / json.loads(trained.read_text())["final_model_dir"]
-    records = generate_responses(model_dir, prompts, settings, model_id=run, backend=backend, engine=engine)
+    records = generate_responses(model_dir, prompts, settings, run, backend, engine, should_stop)
     return write_jsonl(out, records)
 
 
@@ -181,25 +195,25 @@ def make_judge(spec: JobSpec, inputs: Inputs):
     return judging.OpenAIJudge(settings.base_url, settings.model, template, verdict=settings.verdict)
 
 
-def _judge(spec: JobSpec, inputs: Inputs, job_dir: Path, items: list[dict]):
+def _judge(spec: JobSpec, inputs: Inputs, job_dir: Path, items: list[dict], should_stop: StopCheck | None):
     from gpo_core.judge import VerdictCache, side_by_side
 
     judge = make_judge(spec, inputs)
     cache = VerdictCache(job_dir / "verdicts.jsonl")
-    return side_by_side(judge, items, cache=cache, retries=spec.judge.retries), judge
+    return side_by_side(judge, items, cache=cache, retries=spec.judge.retries, should_stop=should_stop), judge
 
 
-def judge_stage(spec: JobSpec, job_dir: Path, run: str) -> dict:
+def judge_stage(spec: JobSpec, job_dir: Path, run: str, should_stop: StopCheck | None = None) -> dict:
     """``run``'s responses against the reference's, both orders; the summary goes to
     ``judgement.json`` and the per-comparison records beside it."""
     out = run_dir(job_dir, run) / "judgement.json"
     if out.exists():
         return json.loads(out.read_text())
-    inputs = resolve_inputs(spec)
+    inputs = resolve_inputs(spec, should_stop=should_stop)
     ours = load_responses(run_dir(job_dir, run) / "responses.jsonl")
     theirs = load_responses(run_dir(job_dir, REFERENCE) / "responses.jsonl")
     items = pair_responses(ours, theirs)
-    result, judge = _judge(spec, inputs, job_dir, items)
+    result, judge = _judge(spec, inputs, job_dir, items, should_stop)
     summary = {"run": run, "against": REFERENCE, "judge": judge.key, **result.to_dict()}
     if inputs.task_root is not None:  # the built-in task knows the true reward: report it too
         from gpo_core.task.build import BuiltTask
@@ -219,7 +233,7 @@ def pairwise_runs(spec: JobSpec) -> list[str]:
     return [rid for rid, run in zip(spec.run_ids(), spec.run_list(), strict=True) if run.beta == beta]
 
 
-def pairwise_stage(spec: JobSpec, job_dir: Path) -> dict | None:
+def pairwise_stage(spec: JobSpec, job_dir: Path, should_stop: StopCheck | None = None) -> dict | None:
     """Every pair of runs at ``comparisons.pairwise_beta`` side by side (both orders), the win-rate
     matrix and Bradley-Terry strengths with bootstrap intervals (Fig. 9)."""
     from gpo_core.stats import bradley_terry_strengths
@@ -229,7 +243,7 @@ def pairwise_stage(spec: JobSpec, job_dir: Path) -> dict | None:
         return None
     if out.exists():
         return json.loads(out.read_text())
-    inputs = resolve_inputs(spec)
+    inputs = resolve_inputs(spec, should_stop=should_stop)
     runs = pairwise_runs(spec)
     responses = [load_responses(run_dir(job_dir, run) / "responses.jsonl") for run in runs]
     matrix: list[list[float | None]] = [[None] * len(runs) for _ in runs]
@@ -237,7 +251,7 @@ def pairwise_stage(spec: JobSpec, job_dir: Path) -> dict | None:
     for i in range(len(runs)):
         for j in range(i + 1, len(runs)):
             items = pair_responses(responses[i], responses[j])
-            result, _ = _judge(spec, inputs, job_dir, items)
+            result, _ = _judge(spec, inputs, job_dir, items, should_stop)
             if result.win_rate is not None:
                 matrix[i][j] = result.win_rate.rate
                 matrix[j][i] = 1 - result.win_rate.rate

@@ -25,6 +25,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrained
 from gpo_core.data import load_records, write_jsonl
 from gpo_core.generate import sample_texts
 from gpo_core.models import cache_root
+from gpo_core.stopping import StopCheck, check
 from gpo_core.task.corpus import CorpusSettings, Document, make_documents, make_vocabulary
 from gpo_core.task.model import (
     MAX_SUMMARY_TOKENS,
@@ -105,9 +106,14 @@ class TaskArtifacts:
 
 
 def build_task(
-    out: str | Path | None = None, settings: TaskSettings | None = None, progress: Progress | None = None
+    out: str | Path | None = None,
+    settings: TaskSettings | None = None,
+    progress: Progress | None = None,
+    should_stop: StopCheck | None = None,
 ) -> TaskArtifacts:
-    """Build (or return the cached) task under ``out/<settings key>/``."""
+    """Build (or return the cached) task under ``out/<settings key>/``. ``should_stop`` is asked
+    at every fine-tuning step and sampling batch: a build can be cancelled (:class:`Stopped`,
+    nothing left behind)."""
     settings = settings or task_settings()
     say = progress or (lambda message: None)
     root = Path(out) if out is not None else cache_root() / "tasks"
@@ -120,7 +126,7 @@ def build_task(
     work = root / f".{final.name}.building-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     try:
-        artifacts = _build(work, final, settings, say)
+        artifacts = _build(work, final, settings, say, should_stop)
         (work / "manifest.json").write_text(json.dumps(artifacts.to_dict(), indent=2))
         try:
             work.rename(final)
@@ -162,7 +168,9 @@ def _remove_abandoned_builds(root: Path, name: str) -> None:
             pass
 
 
-def _build(work: Path, final: Path, settings: TaskSettings, say: Progress) -> TaskArtifacts:
+def _build(
+    work: Path, final: Path, settings: TaskSettings, say: Progress, should_stop: StopCheck | None
+) -> TaskArtifacts:
     started = time.perf_counter()
     torch.manual_seed(settings.seed)
     vocabulary = make_vocabulary(settings.seed, settings.corpus)
@@ -182,21 +190,19 @@ def _build(work: Path, final: Path, settings: TaskSettings, say: Progress) -> Ta
     model = make_model(settings.model, tokenizer, settings.seed)
     say(f"supervised fine-tuning of pi_ref ({parameter_count(model) / 1e6:.2f}M parameters)")
     every = max(1, settings.sft.steps // 10)
-    supervised_finetune(
-        model,
-        tokenizer,
-        documents["sft"],
-        vocabulary,
-        settings.sft,
-        progress=lambda step, loss: (
-            say(f"sft step {step}/{settings.sft.steps} loss {loss:.3f}") if step % every == 0 else None
-        ),
-    )
+
+    def sft_progress(step: int, loss: float) -> None:
+        check(should_stop)
+        if step % every == 0:
+            say(f"sft step {step}/{settings.sft.steps} loss {loss:.3f}")
+
+    supervised_finetune(model, tokenizer, documents["sft"], vocabulary, settings.sft, progress=sft_progress)
     model.save_pretrained(work / "model")
     tokenizer.save_pretrained(work / "model")  # a self-contained folder, as vLLM and trainers expect
 
     def sample(prompts: list[str], temperature: float, seed: int) -> list[str]:
-        return sample_texts(model, tokenizer, prompts, temperature, max_new_tokens=MAX_SUMMARY_TOKENS, seed=seed)
+        return sample_texts(model, tokenizer, prompts, temperature, max_new_tokens=MAX_SUMMARY_TOKENS, seed=seed,
+                            should_stop=should_stop)  # fmt: skip
 
     say("sampling preference pairs from mu")
     pair_docs = documents["pairs"]

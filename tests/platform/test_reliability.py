@@ -3,6 +3,7 @@ real control service over HTTP. Workers are killed (SIGKILL, SIGTERM) mid-task, 
 mid-job, tasks fail forever; no job is lost, run twice or left without a reason."""
 
 import contextlib
+import http.server
 import json
 import os
 import shutil
@@ -36,11 +37,11 @@ class Platform:
         self.processes: list[subprocess.Popen] = []
         self.redis = redis.Redis.from_url(self.stack["redis_url"], decode_responses=True)
 
-    def start(self, name: str) -> subprocess.Popen:
+    def start(self, name: str, **settings: str) -> subprocess.Popen:
         log = self.directory / "logs" / f"{name}-{len(self.processes)}.log"
         name_tag = f"{name}-{len(self.processes)}"
         env = {**os.environ, **self.env, "GPO_REDIS_URL": self.stack["redis_url"],
-               "GPO_ARTIFACTS": self.stack["artifacts"], "GPO_WORKER_NAME": name_tag}  # fmt: skip
+               "GPO_ARTIFACTS": self.stack["artifacts"], "GPO_WORKER_NAME": name_tag, **settings}  # fmt: skip
         with log.open("w") as handle:
             process = subprocess.Popen([sys.executable, "-m", SERVICES[name]], stdout=handle, stderr=handle, env=env,
                                        start_new_session=True)  # fmt: skip
@@ -72,13 +73,33 @@ def shared_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("platform-cache")  # the small task is built once for these tests
 
 
+class _Slow(http.server.BaseHTTPRequestHandler):
+    """A judge endpoint that takes 60 s to answer anything (and then fails)."""
+
+    def do_POST(self) -> None:
+        time.sleep(60)
+        self.send_error(500)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture(scope="session")
+def slow_endpoint():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Slow)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+
+
 @pytest.fixture
-def platform(tmp_path, shared_cache):
+def platform(tmp_path, shared_cache, slow_endpoint):
     keys = ",".join(f"{key}:{tenant}" for key, tenant in TENANT_KEYS.items())
     (tmp_path / "shared").mkdir()  # the deployment's read-only root: jobs may name files in it
     env = {"GPO_API_KEYS": keys, "GPO_CACHE_DIR": str(shared_cache), "GPO_CLAIM_IDLE_S": "3",
            "GPO_HEARTBEAT_S": "0.5", "GPO_MAX_ATTEMPTS": "2", "GPO_READ_ROOTS": str(tmp_path / "shared"),
-           "GPO_JUDGE_ENDPOINTS": "http://127.0.0.1:9/v1"}  # fmt: skip
+           "GPO_JUDGE_ENDPOINTS": f"http://127.0.0.1:9/v1,{slow_endpoint}"}  # fmt: skip
     platform = Platform(tmp_path / "stack", env)
     yield platform
     platform.close()
@@ -202,6 +223,61 @@ def test_a_task_that_always_fails_is_dead_lettered_and_the_job_fails_with_the_re
     assert done.runs[0].state == "failed" and done.runs[0].stage == "judge"
     [(_, entry)] = platform.redis.xrange("gpo:dead")
     assert entry["stage"] == "judge" and message in entry["reason"] and entry["attempts"] == "2"
+
+
+def test_cancel_reaches_a_judge_held_by_a_slow_endpoint_within_seconds(platform, slow_endpoint) -> None:
+    for name in ("trainer", "generator"):
+        platform.start(name)
+    judge = platform.start("judge")
+    spec = small_job(steps=2)
+    spec["judge"] = {"kind": "endpoint", "base_url": slow_endpoint, "model": "judge"}
+    job = platform.client.submit(spec)
+    wait_until(lambda: platform.client.get(job.id).runs[0].stage == "judge" and
+               platform.client.get(job.id).runs[0].state == "running", 180, "judging to start")  # fmt: skip
+    time.sleep(1)  # inside the 60 s call now
+    cancelled_at = time.monotonic()
+    platform.client.cancel(job.id)
+    wait_until(lambda: "the job was cancelled" in judge.log.read_text(), 10, "the judge to stop")
+    assert time.monotonic() - cancelled_at < 10
+    done = platform.client.get(job.id)
+    assert done.state == "cancelled" and done.runs[0].state == "cancelled"
+    time.sleep(2)  # a late report of the abandoned call, had there been one
+    events = [json.loads(e["data"]) for _, e in platform.redis.xrange(f"gpo:job:{job.id}:events")]
+    assert "succeeded" not in [e.get("state") for e in events]
+    assert platform.client.get(job.id).runs[0].state == "cancelled"
+
+
+def test_a_task_past_its_deadline_is_stopped_and_its_run_fails(platform, slow_endpoint) -> None:
+    for name in ("trainer", "generator"):
+        platform.start(name)
+    platform.start("judge", GPO_TASK_DEADLINE_S="4")
+    spec = small_job(steps=2)
+    spec["judge"] = {"kind": "endpoint", "base_url": slow_endpoint, "model": "judge"}
+    job = platform.client.submit(spec)
+    done = platform.wait_for_job(job.id, 240)
+    assert done.state == "failed" and done.runs[0].stage == "judge"
+    assert "stopped at the task deadline, 4 s (GPO_TASK_DEADLINE_S)" in done.runs[0].reason
+
+
+def test_cancel_and_sigterm_reach_a_task_build(platform, shared_cache) -> None:
+    """A run whose built-in task is not built yet: the trainer builds it first (minutes for the
+    default size). Cancel stops the build within seconds, SIGTERM too; nothing half-built is kept."""
+    trainer = platform.start("trainer")
+    tasks = shared_cache / "tasks"
+    built = set(tasks.iterdir()) if tasks.exists() else set()
+    spec = {**small_job(steps=2), "task": {"size": "small", "seed": 4242}}  # not in the cache
+    job = platform.client.submit(spec)
+    wait_until(lambda: platform.client.get(job.id).runs[0].state == "running", 60, "the build to start")
+    cancelled_at = time.monotonic()
+    platform.client.cancel(job.id)
+    wait_until(lambda: platform.client.get(job.id).runs[0].state == "cancelled", 10, "the build to stop")
+    assert time.monotonic() - cancelled_at < 10
+    second = platform.client.submit({**spec, "name": "again"})
+    wait_until(lambda: platform.client.get(second.id).runs[0].state == "running", 60, "the next build to start")
+    platform.signal(trainer, signal.SIGTERM)
+    assert trainer.wait(timeout=15) == 0, trainer.log.read_text()[-2000:]
+    assert "task handed back" in trainer.log.read_text()
+    assert set(tasks.iterdir()) == built  # neither the task nor a half-built work folder
 
 
 def test_bad_data_fails_the_run_at_once_with_file_and_line(platform, small_task, tmp_path) -> None:

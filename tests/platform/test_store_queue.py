@@ -85,6 +85,23 @@ def test_a_failed_run_fails_the_job_with_its_reason_and_cancel_wins_over_running
     assert store.request_cancel(other) == "cancelled" and store.cancel_requested(other)
 
 
+def test_a_cancelled_job_never_shows_a_run_succeeded_afterwards(redis_client) -> None:
+    """A worker that finishes a task after the cancel (a judge that was mid-call) reports success:
+    the store records the run cancelled, atomically with the flag it checks."""
+    store = JobStore(redis_client)
+    job_id, _ = create_job(redis_client, "a", spec())
+    store.transition(job_id, "r00-logistic-b0.1", state="running", stage="judge")
+    store.request_cancel(job_id)
+    for state, stage in (("succeeded", "done"), ("queued", "judge"), ("running", "generate")):
+        store.transition(job_id, "r00-logistic-b0.1", state=state, stage=stage)
+        assert store.get(job_id).runs[0].state == "cancelled"
+    store.transition(job_id, "r01-hinge-b0.1", state="failed", reason="a real failure is kept")
+    job = store.get(job_id)
+    assert job.state == "cancelled" and job.runs[1].state == "failed"
+    runs = [d for _, kind, d, _ in store.events(job_id) if kind == "run_state"]
+    assert all(d["state"] != "succeeded" for d in runs)
+
+
 def test_concurrent_transitions_never_leave_a_stale_job_state(redis_client) -> None:
     store = JobStore(redis_client)
     runs = [{"loss": "logistic", "beta": 0.1 * (k + 1)} for k in range(8)]

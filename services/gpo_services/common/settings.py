@@ -75,6 +75,11 @@ class Settings(BaseSettings):
     formula_timeout_s: float = Field(
         2.0, gt=0, le=60, description="Wall (and CPU) seconds to check a job spec's loss formulas, in a child process."
     )
+    task_deadline_s: float = Field(
+        86_400.0,
+        gt=0,
+        description="Longest one task (a run's training, sampling or judging) may run; then the run fails.",
+    )
     max_attempts: int = Field(
         3, ge=1, le=100, description="Attempts per task before it goes to the dead-letter stream."
     )

@@ -162,10 +162,13 @@ class JobStore:
             runs = [pipe.hgetall(run_key(job_id, r)) for r in run_ids]
             now = time.time()
             changed_run = None
+            fields = dict(run_fields)
+            if job.get("cancel") == "1" and fields.get("state") in ("queued", "running", "succeeded"):
+                fields["state"] = "cancelled"  # a worker finishing after the cancel: the run is not done
             if run is not None:
                 index = run_ids.index(run)
                 before = runs[index]
-                after = {**before, **{k: str(v) for k, v in run_fields.items()}, "updated_at": str(now)}
+                after = {**before, **{k: str(v) for k, v in fields.items()}, "updated_at": str(now)}
                 runs[index] = after
                 if (before.get("state"), before.get("stage")) != (after.get("state"), after.get("stage")):
                     changed_run = after
@@ -173,9 +176,7 @@ class JobStore:
             state, reason = _derive_state(job_after, runs)
             pipe.multi()
             if run is not None:
-                pipe.hset(
-                    run_key(job_id, run), mapping={**{k: str(v) for k, v in run_fields.items()}, "updated_at": now}
-                )
+                pipe.hset(run_key(job_id, run), mapping={**{k: str(v) for k, v in fields.items()}, "updated_at": now})
             pipe.hset(key, mapping={**(job_fields or {}), "state": state, "reason": reason, "updated_at": now})
             if changed_run is not None:
                 data = {k: changed_run.get(k) for k in ("state", "stage", "reason")}

@@ -1,7 +1,12 @@
 """The loop every worker service runs: take a task from its stage's stream, run the handler with a
 heartbeat, then acknowledge, retry later, dead-letter or hand back; reconnect to Redis with
-backoff; stop gracefully on SIGTERM (a short task finishes, training hands its task back after a
-checkpoint); signal liveness."""
+backoff; stop gracefully on SIGTERM; signal liveness.
+
+Every task can be stopped part-way: its handler passes ``context.should_stop`` to the long loops
+(task builds, training steps, sampling batches, comparisons), which raise
+:class:`~gpo_core.stopping.Stopped`. Then the run is cancelled (the job was), fails (the task ran
+past ``GPO_TASK_DEADLINE_S``) or the task goes back to the queue (this worker is stopping; a
+training run has checkpointed)."""
 
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import redis
 
 from gpo_core.data import DatasetError
 from gpo_core.judge import JudgeEndpointRefused
+from gpo_core.stopping import Stopped
 from gpo_core.sweep.spec import JobSpecError
 from gpo_core.sweep.views import TERMINAL
 from gpo_core.train.loop import TrainingError
@@ -34,10 +40,6 @@ FINALIZE = "*finalize*"  # the judge task that makes the pairwise comparisons an
 PERMANENT_ERRORS = (DatasetError, JobSpecError, SpecError, TrainingError, JudgeEndpointRefused)
 
 
-class HandBack(Exception):
-    """The worker is stopping in the middle of this task: give it to another worker."""
-
-
 @dataclass
 class TaskContext:
     store: JobStore
@@ -45,6 +47,7 @@ class TaskContext:
     client: redis.Redis
     stopping: Callable[[], bool]
     logger: logging.Logger
+    should_stop: StopWatch | None = None  # this task's: see StopWatch
 
     def job_dir(self, job_id: str) -> Path:
         return self.settings.artifacts / job_id
@@ -140,13 +143,13 @@ class Worker:
         beat = threading.Thread(target=self._heartbeat, args=(message, done), daemon=True)
         beat.start()
         context = TaskContext(self.store, self.settings, self.client, self.stop_event.is_set, self.logger)
+        context.should_stop = StopWatch(context, message.task["job"], self.settings.task_deadline_s)
         started = time.perf_counter()
         try:
             log(self.logger, logging.INFO, "task started", **fields)
             self.handler(message.task, context)
-        except HandBack:
-            self.queue.hand_back(message)
-            log(self.logger, logging.INFO, "task handed back", **fields)
+        except Stopped:
+            self._stopped(message, context.should_stop, fields)
         except PERMANENT_ERRORS as err:
             log(self.logger, logging.ERROR, "task failed (not retried)", error=str(err), **fields)
             self._fail(message, str(err))
@@ -168,6 +171,20 @@ class Worker:
             done.set()
             beat.join()
 
+    def _stopped(self, message: Message, watch: StopWatch, fields: dict) -> None:
+        if watch.reason == "deadline":
+            reason = f"stopped at the task deadline, {self.settings.task_deadline_s:g} s (GPO_TASK_DEADLINE_S)"
+            log(self.logger, logging.ERROR, "task past its deadline", **fields)
+            self._fail(message, reason)
+        elif watch.reason == "cancelled":
+            self.queue.ack(message)
+            if message.task.get("run") != FINALIZE:
+                self.store.transition(message.task["job"], message.task["run"], state="cancelled")
+            log(self.logger, logging.INFO, "task stopped: the job was cancelled", **fields)
+        else:  # this worker is stopping: another one takes the task (training resumes from its checkpoint)
+            self.queue.hand_back(message)
+            log(self.logger, logging.INFO, "task handed back", **fields)
+
     def _heartbeat(self, message: Message, done: threading.Event) -> None:
         while not done.wait(self.settings.heartbeat_s):
             try:
@@ -177,23 +194,30 @@ class Worker:
                 log(self.logger, logging.WARNING, "heartbeat failed", error=str(err))
 
 
-class CancelWatch:
-    """``stop_requested`` for a training run: the worker is stopping, or the job was cancelled
-    (Redis asked at most once a second, so the training loop can call it every step)."""
+class StopWatch:
+    """``should_stop`` for one task: true once the worker is stopping, the job was cancelled (Redis
+    asked at most once a second, so loops may call it at every step) or the task has run for
+    ``deadline_s``; ``reason`` says which ("stopping", "cancelled" or "deadline")."""
 
-    def __init__(self, context: TaskContext, job_id: str, interval_s: float = 1.0):
+    def __init__(self, context: TaskContext, job_id: str, deadline_s: float, interval_s: float = 1.0):
         self.context, self.job_id, self.interval_s = context, job_id, interval_s
-        self._checked, self._cancelled = 0.0, False
+        self.deadline = time.monotonic() + deadline_s
+        self.reason: str | None = None
+        self._checked = 0.0
 
     def __call__(self) -> bool:
-        if self.context.stopping():
-            return True
-        now = time.monotonic()
-        if now - self._checked >= self.interval_s:
-            self._checked = now
-            with contextlib.suppress(redis.RedisError):  # Redis away for a moment: ask again later
-                self._cancelled = self.context.store.cancel_requested(self.job_id)
-        return self._cancelled
+        if self.reason is None:
+            now = time.monotonic()
+            if self.context.stopping():
+                self.reason = "stopping"
+            elif now >= self.deadline:
+                self.reason = "deadline"
+            elif now - self._checked >= self.interval_s:
+                self._checked = now
+                with contextlib.suppress(redis.RedisError):  # Redis away for a moment: ask again later
+                    if self.context.store.cancel_requested(self.job_id):
+                        self.reason = "cancelled"
+        return self.reason is not None
 
 
 class ProgressSink:

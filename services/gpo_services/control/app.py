@@ -198,7 +198,12 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
             return errors.error_response(503, "not_ready", f"redis unreachable: {err}")
         return JSONResponse({"status": "ready"})
 
-    @app.get("/metrics", tags=["health"], response_class=Response, responses={401: {"model": ErrorBody}})
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        response_class=Response,
+        responses={401: {"model": ErrorBody}, 404: {"model": ErrorBody, "description": "Metrics are off"}},
+    )
     def metrics(authorization: Annotated[str | None, Header()] = None) -> Response:
         """Prometheus metrics: requests, latency, queue depths. For the operator's scraper only
         (``Authorization: Bearer`` the ``GPO_METRICS_KEY``): the figures span every tenant."""

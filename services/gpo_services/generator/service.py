@@ -33,8 +33,8 @@ class Generator:
         cache = cache_root()
         engine = self.engine_for(stages.resolve_inputs(spec).reference) if uses_vllm(spec) else None
         job_dir = context.job_dir(job_id)
-        stages.generate_stage(spec, job_dir, stages.REFERENCE, cache, engine)
-        stages.generate_stage(spec, job_dir, run, cache, engine)
+        stages.generate_stage(spec, job_dir, stages.REFERENCE, cache, engine, context.should_stop)
+        stages.generate_stage(spec, job_dir, run, cache, engine, context.should_stop)
         context.store.transition(job_id, run, state="queued", stage="judge")
         context.enqueue("judge", job_id, run)
 

@@ -22,7 +22,7 @@ def handle(task: dict, context: TaskContext) -> None:
     spec = context.store.spec(job_id)
     check_endpoint(spec, context)
     context.store.transition(job_id, run, state="running", stage="judge")
-    summary = stages.judge_stage(spec, context.job_dir(job_id), run)
+    summary = stages.judge_stage(spec, context.job_dir(job_id), run, context.should_stop)
     context.store.transition(job_id, run, state="succeeded", stage="done", win_rate=json.dumps(summary.get("win_rate")))
     # Exactly one finalize task per job, whichever judge saw the last run finish.
     all_judged = all(r.state == "succeeded" for r in context.store.get(job_id).runs)
@@ -43,7 +43,7 @@ def finalize(job_id: str, context: TaskContext) -> None:
     spec = context.store.spec(job_id)
     check_endpoint(spec, context)
     job_dir = context.job_dir(job_id)
-    stages.pairwise_stage(spec, job_dir)
+    stages.pairwise_stage(spec, job_dir, context.should_stop)
     page = build_report(job_dir)
     context.store.transition(job_id, job_fields={"report": str(page.relative_to(job_dir))})
 

@@ -1,12 +1,14 @@
 """The trainer service: consumes train tasks and runs the training engine (in this process, or on
 Ray Train when the job asks for workers: a Ray driver connected to ``RAY_ADDRESS`` or to a Ray
-it starts locally). Cancellation and SIGTERM stop a run at its next step, after a checkpoint; a
-redelivered task resumes from that checkpoint."""
+it starts locally). Cancellation, a deadline and SIGTERM stop a run at its next step, after a
+checkpoint (or a build of the built-in task at its next step); a redelivered task resumes from
+that checkpoint."""
 
 from __future__ import annotations
 
+from gpo_core.stopping import Stopped
 from gpo_core.sweep import stages
-from gpo_services.common.worker import CancelWatch, HandBack, ProgressSink, TaskContext, Worker
+from gpo_services.common.worker import ProgressSink, TaskContext, Worker
 
 
 def handle(task: dict, context: TaskContext) -> None:
@@ -18,12 +20,9 @@ def handle(task: dict, context: TaskContext) -> None:
     if not (job_dir / "job.json").exists():  # the job folder starts with the job's first task
         stages.write_job_file(spec, job_dir)
     context.store.transition(job_id, run, state="running", stage="train")
-    result = stages.train_stage(spec, job_dir, run, ProgressSink(context, job_id, run), CancelWatch(context, job_id))
+    result = stages.train_stage(spec, job_dir, run, ProgressSink(context, job_id, run), context.should_stop)
     if result["stopped"]:
-        if context.stopping():
-            raise HandBack
-        context.store.transition(job_id, run, state="cancelled", step=result["steps"])
-        return
+        raise Stopped  # the worker decides: hand back, cancelled or past the deadline
     context.store.transition(job_id, run, state="queued", stage="generate", step=result["steps"])
     context.enqueue("generate", job_id, run)
 
