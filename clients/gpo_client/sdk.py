@@ -47,7 +47,14 @@ class InvalidSpec(ApiError):
     pass
 
 
-_ERRORS = {401: Unauthorized, 404: NotFound, 409: Conflict, 422: InvalidSpec}
+class TooManyRequests(ApiError):
+    """Over the tenant's request rate (``code`` "rate_limited") or its limit of queued and running
+    runs ("quota"); ``retry_after``: seconds the service asks to wait."""
+
+    retry_after: float | None = None
+
+
+_ERRORS = {401: Unauthorized, 404: NotFound, 409: Conflict, 422: InvalidSpec, 429: TooManyRequests}
 
 
 def _check(response: httpx.Response) -> httpx.Response:
@@ -58,7 +65,10 @@ def _check(response: httpx.Response) -> httpx.Response:
         code, message, details = body.get("error", "error"), body.get("message", response.text), body.get("details")
     except (json.JSONDecodeError, AttributeError):
         code, message, details = "error", response.text[:500], None
-    raise _ERRORS.get(response.status_code, ApiError)(response.status_code, code, message, details)
+    error = _ERRORS.get(response.status_code, ApiError)(response.status_code, code, message, details)
+    if isinstance(error, TooManyRequests) and response.headers.get("retry-after", "").isdigit():
+        error.retry_after = float(response.headers["retry-after"])
+    raise error
 
 
 def spec_payload(spec: JobSpec | dict | str | Path) -> dict:

@@ -83,7 +83,8 @@ def redis_client(redis_server):
 @pytest.fixture
 def settings(redis_server, tmp_path) -> Settings:
     return Settings(redis_url=redis_server.url, artifacts=tmp_path / "artifacts", api_keys=TENANT_KEYS,
-                    max_body_bytes=64 * 1024, metrics_key=METRICS_KEY)  # fmt: skip
+                    max_body_bytes=64 * 1024, metrics_key=METRICS_KEY, rate_limit_per_minute=0,
+                    max_active_runs=100_000)  # the tests submit thousands of jobs  # fmt: skip
 
 
 @contextlib.contextmanager

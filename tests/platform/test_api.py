@@ -7,6 +7,7 @@ import httpx
 import pytest
 
 from gpo_client import Client, Conflict, NotFound, Unauthorized
+from gpo_services.common.queue import stream_key
 from tests.platform.conftest import METRICS_KEY, TENANT_KEYS
 
 KEY_A, KEY_B = list(TENANT_KEYS)
@@ -28,7 +29,7 @@ def client_b(api):
 def test_submit_stores_the_job_and_queues_training(client_a, redis_client) -> None:
     job = client_a.submit(SPEC)
     assert job.state == "queued" and len(job.runs) == 4 and job.report is None
-    assert redis_client.xlen("gpo:queue:train") == 4
+    assert redis_client.xlen(stream_key("train", "tenant-a")) == 4
     assert client_a.get(job.id) == job  # the view the submission answered is what was stored
 
 

@@ -19,7 +19,8 @@ KEY = next(iter(TENANT_KEYS))
 
 def start_control(redis_url: str, tmp_path, port: int, workers: int = 2) -> subprocess.Popen:
     env = {**os.environ, "GPO_REDIS_URL": redis_url, "GPO_ARTIFACTS": str(tmp_path / "artifacts"),
-           "GPO_API_KEYS": f"{KEY}:tenant-a", "GPO_PORT": str(port), "GPO_WORKERS": str(workers)}  # fmt: skip
+           "GPO_API_KEYS": f"{KEY}:tenant-a", "GPO_PORT": str(port), "GPO_WORKERS": str(workers),
+           "GPO_RATE_LIMIT_PER_MINUTE": "0"}  # fmt: skip
     return subprocess.Popen([sys.executable, "-m", "gpo_services.control"], env=env, stderr=subprocess.PIPE, text=True)
 
 

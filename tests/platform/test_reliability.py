@@ -99,7 +99,8 @@ def platform(tmp_path, shared_cache, slow_endpoint):
     (tmp_path / "shared").mkdir()  # the deployment's read-only root: jobs may name files in it
     env = {"GPO_API_KEYS": keys, "GPO_CACHE_DIR": str(shared_cache), "GPO_CLAIM_IDLE_S": "3",
            "GPO_HEARTBEAT_S": "0.5", "GPO_MAX_ATTEMPTS": "2", "GPO_READ_ROOTS": str(tmp_path / "shared"),
-           "GPO_JUDGE_ENDPOINTS": f"http://127.0.0.1:9/v1,{slow_endpoint}"}  # fmt: skip
+           "GPO_JUDGE_ENDPOINTS": f"http://127.0.0.1:9/v1,{slow_endpoint}",
+           "GPO_RATE_LIMIT_PER_MINUTE": "0"}  # the tests poll  # fmt: skip
     platform = Platform(tmp_path / "stack", env)
     yield platform
     platform.close()

@@ -19,7 +19,8 @@ KEY_A, KEY_B = list(TENANT_KEYS)
 def stack(tmp_path_factory):
     directory = tmp_path_factory.mktemp("stack")
     keys = ",".join(f"{key}:{tenant}" for key, tenant in TENANT_KEYS.items())
-    env = {"GPO_API_KEYS": keys, "GPO_CACHE_DIR": str(directory / "cache"), "GPO_HEARTBEAT_S": "1"}
+    env = {"GPO_API_KEYS": keys, "GPO_CACHE_DIR": str(directory / "cache"), "GPO_HEARTBEAT_S": "1",
+           "GPO_RATE_LIMIT_PER_MINUTE": "0"}  # the tests poll  # fmt: skip
     record = start_stack(directory, env=env)
     yield record
     stop_stack(directory)

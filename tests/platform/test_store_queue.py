@@ -10,8 +10,8 @@ import redis
 import redis.asyncio
 
 from gpo_core.sweep.spec import JobSpec
-from gpo_services.common.queue import DEAD_LETTER, TaskQueue
-from gpo_services.common.store import AsyncJobStore, Conflict, JobStore
+from gpo_services.common.queue import DEAD_LETTER, TaskQueue, stream_key
+from gpo_services.common.store import AsyncJobStore, Conflict, JobStore, QuotaExceeded
 
 
 def spec(**overrides) -> JobSpec:
@@ -128,7 +128,8 @@ def test_idempotency_key_returns_the_first_job_and_refuses_another_spec(redis_cl
     with pytest.raises(Conflict, match="different spec"):
         create_job(redis_client, "a", spec(name="other"), "key-1")
     # A reused key writes nothing; each key's record names a job stored in the same step.
-    assert redis_client.xlen("gpo:queue:train") == 2 * 2 and redis_client.zcard("gpo:tenant:a:jobs") == 1
+    assert redis_client.xlen(stream_key("train", "a")) == redis_client.xlen(stream_key("train", "b")) == 2
+    assert redis_client.zcard("gpo:tenant:a:jobs") == 1
     for record in redis_client.scan_iter("gpo:idem:*"):
         assert redis_client.exists(f"gpo:job:{redis_client.get(record).split()[0]}")
         assert 0 < redis_client.ttl(record) <= 24 * 3600
@@ -136,8 +137,7 @@ def test_idempotency_key_returns_the_first_job_and_refuses_another_spec(redis_cl
 
 def test_queue_delivers_acknowledges_and_reclaims_from_a_dead_consumer(redis_client) -> None:
     dead = TaskQueue(redis_client, "train", "worker-1", claim_idle_ms=200)
-    dead.ensure_group()
-    dead.put({"job": "j", "run": "r", "attempt": 1})
+    dead.put("a", {"job": "j", "run": "r", "attempt": 1})
     taken = dead.get(block_ms=100)
     assert taken.task == {"job": "j", "run": "r", "attempt": 1} and taken.deliveries == 1
     # worker-1 dies without acknowledging; worker-2 finds nothing until the entry goes idle...
@@ -156,8 +156,7 @@ def test_queue_delivers_acknowledges_and_reclaims_from_a_dead_consumer(redis_cli
 
 def test_failed_attempts_back_off_then_dead_letter_with_the_reason(redis_client) -> None:
     queue = TaskQueue(redis_client, "judge", "w", claim_idle_ms=60_000, max_attempts=2, backoff_s=0.1)
-    queue.ensure_group()
-    queue.put({"job": "j", "run": "r", "attempt": 1})
+    queue.put("a", {"job": "j", "run": "r", "attempt": 1})
     first = queue.get(block_ms=50)
     assert queue.retry_later(first, "boom") == pytest.approx(0.1)
     assert queue.get(block_ms=10) is None and queue.depth()["delayed"] == 1  # not before the backoff
@@ -172,11 +171,88 @@ def test_failed_attempts_back_off_then_dead_letter_with_the_reason(redis_client)
 
 def test_a_task_that_kills_its_workers_is_exhausted(redis_client) -> None:
     queue = TaskQueue(redis_client, "generate", "w", claim_idle_ms=1, max_attempts=2)
-    queue.ensure_group()
-    queue.put({"job": "j", "run": "r"})
+    queue.put("a", {"job": "j", "run": "r"})
     deliveries = []
     for _ in range(3):
         time.sleep(0.01)
         message = queue.get(block_ms=50)
         deliveries.append(message.deliveries)
     assert deliveries == [1, 2, 3] and queue.exhausted(message)
+
+
+def test_tenants_are_served_in_turn_not_first_come_first_served(redis_client) -> None:
+    """One tenant queues 50 tasks, then two others queue theirs: the next worker takes the others'
+    first tasks at once (round robin over the tenants' streams), not after the 50."""
+    queue = TaskQueue(redis_client, "train", "w")
+    for i in range(50):
+        queue.put("greedy", {"job": "g", "run": f"g{i}"})
+    queue.put("patient", {"job": "p", "run": "p0"})
+    queue.put("patient", {"job": "p", "run": "p1"})
+    queue.put("third", {"job": "t", "run": "t0"})
+    served = []
+    for _ in range(9):
+        message = queue.get(block_ms=50)
+        served.append(message.task["run"])
+        queue.ack(message)
+    assert {"p0", "t0"} <= set(served[:3])  # each tenant's first task within the first round
+    assert served.index("p1") < 6 and served.count("p0") == 1
+    assert [run for run in served if run.startswith("g")] == [f"g{i}" for i in range(6)]  # in order, per tenant
+    assert queue.depth() == {"waiting": 44, "in_flight": 0, "delayed": 0}
+
+
+def test_a_blocked_worker_wakes_for_a_task_on_any_tenants_stream(redis_client) -> None:
+    """A waiting worker blocks on every stream it knows and wakes as soon as one gets a task; a
+    tenant's very first stream is seen at the worker's next round (within ``block_ms``)."""
+    queue = TaskQueue(redis_client, "generate", "w")
+    other = TaskQueue(redis_client, "generate", "other")
+    for tenant in ("a", "b"):
+        queue.put(tenant, {"job": tenant, "run": "first"})
+        queue.ack(queue.get(block_ms=50))
+    threading.Timer(0.2, lambda: other.put("b", {"job": "b", "run": "x"})).start()
+    started = time.monotonic()
+    message = queue.get(block_ms=3000)
+    assert message is not None and message.task["run"] == "x" and time.monotonic() - started < 1.5
+    assert message.stream == stream_key("generate", "b")
+    queue.ack(message)
+    other.put("new tenant", {"job": "c", "run": "y"})
+    assert queue.get(block_ms=100).task["run"] == "y"
+
+
+def test_tasks_queued_by_an_earlier_version_move_to_their_tenants_streams(redis_client) -> None:
+    store = JobStore(redis_client)
+    job_id, _ = create_job(redis_client, "a", spec())
+    legacy = "gpo:queue:judge"
+    redis_client.xadd(legacy, {"task": json.dumps({"job": job_id, "run": "r00-logistic-b0.1", "attempt": 1})})
+    redis_client.xadd(legacy, {"task": json.dumps({"job": "gone", "run": "r", "attempt": 1})})
+    queue = TaskQueue(redis_client, "judge", "w")
+    assert queue.adopt_legacy_stream(store.tenant) == 1 and not redis_client.exists(legacy)
+    message = queue.get(block_ms=50)
+    assert message.task["job"] == job_id and message.stream == stream_key("judge", "a")
+
+
+def test_a_tenant_over_its_run_quota_is_refused_and_finished_jobs_free_it(redis_client) -> None:
+    store = JobStore(redis_client)
+
+    def submit(tenant: str) -> str:
+        kwargs = redis_client.get_connection_kwargs()
+        url = f"redis://{kwargs['host']}:{kwargs['port']}/{kwargs.get('db', 0)}"
+
+        async def go():
+            client = redis.asyncio.Redis.from_url(url, decode_responses=True)
+            try:
+                return (await AsyncJobStore(client).create_job(tenant, spec(), max_active_runs=5))[0].id
+            finally:
+                await client.aclose()
+
+        return asyncio.run(go())
+
+    first, second = submit("a"), submit("a")  # 2 runs each: 4 of 5
+    with pytest.raises(QuotaExceeded, match="you have 4 runs queued or running; at most 5"):
+        submit("a")
+    assert redis_client.zcard("gpo:tenant:a:jobs") == 2  # nothing of the refused job was written
+    assert submit("b")  # another tenant has its own quota
+    store.request_cancel(first)  # over: its runs stop counting
+    assert submit("a")
+    for run in store.run_ids(second):
+        store.transition(second, run, state="failed", reason="x")
+    assert submit("a")

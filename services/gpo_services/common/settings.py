@@ -60,6 +60,12 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address the control service listens on.")
     port: int = Field(8700, ge=1, le=65535, description="Port the control service listens on.")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body the control service accepts.")
+    max_active_runs: int = Field(
+        256, ge=1, le=1_000_000, description="Runs one tenant may have queued or running at once (429 beyond)."
+    )
+    rate_limit_per_minute: int = Field(
+        600, ge=0, le=1_000_000, description="Requests one tenant may make per minute (429 beyond); 0: no limit."
+    )
     max_header_bytes: int = Field(
         65_536, ge=4096, le=2**24, description="Largest request head (request line and headers): 431 beyond."
     )

@@ -11,6 +11,7 @@ Keys::
     gpo:job:{id}:run:{run}    hash: id, loss, beta, state, stage, step, steps, win_rate, reason, updated_at
     gpo:job:{id}:events       stream of {type, data, ts}
     gpo:tenant:{tenant}:jobs  sorted set of job ids by creation time
+    gpo:tenant:{tenant}:active  the tenant's jobs not yet over, scored by their number of runs
     gpo:idem:{tenant}:{hash}  the job an Idempotency-Key created (24 h)
 """
 
@@ -27,7 +28,7 @@ import redis.asyncio
 
 from gpo_core.sweep.spec import JobSpec
 from gpo_core.sweep.views import TERMINAL, JobPage, JobView, RunView
-from gpo_services.common.queue import stream_key
+from gpo_services.common.queue import stream_key, streams_key
 
 EVENTS_MAXLEN = 5000
 IDEMPOTENCY_TTL_S = 24 * 3600
@@ -35,6 +36,18 @@ IDEMPOTENCY_TTL_S = 24 * 3600
 
 class Conflict(Exception):
     """The request contradicts the job's state (e.g. cancelling a finished job)."""
+
+
+class QuotaExceeded(Exception):
+    """The tenant's queued and running runs would pass its limit."""
+
+    def __init__(self, held: int, limit: int):
+        super().__init__(f"you have {held} runs queued or running; at most {limit} at once")
+        self.held, self.limit = held, limit
+
+
+def active_key(tenant: str) -> str:
+    return f"gpo:tenant:{tenant}:active"
 
 
 def job_key(job_id: str) -> str:
@@ -82,6 +95,9 @@ class JobStore:
 
     def state(self, job_id: str) -> str | None:
         return self.r.hget(job_key(job_id), "state")
+
+    def tenant(self, job_id: str) -> str | None:
+        return self.r.hget(job_key(job_id), "tenant")
 
     def cancel_requested(self, job_id: str) -> bool:
         return self.r.hget(job_key(job_id), "cancel") == "1"
@@ -181,6 +197,8 @@ class JobStore:
             if changed_run is not None:
                 data = {k: changed_run.get(k) for k in ("state", "stage", "reason")}
                 pipe.xadd(events_key(job_id), self._event("run_state", {"run": run, **data}), maxlen=EVENTS_MAXLEN)
+            if state in TERMINAL and job.get("state") not in TERMINAL:
+                pipe.zrem(active_key(job["tenant"]), job_id)  # its runs no longer count against the quota
             if state != job.get("state"):
                 pipe.xadd(
                     events_key(job_id), self._event("job_state", {"state": state, "reason": reason}),
@@ -240,22 +258,35 @@ class JobStore:
 # pipeline of the same commands took 404 us per 4-run job against 230 us for this script (each
 # queued reply is read separately, with its own timeout). The Idempotency-Key record is written in
 # the same step, so it never names a job that was not stored (a client retrying after a lost
-# connection finds either both or neither). KEYS: job, train queue, tenant index, events, one per
-# run, then the idempotency record if any. ARGV[1]: JSON of the field lists (values already
-# strings, formatted as redis-py formats them). Returns the record's value if the key was used
-# before (nothing is written then), else nothing.
+# connection finds either both or neither); a replay is answered before the quota is counted. The
+# tenant's queued and running runs are the scores of its active set (a job leaves it when it ends):
+# a job that would take them over ``max_active`` is not written. KEYS: job, the tenant's train
+# stream, tenant index, events, one per run, then the idempotency record if any, the stage's set of
+# streams, the tenant's active set. ARGV[1]: JSON of the field lists (values already strings,
+# formatted as redis-py formats them). Returns the record's value if the key was used before,
+# "quota N" (N runs held) when over the quota (nothing is written then), else nothing.
 CREATE_JOB = """
 local new = cjson.decode(ARGV[1])
+local streams, active = KEYS[#KEYS - 1], KEYS[#KEYS]
 if new.idempotency ~= '' then
-  local idem = KEYS[5 + #new.runs]
-  local first = redis.call('GET', idem)
+  local first = redis.call('GET', KEYS[5 + #new.runs])
   if first then return first end
-  redis.call('SET', idem, new.idempotency, 'EX', new.ttl)
+end
+if new.max_active > 0 then
+  local held, entries = 0, redis.call('ZRANGE', active, 0, -1, 'WITHSCORES')
+  for i = 2, #entries, 2 do held = held + tonumber(entries[i]) end
+  if held + #new.runs > new.max_active then return 'quota ' .. held end
+end
+if new.idempotency ~= '' then
+  redis.call('SET', KEYS[5 + #new.runs], new.idempotency, 'EX', new.ttl)
 end
 redis.call('HSET', KEYS[1], unpack(new.job))
 for i, run in ipairs(new.runs) do redis.call('HSET', KEYS[4 + i], unpack(run)) end
+redis.pcall('XGROUP', 'CREATE', KEYS[2], 'workers', '0', 'MKSTREAM')
+redis.call('SADD', streams, KEYS[2])
 for _, task in ipairs(new.tasks) do redis.call('XADD', KEYS[2], '*', 'task', task) end
 redis.call('ZADD', KEYS[3], new.score, new.id)
+redis.call('ZADD', active, #new.runs, new.id)
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', new.maxlen, '*', unpack(new.event))
 """
 
@@ -275,10 +306,14 @@ class AsyncJobStore:
         self.r = client
         self._create = client.register_script(CREATE_JOB)
 
-    async def create_job(self, tenant: str, spec: JobSpec, idempotency_key: str | None = None) -> tuple[JobView, bool]:
-        """Store the job and its runs and queue one train task per run, atomically (one script):
-        (the job, created). A repeated Idempotency-Key returns the first job (created=False); the
-        same key with a different spec is a :class:`Conflict`."""
+    async def create_job(
+        self, tenant: str, spec: JobSpec, idempotency_key: str | None = None, max_active_runs: int = 0
+    ) -> tuple[JobView, bool]:
+        """Store the job and its runs and queue one train task per run on the tenant's stream,
+        atomically (one script): (the job, created). A repeated Idempotency-Key returns the first
+        job (created=False); the same key with a different spec is a :class:`Conflict`. With
+        ``max_active_runs``, a job that would take the tenant's queued and running runs past it
+        is refused (:class:`QuotaExceeded`)."""
         spec_json = spec.model_dump_json()
         spec_hash = hashlib.sha256(spec_json.encode()).hexdigest()
         job_id = uuid.uuid4().hex[:16]
@@ -291,10 +326,11 @@ class AsyncJobStore:
             {"id": run_id, "loss": run.loss, "beta": run.beta, **fresh}
             for run_id, run in zip(runs, spec.run_list(), strict=True)
         ]
-        keys = [job_key(job_id), stream_key("train"), f"gpo:tenant:{tenant}:jobs", events_key(job_id)]
+        keys = [job_key(job_id), stream_key("train", tenant), f"gpo:tenant:{tenant}:jobs", events_key(job_id)]
         keys += [run_key(job_id, run_id) for run_id in runs]
         if idempotency_key is not None:
             keys.append(f"gpo:idem:{tenant}:{hashlib.sha256(idempotency_key.encode()).hexdigest()}")
+        keys += [streams_key("train"), active_key(tenant)]
         first = await self._create(
             keys=keys,
             args=[json.dumps({
@@ -303,10 +339,13 @@ class AsyncJobStore:
                 "score": repr(now), "id": job_id, "maxlen": EVENTS_MAXLEN,
                 "event": _flat(JobStore._event("job_state", {"state": "queued"})),
                 "idempotency": "" if idempotency_key is None else f"{job_id} {spec_hash}", "ttl": IDEMPOTENCY_TTL_S,
+                "max_active": max_active_runs,
             })],
         )  # fmt: skip
         if first is None:
             return JobStore._view(job, records), True  # what was just written: no read back
+        if first.startswith("quota "):
+            raise QuotaExceeded(int(first.split()[1]), max_active_runs)
         first_id, first_hash = first.split(" ")
         if first_hash != spec_hash:
             raise Conflict("this Idempotency-Key was used with a different spec")

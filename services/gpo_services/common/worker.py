@@ -53,7 +53,8 @@ class TaskContext:
         return self.settings.artifacts / job_id
 
     def enqueue(self, stage: str, job_id: str, run: str) -> None:
-        enqueue(self.client, stage, {"job": job_id, "run": run, "attempt": 1})
+        """The job's next task, on its tenant's stream of ``stage``."""
+        enqueue(self.client, stage, self.store.tenant(job_id), {"job": job_id, "run": run, "attempt": 1})
 
     def skip_if_over(self, job_id: str, run: str) -> bool:
         """True (and the run marked cancelled) when the job was cancelled or has already failed."""
@@ -100,7 +101,8 @@ class Worker:
         while not self.stop_event.is_set():
             try:
                 if not ready:
-                    self.queue.ensure_group()
+                    if moved := self.queue.adopt_legacy_stream(self.store.tenant):
+                        log(self.logger, logging.INFO, "queued tasks moved to per-tenant streams", tasks=moved)
                     ready = True
                 self._alive()
                 message = self.queue.get(block_ms=1000)

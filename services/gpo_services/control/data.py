@@ -35,6 +35,7 @@ ERRORS = {
     404: {"model": ErrorBody, "description": "No such upload for this tenant"},
     413: {"model": ErrorBody, "description": "Larger than GPO_MAX_UPLOAD_BYTES"},
     422: {"model": ErrorBody, "description": "Not valid pairs or prompts; the message names the line"},
+    429: {"model": ErrorBody, "description": "Over the tenant's request rate; Retry-After says when to retry"},
 }
 UploadName = Annotated[
     str, PathParam(pattern=NAME_PATTERN, description="File name: letters, digits, _ -; .jsonl or .parquet")
@@ -124,7 +125,7 @@ async def upload(
         partial.unlink(missing_ok=True)
 
 
-@router.get("", response_model=list[Upload], responses={401: ERRORS[401]})
+@router.get("", response_model=list[Upload], responses={401: ERRORS[401], 429: ERRORS[429]})
 async def list_uploads(settings: SettingsDep, tenant: TenantDep) -> list[Upload]:
     """This tenant's uploads, by name."""
     folder = tenant_folder(settings, tenant)

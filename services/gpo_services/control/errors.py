@@ -11,8 +11,11 @@ from gpo_core.sweep.views import ErrorBody
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, details: list[dict] | None = None):
+    def __init__(
+        self, status: int, code: str, message: str, details: list[dict] | None = None, headers: dict | None = None
+    ):
         self.status, self.code, self.message, self.details = status, code, message, details or []
+        self.headers = headers or {}
 
 
 class BodyTimeout(Exception):
@@ -28,8 +31,8 @@ def error_response(status: int, code: str, message: str, details: list[dict] | N
 
 
 async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-    return error_response(exc.status, exc.code, exc.message, exc.details, headers)
+    headers = {**exc.headers, **({"WWW-Authenticate": "Bearer"} if exc.status == 401 else {})}
+    return error_response(exc.status, exc.code, exc.message, exc.details, headers or None)
 
 
 def invalid(problems: list[dict], code: str = "invalid_request") -> ApiError:

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 
 from gpo_core.sweep.views import ErrorBody, JobPage, JobState, JobView
-from gpo_services.common.store import Conflict
+from gpo_services.common.store import Conflict, QuotaExceeded
 from gpo_services.control.deps import AsyncStoreDep, SettingsDep, StoreDep, TenantDep
 from gpo_services.control.errors import ApiError, invalid
 from gpo_services.control.inputs import resolve_spec_paths
@@ -22,6 +22,7 @@ ERRORS = {
     401: {"model": ErrorBody, "description": "Missing or wrong API key"},
     404: {"model": ErrorBody, "description": "No such job for this tenant"},
     422: {"model": ErrorBody, "description": "Invalid parameters; details name each one"},
+    429: {"model": ErrorBody, "description": "Over the tenant's request rate; Retry-After says when to retry"},
     503: {"model": ErrorBody, "description": "The job store (Redis) is unreachable; retry"},
 }
 
@@ -53,6 +54,11 @@ def _job_or_404(store, job_id: str, tenant: str) -> JobView:
         **ERRORS,
         200: {"model": JobView, "description": "A retry with the same Idempotency-Key: the job it created"},
         409: {"model": ErrorBody, "description": "Idempotency-Key reused with a different spec"},
+        429: {
+            "model": ErrorBody,
+            "description": "Over the request rate, or the job would pass the tenant's "
+            "limit of queued and running runs (GPO_MAX_ACTIVE_RUNS); Retry-After",
+        },
         413: {"model": ErrorBody, "description": "Request body too large"},
         422: {"model": ErrorBody, "description": "Invalid spec; details name each field"},
     },
@@ -78,16 +84,19 @@ async def submit_job(
         raise invalid(err.details) from None
     spec = resolve_spec_paths(spec, tenant, settings)  # only its uploads and the shared read-only roots
     try:
-        job, created = await store.create_job(tenant, spec, idempotency_key)
+        job, created = await store.create_job(tenant, spec, idempotency_key, settings.max_active_runs)
     except Conflict as err:
         raise ApiError(409, "conflict", str(err)) from None
+    except QuotaExceeded as err:
+        raise ApiError(429, "quota", f"{err}; submit again when some have finished",
+                       headers={"Retry-After": "30"}) from None  # fmt: skip
     if not created:
         response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"
     return job
 
 
-@router.get("", response_model=JobPage, responses={401: ERRORS[401], 422: ERRORS[422], 503: ERRORS[503]})
+@router.get("", response_model=JobPage, responses={k: ERRORS[k] for k in (401, 422, 429, 503)})
 def list_jobs(
     store: StoreDep,
     tenant: TenantDep,
