@@ -116,6 +116,20 @@ def load_preferences(path: str | Path, skip_invalid: bool = False) -> list[dict]
     return load_records(path, PAIR_FIELDS, skip_invalid).records
 
 
+def count_records(path: str | Path) -> int:
+    """Records in a dataset, without validating them: a cheap size for limits (a JSONL file's
+    non-blank lines, a Parquet file's row count from its footer)."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows
+    if path.is_file() and path.suffix in (".jsonl", ".json"):
+        with path.open("rb") as handle:
+            return sum(1 for line in handle if line.strip())
+    return sum(1 for _ in _raw_records(path))
+
+
 def load_prompts(path: str | Path) -> list[dict]:
     """Evaluation prompts: records with a non-empty ``prompt`` (and usually an ``id``)."""
     return load_records(path, PROMPT_FIELDS).records

@@ -159,6 +159,10 @@ class Client:
     def cancel(self, job_id: str) -> JobView:
         return JobView.model_validate(_check(self.http.post(f"/jobs/{job_id}/cancel")).json())
 
+    def delete(self, job_id: str) -> None:
+        """Delete a finished job: its artifacts and records (frees storage quota)."""
+        _check(self.http.delete(f"/jobs/{job_id}"))
+
     def events(self, job_id: str, last_event_id: str | None = None) -> Iterator[Event]:
         """The job's events until it is over (reconnecting with Last-Event-ID if cut)."""
         while True:
@@ -260,6 +264,9 @@ class AsyncClient:
 
     async def cancel(self, job_id: str) -> JobView:
         return JobView.model_validate(_check(await self.http.post(f"/jobs/{job_id}/cancel")).json())
+
+    async def delete(self, job_id: str) -> None:
+        _check(await self.http.delete(f"/jobs/{job_id}"))
 
     async def events(self, job_id: str, last_event_id: str | None = None) -> AsyncIterator[Event]:
         while True:

@@ -86,7 +86,7 @@ class GenerationSettings(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(16, ge=1, le=4096)
     n: int = Field(1, ge=1, le=64, description="Responses per prompt (each judged).")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     prompts: int | None = Field(None, ge=1, le=100_000, description="Use the first N evaluation prompts.")
 
 

@@ -42,7 +42,7 @@ class TrainingOptions(BaseModel):
     lr: float = Field(1e-4, gt=0, le=1.0)
     weight_decay: float = Field(0.0, ge=0)
     schedule: Literal["constant", "linear", "cosine"] = "constant"
-    warmup_steps: int = Field(0, ge=0)
+    warmup_steps: int = Field(0, ge=0, le=10_000_000)
     batch_size: int = Field(8, ge=1, le=4096)
     grad_accumulation: int = Field(1, ge=1, le=1024)
     steps: int | None = Field(None, ge=1, le=10_000_000, description="Optimizer steps (or give epochs).")
@@ -52,17 +52,21 @@ class TrainingOptions(BaseModel):
     max_prompt_length: int = Field(512, ge=1, le=131_072)
     max_response_length: int = Field(256, ge=1, le=131_072)
     truncation_side: Literal["left", "right"] = Field("left", description="Which end of a long prompt is cut.")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     precision: Literal["fp32", "bf16"] = "fp32"
 
     workers: int = Field(0, ge=0, le=1024, description="Ray Train workers; 0 runs in this process without Ray.")
     use_gpu: bool = False
 
-    checkpoint_every: int = Field(0, ge=0, description="Steps between checkpoints; 0: only the final model.")
-    trace_every: int = Field(0, ge=0, description="Steps between KL / square-loss traces (Fig. 5); 0: none.")
+    checkpoint_every: int = Field(
+        0, ge=0, le=10_000_000, description="Steps between checkpoints; 0: only the final model."
+    )
+    trace_every: int = Field(
+        0, ge=0, le=10_000_000, description="Steps between KL / square-loss traces (Fig. 5); 0: none."
+    )
     trace_prompts: int = Field(64, ge=1, le=100_000, description="Evaluation prompts sampled for the KL trace.")
     trace_max_new_tokens: int = Field(32, ge=1, le=4096)
-    log_every: int = Field(1, ge=1)
+    log_every: int = Field(1, ge=1, le=10_000_000)
 
     @model_validator(mode="after")
     def _one_length(self) -> TrainingOptions:

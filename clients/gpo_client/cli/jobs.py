@@ -112,6 +112,12 @@ def cancel_command(job_id: str, server: ServerOption = None, api_key: KeyOption 
     console.print(f"job {job.id}: {job.state}")
 
 
+def delete_command(job_id: str, server: ServerOption = None, api_key: KeyOption = None) -> None:
+    """Delete a finished job: its models, samples and report on the server, and its records."""
+    api_call(sdk_client(server, api_key).delete, job_id)
+    console.print(f"job {job_id}: deleted")
+
+
 def report_command(
     target: Annotated[str, typer.Argument(help="A job folder (built here) or a job id (downloaded).")],
     out: Annotated[Path | None, typer.Option(help="Where to save a downloaded report.")] = None,

@@ -45,6 +45,7 @@ app.command("list")(jobs.list_command)
 app.command("status")(jobs.status_command)
 app.command("watch")(jobs.watch_command)
 app.command("cancel")(jobs.cancel_command)
+app.command("delete")(jobs.delete_command)
 app.command("report")(jobs.report_command)
 
 # The local stack and the demo.

@@ -66,6 +66,24 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(
         600, ge=0, le=1_000_000, description="Requests one tenant may make per minute (429 beyond); 0: no limit."
     )
+    max_train_workers: int = Field(
+        2, ge=0, le=4096, description="Most Ray Train workers one run may ask for: the deployment's capacity."
+    )
+    gpu_training: bool = Field(False, description="The trainers have GPUs: runs may set training.use_gpu.")
+    max_generated_tokens: int = Field(
+        50_000_000,
+        ge=1,
+        description="Most tokens one job may ask to sample: (runs + reference) x prompts x n x max_new_tokens.",
+    )
+    storage_quota_bytes: int = Field(
+        0,
+        ge=0,
+        description="Bytes of uploads and job artifacts one tenant may hold (0: no limit); past it, "
+        "uploads and new jobs are refused (403) until it deletes some.",
+    )
+    retention_days: float = Field(
+        0, ge=0, description="Days a finished job's artifacts and records are kept (0: kept until deleted)."
+    )
     max_header_bytes: int = Field(
         65_536, ge=4096, le=2**24, description="Largest request head (request line and headers): 431 beyond."
     )

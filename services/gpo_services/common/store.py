@@ -216,6 +216,18 @@ class JobStore:
             raise Conflict(f"job {job_id} is already {state}")
         return self.transition(job_id, job_fields={"cancel": "1"})
 
+    def delete(self, job_id: str) -> None:
+        """The job's records, events and index entries (its folder is the caller's to remove)."""
+        tenant = self.tenant(job_id)
+        keys = [job_key(job_id), events_key(job_id), f"{job_key(job_id)}:finalize"]
+        keys += [run_key(job_id, run) for run in self.run_ids(job_id)]
+        pipe = self.r.pipeline(transaction=True)
+        pipe.delete(*keys)
+        if tenant is not None:
+            pipe.zrem(f"gpo:tenant:{tenant}:jobs", job_id)
+            pipe.zrem(active_key(tenant), job_id)
+        pipe.execute()
+
     def progress(self, job_id: str, run: str, record: dict) -> None:
         """A training record: the run's step, and a metrics event (no state change)."""
         pipe = self.r.pipeline(transaction=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import time
 from typing import Annotated
@@ -23,7 +24,7 @@ from gpo_services.common.connection import connect, connect_async
 from gpo_services.common.queue import STAGES, TaskQueue
 from gpo_services.common.settings import Settings
 from gpo_services.common.store import AsyncJobStore, JobStore
-from gpo_services.control import errors, processes
+from gpo_services.control import errors, processes, storage
 from gpo_services.control.data import router as data_router
 from gpo_services.control.jobs import router as jobs_router
 from gpo_services.control.security import tenant_for
@@ -160,13 +161,23 @@ class _QueueDepth:
 def create_app(settings: Settings | None = None, client: redis.Redis | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
     client = client or connect(settings)
+    store = JobStore(client)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        sweeper = asyncio.create_task(storage.retention_loop(settings, store)) if settings.retention_days else None
+        yield
+        if sweeper is not None:
+            sweeper.cancel()
+
     app = FastAPI(
         title="GPO control service",
         version="0.1.0",
         description="Submit loss x beta sweeps of Generalized Preference Optimization, follow them, read reports.",
+        lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.store = JobStore(client)
+    app.state.store = store
     app.state.async_store = AsyncJobStore(connect_async(settings))
     app.state.formula_sandbox = FormulaSandbox(settings.formula_timeout_s)
     app.openapi = lambda: _openapi_with_job_spec(app)

@@ -26,12 +26,13 @@ from gpo_core.sweep.views import ErrorBody
 from gpo_services.common.settings import Settings
 from gpo_services.control.deps import SettingsDep, TenantDep
 from gpo_services.control.errors import ApiError
+from gpo_services.control.storage import ensure_room, tenant_folder
 
 router = APIRouter(prefix="/data", tags=["data"])
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}\.(jsonl|parquet)$"
-UPLOADS = ".uploads"  # inside the artifact root (a volume every service shares); job ids are hex
 ERRORS = {
     401: {"model": ErrorBody, "description": "Missing or wrong API key"},
+    403: {"model": ErrorBody, "description": "The tenant holds its storage quota (GPO_STORAGE_QUOTA_BYTES)"},
     404: {"model": ErrorBody, "description": "No such upload for this tenant"},
     413: {"model": ErrorBody, "description": "Larger than GPO_MAX_UPLOAD_BYTES"},
     422: {"model": ErrorBody, "description": "Not valid pairs or prompts; the message names the line"},
@@ -50,11 +51,6 @@ class Upload(BaseModel):
     records: int
     uploaded_at: float
     reference: str  # what a job spec names it by: data:NAME
-
-
-def tenant_folder(settings: Settings, tenant: str) -> Path:
-    """The tenant's upload folder; named by a hash, so no tenant name ever becomes a path."""
-    return settings.artifacts / UPLOADS / hashlib.sha256(tenant.encode()).hexdigest()[:24]
 
 
 def uploaded_file(settings: Settings, tenant: str, name: str) -> Path | None:
@@ -101,6 +97,8 @@ async def upload(
 ) -> Upload:
     """Store the request body (the file's bytes) as this tenant's upload ``name``, replacing an
     earlier one of that name once the new one is valid."""
+    held = await ensure_room(settings, request.app.state.store, tenant)
+    room = settings.storage_quota_bytes - held if settings.storage_quota_bytes else None
     folder = tenant_folder(settings, tenant)
     await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
     partial = folder / f".part-{uuid.uuid4().hex}-{name}"  # the suffix tells the format
@@ -111,6 +109,9 @@ async def upload(
                 size += len(chunk)
                 if size > settings.max_upload_bytes:
                     raise ApiError(413, "too_large", f"uploads are at most {settings.max_upload_bytes} bytes")
+                if room is not None and size > room:
+                    raise ApiError(403, "storage_quota", f"this upload would take you past your storage quota of "
+                                   f"{settings.storage_quota_bytes:,} bytes (GPO_STORAGE_QUOTA_BYTES)")  # fmt: skip
                 digest.update(chunk)
                 await asyncio.to_thread(handle.write, chunk)
         if size == 0:

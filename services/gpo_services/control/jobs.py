@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -9,11 +10,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 
-from gpo_core.sweep.views import ErrorBody, JobPage, JobState, JobView
+from gpo_core.sweep.views import TERMINAL, ErrorBody, JobPage, JobState, JobView
 from gpo_services.common.store import Conflict, QuotaExceeded
+from gpo_services.control import storage
 from gpo_services.control.deps import AsyncStoreDep, SettingsDep, StoreDep, TenantDep
 from gpo_services.control.errors import ApiError, invalid
 from gpo_services.control.inputs import resolve_spec_paths
+from gpo_services.control.limits import check_capacity
 from gpo_services.control.security import artifact_path
 from gpo_services.control.validation import SpecInvalid, formulas_in, validate_here
 
@@ -59,6 +62,7 @@ def _job_or_404(store, job_id: str, tenant: str) -> JobView:
             "description": "Over the request rate, or the job would pass the tenant's "
             "limit of queued and running runs (GPO_MAX_ACTIVE_RUNS); Retry-After",
         },
+        403: {"model": ErrorBody, "description": "The tenant holds its storage quota (GPO_STORAGE_QUOTA_BYTES)"},
         413: {"model": ErrorBody, "description": "Request body too large"},
         422: {"model": ErrorBody, "description": "Invalid spec; details name each field"},
     },
@@ -82,7 +86,9 @@ async def submit_job(
             spec = validate_here(body)
     except SpecInvalid as err:
         raise invalid(err.details) from None
+    await storage.ensure_room(settings, request.app.state.store, tenant)
     spec = resolve_spec_paths(spec, tenant, settings)  # only its uploads and the shared read-only roots
+    await asyncio.to_thread(check_capacity, spec, settings)  # may count the prompts of a file
     try:
         job, created = await store.create_job(tenant, spec, idempotency_key, settings.max_active_runs)
     except Conflict as err:
@@ -129,6 +135,21 @@ def cancel_job(job_id: str, store: StoreDep, tenant: TenantDep) -> JobView:
     except Conflict as err:
         raise ApiError(409, "conflict", str(err)) from None
     return store.get(job_id)
+
+
+@router.delete(
+    "/{job_id}",
+    status_code=204,
+    responses={**ERRORS, 409: {"model": ErrorBody, "description": "The job has not finished: cancel it first"}},
+)
+async def delete_job(job_id: str, store: StoreDep, tenant: TenantDep, settings: SettingsDep) -> Response:
+    """Delete a finished job: its folder (models, samples, report) and its records. Frees its
+    share of the tenant's storage quota."""
+    job = _job_or_404(store, job_id, tenant)
+    if job.state not in TERMINAL:
+        raise ApiError(409, "conflict", f"job {job_id} is {job.state}; cancel it first")
+    await asyncio.to_thread(storage.delete_job, settings, store, job_id)
+    return Response(status_code=204)
 
 
 @router.get(
