@@ -219,6 +219,32 @@ class Client:
     def delete_upload(self, name: str) -> None:
         _check(self.http.delete(f"/data/{name}"))
 
+    def upload_model(self, folder: str | Path, name: str | None = None) -> dict:
+        """Upload a transformers model folder (safetensors weights, config, tokenizer files) as this
+        tenant's ``name`` (default: the folder's name); job specs then name it ``model:NAME``. Sent
+        as a gzipped tar, built in a temporary file (never in memory)."""
+        import tarfile
+        import tempfile
+
+        folder = Path(folder)
+        if not (folder / "config.json").is_file():
+            raise ValueError(f"{folder}: not a model folder (no config.json)")
+        with tempfile.TemporaryFile() as archive:
+            with tarfile.open(fileobj=archive, mode="w:gz", compresslevel=1) as tar:
+                for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+                    tar.add(path, arcname=str(path.relative_to(folder)))
+            archive.seek(0)
+            response = self.http.put(f"/models/{name or folder.name}", content=archive, timeout=None,
+                                     headers={"Content-Type": "application/x-tar"})  # fmt: skip
+        return _check(response).json()
+
+    def models(self) -> list[dict]:
+        """This tenant's models: name, bytes, sha256, files, model_type, parameters, reference."""
+        return _check(self.http.get("/models")).json()
+
+    def delete_model(self, name: str) -> None:
+        _check(self.http.delete(f"/models/{name}"))
+
     def download_report(self, job_id: str, dest: str | Path) -> Path:
         """The HTML report (self-contained) and report.json beside it."""
         dest = Path(dest)

@@ -107,6 +107,37 @@ def data_list(server: ServerOption = None, api_key: KeyOption = None) -> None:
     console.print(table)
 
 
+def model_push(
+    folder: Annotated[Path, typer.Argument(help="A transformers model folder (safetensors weights).")],
+    name: Annotated[str | None, typer.Option(help="Name on the server (default: the folder's name).")] = None,
+    server: ServerOption = None,
+    api_key: KeyOption = None,
+) -> None:
+    """Upload a model to the control service; job specs then name it model:NAME."""
+    if not (folder / "config.json").is_file():
+        raise fail(f"{folder}: not a model folder (no config.json)")
+    record = api_call(sdk_client(server, api_key).upload_model, folder, name)
+    console.print(f"uploaded {record['reference']}: {record['model_type']}, {record['parameters']:,} parameters, "
+                  f"{len(record['files'])} files, sha256 {record['sha256']}", highlight=False)  # fmt: skip
+
+
+def model_list(server: ServerOption = None, api_key: KeyOption = None) -> None:
+    """Your models on the control service."""
+    table = Table()
+    for column in ("reference", "type", "parameters", "bytes", "sha256"):
+        table.add_column(column)
+    for record in api_call(sdk_client(server, api_key).models):
+        table.add_row(record["reference"], record["model_type"], f"{record['parameters']:,}", str(record["bytes"]),
+                      record["sha256"][:16])  # fmt: skip
+    console.print(table)
+
+
+def model_remove(name: str, server: ServerOption = None, api_key: KeyOption = None) -> None:
+    """Delete one of your models."""
+    api_call(sdk_client(server, api_key).delete_model, name)
+    console.print(f"deleted model:{name}", highlight=False)
+
+
 def data_remove(name: str, server: ServerOption = None, api_key: KeyOption = None) -> None:
     """Delete one of your uploads."""
     api_call(sdk_client(server, api_key).delete_upload, name)

@@ -32,6 +32,11 @@ data_app.command("push")(data.data_push)
 data_app.command("ls")(data.data_list)
 data_app.command("rm")(data.data_remove)
 app.add_typer(data_app, name="data")
+model_app = typer.Typer(help="Models uploaded to the control service (safetensors folders).")
+model_app.command("push")(data.model_push)
+model_app.command("ls")(data.model_list)
+model_app.command("rm")(data.model_remove)
+app.add_typer(model_app, name="model")
 
 # Work in this process, no services.
 app.command("train")(runs.train_command)

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
         "none: endpoint judges are refused.",
     )
     max_upload_bytes: int = Field(256 * 2**20, ge=1024, description="Largest dataset upload (PUT /data/NAME).")
+    max_model_upload_bytes: int = Field(
+        32 * 2**30, ge=1024, description="Largest model archive upload (PUT /models/NAME)."
+    )
     api_keys: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict,
         repr=False,  # key -> tenant; never logged

@@ -27,6 +27,7 @@ from gpo_services.common.store import AsyncJobStore, JobStore
 from gpo_services.control import errors, processes, storage
 from gpo_services.control.data import router as data_router
 from gpo_services.control.jobs import router as jobs_router
+from gpo_services.control.models import router as models_router
 from gpo_services.control.security import tenant_for
 from gpo_services.control.server import server_config
 from gpo_services.control.validation import FormulaSandbox
@@ -36,19 +37,20 @@ class BodyLimit:
     """Bound request bodies before the application reads them: in size (413, by Content-Length or
     by counting a chunked body) and in time (408: a client announcing 100 bytes and sending 2 no
     longer holds a connection). A body is read whole within ``timeout_s`` and replayed to the app.
-    Uploads (``/data/``) have their own, larger limit and are streamed to disk by their route,
-    which counts the bytes; each of their chunks must arrive within ``timeout_s``."""
+    Uploads (``/data/``, ``/models/``) have their own, larger limits and are streamed to disk by
+    their routes, which count the bytes; each of their chunks must arrive within ``timeout_s``."""
 
-    def __init__(self, app: ASGIApp, limit: int, upload_limit: int, timeout_s: float):
-        self.app, self.limit, self.upload_limit, self.timeout_s = app, limit, upload_limit, timeout_s
+    def __init__(self, app: ASGIApp, limit: int, upload_limits: dict[str, int], timeout_s: float):
+        self.app, self.limit, self.upload_limits, self.timeout_s = app, limit, upload_limits, timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        upload = scope["path"].startswith("/data/")
-        limit = self.upload_limit if upload else self.limit
+        prefix = next((p for p in self.upload_limits if scope["path"].startswith(p)), None)
+        upload = prefix is not None
+        limit = self.upload_limits[prefix] if upload else self.limit
         declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             await self._too_large(limit, scope, receive, send)
@@ -183,6 +185,7 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
     app.openapi = lambda: _openapi_with_job_spec(app)
     app.include_router(jobs_router)
     app.include_router(data_router)
+    app.include_router(models_router)
     app.add_exception_handler(errors.ApiError, errors.api_error)
     app.add_exception_handler(errors.BodyTimeout, errors.body_timeout)
     app.add_exception_handler(RequestValidationError, errors.validation_error)
@@ -191,7 +194,8 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
     app.add_exception_handler(Exception, errors.unexpected_error)
     registry = CollectorRegistry()
     registry.register(_QueueDepth(client))
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes, upload_limit=settings.max_upload_bytes,
+    uploads = {"/data/": settings.max_upload_bytes, "/models/": settings.max_model_upload_bytes}
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes, upload_limits=uploads,
                        timeout_s=settings.body_timeout_s)  # fmt: skip
     app.add_middleware(RequestMetrics, registry=registry)
 

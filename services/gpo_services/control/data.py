@@ -53,6 +53,24 @@ class Upload(BaseModel):
     reference: str  # what a job spec names it by: data:NAME
 
 
+async def stream_to_file(request: Request, path: Path, limit: int, settings: Settings, held: int) -> tuple[int, str]:
+    """The request body written to ``path`` as it arrives: (bytes, SHA-256). A 413 past ``limit``,
+    a 403 past the tenant's storage quota (``held`` bytes already); the caller removes ``path``."""
+    digest, size = hashlib.sha256(), 0
+    room = settings.storage_quota_bytes - held if settings.storage_quota_bytes else None
+    with path.open("wb") as handle:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, "too_large", f"uploads here are at most {limit} bytes")
+            if room is not None and size > room:
+                raise ApiError(403, "storage_quota", f"this upload would take you past your storage quota of "
+                               f"{settings.storage_quota_bytes:,} bytes (GPO_STORAGE_QUOTA_BYTES)")  # fmt: skip
+            digest.update(chunk)
+            await asyncio.to_thread(handle.write, chunk)
+    return size, digest.hexdigest()
+
+
 def uploaded_file(settings: Settings, tenant: str, name: str) -> Path | None:
     """The tenant's upload ``name`` (a plain file, no link), or None."""
     if not re.fullmatch(NAME_PATTERN, name):
@@ -98,26 +116,15 @@ async def upload(
     """Store the request body (the file's bytes) as this tenant's upload ``name``, replacing an
     earlier one of that name once the new one is valid."""
     held = await ensure_room(settings, request.app.state.store, tenant)
-    room = settings.storage_quota_bytes - held if settings.storage_quota_bytes else None
     folder = tenant_folder(settings, tenant)
     await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
     partial = folder / f".part-{uuid.uuid4().hex}-{name}"  # the suffix tells the format
-    digest, size = hashlib.sha256(), 0
     try:
-        with partial.open("wb") as handle:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > settings.max_upload_bytes:
-                    raise ApiError(413, "too_large", f"uploads are at most {settings.max_upload_bytes} bytes")
-                if room is not None and size > room:
-                    raise ApiError(403, "storage_quota", f"this upload would take you past your storage quota of "
-                                   f"{settings.storage_quota_bytes:,} bytes (GPO_STORAGE_QUOTA_BYTES)")  # fmt: skip
-                digest.update(chunk)
-                await asyncio.to_thread(handle.write, chunk)
+        size, sha256 = await stream_to_file(request, partial, settings.max_upload_bytes, settings, held)
         if size == 0:
             raise ApiError(422, "invalid_data", f"{name}: the upload is empty")
         records = await asyncio.to_thread(_validate, partial, kind, name)
-        record = Upload(name=name, kind=kind, bytes=size, sha256=digest.hexdigest(), records=records,
+        record = Upload(name=name, kind=kind, bytes=size, sha256=sha256, records=records,
                         uploaded_at=time.time(), reference=f"data:{name}")  # fmt: skip
         os.replace(partial, folder / name)
         (folder / f".{name}.json").write_text(record.model_dump_json(), encoding="utf-8")

@@ -1,6 +1,7 @@
-"""Where a job may read its models and data: the tenant's own uploads (``data:NAME``) and the
-operator's read-only roots (``GPO_READ_ROOTS``, e.g. shared base models), nothing else; and the
-judge endpoints it may call: the operator's list (``GPO_JUDGE_ENDPOINTS``), nothing else.
+"""Where a job may read its models and data: the tenant's own uploads (``data:NAME``,
+``model:NAME``) and the operator's read-only roots (``GPO_READ_ROOTS``, e.g. shared base models),
+nothing else; and the judge endpoints it may call: the operator's list (``GPO_JUDGE_ENDPOINTS``),
+nothing else.
 
 Each path a spec names is resolved here, when the job is submitted: an upload to its file in the
 tenant's folder, a server path with ``realpath`` (links followed) and kept only if it stays inside
@@ -18,15 +19,20 @@ from gpo_core.sweep.spec import JobSpec
 from gpo_services.common.settings import Settings
 from gpo_services.control.data import uploaded_file
 from gpo_services.control.errors import ApiError
+from gpo_services.control.models import uploaded_model
 
 PATH_FIELDS = ("policy", "reference", "dataset", "eval_pairs", "eval_prompts")
 UPLOAD_PREFIX = "data:"
+MODEL_PREFIX = "model:"
 
 
 def resolve_path(value: str, tenant: str, settings: Settings) -> str | None:
     """The real path ``value`` may be read at, or None if it is not this tenant's to read."""
     if value.startswith(UPLOAD_PREFIX):
         found = uploaded_file(settings, tenant, value.removeprefix(UPLOAD_PREFIX))
+        return str(found) if found is not None else None
+    if value.startswith(MODEL_PREFIX):
+        found = uploaded_model(settings, tenant, value.removeprefix(MODEL_PREFIX))
         return str(found) if found is not None else None
     if "\x00" in value or not os.path.isabs(value):
         return None
@@ -52,7 +58,8 @@ def resolve_spec_paths(spec: JobSpec, tenant: str, settings: Settings) -> JobSpe
         resolved = resolve_path(value, tenant, settings)
         if resolved is None:
             details.append({"field": field, "message": f"{value!r} is not among your uploads (data:NAME, see "
-                            "GET /data) or the deployment's shared read-only roots"})  # fmt: skip
+                            "GET /data; model:NAME, see GET /models) or the deployment's shared read-only "
+                            "roots"})  # fmt: skip
         elif field == "judge.model_dir":
             judge_updates["model_dir"] = resolved
         else:

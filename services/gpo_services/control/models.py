@@ -1,0 +1,233 @@
+"""Tenant-owned models: a transformers model folder uploaded as a tar archive (gzipped or not),
+stored per tenant, listed and deleted by its owner, and named in job specs as ``model:NAME``
+(``policy``, ``reference``, ``judge.model_dir``).
+
+A model is code's favourite hiding place, so an archive is held to a narrow shape before anything
+reads it: regular files only (no links, devices or folders that climb out), at most
+``MAX_MEMBERS`` of them, names from a small set of suffixes, weights as safetensors only (a
+``.bin``/``.pt`` pickle runs code when loaded), a ``config.json`` without ``auto_map`` (remote code),
+and every safetensors header readable. The archive is streamed to disk under
+``GPO_MAX_MODEL_UPLOAD_BYTES`` and the tenant's storage quota, extracted beside the tenant's other
+models, checked, and only then renamed into place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import tarfile
+import time
+import uuid
+from pathlib import Path, PurePosixPath
+from typing import Annotated
+
+from fastapi import APIRouter, Request, Response
+from fastapi import Path as PathParam
+from pydantic import BaseModel
+
+from gpo_core.sweep.views import ErrorBody
+from gpo_services.common.settings import Settings
+from gpo_services.control.data import stream_to_file
+from gpo_services.control.deps import SettingsDep, TenantDep
+from gpo_services.control.errors import ApiError
+from gpo_services.control.storage import ensure_room, tenant_folder
+
+router = APIRouter(prefix="/models", tags=["models"])
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+MAX_MEMBERS = 1000
+ALLOWED_SUFFIXES = {".safetensors", ".json", ".txt", ".model", ".jinja", ".md"}
+ERRORS = {
+    401: {"model": ErrorBody, "description": "Missing or wrong API key"},
+    403: {"model": ErrorBody, "description": "The tenant holds its storage quota (GPO_STORAGE_QUOTA_BYTES)"},
+    404: {"model": ErrorBody, "description": "No such model for this tenant"},
+    413: {"model": ErrorBody, "description": "Larger than GPO_MAX_MODEL_UPLOAD_BYTES"},
+    422: {"model": ErrorBody, "description": "Not an acceptable model archive; the message names the file"},
+    429: {"model": ErrorBody, "description": "Over the tenant's request rate; Retry-After says when to retry"},
+}
+ModelName = Annotated[str, PathParam(pattern=NAME_PATTERN, description="Letters, digits, _ . -")]
+
+
+class Model(BaseModel):
+    name: str
+    bytes: int  # of the archive as uploaded
+    sha256: str  # of the archive as uploaded
+    files: list[str]
+    model_type: str
+    parameters: int  # counted from the safetensors headers
+    uploaded_at: float
+    reference: str  # what a job spec names it by: model:NAME
+
+
+def models_folder(settings: Settings, tenant: str) -> Path:
+    return tenant_folder(settings, tenant) / "models"
+
+
+def uploaded_model(settings: Settings, tenant: str, name: str) -> Path | None:
+    """The tenant's model folder ``name`` (complete: its record exists), or None."""
+    import re
+
+    if not re.fullmatch(NAME_PATTERN, name):
+        return None
+    folder = models_folder(settings, tenant)
+    path = folder / name
+    if path.is_dir() and not path.is_symlink() and (folder / f".{name}.json").is_file():
+        return path
+    return None
+
+
+def _refuse(message: str) -> ApiError:
+    return ApiError(422, "invalid_model", message)
+
+
+def _checked_members(archive: tarfile.TarFile, limit: int) -> list[tarfile.TarInfo]:
+    """The archive's files, if every member is a plain file or folder with an allowed name."""
+    members, total = [], 0
+    for number, member in enumerate(archive, start=1):
+        if number > MAX_MEMBERS:
+            raise _refuse(f"the archive has more than {MAX_MEMBERS} members")
+        name = PurePosixPath(member.name)
+        if name.is_absolute() or ".." in name.parts or "\\" in member.name:
+            raise _refuse(f"{member.name}: a path outside the model folder")
+        if member.isdir():
+            continue
+        if not member.isreg():
+            raise _refuse(f"{member.name}: only regular files are accepted (no links or devices)")
+        if name.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt"):
+            raise _refuse(f"{member.name}: weights must be safetensors (pickle files can run code when loaded)")
+        if name.suffix not in ALLOWED_SUFFIXES:
+            raise _refuse(f"{member.name}: not a model file (accepted: {', '.join(sorted(ALLOWED_SUFFIXES))})")
+        total += member.size
+        if total > limit:
+            raise _refuse(f"the archive's files are larger than {limit} bytes once extracted")
+        members.append(member)
+    return members
+
+
+def _model_root(files: list[PurePosixPath]) -> PurePosixPath:
+    """The folder holding config.json: the archive's top level, or its one top folder."""
+    configs = [f.parent for f in files if f.name == "config.json"]
+    if len(configs) != 1:
+        raise _refuse("the archive must hold exactly one config.json (a transformers model folder)")
+    return configs[0]
+
+
+def _parameters(path: Path) -> int:
+    from safetensors import safe_open
+
+    count = 0
+    with safe_open(str(path), framework="pt") as handle:
+        for key in handle.keys():  # noqa: SIM118 - a safetensors handle is not a dict
+            shape = handle.get_slice(key).get_shape()
+            numel = 1
+            for size in shape:
+                numel *= size
+            count += numel
+    return count
+
+
+def _unpack(archive_path: Path, work: Path, name: str, limit: int) -> tuple[list[str], str, int]:
+    """Extract the checked archive into ``work`` and check the model there: (files, type, params)."""
+    try:
+        with tarfile.open(archive_path, mode="r:*") as archive:
+            members = _checked_members(archive, limit)
+            root = _model_root([PurePosixPath(m.name) for m in members])
+            for member in members:
+                relative = PurePosixPath(member.name).relative_to(root) if root.parts else PurePosixPath(member.name)
+                target = work / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                source = archive.extractfile(member)
+                with source, target.open("wb") as handle:
+                    shutil.copyfileobj(source, handle)
+    except tarfile.TarError as err:
+        raise _refuse(f"{name}: not a readable tar archive ({err})") from None
+    try:
+        config = json.loads((work / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise _refuse(f"config.json: not valid JSON ({err})") from None
+    if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
+        raise _refuse("config.json: no model_type (not a transformers model config)")
+    if "auto_map" in config:
+        raise _refuse("config.json: auto_map asks for the model's own code, which is not run here")
+    weights = sorted(work.rglob("*.safetensors"))
+    if not weights:
+        raise _refuse("no .safetensors weights in the archive")
+    parameters = 0
+    for path in weights:
+        try:
+            parameters += _parameters(path)
+        except Exception as err:  # safetensors raises several types for a damaged header
+            raise _refuse(f"{path.relative_to(work)}: not a readable safetensors file ({err})") from None
+    files = sorted(str(p.relative_to(work)) for p in work.rglob("*") if p.is_file())
+    return files, config["model_type"], parameters
+
+
+@router.put(
+    "/{name}",
+    status_code=201,
+    response_model=Model,
+    responses=ERRORS,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
+)
+async def upload_model(name: ModelName, request: Request, settings: SettingsDep, tenant: TenantDep) -> Model:
+    """Store the request body, a tar archive (gzipped or not) of a transformers model folder, as
+    this tenant's model ``name``, replacing an earlier one of that name once the new one is valid."""
+    held = await ensure_room(settings, request.app.state.store, tenant)
+    folder = models_folder(settings, tenant)
+    await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
+    token = uuid.uuid4().hex
+    archive, work = folder / f".part-{token}.tar", folder / f".work-{token}"
+    try:
+        size, sha256 = await stream_to_file(request, archive, settings.max_model_upload_bytes, settings, held)
+        if size == 0:
+            raise _refuse(f"{name}: the upload is empty")
+        extracted = 2 * settings.max_model_upload_bytes  # a tar bomb stops here
+        if settings.storage_quota_bytes:
+            extracted = min(extracted, settings.storage_quota_bytes - held - size)
+        files, model_type, parameters = await asyncio.to_thread(_unpack, archive, work, name, extracted)
+        record = Model(name=name, bytes=size, sha256=sha256, files=files, model_type=model_type,
+                       parameters=parameters, uploaded_at=time.time(), reference=f"model:{name}")  # fmt: skip
+        await asyncio.to_thread(_install, folder, work, name, record)
+        return record
+    finally:
+        archive.unlink(missing_ok=True)
+        await asyncio.to_thread(shutil.rmtree, work, True)
+
+
+def _install(folder: Path, work: Path, name: str, record: Model) -> None:
+    """Put the checked model in place of any earlier one of that name, then its record."""
+    final, old = folder / name, folder / f".old-{uuid.uuid4().hex}"
+    (folder / f".{name}.json").unlink(missing_ok=True)  # an earlier one is no longer usable
+    if final.exists():
+        final.rename(old)
+    work.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    (folder / f".{name}.json").write_text(record.model_dump_json(), encoding="utf-8")
+
+
+@router.get("", response_model=list[Model], responses={401: ERRORS[401], 429: ERRORS[429]})
+async def list_models(settings: SettingsDep, tenant: TenantDep) -> list[Model]:
+    """This tenant's models, by name."""
+    folder = models_folder(settings, tenant)
+    records = []
+    for meta in sorted(folder.glob(".*.json")) if folder.exists() else []:
+        record = Model.model_validate(json.loads(meta.read_text(encoding="utf-8")))
+        if uploaded_model(settings, tenant, record.name) is not None:
+            records.append(record)
+    return records
+
+
+@router.delete("/{name}", status_code=204, responses=ERRORS)
+async def delete_model(name: ModelName, settings: SettingsDep, tenant: TenantDep) -> Response:
+    """Delete this tenant's model ``name``. A queued job that names it fails with a message saying so."""
+    path = uploaded_model(settings, tenant, name)
+    if path is None:
+        raise ApiError(404, "not_found", f"no model {name}")
+    (path.parent / f".{name}.json").unlink(missing_ok=True)
+    await asyncio.to_thread(shutil.rmtree, path, True)
+    return Response(status_code=204)

@@ -1,0 +1,128 @@
+"""Tenant-owned models (issue 17, item 1): a model folder uploaded as a tar archive, checked before
+anything reads it, stored per tenant, named model:NAME in job specs and nowhere else. Archives that
+would write outside the folder, carry links or pickles, or ask for remote code are refused with
+the member named; another tenant's model answers as a missing one."""
+
+import io
+import json
+import shutil
+import tarfile
+
+import httpx
+import pytest
+
+from gpo_client import Client
+from gpo_client.sdk import ApiError, InvalidSpec
+from gpo_core.models import load_model
+from tests.platform.conftest import TENANT_KEYS, serving
+
+KEY_A, KEY_B = list(TENANT_KEYS)
+PAIRS = b'{"prompt": "post", "chosen": "good", "rejected": "bad"}\n'
+PROMPTS = b'{"id": "p0", "prompt": "post"}\n'
+
+
+@pytest.fixture
+def service(settings, redis_client):
+    with serving(settings.model_copy(update={"max_model_upload_bytes": 64 * 2**20})) as url:
+        yield url, settings
+
+
+@pytest.fixture
+def model_folder(small_task, tmp_path):
+    return shutil.copytree(small_task.artifacts.model_dir, tmp_path / "tiny")
+
+
+def spec(model: str) -> dict:
+    return {"policy": model, "dataset": "data:pairs.jsonl", "eval_prompts": "data:prompts.jsonl",
+            "losses": ["logistic"], "betas": [0.1], "judge": {"kind": "local", "model_dir": model}}  # fmt: skip
+
+
+def archive(files: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for name, target in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            tar.addfile(info)
+    return buffer.getvalue()
+
+
+def put(url: str, name: str, body: bytes, key: str = KEY_A) -> httpx.Response:
+    return httpx.put(f"{url}/models/{name}", content=body, headers={"Authorization": f"Bearer {key}"}, timeout=60)
+
+
+def test_a_model_is_uploaded_checked_listed_used_and_deleted(service, model_folder, redis_client) -> None:
+    url, settings = service
+    with Client(url, KEY_A) as a, Client(url, KEY_B) as b:
+        record = a.upload_model(model_folder)
+        assert record["reference"] == "model:tiny" and record["model_type"] == "llama"
+        assert record["parameters"] > 10_000 and "model.safetensors" in record["files"]
+        assert [m["name"] for m in a.models()] == ["tiny"] and b.models() == []
+        stored = settings.artifacts / ".uploads"
+        folder = next(p for p in stored.rglob("tiny") if p.is_dir())
+        assert load_model(folder) is not None  # what a worker will open loads as a model
+
+        httpx.put(f"{url}/data/pairs.jsonl", content=PAIRS, headers={"Authorization": f"Bearer {KEY_A}"})
+        httpx.put(f"{url}/data/prompts.jsonl", params={"kind": "prompts"}, content=PROMPTS,
+                  headers={"Authorization": f"Bearer {KEY_A}"})  # fmt: skip
+        job = a.submit(spec("model:tiny"))
+        saved = json.loads(redis_client.hget(f"gpo:job:{job.id}", "spec"))
+        assert saved["policy"] == str(folder) and saved["judge"]["model_dir"] == str(folder)
+
+        with pytest.raises(InvalidSpec) as theirs:  # another tenant's model: as if it did not exist
+            b.submit({**spec("model:tiny"), "dataset": "data:pairs.jsonl"})
+        with pytest.raises(InvalidSpec) as missing:
+            a.submit(spec("model:nothing"))
+        policy = next(d["message"] for d in theirs.value.details if d["field"] == "policy")
+        assert policy.replace("'model:tiny'", "X") == next(
+            d["message"] for d in missing.value.details if d["field"] == "policy"
+        ).replace("'model:nothing'", "X")
+
+        a.delete_model("tiny")
+        assert a.models() == [] and not folder.exists()
+        with pytest.raises(InvalidSpec):
+            a.submit(spec("model:tiny"))
+
+
+CONFIG = json.dumps({"model_type": "llama"}).encode()
+
+
+@pytest.mark.parametrize(
+    ("files", "links", "message"),
+    [
+        ({"config.json": CONFIG, "../../evil.json": b"{}"}, None, "../../evil.json: a path outside the model folder"),
+        ({"config.json": CONFIG, "/etc/cron.d/x.json": b"{}"}, None, "a path outside the model folder"),
+        ({"config.json": CONFIG}, {"model.safetensors": "/etc/shadow"}, "only regular files are accepted"),
+        ({"config.json": CONFIG, "pytorch_model.bin": b"\x80\x04"}, None, "weights must be safetensors"),
+        ({"config.json": CONFIG, "run.py": b"import os"}, None, "run.py: not a model file"),
+        ({"config.json": json.dumps({"model_type": "x", "auto_map": {"AutoModel": "m.M"}}).encode(),
+          "model.safetensors": b""}, None, "auto_map asks for the model's own code"),
+        ({"config.json": CONFIG}, None, "no .safetensors weights"),
+        ({"config.json": CONFIG, "model.safetensors": b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}"}, None,
+         "model.safetensors: not a readable safetensors file"),
+        ({"a/config.json": CONFIG, "b/config.json": CONFIG}, None, "exactly one config.json"),
+    ],
+)  # fmt: skip
+def test_hostile_or_broken_archives_are_refused_naming_the_member(service, files, links, message) -> None:
+    url, settings = service
+    response = put(url, "bad", archive(files, links))
+    assert response.status_code == 422, response.text
+    assert message in response.json()["message"]
+    leftovers = [p for p in (settings.artifacts / ".uploads").rglob("*") if p.is_file()]
+    assert leftovers == []  # nothing kept of a refused upload
+    assert not any(p.name == "evil.json" for p in settings.artifacts.parent.rglob("evil.json"))
+
+
+def test_archives_that_are_not_tar_or_too_large_are_refused(service) -> None:
+    url, _ = service
+    assert put(url, "junk", b"not a tar archive at all").status_code == 422
+    big = put(url, "big", b"\x00" * (65 * 2**20))
+    assert big.status_code == 413
+    assert httpx.get(f"{url}/models", headers={"Authorization": f"Bearer {KEY_A}"}).json() == []
+    with pytest.raises(ApiError) as refused:
+        Client(url, KEY_A).delete_model("never")
+    assert refused.value.status == 404
