@@ -118,7 +118,17 @@ def load_preferences(path: str | Path, skip_invalid: bool = False) -> list[dict]
 
 def count_records(path: str | Path) -> int:
     """Records in a dataset, without validating them: a cheap size for limits (a JSONL file's
-    non-blank lines, a Parquet file's row count from its footer)."""
+    non-blank lines, a Parquet file's row count from its footer); a file at an object-store URI is
+    read from the store."""
+    if "://" in str(path):
+        import fsspec
+
+        with fsspec.open(str(path), "rb") as handle:
+            if str(path).endswith(".parquet"):
+                import pyarrow.parquet as pq
+
+                return pq.ParquetFile(handle).metadata.num_rows
+            return sum(1 for line in handle if line.strip())
     path = Path(path)
     if path.is_file() and path.suffix == ".parquet":
         import pyarrow.parquet as pq

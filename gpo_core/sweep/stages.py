@@ -25,6 +25,8 @@ from pathlib import Path
 from gpo_core.data import load_prompts, write_json, write_jsonl
 from gpo_core.generate import SamplingSettings, VLLMEngine, cached_responses, generate_responses, load_responses
 from gpo_core.judge import pair_responses
+from gpo_core.models import cache_root
+from gpo_core.remote import is_uri, materialize
 from gpo_core.stopping import StopCheck
 from gpo_core.sweep.spec import JobSpec, RunSpec
 from gpo_core.train.metrics import MetricsSink
@@ -64,13 +66,20 @@ def resolve_inputs(
             task_root=artifacts.root,
         )
     return Inputs(
-        policy=spec.policy,
-        reference=spec.reference or spec.policy,
-        dataset=spec.dataset,
-        eval_pairs=spec.eval_pairs,
-        eval_prompts=spec.eval_prompts,
+        policy=local_copy(spec.policy),
+        reference=local_copy(spec.reference or spec.policy),
+        dataset=local_copy(spec.dataset),
+        eval_pairs=local_copy(spec.eval_pairs),
+        eval_prompts=local_copy(spec.eval_prompts),
         task_root=None,
     )
+
+
+def local_copy(path: str | None) -> str | None:
+    """``path`` itself, or for an object-store URI its copy in the cache (fetched when it changed)."""
+    if not is_uri(path):
+        return path
+    return str(materialize(path, cache_root()))
 
 
 def run_dir(job_dir: Path, run: str) -> Path:
@@ -191,7 +200,7 @@ def make_judge(spec: JobSpec, inputs: Inputs):
 
         return judging.OracleTaskJudge(BuiltTask(inputs.task_root), settings.mode)
     if settings.kind == "local":
-        return judging.LogprobJudge(settings.model_dir, template)
+        return judging.LogprobJudge(local_copy(settings.model_dir), template)
     return judging.OpenAIJudge(settings.base_url, settings.model, template, verdict=settings.verdict)
 
 

@@ -14,6 +14,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gpo_core.judge import endpoint_url
+from gpo_core.remote import normalized
 
 
 class Settings(BaseSettings):
@@ -41,6 +42,11 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Judge endpoints (OpenAI-compatible base URLs, http(s)) jobs may use, comma-separated; "
         "none: endpoint judges are refused.",
+    )
+    remote_roots: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Object-store prefixes (fsspec URIs, e.g. s3://bucket/models/) jobs may read models and data "
+        "from, comma-separated; credentials from the environment (AWS_*).",
     )
     max_upload_bytes: int = Field(256 * 2**20, ge=1024, description="Largest dataset upload (PUT /data/NAME).")
     max_model_upload_bytes: int = Field(
@@ -136,6 +142,16 @@ class Settings(BaseSettings):
     @classmethod
     def _split_roots(cls, value: object) -> object:
         return [part for part in value.split(":") if part.strip()] if isinstance(value, str) else value
+
+    @field_validator("remote_roots", mode="before")
+    @classmethod
+    def _split_remote_roots(cls, value: object) -> object:
+        parts = [part.strip() for part in value.split(",")] if isinstance(value, str) else value
+        roots = [part for part in parts if part]
+        for root in roots:
+            if normalized(root) is None:
+                raise ValueError(f"GPO_REMOTE_ROOTS: {root!r} is not a plain scheme://bucket/prefix URI")
+        return roots
 
     @field_validator("judge_endpoints", mode="before")
     @classmethod

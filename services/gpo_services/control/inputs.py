@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from gpo_core import remote
+from gpo_core.remote import is_uri
 from gpo_core.sweep.spec import JobSpec
 from gpo_services.common.settings import Settings
 from gpo_services.control.data import uploaded_file
@@ -34,6 +36,10 @@ def resolve_path(value: str, tenant: str, settings: Settings) -> str | None:
     if value.startswith(MODEL_PREFIX):
         found = uploaded_model(settings, tenant, value.removeprefix(MODEL_PREFIX))
         return str(found) if found is not None else None
+    if is_uri(value):  # an object store: under a prefix the operator enabled, and there
+        if settings.remote_roots and remote.under(value, settings.remote_roots) and remote.exists(value):
+            return remote.normalized(value)
+        return None
     if "\x00" in value or not os.path.isabs(value):
         return None
     real = Path(os.path.realpath(value))

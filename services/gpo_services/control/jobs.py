@@ -87,7 +87,8 @@ async def submit_job(
     except SpecInvalid as err:
         raise invalid(err.details) from None
     await storage.ensure_room(settings, request.app.state.store, tenant)
-    spec = resolve_spec_paths(spec, tenant, settings)  # only its uploads and the shared read-only roots
+    # Only its uploads and the shared read-only roots (a remote root asks its store: off the loop).
+    spec = await asyncio.to_thread(resolve_spec_paths, spec, tenant, settings)
     await asyncio.to_thread(check_capacity, spec, settings)  # may count the prompts of a file
     try:
         job, created = await store.create_job(tenant, spec, idempotency_key, settings.max_active_runs)
