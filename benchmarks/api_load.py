@@ -121,9 +121,12 @@ def main() -> None:
     parser.add_argument("--gets", type=int, default=10000)
     parser.add_argument("--warmup", type=int, default=5, help="untimed requests per client before each phase")
     parser.add_argument("--workers", type=int, default=1, help="processes of the control service (GPO_WORKERS)")
+    parser.add_argument(
+        "--rate-limit", type=int, default=0, help="GPO_RATE_LIMIT_PER_MINUTE (0: off; a huge one counts, refuses none)"
+    )
     args = parser.parse_args()
     print(f"command: python benchmarks/api_load.py --clients {args.clients} --posts {args.posts} --gets {args.gets} "
-          f"--warmup {args.warmup} --workers {args.workers}")  # fmt: skip
+          f"--warmup {args.warmup} --workers {args.workers} --rate-limit {args.rate_limit}")  # fmt: skip
     folder = tempfile.mkdtemp(prefix="gpo-load-")
     redis_port, port = free_port(), free_port()
     redis = subprocess.Popen(
@@ -133,7 +136,8 @@ def main() -> None:
     )  # fmt: skip
     env = {**os.environ, "GPO_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0", "GPO_ARTIFACTS": f"{folder}/artifacts",
            "GPO_API_KEYS": f"{KEY}:bench", "GPO_PORT": str(port), "GPO_WORKERS": str(args.workers),
-           "GPO_RATE_LIMIT_PER_MINUTE": "0"}  # one tenant's 64 clients: measured, not throttled  # fmt: skip
+           "GPO_RATE_LIMIT_PER_MINUTE": str(args.rate_limit),
+           "GPO_MAX_ACTIVE_RUNS": "1000000"}  # one tenant's thousands of jobs: measured, not refused  # fmt: skip
     control = subprocess.Popen([sys.executable, "-m", "gpo_services.control"], env=env)
     base = f"http://127.0.0.1:{port}"
     try:

@@ -105,6 +105,26 @@ def test_the_processes_stop_when_their_parent_is_killed(control) -> None:
     wait_until(lambda: not ready(base), 10, "the port to be released")
 
 
+def test_processes_that_cannot_run_a_handler_die_with_their_parent(control) -> None:
+    """Stopped processes (as good as a blocked event loop: no signal handler runs) still die when
+    the parent is killed: the kernel sends SIGKILL, not a SIGTERM they would never handle."""
+    process, port, base = control
+    children = list(connections_per_process(process, port))
+    for pid in children:
+        os.kill(pid, signal.SIGSTOP)
+    process.kill()
+    process.wait()
+    wait_until(lambda: not any(_alive(pid) for pid in children), 30, "the stopped processes to be killed")
+    wait_until(lambda: not ready(base), 10, "the port to be released")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def test_a_process_that_fails_on_an_error_stops_the_service_instead_of_restarting(tmp_path) -> None:
     process = start_control("nonsense://127.0.0.1:1/0", tmp_path, free_port())
     _, errors = process.communicate(timeout=60)

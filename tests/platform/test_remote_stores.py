@@ -4,13 +4,15 @@ under them and nothing else (another bucket, another prefix, a walk out with ..)
 what a job names into the cache once, and again only when the objects change."""
 
 import shutil
+import subprocess
+import sys
 
 import httpx
 import pytest
 
 from gpo_core.models import load_model
 from gpo_core.remote import materialize, normalized, under
-from tests.platform.conftest import TENANT_KEYS, free_port, serving
+from tests.platform.conftest import TENANT_KEYS, free_port, serving, wait_until
 
 KEY_A = next(iter(TENANT_KEYS))
 PAIRS = b'{"prompt": "post", "chosen": "good", "rejected": "bad"}\n'
@@ -19,26 +21,39 @@ PROMPTS = b'{"id": "p0", "prompt": "post"}\n'
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    """moto's S3 server on a free loopback port, with the environment s3fs reads."""
+    """moto's S3 server on a free loopback port, in its own process (Flask, which it runs on, must
+    stay out of this one: vLLM walks every loaded module's globals, and Flask's proxies raise), with
+    the environment s3fs reads."""
     pytest.importorskip("s3fs")
-    from moto.server import ThreadedMotoServer
-
     port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
+    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("w")
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    endpoint = f"http://127.0.0.1:{port}"
+    wait_until(lambda: _answers(endpoint), 60, "moto's server")
     patch = pytest.MonkeyPatch()
-    for name, value in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
+    for name, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test",
                         "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():  # fmt: skip
         patch.setenv(name, value)
     import s3fs
 
     s3fs.S3FileSystem.clear_instance_cache()
-    filesystem = s3fs.S3FileSystem(endpoint_url=f"http://127.0.0.1:{port}")
+    filesystem = s3fs.S3FileSystem(endpoint_url=endpoint)
     filesystem.mkdir("shared")
     filesystem.mkdir("private")
     yield filesystem
     patch.undo()
-    server.stop()
+    s3fs.S3FileSystem.clear_instance_cache()
+    server.terminate()
+    server.wait(timeout=10)
+    log.close()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code < 500
+    except httpx.HTTPError:
+        return False
 
 
 @pytest.fixture(scope="module")

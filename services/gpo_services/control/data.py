@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import os
 import re
 import time
@@ -26,7 +25,7 @@ from gpo_core.sweep.views import ErrorBody
 from gpo_services.common.settings import Settings
 from gpo_services.control.deps import SettingsDep, TenantDep
 from gpo_services.control.errors import ApiError
-from gpo_services.control.storage import ensure_room, tenant_folder
+from gpo_services.control.storage import ensure_room, stored_records, tenant_folder
 
 router = APIRouter(prefix="/data", tags=["data"])
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}\.(jsonl|parquet)$"
@@ -136,13 +135,8 @@ async def upload(
 @router.get("", response_model=list[Upload], responses={401: ERRORS[401], 429: ERRORS[429]})
 async def list_uploads(settings: SettingsDep, tenant: TenantDep) -> list[Upload]:
     """This tenant's uploads, by name."""
-    folder = tenant_folder(settings, tenant)
-    records = []
-    for meta in sorted(folder.glob(".*.json")) if folder.exists() else []:
-        record = Upload.model_validate(json.loads(meta.read_text(encoding="utf-8")))
-        if uploaded_file(settings, tenant, record.name) is not None:
-            records.append(record)
-    return records
+    present = lambda name: uploaded_file(settings, tenant, name) is not None  # noqa: E731
+    return stored_records(tenant_folder(settings, tenant), Upload, present)
 
 
 @router.delete("/{name}", status_code=204, responses=ERRORS)

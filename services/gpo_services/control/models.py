@@ -31,7 +31,7 @@ from gpo_services.common.settings import Settings
 from gpo_services.control.data import stream_to_file
 from gpo_services.control.deps import SettingsDep, TenantDep
 from gpo_services.control.errors import ApiError
-from gpo_services.control.storage import ensure_room, tenant_folder
+from gpo_services.control.storage import ensure_room, stored_records, tenant_folder
 
 router = APIRouter(prefix="/models", tags=["models"])
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
@@ -213,13 +213,8 @@ def _install(folder: Path, work: Path, name: str, record: Model) -> None:
 @router.get("", response_model=list[Model], responses={401: ERRORS[401], 429: ERRORS[429]})
 async def list_models(settings: SettingsDep, tenant: TenantDep) -> list[Model]:
     """This tenant's models, by name."""
-    folder = models_folder(settings, tenant)
-    records = []
-    for meta in sorted(folder.glob(".*.json")) if folder.exists() else []:
-        record = Model.model_validate(json.loads(meta.read_text(encoding="utf-8")))
-        if uploaded_model(settings, tenant, record.name) is not None:
-            records.append(record)
-    return records
+    present = lambda name: uploaded_model(settings, tenant, name) is not None  # noqa: E731
+    return stored_records(models_folder(settings, tenant), Model, present)
 
 
 @router.delete("/{name}", status_code=204, responses=ERRORS)

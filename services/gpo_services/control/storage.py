@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import redis
+from pydantic import BaseModel
 
 from gpo_core.sweep.views import TERMINAL
 from gpo_services.common.logs import log, service_logger
@@ -21,6 +25,7 @@ from gpo_services.common.settings import Settings
 from gpo_services.common.store import JobStore
 from gpo_services.control.errors import ApiError
 
+T = TypeVar("T", bound=BaseModel)
 RETENTION_LOCK = "gpo:retention:lock"
 UPLOADS = ".uploads"  # inside the artifact root (a volume every service shares); job ids are hex
 
@@ -28,6 +33,16 @@ UPLOADS = ".uploads"  # inside the artifact root (a volume every service shares)
 def tenant_folder(settings: Settings, tenant: str) -> Path:
     """The tenant's upload folder; named by a hash, so no tenant name ever becomes a path."""
     return settings.artifacts / UPLOADS / hashlib.sha256(tenant.encode()).hexdigest()[:24]
+
+
+def stored_records(folder: Path, record_type: type[T], present: Callable[[str], bool]) -> list[T]:
+    """The records kept beside stored items (``.NAME.json``), by name, for items still present."""
+    records = []
+    for meta in sorted(folder.glob(".*.json")) if folder.exists() else []:
+        record = record_type.model_validate(json.loads(meta.read_text(encoding="utf-8")))
+        if present(record.name):
+            records.append(record)
+    return records
 
 
 def folder_bytes(path: Path) -> int:
