@@ -27,6 +27,12 @@ class BuiltinTask(BaseModel):
     size: Literal["small", "default"] = "default"
     seed: int = Field(0, ge=0, le=2**31)
 
+    @property
+    def eval_prompts(self) -> int:
+        """Its evaluation prompts, known without building it (or importing its builder: the control
+        service sizes jobs with it). Checked against ``task_settings`` by a test."""
+        return {"small": 48, "default": 256}[self.size]
+
 
 class RunSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")

@@ -46,6 +46,14 @@ def test_invalid_specs_name_the_field(overrides, field, message) -> None:
     assert MAX_RUNS == 64
 
 
+def test_the_builtin_tasks_prompt_counts_are_the_builders() -> None:
+    from gpo_core.sweep.spec import BuiltinTask
+    from gpo_core.task.build import SIZES, task_settings
+
+    for size in SIZES:
+        assert BuiltinTask(size=size).eval_prompts == task_settings(size).eval_prompts
+
+
 def test_run_ids_are_stable_and_path_safe() -> None:
     spec = JobSpec(**grid(losses=["dpo", "exp(-x) + 0.1*x^2"], betas=[0.1, 10]))
     assert spec.run_ids() == [

@@ -12,6 +12,7 @@ Keys::
     gpo:job:{id}:events       stream of {type, data, ts}
     gpo:tenant:{tenant}:jobs  sorted set of job ids by creation time
     gpo:tenant:{tenant}:active  the tenant's jobs not yet over, scored by their number of runs
+    gpo:tenant:{tenant}:active_runs  the sum of those scores (what the run quota compares)
     gpo:idem:{tenant}:{hash}  the job an Idempotency-Key created (24 h)
 """
 
@@ -48,6 +49,22 @@ class QuotaExceeded(Exception):
 
 def active_key(tenant: str) -> str:
     return f"gpo:tenant:{tenant}:active"
+
+
+def active_runs_key(tenant: str) -> str:
+    return f"gpo:tenant:{tenant}:active_runs"
+
+
+# A job leaves its tenant's active set, and its runs the tenant's count, exactly once (a job that
+# ended and is then deleted, or an entry from before the count existed, subtracts nothing twice).
+# KEYS: the active set, the count. ARGV: the job id.
+LEAVE_ACTIVE = """
+local runs = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if runs then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('DECRBY', KEYS[2], runs)
+end
+"""
 
 
 def job_key(job_id: str) -> str:
@@ -198,7 +215,8 @@ class JobStore:
                 data = {k: changed_run.get(k) for k in ("state", "stage", "reason")}
                 pipe.xadd(events_key(job_id), self._event("run_state", {"run": run, **data}), maxlen=EVENTS_MAXLEN)
             if state in TERMINAL and job.get("state") not in TERMINAL:
-                pipe.zrem(active_key(job["tenant"]), job_id)  # its runs no longer count against the quota
+                # its runs no longer count against the quota
+                pipe.eval(LEAVE_ACTIVE, 2, active_key(job["tenant"]), active_runs_key(job["tenant"]), job_id)
             if state != job.get("state"):
                 pipe.xadd(
                     events_key(job_id), self._event("job_state", {"state": state, "reason": reason}),
@@ -225,7 +243,7 @@ class JobStore:
         pipe.delete(*keys)
         if tenant is not None:
             pipe.zrem(f"gpo:tenant:{tenant}:jobs", job_id)
-            pipe.zrem(active_key(tenant), job_id)
+            pipe.eval(LEAVE_ACTIVE, 2, active_key(tenant), active_runs_key(tenant), job_id)
         pipe.execute()
 
     def progress(self, job_id: str, run: str, record: dict) -> None:
@@ -271,22 +289,22 @@ class JobStore:
 # queued reply is read separately, with its own timeout). The Idempotency-Key record is written in
 # the same step, so it never names a job that was not stored (a client retrying after a lost
 # connection finds either both or neither); a replay is answered before the quota is counted. The
-# tenant's queued and running runs are the scores of its active set (a job leaves it when it ends):
-# a job that would take them over ``max_active`` is not written. KEYS: job, the tenant's train
-# stream, tenant index, events, one per run, then the idempotency record if any, the stage's set of
-# streams, the tenant's active set. ARGV[1]: JSON of the field lists (values already strings,
-# formatted as redis-py formats them). Returns the record's value if the key was used before,
-# "quota N" (N runs held) when over the quota (nothing is written then), else nothing.
+# tenant's jobs not yet over are its active set (scored by their runs), and their runs its count
+# (one GET, however many jobs): a job that would take the count over ``max_active`` is not written.
+# KEYS: job, the tenant's train stream, tenant index, events, one per run, then the idempotency
+# record if any, the stage's set of streams, the tenant's active set, its count. ARGV[1]: JSON of
+# the field lists (values already strings, formatted as redis-py formats them). Returns the
+# record's value if the key was used before, "quota N" (N runs held) when over the quota (nothing
+# is written then), else nothing.
 CREATE_JOB = """
 local new = cjson.decode(ARGV[1])
-local streams, active = KEYS[#KEYS - 1], KEYS[#KEYS]
+local streams, active, active_runs = KEYS[#KEYS - 2], KEYS[#KEYS - 1], KEYS[#KEYS]
 if new.idempotency ~= '' then
   local first = redis.call('GET', KEYS[5 + #new.runs])
   if first then return first end
 end
 if new.max_active > 0 then
-  local held, entries = 0, redis.call('ZRANGE', active, 0, -1, 'WITHSCORES')
-  for i = 2, #entries, 2 do held = held + tonumber(entries[i]) end
+  local held = math.max(0, tonumber(redis.call('GET', active_runs) or '0'))
   if held + #new.runs > new.max_active then return 'quota ' .. held end
 end
 if new.idempotency ~= '' then
@@ -299,6 +317,7 @@ redis.call('SADD', streams, KEYS[2])
 for _, task in ipairs(new.tasks) do redis.call('XADD', KEYS[2], '*', 'task', task) end
 redis.call('ZADD', KEYS[3], new.score, new.id)
 redis.call('ZADD', active, #new.runs, new.id)
+redis.call('INCRBY', active_runs, #new.runs)
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', new.maxlen, '*', unpack(new.event))
 """
 
@@ -342,7 +361,7 @@ class AsyncJobStore:
         keys += [run_key(job_id, run_id) for run_id in runs]
         if idempotency_key is not None:
             keys.append(f"gpo:idem:{tenant}:{hashlib.sha256(idempotency_key.encode()).hexdigest()}")
-        keys += [streams_key("train"), active_key(tenant)]
+        keys += [streams_key("train"), active_key(tenant), active_runs_key(tenant)]
         first = await self._create(
             keys=keys,
             args=[json.dumps({

@@ -87,9 +87,14 @@ async def submit_job(
     except SpecInvalid as err:
         raise invalid(err.details) from None
     await storage.ensure_room(settings, request.app.state.store, tenant)
-    # Only its uploads and the shared read-only roots (a remote root asks its store: off the loop).
-    spec = await asyncio.to_thread(resolve_spec_paths, spec, tenant, settings)
-    await asyncio.to_thread(check_capacity, spec, settings)  # may count the prompts of a file
+    # Only its uploads and the shared read-only roots. Reading a store or counting a file's prompts
+    # is I/O that may take a while: off the event loop; the built-in task needs neither.
+    if spec.task is None:
+        spec = await asyncio.to_thread(resolve_spec_paths, spec, tenant, settings)
+        await asyncio.to_thread(check_capacity, spec, settings)
+    else:
+        spec = resolve_spec_paths(spec, tenant, settings)
+        check_capacity(spec, settings)
     try:
         job, created = await store.create_job(tenant, spec, idempotency_key, settings.max_active_runs)
     except Conflict as err:

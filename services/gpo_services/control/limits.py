@@ -14,12 +14,7 @@ from gpo_services.control.errors import ApiError
 
 def prompt_count(spec: JobSpec) -> int:
     """Evaluation prompts the job will sample (the spec's paths already resolved)."""
-    if spec.task is not None:
-        from gpo_core.task.build import task_settings
-
-        available = task_settings(spec.task.size, spec.task.seed).eval_prompts
-    else:
-        available = count_records(spec.eval_prompts)
+    available = spec.task.eval_prompts if spec.task is not None else count_records(spec.eval_prompts)
     return min(available, spec.generation.prompts or available)
 
 
