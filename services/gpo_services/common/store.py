@@ -56,7 +56,7 @@ def active_runs_key(tenant: str) -> str:
 
 
 # A job leaves its tenant's active set, and its runs the tenant's count, exactly once (a job that
-# ended and is then deleted, or an entry from before the count existed, subtracts nothing twice).
+# ended and is then deleted subtracts nothing twice).
 # KEYS: the active set, the count. ARGV: the job id.
 LEAVE_ACTIVE = """
 local runs = redis.call('ZSCORE', KEYS[1], ARGV[1])

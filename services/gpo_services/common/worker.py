@@ -53,8 +53,10 @@ class TaskContext:
         return self.settings.artifacts / job_id
 
     def enqueue(self, stage: str, job_id: str, run: str) -> None:
-        """The job's next task, on its tenant's stream of ``stage``."""
-        enqueue(self.client, stage, self.store.tenant(job_id), {"job": job_id, "run": run, "attempt": 1})
+        """The job's next task, on its tenant's stream of ``stage`` (none if the job was deleted)."""
+        tenant = self.store.tenant(job_id)
+        if tenant is not None:
+            enqueue(self.client, stage, tenant, {"job": job_id, "run": run, "attempt": 1})
 
     def skip_if_over(self, job_id: str, run: str) -> bool:
         """True (and the run marked cancelled) when the job was cancelled or has already failed."""
