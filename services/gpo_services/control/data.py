@@ -25,7 +25,7 @@ from gpo_core.sweep.views import ErrorBody
 from gpo_services.common.settings import Settings
 from gpo_services.control.deps import SettingsDep, TenantDep
 from gpo_services.control.errors import ApiError
-from gpo_services.control.storage import ensure_room, stored_records, tenant_folder
+from gpo_services.control.storage import UPLOADS, ensure_room, stored_records, tenant_folder
 
 router = APIRouter(prefix="/data", tags=["data"])
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}\.(jsonl|parquet)$"
@@ -76,6 +76,16 @@ def uploaded_file(settings: Settings, tenant: str, name: str) -> Path | None:
         return None
     path = tenant_folder(settings, tenant) / name
     return path if path.is_file() and not path.is_symlink() else None
+
+
+def upload_records(settings: Settings, path: str) -> int | None:
+    """The records of the upload at ``path``, as counted when it was validated (no re-reading of
+    the file); None when ``path`` is not an upload."""
+    file = Path(path)
+    meta = file.parent / f".{file.name}.json"
+    if not file.is_relative_to(settings.artifacts / UPLOADS) or not meta.is_file():
+        return None
+    return Upload.model_validate_json(meta.read_text(encoding="utf-8")).records
 
 
 def _validate(path: Path, kind: str, name: str) -> int:

@@ -9,12 +9,19 @@ from __future__ import annotations
 from gpo_core.data import count_records
 from gpo_core.sweep.spec import JobSpec
 from gpo_services.common.settings import Settings
+from gpo_services.control.data import upload_records
 from gpo_services.control.errors import ApiError
 
 
-def prompt_count(spec: JobSpec) -> int:
-    """Evaluation prompts the job will sample (the spec's paths already resolved)."""
-    available = spec.task.eval_prompts if spec.task is not None else count_records(spec.eval_prompts)
+def prompt_count(spec: JobSpec, settings: Settings) -> int:
+    """Evaluation prompts the job will sample (the spec's paths already resolved): the built-in
+    task's, an upload's as counted when it arrived, else counted in the file."""
+    if spec.task is not None:
+        available = spec.task.eval_prompts
+    elif (recorded := upload_records(settings, spec.eval_prompts)) is not None:
+        available = recorded
+    else:
+        available = count_records(spec.eval_prompts)
     return min(available, spec.generation.prompts or available)
 
 
@@ -32,7 +39,7 @@ def check_capacity(spec: JobSpec, settings: Settings) -> None:
     if training.use_gpu and not settings.gpu_training:
         refuse("training.use_gpu", "this deployment's trainers have no GPUs (GPO_GPU_TRAINING)")
     try:
-        prompts = prompt_count(spec)
+        prompts = prompt_count(spec, settings)
     except Exception as err:
         refuse("eval_prompts", f"could not be read: {type(err).__name__}")
         prompts = 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import tarfile
 import time
@@ -65,8 +66,6 @@ def models_folder(settings: Settings, tenant: str) -> Path:
 
 def uploaded_model(settings: Settings, tenant: str, name: str) -> Path | None:
     """The tenant's model folder ``name`` (complete: its record exists), or None."""
-    import re
-
     if not re.fullmatch(NAME_PATTERN, name):
         return None
     folder = models_folder(settings, tenant)
