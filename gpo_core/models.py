@@ -41,6 +41,8 @@ def load_model(folder: str | Path, dtype: torch.dtype = torch.float32) -> PreTra
 
 def model_digest(folder: str | Path) -> str:
     """Hash of a model folder's weights and configuration files (names and bytes)."""
+    from gpo_core.identity import file_digest
+
     folder = Path(folder)
     h = hashlib.sha256()
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
@@ -48,6 +50,5 @@ def model_digest(folder: str | Path) -> str:
         raise FileNotFoundError(f"{folder}: no model files (*.safetensors, *.bin, config.json)")
     for path in files:
         h.update(path.name.encode())
-        with path.open("rb") as handle:
-            h.update(hashlib.file_digest(handle, "sha256").digest())
+        h.update(bytes.fromhex(file_digest(path)))  # memoized: a large model is read once
     return h.hexdigest()

@@ -47,6 +47,11 @@ class RunProgress:
             self.message(f"{run} trace at step {record['step']}: " + ", ".join(parts))
         elif kind == "resumed":
             self.message(f"{run} resumed from step {record['step']} ({record['checkpoint']})")
+        elif kind == "finished_before":
+            if run in self.bars:
+                step = record["step"]
+                self.progress.update(self.bars[run], completed=step, total=step, info="trained before")
+            self.message(f"{run} was trained to step {record['step']} before, by this spec: not trained again")
 
     def stage(self, run: str, stage: str, state: str, win_rate: dict | None = None) -> None:
         if run not in self.bars:

@@ -4,6 +4,7 @@ one process (``gpo run``) and inside the services (one stage per queue).
 Each stage is idempotent: it writes its output atomically and returns early when the output is
 already there, so a redelivered task costs nothing and never duplicates anything. Layout::
 
+    JOB/identity.json                  what the results are computed from (spec, inputs' content)
     JOB/job.json                       the spec and its run ids
     JOB/reference/responses.jsonl      the reference policy's samples (shared by every run)
     JOB/runs/RUN/train/                training output: metrics.jsonl, checkpoints/, final/
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from gpo_core.data import load_prompts, write_json, write_jsonl
 from gpo_core.generate import SamplingSettings, VLLMEngine, cached_responses, generate_responses, load_responses
+from gpo_core.identity import DifferentSpec, claim, content_digest, flatten
 from gpo_core.judge import pair_responses
 from gpo_core.models import cache_root
 from gpo_core.remote import is_uri, materialize
@@ -33,6 +35,7 @@ from gpo_core.train.metrics import MetricsSink
 from gpo_core.train.spec import TrainingSpec
 
 REFERENCE = "reference"
+IDENTITY = "identity.json"
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,36 @@ def run_by_id(spec: JobSpec, run: str) -> RunSpec:
     return spec.run_list()[ids.index(run)]
 
 
+def job_identity(spec: JobSpec) -> dict:
+    """Everything that determines a sweep's results: its spec, and the content of every local
+    input it names (an object-store input is named by its URI; each training run checks the
+    content of its local copy itself)."""
+    identity = flatten(spec.model_dump(mode="json", exclude={"name"}))
+    named = {
+        "policy": spec.policy,
+        "reference": spec.reference,
+        "dataset": spec.dataset,
+        "eval_pairs": spec.eval_pairs,
+        "eval_prompts": spec.eval_prompts,
+        "judge.model_dir": spec.judge.model_dir,
+    }
+    for name, path in named.items():
+        if path is not None and not is_uri(path):
+            try:
+                identity[f"{name}.content"] = content_digest(path)
+            except OSError as err:
+                raise FileNotFoundError(f"{name}: cannot read {path} ({err.strerror or err})") from None
+    return identity
+
+
 def write_job_file(spec: JobSpec, job_dir: Path) -> None:
+    """Tie ``job_dir`` to this spec (its identity in ``identity.json``), so that running the same
+    spec again resumes it and any other spec is refused with the changes named, never mixed with
+    this one's results."""
+    hint = "give another job folder (--out), or delete this one to start over"
+    if not (job_dir / IDENTITY).exists() and (job_dir / "runs").exists():
+        raise DifferentSpec(f"{job_dir} holds a sweep with no record of its spec ({IDENTITY}); {hint}")
+    claim(job_dir / IDENTITY, job_identity(spec), "sweep", hint)
     write_json(job_dir / "job.json", {"spec": spec.model_dump(mode="json"), "runs": spec.run_ids()})
 
 

@@ -4,29 +4,86 @@ caller's sink, and a stop request ends the run at its next step with a checkpoin
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
-from gpo_core.train.loop import RunContext, RunResult, train
+from gpo_core.data import write_json
+from gpo_core.identity import DifferentSpec, claim, content_digest
+from gpo_core.train.loop import CHECKPOINTS, METRICS_FILE, RunContext, RunResult, TrainingError, train
 from gpo_core.train.metrics import FanOut, JsonlSink, ListSink, MetricsSink, follow_jsonl
 from gpo_core.train.spec import TrainingSpec
 
+RUN_RECORD = "run.json"  # the identity of the run this folder holds
+RESULT = "result.json"  # written when the run finished: its presence means "trained"
+# Options that change how a run is carried out or logged, not what it computes.
+NOT_DETERMINING = {"output_dir", "cache_dir", "log_every", "checkpoint_every", "use_gpu"}
+INPUTS = ("policy", "reference", "tokenizer", "dataset", "eval_pairs", "eval_prompts")
+
 
 def metrics_path(spec: TrainingSpec) -> Path:
-    return Path(spec.output_dir) / "metrics.jsonl"
+    return Path(spec.output_dir) / METRICS_FILE
+
+
+def training_identity(spec: TrainingSpec) -> dict:
+    """The settings that determine a run's result, its inputs by content (a copied model folder is
+    the same model; a dataset edited in place is not the same dataset)."""
+    settings = spec.model_dump(exclude=NOT_DETERMINING | set(INPUTS) | {"beta", "beta_ipo"})
+    identity = {**settings, "beta": spec.effective_beta}
+    paths = {**spec.model_dump(include=set(INPUTS)), "reference": spec.reference_path, "tokenizer": spec.tokenizer_path}
+    for name, path in paths.items():
+        if path is not None:
+            try:
+                identity[f"{name}.content"] = content_digest(path)
+            except OSError as err:
+                raise TrainingError(f"{name}: cannot read {path} ({err.strerror or err})") from None
+    return identity
+
+
+def claim_output_dir(spec: TrainingSpec) -> RunResult | None:
+    """Tie ``spec.output_dir`` to this spec: the finished result when the same spec already ran to
+    the end there, else None (train, resuming from a checkpoint if there is one). A folder that
+    holds another spec's run is refused, naming what changed, never resumed or overwritten."""
+    output_dir = Path(spec.output_dir)
+    record = output_dir / RUN_RECORD
+    hint = "give another output_dir, or delete this one to start over"
+    if not record.exists() and any((output_dir / name).exists() for name in (CHECKPOINTS, "final", RESULT)):
+        raise TrainingError(f"{output_dir} holds a run with no record of its spec ({RUN_RECORD}); {hint}")
+    try:
+        claim(record, training_identity(spec), "training run", hint)
+    except DifferentSpec as err:
+        raise TrainingError(str(err)) from None
+    if (output_dir / RESULT).exists():
+        return RunResult(**{**json.loads((output_dir / RESULT).read_text()), "reference_cache": "not used"})
+    return None
+
+
+def _finished(spec: TrainingSpec, result: RunResult) -> RunResult:
+    if not result.stopped:
+        write_json(Path(spec.output_dir) / RESULT, asdict(result))
+    return result
 
 
 def run_training(
     spec: TrainingSpec, sink: MetricsSink | None = None, stop_requested: Callable[[], bool] = lambda: False
 ) -> RunResult:
-    """Train (or resume) ``spec``. On Ray, rank 0 writes the metrics file and a watcher thread
-    forwards its new lines to ``sink`` and turns a stop request into the run's STOP file."""
+    """Train (or resume) ``spec``; a run this spec already finished in its folder is returned as it
+    was, not trained again (the sink gets one ``finished_before`` record). On Ray, rank 0 writes
+    the metrics file and a watcher thread forwards its new lines to ``sink`` and turns a stop
+    request into the run's STOP file."""
+    earlier = claim_output_dir(spec)
+    if earlier is not None:
+        if sink is not None:
+            sink.emit({"kind": "finished_before", "step": earlier.steps, "final_model_dir": earlier.final_model_dir})
+        return earlier
     path = metrics_path(spec)
     if spec.workers == 0:
         metrics = JsonlSink(path)
         try:
-            return train(spec, FanOut(metrics, sink) if sink else metrics, RunContext(should_stop=stop_requested))
+            context = RunContext(should_stop=stop_requested)
+            return _finished(spec, train(spec, FanOut(metrics, sink) if sink else metrics, context))
         finally:
             metrics.close()
 
@@ -36,13 +93,11 @@ def run_training(
         if stop_requested():
             request_stop(spec.output_dir)
 
-    finished = threading.Event()
-    watcher = threading.Thread(
-        target=follow_jsonl, args=(path, sink or ListSink(), finished, poll), name="ray-run-watcher"
-    )
+    done = threading.Event()
+    watcher = threading.Thread(target=follow_jsonl, args=(path, sink or ListSink(), done, poll), name="ray-run-watcher")
     watcher.start()
     try:
-        return train_on_ray(spec, metrics_path=path)
+        return _finished(spec, train_on_ray(spec, metrics_path=path))
     finally:
-        finished.set()
+        done.set()
         watcher.join()

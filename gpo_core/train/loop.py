@@ -25,13 +25,14 @@ from gpo_core.models import cache_root, is_encoder_decoder, load_model
 from gpo_core.preference import SUMS, log_ratio_difference, metrics_from_sums, preference_sums
 from gpo_core.regularization import kl_from_samples, mu_weighted_square_loss
 from gpo_core.train.data import TokenizedPairs, length_grouped_batches, tokenize_pairs
-from gpo_core.train.metrics import MetricsSink, StdoutSink
+from gpo_core.train.metrics import MetricsSink, StdoutSink, rewind_jsonl
 from gpo_core.train.pairs import pair_logprobs, to_device
 from gpo_core.train.reference import cache_key, compute_reference_logprobs, load_or_compute
 from gpo_core.train.sampling import sample_and_score
 from gpo_core.train.spec import TrainingSpec
 
 CHECKPOINTS = "checkpoints"
+METRICS_FILE = "metrics.jsonl"
 STATE_FILE = "trainer_state.pt"
 KEEP_CHECKPOINTS = 2
 
@@ -229,7 +230,8 @@ def reference_logprobs(
 
 def load_policy(spec: TrainingSpec, context: RunContext, steps: int, sink: MetricsSink):
     """``(policy, optimizer, scheduler, step)``: fresh at step 0, or restored from the last
-    checkpoint when there is one to resume from (announced to the sink)."""
+    checkpoint when there is one to resume from (announced to the sink). The metrics file is cut
+    back to the records before that step."""
     resume = context.resume_from or _latest_checkpoint(Path(spec.output_dir))
     policy = load_model(resume if resume else spec.policy).to(context.device)
     optimizer = _optimizer(spec, policy)
@@ -245,7 +247,9 @@ def load_policy(spec: TrainingSpec, context: RunContext, steps: int, sink: Metri
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step = state["step"]
-        if context.rank == 0:
+    if context.rank == 0:  # records of the steps this run trains (again) go: none is listed twice
+        rewind_jsonl(Path(spec.output_dir) / METRICS_FILE, step if resume else -1)
+        if resume:
             sink.emit({"kind": "resumed", "step": step, "checkpoint": str(resume)})
     return policy, optimizer, scheduler, step
 

@@ -4,6 +4,7 @@ services add Redis). Every record is a flat JSON object with at least ``kind`` a
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 from collections.abc import Callable
@@ -73,6 +74,29 @@ class FanOut:
             sink.close()
 
 
+def rewind_jsonl(path: str | Path, step: int) -> int:
+    """Cut a metrics file back to the records of steps up to ``step`` (where a resumed run starts
+    again), in place, so the steps it trains a second time are not listed twice. Returns how many
+    records were dropped. Records are appended in step order: everything from the first record past
+    ``step`` on (or from a line cut short by a crash) belongs to the lost stretch."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    with path.open("rb") as handle:
+        lines = handle.readlines()
+    offset = 0
+    for kept, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int) or record["step"] > step:
+            os.truncate(path, offset)  # in place: a writer in append mode goes on at the new end
+            return len(lines) - kept
+        offset += len(line)
+    return 0
+
+
 def follow_jsonl(path: Path, sink: MetricsSink, done: threading.Event, poll: Callable[[], None] = lambda: None) -> None:
     """Feed the records appended to a JSONL file (by another process: Ray Train's rank 0) to
     ``sink`` until ``done`` is set, calling ``poll`` every half second. Records already in the
@@ -82,6 +106,7 @@ def follow_jsonl(path: Path, sink: MetricsSink, done: threading.Event, poll: Cal
         finished = done.wait(0.5)
         poll()
         if path.exists():
+            offset = min(offset, path.stat().st_size)  # cut back by a resumed run: go on from its end
             with path.open("rb") as handle:
                 handle.seek(offset)
                 chunk = handle.read()

@@ -162,6 +162,7 @@ def run_command(
     Ctrl-C stops at the next training step; running it again resumes."""
     from gpo_client.progress import RunProgress
     from gpo_core.data import DatasetError
+    from gpo_core.identity import DifferentSpec
     from gpo_core.sweep.runner import run_job
     from gpo_core.sweep.spec import JobSpecError, load_job_spec
     from gpo_core.train.loop import TrainingError
@@ -177,7 +178,7 @@ def run_command(
             for run in spec.run_ids():
                 display.add(run, spec.training.steps)
             report = run_job(spec, job_dir, events=display.sweep_event, stop_requested=stop.is_set)
-    except (DatasetError, TrainingError, FileNotFoundError) as err:
+    except (DatasetError, DifferentSpec, TrainingError, FileNotFoundError) as err:
         raise fail(str(err)) from None
     if report is None:
         console.print(f"stopped; run again to resume: gpo run {spec_file} --out {job_dir}")

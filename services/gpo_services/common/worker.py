@@ -22,6 +22,7 @@ from pathlib import Path
 import redis
 
 from gpo_core.data import DatasetError
+from gpo_core.identity import DifferentSpec
 from gpo_core.judge import JudgeEndpointRefused
 from gpo_core.stopping import Stopped
 from gpo_core.sweep.spec import JobSpecError
@@ -37,7 +38,7 @@ from gpo_services.common.store import JobStore
 FINALIZE = "*finalize*"  # the judge task that makes the pairwise comparisons and the report
 # Errors that another attempt cannot fix: bad data, a bad spec, a diverging run, a judge endpoint
 # that refuses the request.
-PERMANENT_ERRORS = (DatasetError, JobSpecError, SpecError, TrainingError, JudgeEndpointRefused)
+PERMANENT_ERRORS = (DatasetError, DifferentSpec, JobSpecError, SpecError, TrainingError, JudgeEndpointRefused)
 
 
 @dataclass

@@ -1,0 +1,132 @@
+"""Runs are identified by what they compute: the same spec resumes or returns the finished run,
+another spec on the same folder is refused with the change named, and no metrics row is listed
+twice after a resume."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from gpo_core.data import load_preferences, write_jsonl
+from gpo_core.identity import DifferentSpec, changes
+from gpo_core.sweep import stages
+from gpo_core.sweep.spec import parse_job_spec
+from gpo_core.train.launch import run_training
+from gpo_core.train.loop import TrainingError
+from gpo_core.train.metrics import ListSink, rewind_jsonl
+from tests.train.test_loop import make_spec
+
+
+def step_rows(output_dir: str) -> list[int]:
+    rows = [json.loads(line) for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [r["step"] for r in rows if r["kind"] == "step"]
+
+
+def test_a_finished_run_is_returned_not_retrained(small_task, tmp_path, cache_dir) -> None:
+    spec = make_spec(small_task, tmp_path, cache_dir, steps=2)
+    first = run_training(spec)
+    final = Path(first.final_model_dir) / "model.safetensors"
+    written = final.stat().st_mtime_ns
+    sink = ListSink()
+    again = run_training(spec, sink)
+    assert again.steps == 2 and again.final_model_dir == first.final_model_dir and not again.stopped
+    assert [r["kind"] for r in sink.records] == ["finished_before"]
+    assert final.stat().st_mtime_ns == written  # final/ not overwritten
+    assert step_rows(spec.output_dir) == [1, 2]  # no duplicated rows
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"loss": "hinge"}, "loss: logistic -> hinge"),
+        ({"steps": 3}, "steps: 2 -> 3"),
+        ({"lr": 5e-4}, "lr: 0.001 -> 0.0005"),
+    ],
+)
+def test_another_spec_on_the_same_folder_is_refused_naming_the_change(
+    small_task, tmp_path, cache_dir, change, named
+) -> None:
+    run_training(make_spec(small_task, tmp_path, cache_dir, steps=2))
+    with pytest.raises(TrainingError, match="holds a training run of another spec") as caught:
+        run_training(make_spec(small_task, tmp_path, cache_dir, **{"steps": 2, **change}))
+    assert named in str(caught.value) and "give another output_dir" in str(caught.value)
+
+
+def test_data_edited_in_place_is_another_run_but_a_copied_model_is_not(small_task, tmp_path, cache_dir) -> None:
+    dataset = tmp_path / "pairs.jsonl"
+    write_jsonl(dataset, load_preferences(small_task.artifacts.train_pairs)[:64])
+    model, copy = tmp_path / "model", tmp_path / "model-copy"
+    shutil.copytree(small_task.artifacts.model_dir, model)
+    shutil.copytree(small_task.artifacts.model_dir, copy)
+    spec = make_spec(small_task, tmp_path, cache_dir, steps=1, dataset=str(dataset), policy=str(model))
+    run_training(spec)
+    same = make_spec(small_task, tmp_path, cache_dir, steps=1, dataset=str(dataset), policy=str(copy))
+    assert run_training(same).steps == 1  # the same model by content: the finished run
+    write_jsonl(dataset, load_preferences(small_task.artifacts.train_pairs)[:63])
+    with pytest.raises(TrainingError, match="dataset: its content changed"):
+        run_training(spec)
+
+
+def test_a_resumed_run_lists_every_step_once(small_task, tmp_path, cache_dir) -> None:
+    spec = make_spec(small_task, tmp_path, cache_dir, steps=4, checkpoint_every=2)
+    run_training(spec)
+    # A crash after step 4, before the run was recorded as finished: it resumes from step 2.
+    (Path(spec.output_dir) / "result.json").unlink()
+    shutil.rmtree(Path(spec.output_dir) / "final")
+    sink = ListSink()
+    result = run_training(spec, sink)
+    assert result.steps == 4
+    assert [r["step"] for r in sink.records if r["kind"] == "resumed"] == [2]
+    assert step_rows(spec.output_dir) == [1, 2, 3, 4]
+
+
+def test_a_folder_with_checkpoints_but_no_record_is_refused(small_task, tmp_path, cache_dir) -> None:
+    spec = make_spec(small_task, tmp_path, cache_dir, steps=2)
+    (Path(spec.output_dir) / "checkpoints" / "step-0000001").mkdir(parents=True)
+    with pytest.raises(TrainingError, match="no record of its spec"):
+        run_training(spec)
+
+
+def test_rewind_cuts_the_records_past_a_step_and_a_torn_line(tmp_path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    rows = [{"kind": "start", "step": 0}, {"kind": "step", "step": 1}, {"kind": "step", "step": 2}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"kind": "st')
+    assert rewind_jsonl(path, 1) == 2
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [0, 1]
+    assert rewind_jsonl(path, -1) == 2 and path.read_text() == ""
+    assert rewind_jsonl(tmp_path / "absent.jsonl", 3) == 0
+
+
+def test_a_sweep_folder_belongs_to_one_spec(tmp_path) -> None:
+    base = {"task": {"size": "small"}, "losses": ["logistic"], "betas": [0.1], "training": {"steps": 20}}
+    stages.write_job_file(parse_job_spec(base), tmp_path)
+    stages.write_job_file(parse_job_spec({**base, "name": "renamed"}), tmp_path)  # the name computes nothing
+    changed = {**base, "training": {"steps": 25, "lr": 1e-3}}
+    with pytest.raises(DifferentSpec) as caught:
+        stages.write_job_file(parse_job_spec(changed), tmp_path)
+    message = str(caught.value)
+    assert "training.steps: 20 -> 25" in message and "training.lr: 0.0005 -> 0.001" in message
+    assert "--out" in message
+
+
+def test_a_sweep_folder_notices_changed_data(small_task, tmp_path) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    write_jsonl(prompts, [{"id": "p1", "prompt": "one"}])
+    spec = parse_job_spec({
+        "policy": small_task.artifacts.model_dir, "dataset": small_task.artifacts.train_pairs,
+        "eval_prompts": str(prompts), "judge": {"kind": "local", "model_dir": small_task.artifacts.model_dir},
+        "losses": ["logistic"], "betas": [0.1],
+    })  # fmt: skip
+    stages.write_job_file(spec, tmp_path / "job")
+    write_jsonl(prompts, [{"id": "p1", "prompt": "two"}])
+    with pytest.raises(DifferentSpec, match="eval_prompts: its content changed"):
+        stages.write_job_file(spec, tmp_path / "job")
+
+
+def test_changes_name_each_setting() -> None:
+    assert changes({"a": 1, "b.content": "x"}, {"a": 2, "b.content": "y", "c": 3}) == [
+        "a: 1 -> 2",
+        "b: its content changed",
+        "c: (unset) -> 3",
+    ]
