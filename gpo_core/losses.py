@@ -157,6 +157,15 @@ def registry_name(text: str) -> str | None:
     return key if key in BUILTIN_LOSSES else _ALIASES.get(key)
 
 
+def alias_note(text: str) -> str | None:
+    """One line saying what an alias stands for (None for a registry name or a formula): 'ipo' is
+    the paper's IPO, not TRL's length-normalised one, and a user must not learn that from results."""
+    name = registry_name(text)
+    if name is None or name == text.strip().lower():
+        return None
+    return f"loss '{text}' is the registry's '{name}': {BUILTIN_LOSSES[name].description}"
+
+
 def resolve_loss(spec: str | LossFunction) -> LossFunction:
     """A registry name (or alias: dpo, slic, ipo, sigmoid) or a formula in x."""
     if isinstance(spec, LossFunction):

@@ -3,26 +3,149 @@ every kind of spec."""
 
 from __future__ import annotations
 
+import difflib
+import re
+import typing
 from pathlib import Path
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+
+# Names a TRL user types (DPOConfig, TrainingArguments, the script's arguments) and ours (the
+# first of several that the spec has).
+TRL_NAMES: dict[str, str | tuple[str, ...]] = {
+    "learning_rate": "lr",
+    "loss_type": ("loss", "losses"),
+    "per_device_train_batch_size": "batch_size",
+    "train_batch_size": "batch_size",
+    "gradient_accumulation_steps": "grad_accumulation",
+    "max_steps": "steps",
+    "num_train_epochs": "epochs",
+    "max_completion_length": "max_response_length",
+    "max_target_length": "max_response_length",
+    "lr_scheduler_type": "schedule",
+    "optim": "optimizer",
+    "bf16": "precision",
+    "logging_steps": "log_every",
+    "save_steps": "checkpoint_every",
+    "max_grad_norm": "max_grad_norm",
+    "model_name_or_path": "policy",
+    "model": "policy",
+    "ref_model": "reference",
+    "train_dataset": "dataset",
+    "dataset_name": "dataset",
+    "eval_dataset": "eval_pairs",
+}
 
 
-def describe_errors(err: ValidationError) -> list[dict]:
+def _model_in(annotation: object) -> type[BaseModel] | None:
+    """The pydantic model inside a field's type (``X``, ``X | None``, ``list[X]``), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        if (found := _model_in(arg)) is not None:
+            return found
+    return None
+
+
+def _fields(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every field's dotted name, nested models included."""
+    names = []
+    for name, info in model.model_fields.items():
+        names.append(prefix + name)
+        if (inner := _model_in(info.annotation)) is not None:
+            names += _fields(inner, f"{prefix}{name}.")
+    return names
+
+
+def _model_at(model: type[BaseModel], location: list[str]) -> type[BaseModel]:
+    for part in location:
+        info = model.model_fields.get(part)
+        inner = _model_in(info.annotation) if info is not None else None
+        if inner is None:
+            break  # a list index, or a field that is not a model
+        model = inner
+    return model
+
+
+def unknown_field_hint(model: type[BaseModel], location: list) -> str:
+    """For a field the spec does not have: TRL's name mapped to ours, or the closest field."""
+    parents = [str(p) for p in location[:-1] if not isinstance(p, int)]
+    name = str(location[-1])
+    here = list(_model_at(model, parents).model_fields)
+    prefix = ".".join(parents) + "." if parents else ""
+    wanted = TRL_NAMES.get(name, ())
+    for ours in (wanted,) if isinstance(wanted, str) else wanted:
+        if ours in here:
+            return f"unknown field; TRL's '{name}' is '{prefix}{ours}' here"
+    for ours in (wanted,) if isinstance(wanted, str) else wanted:
+        elsewhere = [f for f in _fields(model) if f.split(".")[-1] == ours]
+        if elsewhere:
+            return f"unknown field; TRL's '{name}' is '{elsewhere[0]}' here"
+    close = difflib.get_close_matches(name, here, n=1, cutoff=0.6)
+    if close:
+        return f"unknown field; did you mean '{prefix}{close[0]}'?"
+    return f"unknown field (fields here: {', '.join(here)})"
+
+
+def problem_message(problem: dict, model: type[BaseModel] | None = None) -> str:
+    """pydantic's message for one error, with a hint for an unknown field when ``model`` is given."""
+    if model is not None and problem.get("type") == "extra_forbidden" and problem.get("loc"):
+        return unknown_field_hint(model, list(problem["loc"]))
+    return str(problem.get("msg", "invalid")).removeprefix("Value error, ")
+
+
+def describe_errors(err: ValidationError, model: type[BaseModel] | None = None) -> list[dict]:
     """pydantic's errors as ``{"field": "a.b.0", "message": ...}``."""
     return [
         {
             "field": ".".join(str(part) for part in problem["loc"]) or "(spec)",
-            "message": problem["msg"].removeprefix("Value error, "),
+            "message": problem_message(problem, model),
         }
         for problem in err.errors()
     ]
 
 
-def format_errors(err: ValidationError, source: str, what: str) -> str:
-    lines = [f"{source}: invalid {what}"] + [f"  {e['field']}: {e['message']}" for e in describe_errors(err)]
+def format_errors(err: ValidationError, source: str, what: str, model: type[BaseModel] | None = None) -> str:
+    problems = describe_errors(err, model)
+    lines = [f"{source}: invalid {what}"] + [f"  {e['field']}: {e['message']}" for e in problems]
     return "\n".join(lines)
+
+
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")  # model:NAME, data:NAME, s3://...
+
+
+def resolve_paths(data: dict, fields: tuple[str, ...], base: Path) -> dict:
+    """``data`` with the paths in ``fields`` (dotted names) made absolute: ``~`` expanded, and a
+    relative path taken against ``base`` (the spec file's folder, so a spec means the same files
+    wherever it is run from). Names with a scheme (``model:``, ``data:``, ``s3://``) are kept."""
+    data = dict(data)
+    for name in fields:
+        head, _, rest = name.partition(".")
+        if rest:
+            if isinstance(data.get(head), dict):
+                data[head] = resolve_paths(data[head], (rest,), base)
+            continue
+        value = data.get(head)
+        if isinstance(value, str) and value and not _SCHEME.match(value):
+            path = Path(value).expanduser()
+            data[head] = str(path if path.is_absolute() else (base / path).resolve())
+    return data
+
+
+def missing_paths(named: dict[str, str | None], models: tuple[str, ...] = ()) -> list[str]:
+    """One line per input that is not there (or, for the names in ``models``, is not a
+    transformers model folder): what a run checks before it loads anything."""
+    problems = []
+    for name, value in named.items():
+        if value is None or _SCHEME.match(value):
+            continue
+        path = Path(value)
+        if not path.exists():
+            problems.append(f"{name}: {path}: no such file or folder")
+        elif name in models and not (path / "config.json").is_file():
+            problems.append(f"{name}: {path} is not a transformers model folder (it has no config.json)")
+    return problems
 
 
 def read_mapping(path: str | Path, error: type[Exception]) -> dict:

@@ -9,6 +9,18 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 
+def data_summary(record: dict) -> str:
+    """What tokenizing did to a run's data, in one line (a training ``data`` record)."""
+    parts = [f"{record['pairs']} pairs"]
+    if record.get("prompts_cut"):
+        parts.append(f"{record['prompts_cut']} prompts cut to max_prompt_length")
+    if record.get("responses_cut"):
+        parts.append(f"{record['responses_cut']} responses cut to max_response_length")
+    if record.get("identical_dropped"):
+        parts.append(f"{record['identical_dropped']} pairs dropped: chosen and rejected were the same tokens")
+    return "; ".join(parts)
+
+
 class RunProgress:
     def __init__(self, console: Console | None = None):
         self.progress = Progress(
@@ -45,6 +57,8 @@ class RunProgress:
         elif kind == "trace":
             parts = [f"{k} {record[k]:.4g}" for k in ("square_loss", "kl") if k in record]
             self.message(f"{run} trace at step {record['step']}: " + ", ".join(parts))
+        elif kind == "data" and (record.get("identical_dropped") or record.get("responses_cut")):
+            self.message(f"{run} data: {data_summary(record)}")
         elif kind == "resumed":
             self.message(f"{run} resumed from step {record['step']} ({record['checkpoint']})")
         elif kind == "finished_before":

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from gpo_core.sweep.spec import JobSpec, load_job_spec
+from gpo_core.sweep.spec import JobSpec, load_job_spec, parse_job_spec
 from gpo_core.sweep.views import JobPage, JobView
 
 DEFAULT_SERVER = "http://127.0.0.1:8700"
@@ -77,7 +77,7 @@ def spec_payload(spec: JobSpec | dict | str | Path) -> dict:
     if isinstance(spec, str | Path):
         spec = load_job_spec(spec)
     elif isinstance(spec, dict):
-        spec = JobSpec(**spec)
+        spec = parse_job_spec(spec)
     return spec.model_dump(mode="json")
 
 

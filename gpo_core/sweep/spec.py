@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from gpo_core.analysis import beta_from_ipo_equivalent
 from gpo_core.judge import check_template, endpoint_url
 from gpo_core.losses import LossSpecError, registry_name
-from gpo_core.specfile import format_errors, read_mapping
+from gpo_core.specfile import format_errors, missing_paths, read_mapping, resolve_paths
 from gpo_core.train.spec import Beta, Loss, TrainingOptions
 
 MAX_RUNS = 64  # a grid larger than this is almost certainly a mistake; split it into jobs
@@ -214,9 +214,22 @@ def parse_job_spec(data: object, source: str = "spec") -> JobSpec:
     try:
         return JobSpec(**data)
     except ValidationError as err:
-        raise JobSpecError(format_errors(err, source, "job spec")) from None
+        raise JobSpecError(format_errors(err, source, "job spec", JobSpec)) from None
+
+
+PATH_FIELDS = ("policy", "reference", "dataset", "eval_pairs", "eval_prompts", "judge.model_dir")
 
 
 def load_job_spec(path: str | Path) -> JobSpec:
-    """A YAML or JSON file (JSON is YAML)."""
-    return parse_job_spec(read_mapping(path, JobSpecError), str(path))
+    """A YAML or JSON file (JSON is YAML). Its paths expand ``~`` and are taken relative to the
+    file's folder; names such as ``data:NAME``, ``model:NAME`` and URIs are kept as written."""
+    data = read_mapping(path, JobSpecError)
+    return parse_job_spec(resolve_paths(data, PATH_FIELDS, Path(path).resolve().parent), str(path))
+
+
+def missing_inputs(spec: JobSpec) -> list[str]:
+    """The local inputs a spec names that are not there, one line each (for a run in this process;
+    a service checks paths against its own roots)."""
+    named = {name: spec.model_dump(include={name})[name] for name in PATH_FIELDS[:-1]}
+    named["judge.model_dir"] = spec.judge.model_dir
+    return missing_paths(named, ("policy", "reference", "judge.model_dir"))

@@ -17,9 +17,27 @@ class TokenizedPairs:
     prompts: list[list[int]]
     chosen: list[list[int]]
     rejected: list[list[int]]
+    prompts_cut: int = 0  # prompts longer than max_prompt_length (cut)
+    responses_cut: int = 0  # chosen or rejected responses longer than max_response_length (cut)
 
     def __len__(self) -> int:
         return len(self.prompts)
+
+    def identical(self) -> list[int]:
+        """Pairs whose chosen and rejected tokens are equal: rho is 0 whatever the policy, so they
+        carry no signal (often two responses that differ only past max_response_length)."""
+        return [i for i, (c, r) in enumerate(zip(self.chosen, self.rejected, strict=True)) if c == r]
+
+    def without(self, drop: list[int]) -> TokenizedPairs:
+        gone = set(drop)
+        keep = [i for i in range(len(self)) if i not in gone]
+        return TokenizedPairs(
+            [self.prompts[i] for i in keep],
+            [self.chosen[i] for i in keep],
+            [self.rejected[i] for i in keep],
+            self.prompts_cut,
+            self.responses_cut,
+        )
 
     def digest(self) -> str:
         """Content hash of the token ids: covers the data, the tokenizer and the truncation."""
@@ -57,11 +75,16 @@ def tokenize_pairs(
 
     def responses(texts: list[str]) -> list[list[int]]:
         encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
-        return [[*ids, tokenizer.eos_token_id][:max_response_length] for ids in encoded]
+        return [[*ids, tokenizer.eos_token_id] for ids in encoded]
 
-    prompts = [truncate_prompt(ids) for ids in tokenizer([r["prompt"] for r in records])["input_ids"]]
+    prompts = tokenizer([r["prompt"] for r in records])["input_ids"]
+    chosen, rejected = responses([r["chosen"] for r in records]), responses([r["rejected"] for r in records])
     return TokenizedPairs(
-        prompts, responses([r["chosen"] for r in records]), responses([r["rejected"] for r in records])
+        [truncate_prompt(ids) for ids in prompts],
+        [ids[:max_response_length] for ids in chosen],
+        [ids[:max_response_length] for ids in rejected],
+        prompts_cut=sum(len(ids) > max_prompt_length for ids in prompts),
+        responses_cut=sum(len(ids) > max_response_length for ids in chosen + rejected),
     )
 
 

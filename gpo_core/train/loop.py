@@ -148,6 +148,9 @@ class TrainingData:
     eval_pairs: TokenizedPairs | None
     trace_prompts: list[str]
     encoder_decoder: bool
+    # What tokenizing did to the data: pairs kept, prompts and responses cut to the length
+    # limits, and pairs dropped because chosen and rejected became the same tokens.
+    report: dict = field(default_factory=dict)
 
     @property
     def pad_id(self) -> int:
@@ -168,12 +171,33 @@ def load_training_data(spec: TrainingSpec) -> TrainingData:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     lengths = (spec.max_prompt_length, spec.max_response_length, spec.truncation_side)
+    pairs = tokenize_pairs(records, tokenizer, *lengths)
+    identical = pairs.identical()
+    if len(identical) == len(pairs):
+        raise TrainingError(
+            f"{spec.dataset}: in every pair the chosen and rejected responses are the same tokens once cut to "
+            f"max_response_length={spec.max_response_length}: nothing to learn from; raise max_response_length"
+        )
+    eval_pairs = tokenize_pairs(eval_records, tokenizer, *lengths) if eval_records else None
+    eval_identical = eval_pairs.identical() if eval_pairs is not None else []
+    if eval_pairs is not None and len(eval_identical) == len(eval_pairs):
+        raise TrainingError(f"{spec.eval_pairs}: in every pair the chosen and rejected responses are the same "
+                            f"tokens once cut to max_response_length={spec.max_response_length}")  # fmt: skip
+    report = {
+        "kind": "data",
+        "pairs": len(pairs) - len(identical),
+        "prompts_cut": pairs.prompts_cut,
+        "responses_cut": pairs.responses_cut,
+        "identical_dropped": len(identical),
+        "eval_identical_dropped": len(eval_identical),
+    }
     return TrainingData(
         tokenizer=tokenizer,
-        pairs=tokenize_pairs(records, tokenizer, *lengths),
-        eval_pairs=tokenize_pairs(eval_records, tokenizer, *lengths) if eval_records else None,
+        pairs=pairs.without(identical),
+        eval_pairs=eval_pairs.without(eval_identical) if eval_pairs is not None else None,
         trace_prompts=[p["prompt"] for p in trace_prompts],
         encoder_decoder=is_encoder_decoder(spec.policy),
+        report=report,
     )
 
 
@@ -318,6 +342,7 @@ def train(spec: TrainingSpec, sink: MetricsSink | None = None, context: RunConte
     steps = total_steps(spec, len(data.pairs), context.world_size)
     policy, optimizer, scheduler, step = load_policy(spec, context, steps, sink)
     if is_main:
+        sink.emit({**data.report, "step": step})
         sink.emit({"kind": "start", "step": step, "steps": steps, "pid": os.getpid(), "world_size": context.world_size})
     forward = context.wrap_model(_PairForward(policy))
     batches = _batches(data.pairs, spec, context.rank, context.world_size)

@@ -10,7 +10,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from gpo_core.analysis import beta_from_ipo_equivalent
 from gpo_core.losses import LossSpecError, resolve_loss
-from gpo_core.specfile import format_errors, read_mapping
+from gpo_core.specfile import format_errors, missing_paths, read_mapping, resolve_paths
 
 
 def _usable_loss(value: str) -> str:
@@ -126,10 +126,21 @@ class SpecError(ValueError):
     """A spec file that cannot be used; the message names the file and each bad field."""
 
 
+PATH_FIELDS = ("policy", "reference", "tokenizer", "dataset", "eval_pairs", "eval_prompts", "output_dir", "cache_dir")
+MODEL_FIELDS = ("policy", "reference", "tokenizer")
+
+
 def load_spec(path: str | Path, **overrides) -> TrainingSpec:
-    """Read a YAML or JSON spec file; ``overrides`` replace fields."""
-    data = read_mapping(path, SpecError)
+    """Read a YAML or JSON spec file; ``overrides`` replace fields. Paths in it expand ``~`` and
+    are taken relative to the file's folder; the inputs it names must exist."""
+    data = resolve_paths(read_mapping(path, SpecError), PATH_FIELDS, Path(path).resolve().parent)
     try:
-        return TrainingSpec(**{**data, **overrides})
+        spec = TrainingSpec(**{**data, **overrides})
     except ValidationError as err:
-        raise SpecError(format_errors(err, str(path), "training spec")) from None
+        raise SpecError(format_errors(err, str(path), "training spec", TrainingSpec)) from None
+    named = spec.model_dump(include=set(PATH_FIELDS) - {"output_dir", "cache_dir"})
+    problems = missing_paths(named, MODEL_FIELDS)
+    if problems:
+        relative = " (relative paths are taken from the spec file's folder)"
+        raise SpecError(f"{path}: " + "; ".join(problems) + relative)
+    return spec

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from gpo_core.data import DatasetError, load_preferences, write_jsonl
 from gpo_core.logprobs import collate_causal, sequence_logprobs
@@ -162,6 +162,33 @@ def test_bad_dataset_fails_before_any_training(small_task, tmp_path, cache_dir) 
     with pytest.raises(DatasetError, match=r"bad.jsonl:3: field 'chosen' is empty"):
         train(make_spec(small_task, tmp_path, cache_dir, dataset=str(path)), ListSink())
     assert not (tmp_path / "run").exists()
+
+
+def test_truncation_is_counted_and_pairs_it_makes_identical_are_dropped(small_task, tmp_path, cache_dir) -> None:
+    records = load_preferences(small_task.artifacts.train_pairs)[:64]
+    # Half the pairs: rejected = chosen + more words, so only their ends tell them apart.
+    records = [{**r, "rejected": r["chosen"] + " " + r["rejected"]} if i % 2 else r for i, r in enumerate(records)]
+    path = write_jsonl(tmp_path / "pairs.jsonl", records)
+    sink = ListSink()
+    train(make_spec(small_task, tmp_path, cache_dir, steps=1, max_response_length=2, dataset=str(path)), sink)
+    report = next(r for r in sink.records if r["kind"] == "data")
+    tokenizer = AutoTokenizer.from_pretrained(small_task.artifacts.model_dir)
+
+    def first_two(text: str) -> list[int]:
+        return [*tokenizer(text, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id][:2]
+
+    expected_identical = sum(first_two(r["chosen"]) == first_two(r["rejected"]) for r in records)
+    assert expected_identical > 0  # the test means something: two tokens do not tell these pairs apart
+    assert report["identical_dropped"] == expected_identical
+    assert report["pairs"] == len(records) - expected_identical
+    assert report["responses_cut"] > 0
+
+
+def test_a_dataset_with_no_preference_left_is_refused(small_task, tmp_path, cache_dir) -> None:
+    records = [{**r, "rejected": r["chosen"]} for r in load_preferences(small_task.artifacts.train_pairs)[:8]]
+    path = write_jsonl(tmp_path / "same.jsonl", records)
+    with pytest.raises(TrainingError, match="same tokens once cut to max_response_length=256: nothing to learn"):
+        train(make_spec(small_task, tmp_path, cache_dir, dataset=str(path)), ListSink())
 
 
 def test_adafactor_bf16_and_epochs(small_task, tmp_path, cache_dir) -> None:

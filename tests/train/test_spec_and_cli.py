@@ -36,7 +36,8 @@ def test_effective_beta_from_ipo_units() -> None:
         ({"max_prompt_length": 10**9}, "max_prompt_length", "less than or equal to"),
         ({"optimizer": "sgd"}, "optimizer", "'adamw' or 'adafactor'"),
         ({"trace_every": 5}, "(spec)", "trace_every needs eval_pairs"),
-        ({"learning_rate": 1.0}, "learning_rate", "Extra inputs are not permitted"),
+        ({"learning_rate": 1.0}, "learning_rate", "TRL's 'learning_rate' is 'lr' here"),
+        ({"loss_type": "sigmoid"}, "loss_type", "TRL's 'loss_type' is 'loss' here"),
     ],
 )
 def test_bad_specs_name_the_field(tmp_path: Path, change: dict, field: str, message: str) -> None:
@@ -59,6 +60,45 @@ def test_spec_file_problems(tmp_path: Path) -> None:
         load_spec(tmp_path / "broken.yaml")
     with pytest.raises(ValidationError):
         TrainingSpec(**{**BASE, "workers": -1})
+
+
+def test_paths_are_taken_from_the_spec_files_folder_and_expand_home(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home" / "models" / "m").mkdir(parents=True)
+    (tmp_path / "home" / "models" / "m" / "config.json").write_text("{}")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "pairs.jsonl").write_text("")
+    (tmp_path / "specs").mkdir()
+    path = tmp_path / "specs" / "spec.yaml"
+    fields = {**BASE, "policy": "~/models/m", "dataset": "../data/pairs.jsonl", "output_dir": "runs/a"}
+    path.write_text(yaml.safe_dump(fields))
+    spec = load_spec(path)
+    assert spec.policy == str(tmp_path / "home" / "models" / "m")
+    assert spec.dataset == str(tmp_path / "data" / "pairs.jsonl")
+    assert spec.output_dir == str(tmp_path / "specs" / "runs" / "a")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"dataset": "nope.jsonl"}, "dataset: {root}/specs/nope.jsonl: no such file or folder"),
+        ({"policy": "../data"}, "policy: {root}/data is not a transformers model folder (it has no config.json)"),
+        ({"tokenizer": "~/tok"}, "tokenizer: {root}/home/tok: no such file or folder"),
+    ],
+)
+def test_missing_inputs_are_one_line_naming_field_and_path(tmp_path: Path, monkeypatch, change, message) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "pairs.jsonl").write_text("")
+    (tmp_path / "specs").mkdir()
+    path = tmp_path / "specs" / "spec.yaml"
+    path.write_text(yaml.safe_dump({**BASE, "policy": "../m", "dataset": "../data/pairs.jsonl", **change}))
+    with pytest.raises(SpecError) as raised:
+        load_spec(path)
+    text = str(raised.value)
+    assert "\n" not in text and message.format(root=tmp_path) in text and "spec file's folder" in text
 
 
 def gpo(*args: str) -> subprocess.CompletedProcess:

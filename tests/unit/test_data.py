@@ -1,6 +1,8 @@
 """Loading and validating the common preference format; the TL;DR converter."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -149,9 +151,6 @@ def test_convert_tldr_skip_invalid_counts(tmp_path: Path) -> None:
 
 
 def test_cli_convert_and_check(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
     gpo = str(Path(sys.executable).parent / "gpo")
     source = write_lines(tmp_path / "c.jsonl", [comparison(0), "{broken", comparison(1)])
     failed = subprocess.run(
@@ -167,6 +166,15 @@ def test_cli_convert_and_check(tmp_path: Path) -> None:
     assert skipped.returncode == 0 and "wrote 2 pairs" in skipped.stdout and "skipped 1" in skipped.stderr
     checked = subprocess.run([gpo, "data", "check", str(tmp_path / "o.jsonl")], capture_output=True, text=True)
     assert checked.returncode == 0 and "2 valid preference pairs" in checked.stdout
+
+
+def test_data_check_flags_pairs_with_chosen_equal_to_rejected(tmp_path) -> None:
+    gpo = str(Path(sys.executable).parent / "gpo")
+    pairs = [{"prompt": "p", "chosen": "a", "rejected": "b"}, {"prompt": "p", "chosen": "same", "rejected": "same "}]
+    path = write_jsonl(tmp_path / "pairs.jsonl", pairs)
+    checked = subprocess.run([gpo, "data", "check", str(path)], capture_output=True, text=True)
+    assert checked.returncode == 0 and "2 valid preference pairs" in checked.stdout
+    assert "1 pairs have chosen == rejected (records 2)" in checked.stderr
 
 
 def test_bytes_that_are_not_utf8_name_the_line(tmp_path) -> None:

@@ -71,7 +71,8 @@ def data_convert_tldr(
 
 
 def data_check(path: Annotated[Path, typer.Argument(help="JSONL, Parquet or a saved datasets folder.")]) -> None:
-    """Validate a preference dataset; the first bad record is reported with file, line and field."""
+    """Validate a preference dataset; the first bad record is reported with file, line and field,
+    and pairs whose chosen and rejected responses are the same are listed (they carry no signal)."""
     from gpo_core.data import DatasetError, load_preferences
 
     try:
@@ -79,6 +80,11 @@ def data_check(path: Annotated[Path, typer.Argument(help="JSONL, Parquet or a sa
     except DatasetError as err:
         raise fail(str(err)) from None
     console.print(f"{path}: {len(records)} valid preference pairs", highlight=False)
+    same = [i for i, r in enumerate(records, start=1) if r["chosen"].strip() == r["rejected"].strip()]
+    if same:
+        listed = ", ".join(map(str, same[:10])) + (f" and {len(same) - 10} more" if len(same) > 10 else "")
+        errors.print(f"warning: {len(same)} pairs have chosen == rejected (records {listed}): no preference "
+                     "to learn from; training drops them", highlight=False)  # fmt: skip
 
 
 def data_push(

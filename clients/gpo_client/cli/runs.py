@@ -33,6 +33,10 @@ def train_command(
         spec = load_spec(spec_file, **overrides)
     except SpecError as err:
         raise fail(str(err)) from None
+    from gpo_core.losses import alias_note
+
+    if note := alias_note(spec.loss):
+        errors.print(f"note: {note}", highlight=False)
     label = f"{spec.loss} beta={spec.effective_beta:g}"
     stop = _stop_on_ctrl_c("stopping at the next step (a checkpoint is kept; run again to resume)")
 
@@ -164,13 +168,20 @@ def run_command(
     from gpo_core.data import DatasetError
     from gpo_core.identity import DifferentSpec
     from gpo_core.sweep.runner import run_job
-    from gpo_core.sweep.spec import JobSpecError, load_job_spec
+    from gpo_core.sweep.spec import JobSpecError, load_job_spec, missing_inputs
     from gpo_core.train.loop import TrainingError
 
     try:
         spec = load_job_spec(spec_file)
     except JobSpecError as err:
         raise fail(str(err)) from None
+    problems = missing_inputs(spec)
+    if problems:
+        raise fail(f"{spec_file}: " + "; ".join(problems) + " (relative paths are taken from the spec file's folder)")
+    from gpo_core.losses import alias_note
+
+    for note in dict.fromkeys(filter(None, (alias_note(run.loss) for run in spec.run_list()))):
+        errors.print(f"note: {note}", highlight=False)
     job_dir = out or Path("outputs") / "jobs" / spec.name.replace(" ", "_")
     stop = _stop_on_ctrl_c("stopping at the next step (checkpoints are kept; run again to resume)")
     try:

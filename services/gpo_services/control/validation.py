@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from gpo_core.losses import registry_name
+from gpo_core.specfile import problem_message
 from gpo_core.sweep.spec import JobSpec
 
 # Bytes of address space a validation child may add to what it starts with (the forkserver's).
@@ -42,7 +43,7 @@ def formulas_in(body: dict[str, Any]) -> list[str]:
 
 
 def _errors(err: ValidationError) -> list[dict]:
-    return [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "invalid"))} for e in err.errors()]
+    return [{"loc": list(e.get("loc", ())), "msg": problem_message(e, JobSpec)} for e in err.errors()]
 
 
 def validate_here(body: dict[str, Any]) -> JobSpec:
