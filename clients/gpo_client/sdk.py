@@ -14,11 +14,14 @@ import os
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
-from gpo_core.sweep.spec import JobSpec, load_job_spec, parse_job_spec
 from gpo_core.sweep.views import JobPage, JobView
+
+if TYPE_CHECKING:  # validating a spec needs the loss registry (torch, sympy): imported when used
+    from gpo_core.sweep.spec import JobSpec
 
 DEFAULT_SERVER = "http://127.0.0.1:8700"
 
@@ -74,6 +77,8 @@ def _check(response: httpx.Response) -> httpx.Response:
 def spec_payload(spec: JobSpec | dict | str | Path) -> dict:
     """A spec object, a mapping or a YAML/JSON file, validated here first (same rules as the
     service), as the JSON body of ``POST /jobs``."""
+    from gpo_core.sweep.spec import load_job_spec, parse_job_spec
+
     if isinstance(spec, str | Path):
         spec = load_job_spec(spec)
     elif isinstance(spec, dict):

@@ -8,6 +8,7 @@ artifacts and Redis's append-only file, so a stack brought down and up again kee
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -29,8 +30,23 @@ SERVICES = {  # name -> module run with python -m
 }
 
 
+def _pointer() -> Path:
+    """Where ``gpo up --dir X`` leaves the folder of the stack it started, for the other commands."""
+    return Path.home() / ".gpo" / "current-stack"
+
+
 def default_stack_dir() -> Path:
-    return Path(os.environ.get("GPO_STACK_DIR", Path.home() / ".gpo" / "stack"))
+    """$GPO_STACK_DIR, else the folder of the stack ``gpo up`` last started (``--dir``), else
+    ~/.gpo/stack."""
+    if "GPO_STACK_DIR" in os.environ:
+        return Path(os.environ["GPO_STACK_DIR"])
+    try:
+        started = Path(_pointer().read_text().strip())
+        if (started / "stack.json").exists():
+            return started
+    except OSError:
+        pass
+    return Path.home() / ".gpo" / "stack"
 
 
 def free_port() -> int:
@@ -143,6 +159,8 @@ def start_stack(
                 command, stdout=log, stderr=log, env=service_env, start_new_session=True
             ).pid
     _write_private(directory / "stack.json", json.dumps(stack, indent=1))
+    _pointer().parent.mkdir(parents=True, exist_ok=True)
+    _pointer().write_text(str(directory))
     try:
         _wait_for(lambda: running_stack(directory) is not None, "the control service", 60, logs)
         ready = lambda: httpx.get(f"{stack['server']}/readyz", timeout=2).status_code == 200  # noqa: E731
@@ -175,4 +193,7 @@ def stop_stack(directory: Path | None = None, grace_s: float = 30.0) -> list[str
             if name in pids and _alive(pids[name]):
                 os.killpg(pids[name], signal.SIGKILL)
     path.unlink()
+    with contextlib.suppress(OSError):
+        if Path(_pointer().read_text().strip()) == directory:
+            _pointer().unlink()
     return stopped

@@ -1,5 +1,6 @@
-"""The gpo command line against the local stack it starts: up, submit --watch, list, status,
-report (downloaded), cancel of a finished job (a clear error), down."""
+"""The gpo command line against the local stack it starts: up (in a folder of its own, found by
+every later command), submit --watch (its exit code), list, status, report (downloaded), cancel of
+a finished job (a clear error), down."""
 
 import json
 import os
@@ -19,21 +20,23 @@ def gpo(*args: str, env: dict, cwd) -> subprocess.CompletedProcess:
 
 
 def test_up_submit_watch_status_report_down(tmp_path) -> None:
-    env = {**os.environ, "GPO_STACK_DIR": str(tmp_path / "stack"), "GPO_CACHE_DIR": str(tmp_path / "cache")}
-    env.pop("GPO_SERVER", None)
-    env.pop("GPO_API_KEY", None)
+    env = {**os.environ, "HOME": str(tmp_path / "home"), "GPO_CACHE_DIR": str(tmp_path / "cache")}
+    for name in ("GPO_SERVER", "GPO_API_KEY", "GPO_STACK_DIR"):
+        env.pop(name, None)
     spec = tmp_path / "sweep.yaml"
     spec.write_text(yaml.safe_dump({
         "name": "cli", "task": {"size": "small", "seed": 3}, "losses": ["hinge"], "betas": [1.0],
         "training": {"steps": 4, "batch_size": 8, "trace_every": 0},
         "generation": {"backend": "transformers", "prompts": 8},
     }))  # fmt: skip
-    up = gpo("up", env=env, cwd=tmp_path)
+    up = gpo("up", "--dir", str(tmp_path / "stack"), env=env, cwd=tmp_path)
     assert up.returncode == 0, up.stderr
     try:
         assert "control service: http://127.0.0.1:" in up.stdout
         record = tmp_path / "stack" / "stack.json"  # holds the API key and Redis's password
         assert record.stat().st_mode & 0o777 == 0o600
+        stack = json.loads(record.read_text())
+        assert f"export GPO_SERVER={stack['server']} GPO_API_KEY={stack['api_key']}" in up.stdout
         redis_url = json.loads(record.read_text())["redis_url"]
         with pytest.raises(redis.AuthenticationError):  # another local user, on the loopback port
             redis.Redis(port=redis.Redis.from_url(redis_url).connection_pool.connection_kwargs["port"]).ping()
@@ -56,6 +59,14 @@ def test_up_submit_watch_status_report_down(tmp_path) -> None:
         )
         missing = gpo("status", "nope", env=env, cwd=tmp_path)
         assert missing.returncode == 2 and "404 not_found" in missing.stderr
+        long = tmp_path / "long.yaml"
+        long.write_text(yaml.safe_dump({**yaml.safe_load(spec.read_text()), "training": {"steps": 10_000}}))
+        command = [sys.executable, "-c", "from gpo_client.cli import main; main()", "submit", str(long), "--watch"]
+        watching = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        long_id = watching.stdout.readline().strip()
+        assert gpo("cancel", long_id, env=env, cwd=tmp_path).returncode == 0
+        out, err = watching.communicate(timeout=120)
+        assert watching.returncode == 1 and "cancelled" in out, err  # scripts can trust the exit code
     finally:
         down = gpo("down", env=env, cwd=tmp_path)
     assert down.returncode == 0 and "stopped: control, trainer, generator, judge, redis" in down.stdout

@@ -10,8 +10,6 @@ import typer
 from rich.table import Table
 
 from gpo_client.cli.output import JsonFlag, PlotOption, console, emit_json, fail
-from gpo_core.analysis import analyze
-from gpo_core.losses import BUILTIN_LOSSES, LossSpecError
 
 
 def losses(
@@ -23,6 +21,9 @@ def losses(
     plot: PlotOption = None,
 ) -> None:
     """f'(0), f''(0), the Taylor ratio f''(0)/|f'(0)|, convexity and tail class of each loss."""
+    from gpo_core.analysis import analyze
+    from gpo_core.losses import BUILTIN_LOSSES, LossSpecError
+
     specs = formula or list(BUILTIN_LOSSES)
     try:
         properties = [analyze(spec) for spec in specs]
@@ -59,6 +60,7 @@ def bandit(
     plot: PlotOption = None,
 ) -> None:
     """The 3-action bandit of section 4.1 (Fig. 3): trajectories of pi(y) per loss."""
+    from gpo_core.losses import BUILTIN_LOSSES, LossSpecError
     from gpo_core.paper.bandit import run_bandit
 
     names = loss or list(BUILTIN_LOSSES)
@@ -128,6 +130,8 @@ def paper(
     steps: Annotated[int, typer.Option(min=1, help="Adam steps of the bandit.")] = 2000,
 ) -> None:
     """Reproduce the paper's analyses: loss table, bandit (beta = 1), Gaussian counterexample."""
+    from gpo_core.analysis import analyze
+    from gpo_core.losses import BUILTIN_LOSSES
     from gpo_core.paper.bandit import run_bandit
     from gpo_core.paper.gaussians import gaussian_curves
     from gpo_core.paper.plots import plot_bandit, plot_gaussians, plot_losses

@@ -67,7 +67,8 @@ def submit_command(
     idempotency_key: Annotated[str | None, typer.Option(help="Makes a retried submission safe.")] = None,
     watch: Annotated[bool, typer.Option("--watch", help="Follow the job until it is over.")] = False,
 ) -> None:
-    """Submit a sweep to the control service; prints the job id."""
+    """Submit a sweep to the control service; prints the job id. With --watch, follows it and exits
+    0 only when it succeeded (1 when it failed or was cancelled, 2 on an error here)."""
     from gpo_core.sweep.spec import JobSpecError
 
     client = sdk_client(server, api_key)
@@ -79,6 +80,8 @@ def submit_command(
     if watch:
         job = api_call(lambda: client.wait(job.id, progress=True))
         console.print(run_table(job))
+        if job.state != "succeeded":
+            raise typer.Exit(code=1)
 
 
 def list_command(
@@ -98,7 +101,7 @@ def status_command(job_id: str, server: ServerOption = None, api_key: KeyOption 
 
 
 def watch_command(job_id: str, server: ServerOption = None, api_key: KeyOption = None) -> None:
-    """Live progress bars per run and stage until the job is over."""
+    """Live progress bars per run and stage until the job is over; exits 0 only when it succeeded."""
     client = sdk_client(server, api_key)
     job = api_call(lambda: client.wait(job_id, progress=True))
     console.print(run_table(job))

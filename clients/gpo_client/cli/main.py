@@ -4,6 +4,9 @@ when they run, not when ``gpo`` starts."""
 
 from __future__ import annotations
 
+import os
+from typing import Annotated
+
 import typer
 
 from gpo_client.cli import analysis, data, jobs, runs, stack
@@ -59,8 +62,25 @@ app.command("down")(stack.down_command)
 app.command("demo")(stack.demo_command)
 
 
-def main() -> None:
-    from transformers.utils import logging as transformers_logging
+def version_callback(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
 
-    transformers_logging.disable_progress_bar()  # our own progress display is enough
+        typer.echo(f"gpo {version('gpo-platform')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def options(
+    show_version: Annotated[
+        bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Generalized Preference Optimization: losses, analyses, training, sweeps and the platform's jobs."""
+
+
+def main() -> None:
+    # Our own progress display is enough; set before transformers (imported by the commands that
+    # use it, not here: `gpo --help` must start fast) reads it.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     app()
