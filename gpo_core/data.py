@@ -1,9 +1,12 @@
 """Preference data in the common format ``{"prompt", "chosen", "rejected"}`` (extra fields kept).
 
-Read from JSONL, Parquet or a saved Hugging Face ``datasets`` folder. Every record is validated
-and a bad one is reported with the file, the line (JSONL) or row (Parquet, datasets) and the
-field, so a training run fails before it starts instead of hours in. With ``skip_invalid`` bad
-records are skipped and counted instead.
+Each value is a text or, in TRL's conversational format, a list of messages ``{"role",
+"content"}``; a pair may leave the prompt implicit (chosen and rejected as whole conversations:
+the prompt is their common beginning, see :mod:`gpo_core.conversation`). Other column names are
+mapped with ``columns``. Read from JSONL, Parquet or a saved Hugging Face ``datasets`` folder (its
+``split``). Every record is validated and a bad one is reported with the file, the line (JSONL)
+or row (Parquet, datasets) and the field, so a training run fails before it starts instead of
+hours in. With ``skip_invalid`` bad records are skipped and counted instead.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
+
+from gpo_core.conversation import ConversationError, message_problem, split_implicit
 
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
 PROMPT_FIELDS = ("prompt",)
@@ -30,10 +35,10 @@ class LoadReport:
     skipped: list[str] = field(default_factory=list)  # one reason per skipped record
 
 
-def _raw_records(path: Path) -> Iterator[tuple[str, dict | str]]:
+def _raw_records(path: Path, split: str = "train") -> Iterator[tuple[str, dict | str]]:
     """(location, record or parse-error message) for each record of the file or folder."""
     if path.is_dir():
-        yield from _dataset_folder_records(path)
+        yield from _dataset_folder_records(path, split)
     elif path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -61,18 +66,41 @@ def _raw_records(path: Path) -> Iterator[tuple[str, dict | str]]:
         raise DatasetError(f"{path}: unknown dataset format; use .jsonl, .parquet or a saved datasets folder")
 
 
-def _dataset_folder_records(path: Path) -> Iterator[tuple[str, dict]]:
+def _dataset_folder_records(path: Path, split: str) -> Iterator[tuple[str, dict]]:
     if not (path / "dataset_info.json").exists() and not (path / "dataset_dict.json").exists():
         raise DatasetError(f"{path}: a folder, but not one written by datasets' save_to_disk")
     import datasets
 
     loaded = datasets.load_from_disk(str(path))
     if isinstance(loaded, datasets.DatasetDict):
-        if "train" not in loaded:
-            raise DatasetError(f"{path}: a DatasetDict without a 'train' split (has {', '.join(loaded)})")
-        loaded = loaded["train"]
+        if split not in loaded:
+            raise DatasetError(f"{path}: no split '{split}' (it has {', '.join(loaded)}); choose one with the split")
+        loaded = loaded[split]
     for i, row in enumerate(loaded):
         yield f"{path}: row {i}", row
+
+
+def _mapped(record: dict | str, columns: dict[str, str]) -> dict | str:
+    """The record with its columns renamed to ours (``columns``: our name -> theirs)."""
+    if not columns or not isinstance(record, dict):
+        return record
+    renamed = {k: v for k, v in record.items() if k not in columns.values()}
+    for ours, theirs in columns.items():
+        if theirs in record:
+            renamed[ours] = record[theirs]
+    return renamed
+
+
+def _with_prompt(record: dict) -> dict:
+    """A pair with an implicit prompt (TRL: chosen and rejected are whole conversations) made
+    explicit; other records as they are."""
+    if record.get("prompt") is not None or record.get("chosen") is None or record.get("rejected") is None:
+        return record
+    try:
+        prompt, chosen, rejected = split_implicit(record["chosen"], record["rejected"])
+    except ConversationError:
+        return record  # the field checks name what is wrong
+    return {**record, "prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
 def _problem(record: dict | str, fields: tuple[str, ...]) -> str | None:
@@ -81,23 +109,45 @@ def _problem(record: dict | str, fields: tuple[str, ...]) -> str | None:
     if not isinstance(record, dict):
         return f"a record must be a JSON object, found {type(record).__name__}"
     for name in fields:
-        if name not in record or record[name] is None:
+        value = record.get(name)
+        if value is None:
             return f"field '{name}' is missing"
-        if not isinstance(record[name], str):
-            return f"field '{name}' must be a string, found {type(record[name]).__name__}"
-        if not record[name].strip():
+        if isinstance(value, list):
+            role = "user" if name == "prompt" else "assistant"
+            if (problem := message_problem(value, name, role)) is not None:
+                return problem
+        elif not isinstance(value, str):
+            return f"field '{name}' must be a string or a list of messages, found {type(value).__name__}"
+        elif not value.strip():
             return f"field '{name}' is empty"
+    kinds = {isinstance(record[name], list) for name in fields}
+    if len(kinds) > 1:
+        return f"fields {', '.join(fields)} must all be texts or all be lists of messages, not a mix"
     return None
 
 
-def load_records(path: str | Path, fields: tuple[str, ...] = PAIR_FIELDS, skip_invalid: bool = False) -> LoadReport:
-    """Validated records (the named fields must be non-empty strings; others pass through)."""
+def load_records(
+    path: str | Path,
+    fields: tuple[str, ...] = PAIR_FIELDS,
+    skip_invalid: bool = False,
+    columns: dict[str, str] | None = None,
+    split: str = "train",
+) -> LoadReport:
+    """Validated records (the named fields must be non-empty texts or message lists; others pass
+    through). ``columns`` maps our field names to the dataset's (``{"prompt": "question"}``);
+    ``split`` chooses the split of a saved ``DatasetDict``."""
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"{path}: no such file or folder")
     report = LoadReport(records=[])
-    for where, record in _raw_records(path):
+    for where, raw in _raw_records(path, split):
+        record = _mapped(raw, columns or {})
+        if fields == PAIR_FIELDS and isinstance(record, dict) and "prompt" not in (columns or {}):
+            record = _with_prompt(record)
         problem = _problem(record, fields)
+        mapped = [theirs for ours, theirs in (columns or {}).items() if problem and f"field '{ours}'" in problem]
+        if mapped:
+            problem += f" (mapped from the data's column '{mapped[0]}')"
         if problem is None:
             report.records.append(record)
         elif skip_invalid:
@@ -111,9 +161,11 @@ def load_records(path: str | Path, fields: tuple[str, ...] = PAIR_FIELDS, skip_i
     return report
 
 
-def load_preferences(path: str | Path, skip_invalid: bool = False) -> list[dict]:
+def load_preferences(
+    path: str | Path, skip_invalid: bool = False, columns: dict[str, str] | None = None, split: str = "train"
+) -> list[dict]:
     """Preference pairs; raises :class:`DatasetError` on the first bad record."""
-    return load_records(path, PAIR_FIELDS, skip_invalid).records
+    return load_records(path, PAIR_FIELDS, skip_invalid, columns, split).records
 
 
 def count_records(path: str | Path) -> int:
@@ -141,7 +193,7 @@ def count_records(path: str | Path) -> int:
 
 
 def load_prompts(path: str | Path) -> list[dict]:
-    """Evaluation prompts: records with a non-empty ``prompt`` (and usually an ``id``)."""
+    """Evaluation prompts: records with a non-empty ``prompt`` (text or messages; usually an ``id``)."""
     return load_records(path, PROMPT_FIELDS).records
 
 

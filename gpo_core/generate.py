@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
+from gpo_core.conversation import ChatFormat, Prompt
 from gpo_core.data import write_jsonl
 from gpo_core.logprobs import pad_rows
 from gpo_core.models import is_encoder_decoder, load_model, model_digest
@@ -36,6 +37,7 @@ class SamplingSettings:
     n: int = 1  # responses per prompt
     seed: int = 0
     batch_size: int = 64
+    chat_template: str | None = None  # for conversational prompts; default: the tokenizer's
 
     def __post_init__(self) -> None:
         if self.temperature < 0 or not 0 < self.top_p <= 1 or self.max_new_tokens < 1 or self.n < 1:
@@ -69,23 +71,25 @@ def new_token_ids(
 def sample_texts(
     model,
     tokenizer,
-    prompts: Sequence[str],
+    prompts: Sequence[Prompt],
     temperature: float = 1.0,
     top_p: float = 1.0,
     max_new_tokens: int = 64,
     seed: int = 0,
     batch_size: int = 128,
     should_stop: StopCheck | None = None,
+    chat_template: str | None = None,
 ) -> list[str]:
-    """One response per prompt from a loaded model (see :func:`new_token_ids`), special tokens and
-    extra whitespace removed; ``should_stop`` is asked before each batch."""
+    """One response per prompt (a text, or a conversation rendered with the chat template) from a
+    loaded model (see :func:`new_token_ids`), special tokens and extra whitespace removed;
+    ``should_stop`` is asked before each batch."""
     torch.manual_seed(seed)
     model.eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     texts: list[str] = []
     for start in range(0, len(prompts), batch_size):
         check(should_stop)
-        prompt_ids = tokenizer(list(prompts[start : start + batch_size]))["input_ids"]
+        prompt_ids = ChatFormat(tokenizer, chat_template).prompt_ids(prompts[start : start + batch_size])
         new = new_token_ids(model, prompt_ids, pad, temperature, top_p, max_new_tokens)
         texts += tokenizer.batch_decode(new, skip_special_tokens=True)
     return [" ".join(text.split()) for text in texts]
@@ -174,7 +178,7 @@ class VLLMEngine:
         self.model_dir = str(model_dir)
 
     def sample(
-        self, prompts: Sequence[str], settings: SamplingSettings, should_stop: StopCheck | None = None
+        self, prompts: Sequence[Prompt], settings: SamplingSettings, should_stop: StopCheck | None = None
     ) -> list[list[str]]:
         """``settings.n`` responses per prompt, in prompt order; in chunks of prompts, asking
         ``should_stop`` before each (every request has the same seed, so chunks change nothing)."""
@@ -187,8 +191,10 @@ class VLLMEngine:
             max_tokens=settings.max_new_tokens,
             seed=settings.seed,
         )
-        # Token ids, tokenized as everywhere else in gpo_core (special tokens included).
-        requests = [{"prompt_token_ids": ids} for ids in self.tokenizer(list(prompts))["input_ids"]]
+        # Token ids, made as everywhere else in gpo_core (text with special tokens; a conversation
+        # through the chat template, which writes its own).
+        prompt_ids = ChatFormat(self.tokenizer, settings.chat_template).prompt_ids(prompts)
+        requests = [{"prompt_token_ids": ids} for ids in prompt_ids]
         threads = torch.get_num_threads()
         outputs = []
         try:
@@ -209,7 +215,7 @@ def _architecture(model_dir: str | Path) -> dict:
 
 
 def _transformers_samples(
-    model_dir: str | Path, prompts: Sequence[str], settings: SamplingSettings, should_stop: StopCheck | None
+    model_dir: str | Path, prompts: Sequence[Prompt], settings: SamplingSettings, should_stop: StopCheck | None
 ):
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = load_model(model_dir)
@@ -224,6 +230,7 @@ def _transformers_samples(
             seed=settings.seed + sample,
             batch_size=settings.batch_size,
             should_stop=should_stop,
+            chat_template=settings.chat_template,
         )
         for sample in range(settings.n)
     ]
@@ -264,7 +271,7 @@ def generate_responses(
                     "response": text,
                     "sample": sample,
                     "model": model_id or str(model_dir),
-                    "settings": asdict(settings),
+                    "settings": {k: v for k, v in asdict(settings).items() if k != "chat_template"},
                     "backend": "vllm" if use_vllm else "transformers",
                 }
             )

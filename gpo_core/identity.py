@@ -17,14 +17,13 @@ import json
 import os
 from pathlib import Path
 
+from gpo_core.cache import cache_root
 from gpo_core.data import write_json
 
 MEMO = "digests"
 
 
 def _memo_folder() -> Path:
-    from gpo_core.models import cache_root
-
     return cache_root() / MEMO
 
 

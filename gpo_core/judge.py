@@ -19,6 +19,7 @@ from typing import Literal, Protocol
 
 import torch
 
+from gpo_core.conversation import as_text
 from gpo_core.stats import WinRate, length_controlled_win_rate, win_rate
 from gpo_core.stopping import StopCheck, check
 
@@ -293,7 +294,8 @@ class SideBySide:
 
 def pair_responses(first: list[dict], second: list[dict]) -> list[dict]:
     """Comparison items from two response sets (as :func:`gpo_core.generate.generate_responses`
-    writes them), matched by (prompt id, sample): A is ``first``, B is ``second``."""
+    writes them), matched by (prompt id, sample): A is ``first``, B is ``second``. A
+    conversational prompt is given to the judge as ``Role: content`` paragraphs."""
     theirs = {(r["prompt_id"], r.get("sample", 0)): r["response"] for r in second}
     items = []
     for record in first:
@@ -302,7 +304,7 @@ def pair_responses(first: list[dict], second: list[dict]) -> list[dict]:
             items.append(
                 {
                     "prompt_id": record["prompt_id"],
-                    "prompt": record["prompt"],
+                    "prompt": as_text(record["prompt"]),  # a conversation as text: judges read text
                     "a": record["response"],
                     "b": theirs[key],
                 }

@@ -8,19 +8,15 @@ same way everywhere.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, PretrainedConfig, PreTrainedModel
 
+from gpo_core.cache import cache_root  # noqa: F401  (re-exported: the cache's users import it from here)
+from gpo_core.identity import file_digest
+
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json")
-
-
-def cache_root() -> Path:
-    """The root of every cache (built tasks, reference log-probs, samples): $GPO_CACHE_DIR or
-    ~/.cache/gpo. Each user of the cache keeps to its own subfolder."""
-    return Path(os.environ.get("GPO_CACHE_DIR") or Path.home() / ".cache" / "gpo")
 
 
 def is_encoder_decoder(model: str | Path | PreTrainedModel | PretrainedConfig) -> bool:
@@ -41,8 +37,6 @@ def load_model(folder: str | Path, dtype: torch.dtype = torch.float32) -> PreTra
 
 def model_digest(folder: str | Path) -> str:
     """Hash of a model folder's weights and configuration files (names and bytes)."""
-    from gpo_core.identity import file_digest
-
     folder = Path(folder)
     h = hashlib.sha256()
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)

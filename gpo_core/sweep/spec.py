@@ -144,6 +144,13 @@ class JobSpec(BaseModel):
     dataset: str | None = Field(None, max_length=4096)
     eval_pairs: str | None = Field(None, max_length=4096)
     eval_prompts: str | None = Field(None, max_length=4096)
+    dataset_split: str = Field("train", max_length=100, description="Split of a saved DatasetDict folder.")
+    dataset_columns: dict[str, str] = Field(
+        default_factory=dict, max_length=3, description="Our field -> the data's column, e.g. {prompt: question}."
+    )
+    chat_template: str | None = Field(
+        None, max_length=50_000, description="Jinja chat template for conversations; default: the tokenizer's."
+    )
 
     losses: list[Loss] = Field(default_factory=list, max_length=32)
     betas: list[Beta] = Field(default_factory=list, max_length=32)

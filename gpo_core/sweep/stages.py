@@ -142,6 +142,9 @@ def training_spec(spec: JobSpec, inputs: Inputs, job_dir: Path, run: str) -> Tra
         eval_pairs=inputs.eval_pairs,
         eval_prompts=inputs.eval_prompts,
         output_dir=str(run_dir(job_dir, run) / "train"),
+        dataset_split=spec.dataset_split,
+        dataset_columns=spec.dataset_columns,
+        chat_template=spec.chat_template,
         loss=target.loss,
         **settings,
         **beta,
@@ -183,7 +186,12 @@ def train_stage(
 def sampling_settings(spec: JobSpec) -> SamplingSettings:
     g = spec.generation
     return SamplingSettings(
-        temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens, n=g.n, seed=g.seed
+        temperature=g.temperature,
+        top_p=g.top_p,
+        max_new_tokens=g.max_new_tokens,
+        n=g.n,
+        seed=g.seed,
+        chat_template=spec.chat_template,
     )
 
 

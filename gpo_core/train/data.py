@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
+from gpo_core.conversation import ChatFormat
 from gpo_core.train.pairs import PairBatch, collate_pairs
 
 
@@ -65,20 +66,21 @@ def tokenize_pairs(
     max_response_length: int,
     truncation_side: str = "left",
 ) -> TokenizedPairs:
-    """Prompts with the tokenizer's special tokens, cut to ``max_prompt_length`` from
-    ``truncation_side``; responses without them, ``eos`` appended, cut at the end."""
+    """Prompts and responses as :class:`gpo_core.conversation.ChatFormat` makes them (a text
+    prompt with the tokenizer's special tokens, a conversation through the chat template; a
+    response ending in ``eos``); prompts cut to ``max_prompt_length`` from ``truncation_side``,
+    responses cut at the end."""
 
     def truncate_prompt(ids: list[int]) -> list[int]:
         if len(ids) <= max_prompt_length:
             return ids
         return ids[-max_prompt_length:] if truncation_side == "left" else ids[:max_prompt_length]
 
-    def responses(texts: list[str]) -> list[list[int]]:
-        encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
-        return [[*ids, tokenizer.eos_token_id] for ids in encoded]
-
-    prompts = tokenizer([r["prompt"] for r in records])["input_ids"]
-    chosen, rejected = responses([r["chosen"] for r in records]), responses([r["rejected"] for r in records])
+    chat = ChatFormat(tokenizer)
+    raw_prompts = [r["prompt"] for r in records]
+    prompts = chat.prompt_ids(raw_prompts)
+    chosen = chat.response_ids(raw_prompts, [r["chosen"] for r in records])
+    rejected = chat.response_ids(raw_prompts, [r["rejected"] for r in records])
     return TokenizedPairs(
         [truncate_prompt(ids) for ids in prompts],
         [ids[:max_response_length] for ids in chosen],

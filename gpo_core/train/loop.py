@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
+from gpo_core.conversation import ChatFormat, ConversationError, Prompt
 from gpo_core.data import load_preferences, load_prompts
 from gpo_core.losses import gpo_loss, resolve_loss
 from gpo_core.models import cache_root, is_encoder_decoder, load_model
@@ -146,7 +147,7 @@ class TrainingData:
     tokenizer: PreTrainedTokenizerBase
     pairs: TokenizedPairs
     eval_pairs: TokenizedPairs | None
-    trace_prompts: list[str]
+    trace_prompts: list[Prompt]
     encoder_decoder: bool
     # What tokenizing did to the data: pairs kept, prompts and responses cut to the length
     # limits, and pairs dropped because chosen and rejected became the same tokens.
@@ -159,8 +160,8 @@ class TrainingData:
 
 def load_training_data(spec: TrainingSpec) -> TrainingData:
     """Read and tokenize the data; a bad dataset fails here, before any model is loaded."""
-    records = load_preferences(spec.dataset)
-    eval_records = load_preferences(spec.eval_pairs) if spec.eval_pairs else []
+    records = load_preferences(spec.dataset, columns=spec.dataset_columns, split=spec.dataset_split)
+    eval_records = load_preferences(spec.eval_pairs, columns=spec.dataset_columns) if spec.eval_pairs else []
     trace_prompts = load_prompts(spec.eval_prompts)[: spec.trace_prompts] if spec.eval_prompts else []
     try:
         tokenizer = AutoTokenizer.from_pretrained(spec.tokenizer_path)
@@ -170,15 +171,21 @@ def load_training_data(spec: TrainingSpec) -> TrainingData:
         ) from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if spec.chat_template:  # saved with every checkpoint: generation renders prompts the same way
+        tokenizer.chat_template = spec.chat_template
     lengths = (spec.max_prompt_length, spec.max_response_length, spec.truncation_side)
-    pairs = tokenize_pairs(records, tokenizer, *lengths)
+    try:
+        pairs = tokenize_pairs(records, tokenizer, *lengths)
+        eval_pairs = tokenize_pairs(eval_records, tokenizer, *lengths) if eval_records else None
+        ChatFormat(tokenizer).prompt_ids([p["prompt"] for p in trace_prompts[:1]])  # renders, or says why not
+    except ConversationError as err:
+        raise TrainingError(f"{spec.dataset}: {err}") from None
     identical = pairs.identical()
     if len(identical) == len(pairs):
         raise TrainingError(
             f"{spec.dataset}: in every pair the chosen and rejected responses are the same tokens once cut to "
             f"max_response_length={spec.max_response_length}: nothing to learn from; raise max_response_length"
         )
-    eval_pairs = tokenize_pairs(eval_records, tokenizer, *lengths) if eval_records else None
     eval_identical = eval_pairs.identical() if eval_pairs is not None else []
     if eval_pairs is not None and len(eval_identical) == len(eval_pairs):
         raise TrainingError(f"{spec.eval_pairs}: in every pair the chosen and rejected responses are the same "

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
+from gpo_core.conversation import ChatFormat, Prompt
 from gpo_core.generate import new_token_ids
 from gpo_core.logprobs import collate_causal, collate_seq2seq, sequence_logprobs
 from gpo_core.models import is_encoder_decoder
@@ -14,7 +15,7 @@ from gpo_core.models import is_encoder_decoder
 
 @torch.no_grad()
 def sample_and_score(
-    policy, reference, tokenizer, prompts: Sequence[str], spec, device: torch.device, batch_size: int = 64
+    policy, reference, tokenizer, prompts: Sequence[Prompt], spec, device: torch.device, batch_size: int = 64
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw one response per prompt from the policy at temperature 1 (no top-k/top-p, so the
     samples follow pi_theta exactly) and return (log pi_theta, log pi_ref) of each. Responses
@@ -24,7 +25,7 @@ def sample_and_score(
     policy_lp, reference_lp = [], []
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start : start + batch_size])
-        prompt_ids = [ids[-spec.max_prompt_length :] for ids in tokenizer(chunk)["input_ids"]]
+        prompt_ids = [ids[-spec.max_prompt_length :] for ids in ChatFormat(tokenizer).prompt_ids(chunk)]
         new = new_token_ids(policy, prompt_ids, pad, 1.0, 1.0, spec.trace_max_new_tokens)
         responses = []
         for row in new.tolist():

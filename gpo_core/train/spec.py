@@ -83,7 +83,14 @@ class TrainingSpec(TrainingOptions):
     policy: str = Field(description="Model folder to fine-tune (transformers, causal or encoder-decoder).")
     reference: str | None = Field(None, description="Reference model folder; default: the policy's starting weights.")
     tokenizer: str | None = Field(None, description="Tokenizer folder; default: the policy folder.")
-    dataset: str = Field(description="Training pairs {prompt, chosen, rejected}.")
+    dataset: str = Field(description="Training pairs {prompt, chosen, rejected}: texts or lists of messages.")
+    dataset_split: str = Field("train", max_length=100, description="Split of a saved DatasetDict folder.")
+    dataset_columns: dict[str, str] = Field(
+        default_factory=dict, description="Our field -> the data's column, e.g. {prompt: question}."
+    )
+    chat_template: str | None = Field(
+        None, max_length=50_000, description="Jinja chat template for conversations; default: the tokenizer's."
+    )
     eval_pairs: str | None = Field(None, description="Held-out pairs for the mu-weighted square loss trace.")
     eval_prompts: str | None = Field(None, description="Prompts whose samples estimate KL(pi_theta || pi_ref).")
     output_dir: str = Field(description="Run folder: checkpoints, metrics.jsonl, final model.")

@@ -28,7 +28,10 @@ def test_jsonl_roundtrip_keeps_extra_fields(tmp_path: Path) -> None:
     [
         ('{"prompt": "p", "chosen": "a"}', "pairs.jsonl:2: field 'rejected' is missing"),
         ('{"prompt": "p", "chosen": "  ", "rejected": "b"}', "pairs.jsonl:2: field 'chosen' is empty"),
-        ('{"prompt": 3, "chosen": "a", "rejected": "b"}', "pairs.jsonl:2: field 'prompt' must be a string, found int"),
+        (
+            '{"prompt": 3, "chosen": "a", "rejected": "b"}',
+            "pairs.jsonl:2: field 'prompt' must be a string or a list of messages, found int",
+        ),
         ('{"prompt": "p", "chosen": "a", "rejected": null}', "pairs.jsonl:2: field 'rejected' is missing"),
         ('["p", "a", "b"]', "pairs.jsonl:2: a record must be a JSON object, found list"),
         ('{"prompt": "p", "chosen": "a"', "pairs.jsonl:2: not valid JSON"),

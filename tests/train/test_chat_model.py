@@ -1,0 +1,62 @@
+"""A user's own chat model and conversational data, through training and generation: a tiny
+random Qwen2-shaped model with a BPE tokenizer and ChatML template (tests/support/chat_model.py)."""
+
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from gpo_core.data import load_preferences, load_prompts
+from gpo_core.generate import SamplingSettings, generate_responses
+from gpo_core.train.launch import run_training
+from gpo_core.train.loop import TrainingError
+from gpo_core.train.metrics import ListSink
+from gpo_core.train.spec import TrainingSpec
+from tests.support.chat_model import build_chat_model
+
+
+@pytest.fixture(scope="module")
+def chat(small_task, tmp_path_factory) -> dict[str, Path]:
+    return build_chat_model(small_task, tmp_path_factory.mktemp("chat"))
+
+
+def spec(chat, tmp_path, **overrides) -> TrainingSpec:
+    fields = {
+        "policy": str(chat["model"]), "dataset": str(chat["pairs"]), "eval_prompts": str(chat["prompts"]),
+        "output_dir": str(tmp_path / "run"), "loss": "logistic", "beta": 0.1, "lr": 1e-3, "steps": 3,
+        "batch_size": 8, "trace_every": 3, "trace_prompts": 4, "cache_dir": str(tmp_path / "cache"),
+    }  # fmt: skip
+    return TrainingSpec(**{**fields, **overrides})
+
+
+def test_conversational_pairs_train_and_the_checkpoint_keeps_the_template(chat, tmp_path) -> None:
+    sink = ListSink()
+    result = run_training(spec(chat, tmp_path), sink)
+    assert result.steps == 3 and not result.stopped
+    data = next(r for r in sink.records if r["kind"] == "data")
+    assert data["pairs"] + data["identical_dropped"] == len(load_preferences(chat["pairs"]))
+    traces = [r for r in sink.records if r["kind"] == "trace"]
+    assert [t["step"] for t in traces] == [0, 3] and traces[0]["kl"] == pytest.approx(0.0, abs=1e-5)
+    saved = AutoTokenizer.from_pretrained(result.final_model_dir)
+    assert saved.chat_template == AutoTokenizer.from_pretrained(chat["model"]).chat_template
+
+
+def test_a_template_given_in_the_spec_is_used_and_saved(chat, tmp_path) -> None:
+    bare = tmp_path / "bare"
+    tokenizer = AutoTokenizer.from_pretrained(chat["model"])
+    template = tokenizer.chat_template
+    tokenizer.chat_template = None
+    tokenizer.save_pretrained(bare)
+    (bare / "chat_template.jinja").unlink(missing_ok=True)
+    with pytest.raises(TrainingError, match="the tokenizer has no chat template; give one with the spec's"):
+        run_training(spec(chat, tmp_path / "a", tokenizer=str(bare)))
+    result = run_training(spec(chat, tmp_path / "b", tokenizer=str(bare), chat_template=template, steps=1))
+    assert AutoTokenizer.from_pretrained(result.final_model_dir).chat_template == template
+
+
+def test_conversational_prompts_generate(chat) -> None:
+    prompts = load_prompts(chat["prompts"])[:4]
+    settings = SamplingSettings(max_new_tokens=6, temperature=1.0)
+    records = generate_responses(chat["model"], prompts, settings, backend="transformers")
+    assert [r["prompt"] for r in records] == [p["prompt"] for p in prompts]
+    assert all(isinstance(r["response"], str) for r in records)
