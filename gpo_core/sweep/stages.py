@@ -85,6 +85,13 @@ def local_copy(path: str | None) -> str | None:
     return str(materialize(path, cache_root()))
 
 
+def model_family(model_dir: str | Path) -> dict:
+    """The config fields that decide which engine serves a model (see VLLMEngine.can_serve)."""
+    from gpo_core.generate import _architecture
+
+    return _architecture(model_dir)
+
+
 def run_dir(job_dir: Path, run: str) -> Path:
     return job_dir / "runs" / run if run != REFERENCE else job_dir / REFERENCE
 
@@ -207,16 +214,19 @@ def generate_stage(
     cache_dir: Path,
     engine: VLLMEngine | None = None,
     should_stop: StopCheck | None = None,
+    backend: str | None = None,
 ) -> Path:
     """Sample ``run``'s final model (or the reference policy) on the evaluation prompts. The
-    reference's samples come from the content-keyed cache, so a sweep (or many) makes them once."""
+    reference's samples come from the content-keyed cache, so a sweep (or many) makes them once.
+    ``backend``: the one the caller settled on (:func:`gpo_core.generate.start_engine`), else the
+    spec's."""
     out = run_dir(job_dir, run) / "responses.jsonl"
     if out.exists():
         return out
     inputs = resolve_inputs(spec, should_stop=should_stop)
     prompts = evaluation_prompts(spec, inputs)
     settings = sampling_settings(spec)
-    backend = spec.generation.backend
+    backend = backend or spec.generation.backend
     if run == REFERENCE:
         cached, _ = cached_responses(
             inputs.reference, prompts, settings, cache_dir, backend, engine, REFERENCE, should_stop
@@ -232,16 +242,19 @@ def generate_stage(
 
 def make_judge(spec: JobSpec, inputs: Inputs):
     from gpo_core import judge as judging
+    from gpo_core.conversation import is_conversation
 
     settings = spec.judge
-    template = settings.template or judging.DEFAULT_TEMPLATE
     if settings.kind == "oracle":
         from gpo_core.task.build import BuiltTask
 
         return judging.OracleTaskJudge(BuiltTask(inputs.task_root), settings.mode)
+    conversational = is_conversation(load_prompts(inputs.eval_prompts)[0]["prompt"])
+    template = judging.template_text(settings.template, conversational)
+    labels = tuple(settings.labels)
     if settings.kind == "local":
-        return judging.LogprobJudge(local_copy(settings.model_dir), template)
-    return judging.OpenAIJudge(settings.base_url, settings.model, template, verdict=settings.verdict)
+        return judging.LogprobJudge(local_copy(settings.model_dir), template, labels)
+    return judging.OpenAIJudge(settings.base_url, settings.model, template, labels, verdict=settings.verdict)
 
 
 def _judge(spec: JobSpec, inputs: Inputs, job_dir: Path, items: list[dict], should_stop: StopCheck | None):

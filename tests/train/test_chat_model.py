@@ -60,3 +60,42 @@ def test_conversational_prompts_generate(chat) -> None:
     records = generate_responses(chat["model"], prompts, settings, backend="transformers")
     assert [r["prompt"] for r in records] == [p["prompt"] for p in prompts]
     assert all(isinstance(r["response"], str) for r in records)
+
+
+@pytest.mark.slow
+def test_gpo_run_on_the_users_own_chat_model_end_to_end(chat, tmp_path) -> None:
+    """The user's-own-model scenario: conversational pairs, a model vLLM on the CPU cannot serve
+    (head_dim 16: `auto` falls back to transformers, saying why), the same model as a local judge
+    with labels that are several tokens for its tokenizer, paths relative to the spec file."""
+    import importlib.util
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    import yaml
+
+    for name in ("model", "pairs", "prompts"):
+        target = tmp_path / chat[name].name
+        (shutil.copytree if chat[name].is_dir() else shutil.copy)(chat[name], target)
+    spec = {
+        "policy": "qwen2-tiny", "dataset": "pairs.jsonl", "eval_prompts": "prompts.jsonl",
+        "losses": ["logistic", "hinge"], "betas": [0.1],
+        "training": {"steps": 6, "checkpoint_every": 3, "trace_every": 3},
+        "generation": {"prompts": 8}, "judge": {"kind": "local", "model_dir": "qwen2-tiny"},
+    }  # fmt: skip
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(spec))
+    env = {"GPO_CACHE_DIR": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    command = [sys.executable, "-c", "from gpo_client.cli import main; main()", "run", "sweep.yaml", "--out", "job"]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    shown = " ".join(done.stdout.split())  # the progress display's lines (wrapped to the terminal)
+    assert "preflight: data, tokenizer and judge checked" in shown
+    if importlib.util.find_spec("vllm") is not None:
+        assert "vLLM cannot serve this model (Unsupported CPU attention configuration: head_dim=16" in shown
+        assert "generating with transformers instead" in shown
+    report = json.loads((tmp_path / "job" / "report" / "report.json").read_text())
+    assert [r["id"] for r in report["runs"]] == ["r00-logistic-b0.1", "r01-hinge-b0.1"]
+    assert all(r["trained"] and r["judgement"]["win_rate"] for r in report["runs"])
+    responses = [json.loads(line) for line in (tmp_path / "job" / "reference" / "responses.jsonl").open()]
+    assert responses[0]["backend"] == "transformers" and isinstance(responses[0]["prompt"], list)

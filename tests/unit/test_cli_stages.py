@@ -36,4 +36,23 @@ def test_judge_needs_exactly_one_judge(tmp_path: Path) -> None:
     result = gpo("judge", tmp_path / "a.jsonl", tmp_path / "a.jsonl")
     assert result.returncode == 2 and "choose exactly one judge" in result.stderr
     result = gpo("generate", tmp_path, tmp_path / "missing.jsonl", tmp_path / "out.jsonl")
-    assert result.returncode == 2 and "no such file" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "not a transformers model folder" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_ordinary_mistakes_are_one_line_naming_what_is_wrong(small_task, tmp_path: Path) -> None:
+    model, prompts = small_task.artifacts.model_dir, small_task.artifacts.eval_prompts
+    made = gpo("generate", model, prompts, tmp_path / "a.jsonl", "--max-new-tokens", "2", "--backend", "transformers")
+    assert made.returncode == 0, made.stderr
+    cases = [
+        (("judge", tmp_path / "a.jsonl", tmp_path / "a.jsonl", "--task", model), "not a built task (no manifest.json)"),
+        (("judge", tmp_path / "a.jsonl", tmp_path / "a.jsonl", "--local", tmp_path), "is not a transformers model"),
+        (("judge", tmp_path / "a.jsonl", tmp_path / "a.jsonl", "--local", model, "--template", "nope"),
+         "--template: nope is neither summary, dialogue nor a file"),
+        (("judge", tmp_path / "a.jsonl", tmp_path / "a.jsonl", "--local", model, "--labels", " A", " A"),
+         "must be two different, non-empty texts"),
+    ]  # fmt: skip
+    for args, message in cases:
+        result = gpo(*args)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and message in lines[0], (args, result.stderr)

