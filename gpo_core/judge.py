@@ -359,7 +359,7 @@ def _judge_once(judge: Judge, cache: VerdictCache | None, prompt: str, first: st
 _CALLS = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="judge-call")
 
 
-def _until_stopped(call, should_stop: StopCheck | None, poll_s: float = 0.25):
+def call_until_stopped(call, should_stop: StopCheck | None, poll_s: float = 0.25):
     """``call()``; with ``should_stop``, in a helper thread while this one keeps asking it, so a
     stop is seen within ``poll_s`` even while a slow endpoint holds the call (which then finishes,
     bounded by the client's timeout, in the background; its verdict only reaches the cache)."""
@@ -386,10 +386,10 @@ def side_by_side(
     records, calls = [], 0
     for item in items:
         check(should_stop)
-        first_order, n1 = _until_stopped(
+        first_order, n1 = call_until_stopped(
             lambda item=item: _judge_once(judge, cache, item["prompt"], item["a"], item["b"], retries), should_stop
         )
-        second_order, n2 = _until_stopped(
+        second_order, n2 = call_until_stopped(
             lambda item=item: _judge_once(judge, cache, item["prompt"], item["b"], item["a"], retries), should_stop
         )
         calls += n1 + n2

@@ -4,21 +4,13 @@ format. One JSON object a line: ``info.post`` (or ``info.article``), ``info.titl
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from gpo_core.data import DatasetError, write_jsonl
+from gpo_core.converters import ConversionReport, convert_jsonl
 
 # The prompt of the TL;DR experiments (Stiennon et al. 2020; used by the DPO and GPO papers).
 TEMPLATE = "SUBREDDIT: r/{subreddit}\n\nTITLE: {title}\n\nPOST: {post}\n\nTL;DR:"
 ARTICLE_TEMPLATE = "ARTICLE: {post}\n\nTL;DR:"
-
-
-@dataclass
-class ConversionReport:
-    written: int = 0
-    skipped: list[str] = field(default_factory=list)
 
 
 def tldr_prompt(info: dict) -> str:
@@ -60,26 +52,4 @@ def convert_record(raw: dict) -> dict:
 
 def convert_tldr(source: str | Path, destination: str | Path, skip_invalid: bool = False) -> ConversionReport:
     """Convert a whole file; the first bad line raises with its number unless ``skip_invalid``."""
-    source = Path(source)
-    if not source.is_file():
-        raise DatasetError(f"{source}: no such file")
-    report = ConversionReport()
-    converted = []
-    with source.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                converted.append(convert_record(json.loads(line)))
-            except json.JSONDecodeError as err:
-                problem = f"{source}:{number}: not valid JSON ({err.msg} at column {err.colno})"
-                if not skip_invalid:
-                    raise DatasetError(problem) from None
-                report.skipped.append(problem)
-            except ValueError as err:
-                if not skip_invalid:
-                    raise DatasetError(f"{source}:{number}: {err}") from None
-                report.skipped.append(f"{source}:{number}: {err}")
-    write_jsonl(destination, converted)
-    report.written = len(converted)
-    return report
+    return convert_jsonl(source, destination, lambda raw, number: convert_record(raw), skip_invalid)

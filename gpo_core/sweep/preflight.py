@@ -16,6 +16,7 @@ from collections.abc import Callable
 from gpo_core.conversation import ChatFormat, ConversationError, as_text
 from gpo_core.data import load_preferences, load_prompts
 from gpo_core.judge import JudgeEndpointError, JudgeEndpointRefused, JudgeOutputError
+from gpo_core.stopping import StopCheck
 from gpo_core.sweep.spec import JobSpec
 
 
@@ -56,9 +57,11 @@ def check_data(spec: JobSpec, inputs) -> tuple[list[dict], list[dict]]:
     return pairs, prompts
 
 
-def check_judge(spec: JobSpec, inputs, prompt: str) -> None:
-    """One verdict on a probe comparison. An unreachable endpoint raises the judge's own
-    :class:`JudgeEndpointError` (it may come back: a service retries the task later)."""
+def check_judge(spec: JobSpec, inputs, prompt: str, should_stop: StopCheck | None = None) -> None:
+    """One verdict on a probe comparison (a stop request is seen while the call is out). An
+    unreachable endpoint raises the judge's own :class:`JudgeEndpointError` (it may come back: a
+    service retries the task later)."""
+    from gpo_core.judge import call_until_stopped
     from gpo_core.sweep.stages import make_judge
 
     settings = spec.judge
@@ -70,7 +73,7 @@ def check_judge(spec: JobSpec, inputs, prompt: str) -> None:
     first, second = "A short answer.", "Another short answer."
     for attempt in range(settings.retries + 1):
         try:
-            judge.compare(prompt, first, second)
+            call_until_stopped(lambda: judge.compare(prompt, first, second), should_stop)
             return
         except JudgeOutputError as err:
             if attempt == settings.retries:
@@ -83,9 +86,14 @@ def check_judge(spec: JobSpec, inputs, prompt: str) -> None:
             raise
 
 
-def preflight(spec: JobSpec, inputs, progress: Callable[[str], None] = lambda message: None) -> None:
+def preflight(
+    spec: JobSpec,
+    inputs,
+    progress: Callable[[str], None] = lambda message: None,
+    should_stop: StopCheck | None = None,
+) -> None:
     """Every check above; raises :class:`PreflightError` (or a :class:`DatasetError`, which names
     the record) at the first problem."""
     _, prompts = check_data(spec, inputs)
-    check_judge(spec, inputs, as_text(prompts[0]["prompt"]))
+    check_judge(spec, inputs, as_text(prompts[0]["prompt"]), should_stop)
     progress("preflight: data, tokenizer and judge checked")

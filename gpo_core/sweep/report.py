@@ -3,8 +3,13 @@ HTML page (figures inlined), built from a job folder's artifacts alone (see ``st
 
 - Fig. 8: win rate against the reference versus beta, one line per loss, 95% intervals;
 - Fig. 9: the pairwise win-rate matrix at one beta, with Bradley-Terry strengths;
-- Fig. 5: KL(pi || pi_ref) against the mu-weighted square loss traced during training, log-log;
-- training curves: loss, accuracy and mean rho per step.
+- Fig. 5: KL(pi || pi_ref) against the mu-weighted square loss traced during training
+  (symmetric-log axes: an estimate at or below zero, sampling noise, is shown, not dropped);
+- training curves, one row per loss: loss, accuracy and reward margin per step (smoothed, on a
+  scale set by the bulk of the values so one spike does not flatten the rest), and the held-out
+  accuracy and margin at each trace;
+- the settings the runs share, warnings when the judge cannot be trusted, and example responses
+  of the reference and of each run side by side.
 
 Runs still in flight are reported with what they have so far.
 """
@@ -23,14 +28,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from gpo_core.data import write_json
-from gpo_core.sweep.spec import JobSpec
+from gpo_core.sweep.spec import PATH_FIELDS, JobSpec
 
 FIGURES = {
     "winrate_vs_beta": "Win rate against the reference vs beta (Fig. 8)",
     "pairwise": "Pairwise win rates and Bradley-Terry strengths (Fig. 9)",
     "kl_vs_square_loss": "KL vs mu-weighted square loss during training (Fig. 5)",
-    "training_curves": "Training curves",
+    "training_curves": "Training curves (smoothed; faint: raw)",
+    "held_out": "Held-out pairs during training",
 }
+EXAMPLES = 3  # prompts shown with the reference's and every run's response
+CURVE_KEYS = ("step", "loss", "accuracy", "rho_mean", "margin", "grad_norm")
 
 
 def _read_json(path: Path) -> dict | None:
@@ -72,7 +80,7 @@ def collect(job_dir: str | Path) -> dict:
                 "trained": trained is not None,
                 "steps": trained["steps"] if trained else (steps[-1]["step"] if steps else 0),
                 "final_metrics": {k: v for k, v in (steps[-1] if steps else {}).items() if k not in ("kind",)},
-                "curve": [{k: s.get(k) for k in ("step", "loss", "accuracy", "rho_mean", "grad_norm")} for s in steps],
+                "curve": [{k: s.get(k) for k in CURVE_KEYS} for s in steps],
                 "traces": [{k: v for k, v in t.items() if k != "kind"} for t in traces],
                 "judgement": None
                 if judged is None
@@ -94,7 +102,77 @@ def collect(job_dir: str | Path) -> dict:
         "spec": job["spec"],
         "runs": runs,
         "pairwise": _read_json(job_dir / "pairwise.json"),
+        "examples": examples(job_dir, spec.run_ids()),
     }
+
+
+def _responses(path: Path) -> dict:
+    records = _read_metrics(path)  # JSON lines, a line being written skipped
+    return {(r["prompt_id"], r.get("sample", 0)): r for r in records if "prompt_id" in r}
+
+
+def examples(job_dir: Path, run_ids: list[str], count: int = EXAMPLES) -> list[dict]:
+    """The first ``count`` prompts with the reference's response and each run's (first sample)."""
+    reference = _responses(job_dir / "reference" / "responses.jsonl")
+    runs = {run: _responses(job_dir / "runs" / run / "responses.jsonl") for run in run_ids}
+    shown = []
+    for key, record in list(reference.items())[:count]:
+        prompt = record["prompt"]
+        if isinstance(prompt, list):  # a conversation
+            prompt = "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
+        shown.append({
+            "prompt_id": key[0],
+            "prompt": prompt,
+            "reference": record["response"],
+            "runs": {run: responses[key]["response"] for run, responses in runs.items() if key in responses},
+        })  # fmt: skip
+    return shown
+
+
+def judge_warnings(data: dict) -> list[str]:
+    """What makes the win rates meaningless or doubtful, said before any of them is shown."""
+    warnings = []
+    judged = [r for r in data["runs"] if r["judgement"]]
+    if not judged:
+        return warnings
+    flips = [r["judgement"].get("flip_rate") for r in judged if r["judgement"].get("flip_rate") is not None]
+    if flips and max(flips) >= 0.5:
+        worst = max(judged, key=lambda r: r["judgement"].get("flip_rate") or 0)
+        warnings.append(
+            f"The judge changed its verdict when the two responses swapped places in {max(flips):.0%} of the "
+            f"comparisons of run {worst['id']} (every run: {min(flips):.0%} to {max(flips):.0%}). A flipped verdict "
+            "counts as a tie, so its win rates sit near 0.5 whatever the policies do: they measure the judge's "
+            "position bias, not the runs."
+        )
+    rates = [r["judgement"].get("win_rate") for r in judged]
+    if rates and all(w is not None and w["low"] == w["high"] == 0.5 for w in rates):
+        warnings.append(
+            "Every comparison was a tie (each win rate is exactly 0.5 with no spread): the judge told no "
+            "responses apart."
+        )
+    invalid = sum(r["judgement"].get("invalid") or 0 for r in judged)
+    if invalid:
+        no_verdict = [r["id"] for r in judged if r["judgement"].get("win_rate") is None]
+        warnings.append(
+            f"The judge gave {invalid} invalid verdicts (no verdict after its retries)"
+            + (f"; runs without a single valid one: {', '.join(no_verdict)}" if no_verdict else "")
+            + "."
+        )
+    return warnings
+
+
+def settings_table(data: dict) -> list[dict]:
+    """The settings every run shares: training, generation and judge, one row each."""
+    spec = data["spec"]
+
+    def shown(value: object) -> str:
+        text = value if isinstance(value, str) else json.dumps(value)
+        return text if len(text) <= 80 else text[:77] + "..."
+
+    rows = [{"setting": key, "value": shown(spec[key])} for key in ("task", *PATH_FIELDS[:-1]) if spec.get(key)]
+    for block in ("training", "generation", "judge"):
+        rows += [{"setting": f"{block}.{key}", "value": shown(value)} for key, value in (spec.get(block) or {}).items()]
+    return rows
 
 
 def _save(fig, path: Path) -> Path:
@@ -115,17 +193,19 @@ def plot_winrate_vs_beta(data: dict, path: Path) -> Path | None:
     if not judged:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for loss, runs in _by_loss(judged).items():
-        betas = [r["beta"] for r in runs]
+    groups = _by_loss(judged)
+    for k, (loss, runs) in enumerate(groups.items()):
+        dodge = 10 ** (0.03 * (k - (len(groups) - 1) / 2))  # side by side, not on top of each other
+        betas = [r["beta"] * dodge for r in runs]
         rates = [r["judgement"]["win_rate"]["rate"] for r in runs]
         low = [rate - r["judgement"]["win_rate"]["low"] for rate, r in zip(rates, runs, strict=True)]
         high = [r["judgement"]["win_rate"]["high"] - rate for rate, r in zip(rates, runs, strict=True)]
-        ax.errorbar(betas, rates, yerr=[low, high], marker="o", capsize=3, label=loss)
+        ax.errorbar(betas, rates, yerr=[low, high], marker="os^vD<>"[k % 7], capsize=3, label=loss, alpha=0.85)
     ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
     ax.set_xscale("log")
     ax.set_xlabel("beta")
     ax.set_ylabel("win rate vs reference (ties = 1/2)")
-    ax.set_title("Win rate against the reference (95% paired bootstrap)")
+    ax.set_title("Win rate against the reference (95% paired bootstrap; losses offset in beta)")
     ax.legend(fontsize=8)
     return _save(fig, path)
 
@@ -160,44 +240,104 @@ def plot_pairwise(data: dict, path: Path) -> Path | None:
 
 
 def plot_kl_vs_square_loss(data: dict, path: Path) -> Path | None:
-    """Log-log; trace points with a non-positive estimate (sampling noise near 0) are left out."""
+    """Symmetric-log axes, linear near 0: every trace point is drawn, an estimate at or below 0
+    (sampling noise of the KL near the start) included."""
     traced = [r for r in data["runs"] if any("kl" in t and "square_loss" in t for t in r["traces"])]
     if not traced:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    smallest = []
     for k, (loss, runs) in enumerate(_by_loss(traced).items()):
         for m, run in enumerate(runs):
-            points = [
-                (t["square_loss"], t["kl"]) for t in run["traces"] if t.get("kl", 0) > 0 and t.get("square_loss", 0) > 0
-            ]
-            if not points:
-                continue
+            points = [(t["square_loss"], t["kl"]) for t in run["traces"] if "kl" in t and "square_loss" in t]
             xs, ys = zip(*points, strict=True)
-            ax.plot(xs, ys, marker="os^vD<>"[m % 7], color=colours[k % len(colours)], alpha=0.85,
-                    label=f"{loss}, beta={run['beta']:g}")  # fmt: skip
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+            smallest += [abs(v) for v in (*xs, *ys) if v]
+            ax.plot(xs, ys, marker="os^vD<>"[m % 7], linestyle=("-", "--", ":", "-.")[m % 4],
+                    color=colours[k % len(colours)], alpha=0.8, label=f"{loss}, beta={run['beta']:g}")  # fmt: skip
+    # Linear within the smallest decade that matters (4 below the largest value): the start of
+    # training (0, up to float noise) sits at the origin instead of stretching the axes.
+    largest = max(smallest, default=1.0)
+    threshold = min((v for v in smallest if v >= largest * 1e-4), default=1e-3)
+    ax.set_xscale("symlog", linthresh=threshold)
+    ax.set_yscale("symlog", linthresh=threshold)
     ax.set_xlabel("mu-weighted square loss E[rho^2]/2 (held-out pairs)")
     ax.set_ylabel("KL(pi || pi_ref) (sampled)")
-    ax.set_title("Offline regularizer vs on-policy KL")
+    ax.set_title(f"Offline regularizer vs on-policy KL (log axes, linear below {threshold:.1g})")
     ax.legend(fontsize=7, ncol=2)
     return _save(fig, path)
+
+
+def smooth(values: list[float], weight: float = 0.8) -> list[float]:
+    """Exponential moving average (TensorBoard's smoothing), skipping missing values."""
+    out, state = [], None
+    for value in values:
+        if value is None or not math.isfinite(value):
+            out.append(math.nan)
+            continue
+        state = value if state is None else weight * state + (1 - weight) * value
+        out.append(state)
+    return out
+
+
+def robust_limits(values: list[float]) -> tuple[float, float] | None:
+    """The 1st to 99th percentile, padded: a few spikes (a loss of 1e5 at one step) stay off the
+    scale instead of flattening every other value into a line."""
+    finite = sorted(v for v in values if v is not None and math.isfinite(v))
+    if len(finite) < 10:
+        return None
+    low, high = finite[len(finite) // 100], finite[-1 - len(finite) // 100]
+    pad = 0.05 * (high - low) or 0.05 * abs(high) or 0.05
+    return low - pad, high + pad
 
 
 def plot_training_curves(data: dict, path: Path) -> Path | None:
     runs = [r for r in data["runs"] if r["curve"]]
     if not runs:
         return None
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    groups = _by_loss(runs)
+    keys = (("loss", "training loss E[f(beta rho)]"), ("accuracy", "accuracy (rho > 0)"), ("margin", "reward margin"))
+    fig, axes = plt.subplots(len(groups), 3, figsize=(14, 3.2 * len(groups)), squeeze=False)
+    for row, (loss, group) in zip(axes, groups.items(), strict=True):
+        for col, (ax, (key, title)) in enumerate(zip(row, keys, strict=True)):
+            everything = []
+            for run in group:
+                steps = [p["step"] for p in run["curve"]]
+                raw = [p.get(key) for p in run["curve"]]
+                everything += raw
+                (line,) = ax.plot(steps, smooth(raw), linewidth=1.2, label=f"beta={run['beta']:g}")
+                ax.plot(steps, [math.nan if v is None else v for v in raw], linewidth=0.5, alpha=0.25,
+                        color=line.get_color())  # fmt: skip
+            if (limits := robust_limits(everything)) is not None:
+                ax.set_ylim(*limits)
+            ax.set_title(f"{loss}: {title}", fontsize=9)
+            ax.set_xlabel("step")
+            if col == 0:
+                ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_held_out(data: dict, path: Path) -> Path | None:
+    """Accuracy and mean rho on the held-out pairs at each trace, one line per run."""
+    runs = [r for r in data["runs"] if any("eval_accuracy" in t for t in r["traces"])]
+    if not runs:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    losses = list(_by_loss(runs))
     for run in runs:
-        steps = [p["step"] for p in run["curve"]]
-        for ax, key in zip(axes, ("loss", "accuracy", "rho_mean"), strict=True):
-            ax.plot(steps, [p[key] for p in run["curve"]], linewidth=1, label=f"{run['loss']}, beta={run['beta']:g}")
-    for ax, title in zip(axes, ("training loss E[f(beta rho)]", "accuracy (rho > 0)", "mean rho"), strict=True):
-        ax.set_title(title)
+        traces = [t for t in run["traces"] if "eval_accuracy" in t]
+        steps = [t["step"] for t in traces]
+        style = {"color": colours[losses.index(run["loss"]) % len(colours)], "marker": "o", "markersize": 3}
+        label = f"{run['loss']}, beta={run['beta']:g}"
+        axes[0].plot(steps, [t["eval_accuracy"] for t in traces], label=label, **style)
+        axes[1].plot(steps, [t["eval_rho_mean"] for t in traces], label=label, **style)
+    axes[0].set_title("held-out accuracy (rho > 0)")
+    axes[1].set_title("held-out mean rho (log-ratio margin)")
+    for ax in axes:
         ax.set_xlabel("step")
-    axes[0].legend(fontsize=6)
+    axes[0].legend(fontsize=6, ncol=2)
     return _save(fig, path)
 
 
@@ -206,6 +346,7 @@ PLOTTERS = {
     "pairwise": plot_pairwise,
     "kl_vs_square_loss": plot_kl_vs_square_loss,
     "training_curves": plot_training_curves,
+    "held_out": plot_held_out,
 }
 
 
@@ -254,8 +395,10 @@ def _html(data: dict, figures: dict[str, Path]) -> str:
         (r["judgement"]["mean_length"]["b"] for r in data["runs"] if r["judgement"] and r["judgement"]["mean_length"]),
         None,
     )
+    warnings = "".join(f"<div class='warning'>&#9888; {html.escape(w)}</div>" for w in data.get("warnings", []))
     blocks = [
         f"<h1>GPO sweep: {html.escape(data['name'])}</h1>",
+        warnings,
         "<p>Win rates count ties as one half; intervals are 95% paired bootstraps over prompts. Every pair was "
         "judged in both orders and a verdict that flipped with the order counts as a tie. The length-controlled "
         "win rate is the predicted win rate at equal length (logistic regression on the length difference)."
@@ -276,10 +419,21 @@ def _html(data: dict, figures: dict[str, Path]) -> str:
     for name, path in figures.items():
         encoded = base64.b64encode(path.read_bytes()).decode("ascii")
         blocks.append(f"<h2>{html.escape(FIGURES[name])}</h2><img alt='{name}' src='data:image/png;base64,{encoded}'>")
+    for example in data.get("examples", []):
+        rows = [{"policy": "reference", "response": example["reference"]}]
+        rows += [{"policy": run, "response": text} for run, text in example["runs"].items()]
+        blocks += [
+            f"<h2>Example: prompt {html.escape(str(example['prompt_id']))}</h2>",
+            f"<pre>{html.escape(example['prompt'][:2000])}</pre>",
+            _html_table(rows),
+        ]
+    blocks += ["<h2>Settings</h2>", _html_table(settings_table(data))]
     style = (
         "body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;"
         "font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}"
-        "img{max-width:100%}"
+        "img{max-width:100%}pre{white-space:pre-wrap;background:#f7f7f7;padding:6px;font-size:12px}"
+        ".warning{background:#fff3cd;border:1px solid #e0b000;padding:8px 12px;margin:8px 0}"
+        "td:last-child{text-align:left}"
     )
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>GPO sweep {html.escape(data['name'])}</title>"
@@ -299,6 +453,8 @@ def build_report(job_dir: str | Path) -> Path:
         if written is not None:
             figures[name] = written
     data["table"] = winrate_table(data)
+    data["warnings"] = judge_warnings(data)
+    data["settings"] = settings_table(data)
     data["figures"] = {name: path.name for name, path in figures.items()}
     write_json(out / "report.json", data)
     page = out / "report.html"

@@ -15,11 +15,12 @@ from gpo_core.identity import DifferentSpec, claim, content_digest
 from gpo_core.train.loop import CHECKPOINTS, METRICS_FILE, RunContext, RunResult, TrainingError, train
 from gpo_core.train.metrics import FanOut, JsonlSink, ListSink, MetricsSink, follow_jsonl
 from gpo_core.train.spec import TrainingSpec
+from gpo_core.train.tracking import TrackingError, tracking_sinks
 
 RUN_RECORD = "run.json"  # the identity of the run this folder holds
 RESULT = "result.json"  # written when the run finished: its presence means "trained"
 # Options that change how a run is carried out or logged, not what it computes.
-NOT_DETERMINING = {"output_dir", "cache_dir", "log_every", "checkpoint_every", "use_gpu"}
+NOT_DETERMINING = {"output_dir", "cache_dir", "log_every", "checkpoint_every", "use_gpu", "report_to"}
 INPUTS = ("policy", "reference", "tokenizer", "dataset", "eval_pairs", "eval_prompts")
 
 
@@ -78,6 +79,29 @@ def run_training(
         if sink is not None:
             sink.emit({"kind": "finished_before", "step": earlier.steps, "final_model_dir": earlier.final_model_dir})
         return earlier
+    trackers = _trackers(spec)
+    sink = FanOut(*([sink] if sink else []), *trackers) if trackers else sink
+    try:
+        return _run(spec, sink, stop_requested)
+    finally:
+        for tracker in trackers:
+            tracker.close()
+
+
+def _trackers(spec: TrainingSpec) -> list[MetricsSink]:
+    """The experiment trackers of ``report_to`` (a sweep's run is named after its run folder)."""
+    if not spec.report_to:
+        return []
+    folder = Path(spec.output_dir)
+    name = folder.parent.name if folder.name == "train" else folder.name
+    params = {k: v for k, v in training_identity(spec).items() if not k.endswith(".content")}
+    try:
+        return tracking_sinks(spec.report_to, folder, name, params)
+    except TrackingError as err:
+        raise TrainingError(str(err)) from None
+
+
+def _run(spec: TrainingSpec, sink: MetricsSink | None, stop_requested: Callable[[], bool]) -> RunResult:
     path = metrics_path(spec)
     if spec.workers == 0:
         metrics = JsonlSink(path)

@@ -67,6 +67,9 @@ class TrainingOptions(BaseModel):
     trace_prompts: int = Field(64, ge=1, le=100_000, description="Evaluation prompts sampled for the KL trace.")
     trace_max_new_tokens: int = Field(32, ge=1, le=4096)
     log_every: int = Field(1, ge=1, le=10_000_000)
+    report_to: list[Literal["tensorboard", "mlflow"]] = Field(
+        default_factory=list, description="Experiment trackers the metrics also go to (the tracking extra)."
+    )
 
     @model_validator(mode="after")
     def _one_length(self) -> TrainingOptions:

@@ -74,11 +74,26 @@ def shared_cache(tmp_path_factory) -> Path:
 
 
 class _Slow(http.server.BaseHTTPRequestHandler):
-    """A judge endpoint that takes 60 s to answer anything (and then fails)."""
+    """A judge endpoint that answers the preflight's probe comparison at once (a tie), then takes
+    60 s to answer anything else (and then fails): healthy when the job starts, slow later."""
 
     def do_POST(self) -> None:
-        time.sleep(60)
-        self.send_error(500)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if "A short answer." not in body.get("prompt", ""):
+            time.sleep(60)
+            self.send_error(500)
+            return
+        prompt = body["prompt"]  # the template and a label: the label's log-prob is the last token's
+        logprobs = {"tokens": [prompt[:-2], prompt[-2:], " "], "token_logprobs": [None, -1.0, -0.5],
+                    "text_offset": [0, len(prompt) - 2, len(prompt)], "top_logprobs": None}  # fmt: skip
+        answer = {"id": "probe", "object": "text_completion", "created": 0, "model": body["model"],
+                  "choices": [{"index": 0, "text": " ", "logprobs": logprobs, "finish_reason": "length"}]}  # fmt: skip
+        data = json.dumps(answer).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
     def log_message(self, *args) -> None:
         pass
@@ -221,9 +236,10 @@ def test_a_task_that_always_fails_is_dead_lettered_and_the_job_fails_with_the_re
     assert done.state == "failed"
     message = "JudgeEndpointError: could not connect to the judge endpoint http://127.0.0.1:9/v1"
     assert message in done.reason and "after 2 attempts" in done.reason, done.reason
-    assert done.runs[0].state == "failed" and done.runs[0].stage == "judge"
+    # Found by the preflight, before any training (an endpoint may come back: it was retried).
+    assert done.runs[0].state == "failed" and done.runs[0].stage == "train" and done.runs[0].step == 0
     [(_, entry)] = platform.redis.xrange("gpo:dead")
-    assert entry["stage"] == "judge" and message in entry["reason"] and entry["attempts"] == "2"
+    assert entry["stage"] == "train" and message in entry["reason"] and entry["attempts"] == "2"
 
 
 def test_cancel_reaches_a_judge_held_by_a_slow_endpoint_within_seconds(platform, slow_endpoint) -> None:

@@ -2,6 +2,7 @@
 and the report built from the job folder."""
 
 import json
+import math
 
 import pytest
 
@@ -93,9 +94,12 @@ def test_sweep_end_to_end_with_the_oracle_judge_and_report(small_task, tmp_path)
     pairwise = data["pairwise"]
     assert pairwise["runs"] == ["r00-logistic-b0.1", "r02-square-b0.1"]
     assert pairwise["win_rate"][0][1] + pairwise["win_rate"][1][0] == pytest.approx(1.0)
-    assert set(data["figures"]) == {"winrate_vs_beta", "pairwise", "kl_vs_square_loss", "training_curves"}
+    assert set(data["figures"]) == {"winrate_vs_beta", "pairwise", "kl_vs_square_loss", "training_curves", "held_out"}
     page = report.read_text()
-    assert page.count("data:image/png;base64,") == 4 and "r03-square-b1" in page
+    assert page.count("data:image/png;base64,") == 5 and "r03-square-b1" in page
+    assert data["warnings"] == []  # the oracle has no position bias
+    assert len(data["examples"]) == 3 and set(data["examples"][0]["runs"]) == set(spec.run_ids())
+    assert {"setting": "training.steps", "value": "6"} in data["settings"] and "<h2>Settings</h2>" in page
     stage_events = [(e["run"], e["stage"], e["state"]) for e in events if e["kind"] == "stage"]
     assert ("r03-square-b1", "judge", "done") in stage_events and stage_events[-1] == ("job", "report", "done")
     assert any(e["kind"] == "step" and e["run"] == "r00-logistic-b0.1" for e in events)
@@ -120,6 +124,30 @@ def test_sweep_end_to_end_with_the_oracle_judge_and_report(small_task, tmp_path)
     assert not any(e["kind"] == "step" for e in again)
     assert trained == {run: (tmp_path / "job" / "runs" / run / "train.json").stat().st_mtime_ns for run in trained}
     assert (tmp_path / "job" / "verdicts.jsonl").read_text() == verdicts
+
+
+def test_a_useless_judge_gets_a_warning_before_its_numbers() -> None:
+    from gpo_core.sweep.report import judge_warnings
+
+    def run(flip_rate: float, rate: dict | None, invalid: int = 0) -> dict:
+        return {"id": "r", "judgement": {"flip_rate": flip_rate, "win_rate": rate, "invalid": invalid}}
+
+    tie = {"rate": 0.5, "low": 0.5, "high": 0.5}
+    (flips, ties) = judge_warnings({"runs": [run(1.0, tie), run(0.5, tie)]})
+    assert "in 100% of the comparisons" in flips and "position bias" in flips and "Every comparison was a tie" in ties
+    (invalid,) = judge_warnings({"runs": [run(0.0, {"rate": 0.6, "low": 0.5, "high": 0.7}, invalid=3)]})
+    assert "3 invalid verdicts" in invalid
+    assert judge_warnings({"runs": [run(0.1, {"rate": 0.6, "low": 0.5, "high": 0.7})]}) == []
+
+
+def test_curves_are_smoothed_and_scaled_past_a_spike() -> None:
+    from gpo_core.sweep.report import robust_limits, smooth
+
+    assert smooth([1.0, 2.0, None, 3.0], weight=0.5) == pytest.approx([1.0, 1.5, math.nan, 2.25], nan_ok=True)
+    values = [1.0 + 0.01 * i for i in range(200)] + [1e5]
+    low, high = robust_limits(values)
+    assert high < 10 and low < 1.0  # the spike is off the scale, the rest fills it
+    assert robust_limits([1.0, 2.0]) is None  # too few points to call anything a spike
 
 
 def test_report_of_a_job_in_flight_shows_what_it_has(small_task, tmp_path) -> None:

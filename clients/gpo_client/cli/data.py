@@ -46,19 +46,16 @@ def task_build(
     console.print(summary)
 
 
-def data_convert_tldr(
-    source: Annotated[Path, typer.Argument(help="OpenAI summarize_from_feedback comparisons (JSONL).")],
-    destination: Annotated[Path, typer.Argument(help="Output in the common format (JSONL).")],
-    skip_invalid: Annotated[
-        bool, typer.Option("--skip-invalid", help="Skip malformed lines and count them instead of stopping.")
-    ] = False,
-) -> None:
-    """Convert TL;DR comparisons to {"prompt", "chosen", "rejected"} with the TL;DR prompt template."""
+SkipInvalid = Annotated[
+    bool, typer.Option("--skip-invalid", help="Skip malformed lines and count them instead of stopping.")
+]
+
+
+def _converted(convert, source: Path, destination: Path, **options) -> None:
     from gpo_core.data import DatasetError
-    from gpo_core.tldr import convert_tldr
 
     try:
-        report = convert_tldr(source, destination, skip_invalid=skip_invalid)
+        report = convert(source, destination, **options)
     except DatasetError as err:
         raise fail(str(err)) from None
     console.print(f"wrote {report.written} pairs to {destination}", highlight=False)
@@ -68,6 +65,40 @@ def data_convert_tldr(
             errors.print(f"  {reason}", highlight=False)
         if len(report.skipped) > 20:
             errors.print(f"  ... and {len(report.skipped) - 20} more", highlight=False)
+
+
+def data_convert_tldr(
+    source: Annotated[Path, typer.Argument(help="OpenAI summarize_from_feedback comparisons (JSONL).")],
+    destination: Annotated[Path, typer.Argument(help="Output in the common format (JSONL).")],
+    skip_invalid: SkipInvalid = False,
+) -> None:
+    """Convert TL;DR comparisons to {"prompt", "chosen", "rejected"} with the TL;DR prompt template."""
+    from gpo_core.tldr import convert_tldr
+
+    _converted(convert_tldr, source, destination, skip_invalid=skip_invalid)
+
+
+def data_convert_hh(
+    source: Annotated[Path, typer.Argument(help="Anthropic HH pairs: chosen and rejected dialogues (JSONL).")],
+    destination: Annotated[Path, typer.Argument(help="Output in TRL's conversational format (JSONL).")],
+    skip_invalid: SkipInvalid = False,
+) -> None:
+    """Convert whole-dialogue pairs (Human:/Assistant: turns) to conversations with their common turns as prompt."""
+    from gpo_core.converters import convert_hh
+
+    _converted(convert_hh, source, destination, skip_invalid=skip_invalid)
+
+
+def data_convert_ultrafeedback(
+    source: Annotated[Path, typer.Argument(help="Raw UltraFeedback: instruction and scored completions (JSONL).")],
+    destination: Annotated[Path, typer.Argument(help="Output in TRL's conversational format (JSONL).")],
+    seed: Annotated[int, typer.Option(help="Seed of the draw of the rejected completion.")] = 0,
+    skip_invalid: SkipInvalid = False,
+) -> None:
+    """Convert to pairs: the best completion (overall_score) against one drawn among those scored lower."""
+    from gpo_core.converters import convert_ultrafeedback
+
+    _converted(convert_ultrafeedback, source, destination, skip_invalid=skip_invalid, seed=seed)
 
 
 def data_check(path: Annotated[Path, typer.Argument(help="JSONL, Parquet or a saved datasets folder.")]) -> None:

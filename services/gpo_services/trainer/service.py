@@ -21,7 +21,8 @@ def handle(task: dict, context: TaskContext) -> None:
     if not (job_dir / "job.json").exists():  # the job folder starts with the job's first task
         # Before any training: data, tokenizer and judge can do their part (a PreflightError
         # fails the job at once; an unreachable judge endpoint is retried later).
-        preflight(spec, stages.resolve_inputs(spec, should_stop=context.should_stop))
+        inputs = stages.resolve_inputs(spec, should_stop=context.should_stop)
+        preflight(spec, inputs, should_stop=context.should_stop)
         stages.write_job_file(spec, job_dir)
     context.store.transition(job_id, run, state="running", stage="train")
     result = stages.train_stage(spec, job_dir, run, ProgressSink(context, job_id, run), context.should_stop)
