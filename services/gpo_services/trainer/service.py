@@ -18,13 +18,13 @@ def handle(task: dict, context: TaskContext) -> None:
         return
     spec = context.store.spec(job_id)
     job_dir = context.job_dir(job_id)
+    context.store.transition(job_id, run, state="running", stage="train")
     if not (job_dir / "job.json").exists():  # the job folder starts with the job's first task
         # Before any training: data, tokenizer and judge can do their part (a PreflightError
         # fails the job at once; an unreachable judge endpoint is retried later).
         inputs = stages.resolve_inputs(spec, should_stop=context.should_stop)
         preflight(spec, inputs, should_stop=context.should_stop)
         stages.write_job_file(spec, job_dir)
-    context.store.transition(job_id, run, state="running", stage="train")
     result = stages.train_stage(spec, job_dir, run, ProgressSink(context, job_id, run), context.should_stop)
     if result["stopped"]:
         raise Stopped  # the worker decides: hand back, cancelled or past the deadline
