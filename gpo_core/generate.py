@@ -333,7 +333,26 @@ def cached_responses(
     return path, False
 
 
+RESPONSE_FIELDS = ("prompt_id", "prompt", "response")
+
+
 def load_responses(path: str | Path) -> list[dict]:
-    """Responses as written by :func:`generate_responses` (a response may be empty)."""
+    """Responses as written by :func:`generate_responses` (a response may be empty); a line that
+    is not one raises ValueError naming the file and line."""
+    records = []
     with Path(path).open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+            missing = [name for name in RESPONSE_FIELDS if not isinstance(record, dict) or name not in record]
+            if missing:
+                raise ValueError(
+                    f"{path}:{number}: not a response record (no {', '.join(missing)}); "
+                    "responses are what gpo generate writes"
+                )
+            records.append(record)
+    return records

@@ -46,6 +46,7 @@ def test_ordinary_mistakes_are_one_line_naming_what_is_wrong(small_task, tmp_pat
     assert made.returncode == 0, made.stderr
     cases = [
         (("judge", tmp_path / "a.jsonl", tmp_path / "a.jsonl", "--task", model), "not a built task (no manifest.json)"),
+        (("judge", prompts, prompts, "--task", small_task.root), "eval_prompts.jsonl:1: not a response record"),
         (("judge", tmp_path / "a.jsonl", tmp_path / "a.jsonl", "--local", tmp_path), "is not a transformers model"),
         (("judge", tmp_path / "a.jsonl", tmp_path / "a.jsonl", "--local", model, "--template", "nope"),
          "--template: nope is neither summary, dialogue nor a file"),

@@ -85,4 +85,5 @@ def main() -> None:
     # Our own progress display is enough; set before transformers (imported by the commands that
     # use it, not here: `gpo --help` must start fast) reads it.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # vLLM's start-up report is not the user's business
     app()
