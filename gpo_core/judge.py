@@ -9,9 +9,11 @@ Verdicts are cached by (judge settings, prompt, first response, second response)
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import json
 import re
+import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -249,26 +251,35 @@ class OpenAIJudge:
         return "first" if output == choices[0] else "second"
 
     def compare(self, prompt: str, first: str, second: str) -> OrderVerdict:
-        from openai import APIConnectionError, APIStatusError, APITimeoutError
-
         text = render_template(self.template, prompt, first, second)
-        try:
+        with endpoint_errors(self.base_url, self.model, self.timeout):
             if self.verdict == "choice":
                 return self._choice(text)
             a, b = (self._label_logprob(text, label) for label in self.labels)
-        except APITimeoutError:
-            raise JudgeEndpointError(f"the judge endpoint {self.base_url} timed out ({self.timeout:g} s)") from None
-        except APIConnectionError:
-            raise JudgeEndpointError(f"could not connect to the judge endpoint {self.base_url}") from None
-        except APIStatusError as err:  # the status only: the body is the server's, not the tenant's
-            status = err.status_code
-            if status in (408, 429) or status >= 500:
-                raise JudgeEndpointError(f"the judge endpoint {self.base_url} answered HTTP {status}") from None
-            raise JudgeEndpointRefused(
-                f"the judge endpoint {self.base_url} refused the request with HTTP {status} "
-                f"(check the judge's base_url, model ({self.model!r}) and key)"
-            ) from None
         return "first" if a > b else "second" if b > a else "tie"
+
+
+@contextlib.contextmanager
+def endpoint_errors(base_url: str, model: str, timeout: float):
+    """The client's errors as ours: what another attempt may fix (:class:`JudgeEndpointError`) and
+    what it cannot (:class:`JudgeEndpointRefused`). The message names the URL and the HTTP status
+    only: the body is the server's, not the tenant's to read."""
+    from openai import APIConnectionError, APIStatusError, APITimeoutError
+
+    try:
+        yield
+    except APITimeoutError:
+        raise JudgeEndpointError(f"the judge endpoint {base_url} timed out ({timeout:g} s)") from None
+    except APIConnectionError:
+        raise JudgeEndpointError(f"could not connect to the judge endpoint {base_url}") from None
+    except APIStatusError as err:
+        status = err.status_code
+        if status in (408, 429) or status >= 500:
+            raise JudgeEndpointError(f"the judge endpoint {base_url} answered HTTP {status}") from None
+        raise JudgeEndpointRefused(
+            f"the judge endpoint {base_url} refused the request with HTTP {status} "
+            f"(check the judge's base_url, model ({model!r}) and key)"
+        ) from None
 
 
 class VerdictCache:
@@ -279,6 +290,7 @@ class VerdictCache:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._verdicts: dict[str, str] = {}
+        self._lock = threading.Lock()  # comparisons run in several threads
         if self.path.exists():
             for line in self.path.read_text(encoding="utf-8").splitlines():
                 try:
@@ -295,9 +307,10 @@ class VerdictCache:
         return self._verdicts.get(key)
 
     def put(self, key: str, verdict: str) -> None:
-        self._verdicts[key] = verdict
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"key": key, "verdict": verdict}) + "\n")
+        with self._lock:
+            self._verdicts[key] = verdict
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"key": key, "verdict": verdict}) + "\n")
 
 
 @dataclass
@@ -311,6 +324,7 @@ class SideBySide:
     invalid: int
     judge_calls: int  # backend calls made (cache hits excluded)
     mean_length: dict[str, float] = field(default_factory=dict)
+    usage: dict | None = None  # tokens (and cost) of a judge that counts them: the chat judge
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -373,6 +387,31 @@ def call_until_stopped(call, should_stop: StopCheck | None, poll_s: float = 0.25
             check(should_stop)
 
 
+def _in_parallel(calls: list, concurrency: int, should_stop: StopCheck | None) -> list:
+    """The results of ``calls`` in order, at most ``concurrency`` at a time; a stop request is
+    seen within a quarter second (calls not started are dropped, those out finish unobserved)."""
+    if concurrency <= 1:
+        results = []
+        for call in calls:
+            check(should_stop)
+            results.append(call_until_stopped(call, should_stop))
+        return results
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="judge")
+    try:
+        futures = [pool.submit(call) for call in calls]
+        results = []
+        for future in futures:
+            while True:
+                try:
+                    results.append(future.result(timeout=0.25))
+                    break
+                except concurrent.futures.TimeoutError:
+                    check(should_stop)
+        return results
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
 def side_by_side(
     judge: Judge,
     items: Sequence[dict],
@@ -380,19 +419,20 @@ def side_by_side(
     retries: int = 2,
     seed: int = 0,
     should_stop: StopCheck | None = None,
+    concurrency: int = 1,
 ) -> SideBySide:
-    """``items``: dicts with ``prompt_id``, ``prompt``, ``a`` and ``b`` (the two responses);
-    ``should_stop`` is asked before each comparison (the verdicts so far stay in the cache)."""
-    records, calls = [], 0
+    """``items``: dicts with ``prompt_id``, ``prompt``, ``a`` and ``b`` (the two responses); up to
+    ``concurrency`` comparisons in flight. ``should_stop`` is asked while they run (the verdicts
+    so far stay in the cache)."""
+    calls = []
     for item in items:
-        check(should_stop)
-        first_order, n1 = call_until_stopped(
-            lambda item=item: _judge_once(judge, cache, item["prompt"], item["a"], item["b"], retries), should_stop
-        )
-        second_order, n2 = call_until_stopped(
-            lambda item=item: _judge_once(judge, cache, item["prompt"], item["b"], item["a"], retries), should_stop
-        )
-        calls += n1 + n2
+        for first, second in ((item["a"], item["b"]), (item["b"], item["a"])):
+            calls.append(lambda p=item["prompt"], x=first, y=second: _judge_once(judge, cache, p, x, y, retries))
+    verdicts = _in_parallel(calls, concurrency, should_stop)
+    records, calls_made = [], 0
+    for k, item in enumerate(items):
+        (first_order, n1), (second_order, n2) = verdicts[2 * k], verdicts[2 * k + 1]
+        calls_made += n1 + n2
         if "invalid" in (first_order, second_order):
             outcome = "invalid"
         else:
@@ -426,9 +466,10 @@ def side_by_side(
         else None,
         flip_rate=sum(r["flipped"] for r in valid) / len(valid) if valid else 0.0,
         invalid=len(records) - len(valid),
-        judge_calls=calls,
+        judge_calls=calls_made,
         mean_length={
             "a": sum(len(i["a"].split()) for i in items) / max(1, len(items)),
             "b": sum(len(i["b"].split()) for i in items) / max(1, len(items)),
         },
+        usage=judge.usage.to_dict() if hasattr(judge, "usage") else None,
     )

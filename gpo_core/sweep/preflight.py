@@ -65,7 +65,9 @@ def check_judge(spec: JobSpec, inputs, prompt: str, should_stop: StopCheck | Non
     from gpo_core.sweep.stages import make_judge
 
     settings = spec.judge
-    where = {"endpoint": settings.base_url, "local": settings.model_dir}.get(settings.kind, "the built-in oracle")
+    where = {"endpoint": settings.base_url, "chat": settings.base_url, "local": settings.model_dir}.get(
+        settings.kind, "the built-in oracle"
+    )
     try:
         judge = make_judge(spec, inputs)
     except (OSError, ValueError) as err:

@@ -144,6 +144,16 @@ def judge_warnings(data: dict) -> list[str]:
             "counts as a tie, so its win rates sit near 0.5 whatever the policies do: they measure the judge's "
             "position bias, not the runs."
         )
+    biased = [
+        r["id"] for r in judged
+        if r["judgement"].get("win_rate") and 0 < (r["judgement"].get("flip_rate") or 0) < 0.5
+        and r["judgement"]["flip_rate"] > 2 * abs(r["judgement"]["win_rate"]["rate"] - 0.5)
+    ]  # fmt: skip
+    if biased:
+        warnings.append(
+            f"In runs {', '.join(biased)} the judge's position bias (flip rate) exceeds its signal "
+            "(2 |win rate - 0.5|): more of its verdicts follow the slot than tell the runs apart."
+        )
     rates = [r["judgement"].get("win_rate") for r in judged]
     if rates and all(w is not None and w["low"] == w["high"] == 0.5 for w in rates):
         warnings.append(

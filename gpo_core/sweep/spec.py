@@ -98,14 +98,29 @@ class GenerationSettings(BaseModel):
 
 class JudgeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    kind: Literal["oracle", "endpoint", "local"] = "oracle"
+    kind: Literal["oracle", "endpoint", "chat", "local"] = Field(
+        "oracle",
+        description="oracle (built-in task), local (a causal LM folder), endpoint (an OpenAI-compatible "
+        "completions API), chat (an OpenAI-compatible chat completions API: GPT-4-class services).",
+    )
     mode: Literal["deterministic", "sampled"] = Field("deterministic", description="Oracle verdicts.")
     base_url: str | None = Field(
-        None, max_length=2048, description="OpenAI-compatible endpoint, http(s) (kind=endpoint)."
+        None, max_length=2048, description="OpenAI-compatible base URL, http(s) (kind=endpoint or chat)."
     )
-    model: str | None = Field(None, description="Model name at the endpoint (kind=endpoint).")
+    model: str | None = Field(None, max_length=200, description="Model name at the endpoint.")
+    api_key_env: str | None = Field(
+        None,
+        pattern=r"^[A-Z_][A-Z0-9_]*$",
+        max_length=100,
+        description="The environment variable of the worker holding the endpoint's key (default OPENAI_API_KEY); "
+        "keys are never part of a spec.",
+    )
     model_dir: str | None = Field(None, description="Local causal LM folder (kind=local).")
-    verdict: Literal["logprobs", "choice"] = "logprobs"
+    verdict: Literal["logprobs", "choice", "rationale", "json"] = Field(
+        "logprobs",
+        description="endpoint: logprobs or choice; chat: logprobs (answer-token probabilities), rationale "
+        "(reasoning, then a verdict line) or json (response_format).",
+    )
     template: str | None = Field(
         None,
         max_length=20_000,
@@ -115,24 +130,38 @@ class JudgeSettings(BaseModel):
     labels: tuple[str, str] = Field(
         (" A", " B"), description="What the judge writes for the first and the second response."
     )
-    retries: int = Field(2, ge=0, le=10)
+    retries: int = Field(2, ge=0, le=10, description="Further tries of a comparison whose answer was no verdict.")
+    concurrency: int = Field(8, ge=1, le=64, description="Comparisons in flight at once (endpoint and chat judges).")
+    price_per_million: tuple[float, float] | None = Field(
+        None, description="Price of a million prompt and completion tokens: the job's judge cost is reported."
+    )
 
     @model_validator(mode="after")
     def _complete(self) -> JudgeSettings:
-        if self.kind == "endpoint" and not (self.base_url and self.model):
-            raise ValueError("an endpoint judge needs base_url and model")
+        if self.kind in ("endpoint", "chat") and not (self.base_url and self.model):
+            raise ValueError(f"an {self.kind} judge needs base_url and model")
         if self.kind == "local" and not self.model_dir:
             raise ValueError("a local judge needs model_dir")
+        modes = {"endpoint": ("logprobs", "choice"), "chat": ("logprobs", "rationale", "json")}.get(self.kind)
+        if modes is not None and self.verdict not in modes:
+            raise ValueError(f"a {self.kind} judge's verdict is one of {', '.join(modes)}, not {self.verdict}")
         if self.template is not None and self.template not in TEMPLATES:
             check_template(self.template)
         if not all(label.strip() for label in self.labels) or self.labels[0] == self.labels[1]:
             raise ValueError("labels must be two different, non-blank texts")
+        if self.price_per_million is not None and min(self.price_per_million) < 0:
+            raise ValueError("prices must be >= 0")
         return self
 
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         return None if value is None else endpoint_url(value)
+
+    @property
+    def calls_endpoint(self) -> bool:
+        """Does this judge call a URL (and so need the operator's allow-list)?"""
+        return self.kind in ("endpoint", "chat")
 
 
 class Comparisons(BaseModel):

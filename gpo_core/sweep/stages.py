@@ -254,6 +254,12 @@ def make_judge(spec: JobSpec, inputs: Inputs):
     labels = tuple(settings.labels)
     if settings.kind == "local":
         return judging.LogprobJudge(local_copy(settings.model_dir), template, labels)
+    if settings.kind == "chat":
+        from gpo_core.chat_judge import ChatJudge
+
+        key = os.environ.get(settings.api_key_env) if settings.api_key_env else None
+        return ChatJudge(settings.base_url, settings.model, template, labels, settings.verdict, api_key=key,
+                         prices=settings.price_per_million)  # fmt: skip
     return judging.OpenAIJudge(settings.base_url, settings.model, template, labels, verdict=settings.verdict)
 
 
@@ -262,7 +268,11 @@ def _judge(spec: JobSpec, inputs: Inputs, job_dir: Path, items: list[dict], shou
 
     judge = make_judge(spec, inputs)
     cache = VerdictCache(job_dir / "verdicts.jsonl")
-    return side_by_side(judge, items, cache=cache, retries=spec.judge.retries, should_stop=should_stop), judge
+    settings = spec.judge
+    result = side_by_side(
+        judge, items, cache=cache, retries=settings.retries, should_stop=should_stop, concurrency=settings.concurrency
+    )
+    return result, judge
 
 
 def judge_stage(spec: JobSpec, job_dir: Path, run: str, should_stop: StopCheck | None = None) -> dict:

@@ -48,15 +48,16 @@ def conversational(record: dict) -> dict:
     }
 
 
-def build_chat_model(task, folder: Path, pairs: int = 200) -> dict[str, Path]:
-    """The model folder and conversational pairs and prompts, from the built-in task's text."""
+def build_chat_model(task, folder: Path, pairs: int = 200, hidden: int = 64) -> dict[str, Path]:
+    """The model folder and conversational pairs and prompts, from the built-in task's text
+    (``hidden`` 64: head_dim 16, which vLLM on CPUs cannot serve; 128: head_dim 32, which it can)."""
     records = load_preferences(task.artifacts.train_pairs)[:pairs]
     prompts = load_prompts(task.artifacts.eval_prompts)
     texts = [r[k] for r in records for k in ("prompt", "chosen", "rejected")] + ["Summarize this post."]
     tokenizer = bpe_tokenizer(texts)
     torch.manual_seed(0)
     config = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
     )  # fmt: skip

@@ -34,7 +34,7 @@ def test_generate_then_judge_with_the_oracle(small_task, tmp_path: Path) -> None
 def test_judge_needs_exactly_one_judge(tmp_path: Path) -> None:
     (tmp_path / "a.jsonl").write_text("")
     result = gpo("judge", tmp_path / "a.jsonl", tmp_path / "a.jsonl")
-    assert result.returncode == 2 and "choose exactly one judge" in result.stderr
+    assert result.returncode == 2 and "choose exactly one judge" in result.stderr, result.stderr
     result = gpo("generate", tmp_path, tmp_path / "missing.jsonl", tmp_path / "out.jsonl")
     assert result.returncode == 2 and "not a transformers model folder" in result.stderr
     assert "Traceback" not in result.stderr

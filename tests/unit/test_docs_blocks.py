@@ -85,9 +85,12 @@ def test_the_spec_examples_are_valid_specs() -> None:
     from gpo_core.sweep.spec import parse_job_spec
     from gpo_core.train.spec import TrainingSpec
 
+    from gpo_core.sweep.spec import JudgeSettings
+
     examples = {where.split(":")[0]: text for where, text in blocks("yaml")}
     TrainingSpec(**yaml.safe_load(examples["training.md"]))
     parse_job_spec(yaml.safe_load(examples["platform.md"]), "docs/platform.md")
+    assert JudgeSettings(**yaml.safe_load(examples["evaluation.md"])["judge"]).kind == "chat"
 
 
 def test_the_jsonl_examples_load_as_pairs(tmp_path) -> None:

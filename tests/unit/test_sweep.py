@@ -138,6 +138,8 @@ def test_a_useless_judge_gets_a_warning_before_its_numbers() -> None:
     (invalid,) = judge_warnings({"runs": [run(0.0, {"rate": 0.6, "low": 0.5, "high": 0.7}, invalid=3)]})
     assert "3 invalid verdicts" in invalid
     assert judge_warnings({"runs": [run(0.1, {"rate": 0.6, "low": 0.5, "high": 0.7})]}) == []
+    (weak,) = judge_warnings({"runs": [run(0.3, {"rate": 0.55, "low": 0.5, "high": 0.6})]})
+    assert "position bias (flip rate) exceeds its signal" in weak
 
 
 def test_curves_are_smoothed_and_scaled_past_a_spike() -> None:

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from gpo_client.cli import analysis, data, jobs, runs, stack
+from gpo_client.cli import analysis, data, jobs, judging, runs, stack
 
 app = typer.Typer(
     help="Generalized Preference Optimization: losses, analyses, training, sweeps and the platform's jobs.",
@@ -46,7 +46,8 @@ app.add_typer(model_app, name="model")
 # Work in this process, no services.
 app.command("train")(runs.train_command)
 app.command("generate")(runs.generate_command)
-app.command("judge")(runs.judge_command)
+app.command("judge")(judging.judge_command)
+app.command("judge-eval")(judging.judge_eval_command)
 app.command("run")(runs.run_command)
 
 # Jobs on the control service (HTTP).

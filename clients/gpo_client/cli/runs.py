@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from gpo_client.cli.output import JsonFlag, console, emit_json, errors, fail, print_winrate_table
+from gpo_client.cli.output import console, errors, fail, print_winrate_table
 
 
 def train_command(
@@ -108,98 +108,6 @@ def generate_command(
         raise fail(str(err)) from None
     write_jsonl(out, responses)
     console.print(f"wrote {len(responses)} responses ({responses[0]['backend']}) to {out}", highlight=False)
-
-
-def judge_command(
-    responses_a: Annotated[Path, typer.Argument(help="Responses A (JSONL from gpo generate).")],
-    responses_b: Annotated[Path, typer.Argument(help="Responses B on the same prompts.")],
-    task: Annotated[Path | None, typer.Option(help="Built-in task folder: judge with its gold reward.")] = None,
-    local: Annotated[Path | None, typer.Option(help="Local causal LM folder: judge by label log-probs.")] = None,
-    endpoint: Annotated[str | None, typer.Option(help="OpenAI-compatible base URL, e.g. http://host:8000/v1.")] = None,
-    model: Annotated[str | None, typer.Option(help="Model name at the endpoint.")] = None,
-    template: Annotated[
-        str | None,
-        typer.Option(help="summary, dialogue, or a file with {prompt}, {first}, {second} (default: by the prompts)."),
-    ] = None,
-    labels: Annotated[
-        tuple[str, str], typer.Option(help="What the judge writes for the first and second response.")
-    ] = (" A", " B"),
-    verdict: Annotated[str, typer.Option(help="Endpoint judges: logprobs or choice.")] = "logprobs",
-    cache: Annotated[Path | None, typer.Option(help="Verdict cache file (JSONL).")] = None,
-    as_json: JsonFlag = False,
-) -> None:
-    """Judge A against B side by side (both orders): win rate, length-controlled win rate, flips."""
-    from gpo_core.conversation import is_conversation
-    from gpo_core.generate import load_responses
-    from gpo_core.judge import (
-        TEMPLATES,
-        JudgeEndpointError,
-        JudgeEndpointRefused,
-        LogprobJudge,
-        OpenAIJudge,
-        OracleTaskJudge,
-        VerdictCache,
-        check_template,
-        pair_responses,
-        side_by_side,
-        template_text,
-    )
-
-    chosen = [option for option in (task, local, endpoint) if option is not None]
-    if len(chosen) != 1:
-        raise fail("choose exactly one judge: --task, --local or --endpoint (with --model)")
-    if endpoint is not None and model is None:
-        raise fail("--endpoint needs --model")
-    try:
-        a, b = load_responses(responses_a), load_responses(responses_b)
-    except (OSError, ValueError) as err:
-        raise fail(f"cannot read responses: {err}") from None
-    items = pair_responses(a, b)
-    if not items:
-        raise fail(f"{responses_a} and {responses_b} share no (prompt_id, sample)")
-    if template is not None and template not in TEMPLATES:
-        if not Path(template).is_file():
-            raise fail(f"--template: {template} is neither summary, dialogue nor a file")
-        template = Path(template).read_text(encoding="utf-8")
-        try:
-            check_template(template)
-        except ValueError as err:
-            raise fail(f"--template: {err}") from None
-    text = template_text(template, is_conversation(a[0]["prompt"]))
-    try:
-        if task is not None:
-            from gpo_core.task.build import BuiltTask
-
-            judge = OracleTaskJudge(BuiltTask(task))
-        elif local is not None:
-            if not (local / "config.json").is_file():
-                raise fail(f"--local: {local} is not a transformers model folder (no config.json)")
-            judge = LogprobJudge(local, text, labels)
-        else:
-            judge = OpenAIJudge(endpoint, model, text, labels, verdict=verdict)
-        with console.status(f"judging {len(items)} pairs in both orders"):
-            result = side_by_side(judge, items, cache=VerdictCache(cache) if cache else None)
-    except (FileNotFoundError, ValueError, JudgeEndpointError, JudgeEndpointRefused) as err:
-        raise fail(str(err)) from None
-    payload = {
-        "compared": len(items),
-        "unmatched": len(a) - len(items),
-        "win_rate": result.win_rate.to_dict() if result.win_rate else None,
-        "length_controlled_win_rate": result.length_controlled.to_dict() if result.length_controlled else None,
-        "flip_rate": result.flip_rate,
-        "invalid": result.invalid,
-        "judge_calls": result.judge_calls,
-        "mean_length": result.mean_length,
-    }
-    if as_json:
-        emit_json(payload)
-        return
-    if result.win_rate is None:
-        raise fail(f"every comparison was invalid ({result.invalid})")
-    w, lc = result.win_rate, result.length_controlled
-    console.print(f"A over B: win rate {w.rate:.3f} [{w.low:.3f}, {w.high:.3f}] over {w.comparisons} comparisons")
-    console.print(f"length-controlled: {lc.rate:.3f} [{lc.low:.3f}, {lc.high:.3f}]; flip rate {result.flip_rate:.3f}")
-    console.print(f"invalid: {result.invalid}; judge calls: {result.judge_calls}")
 
 
 def run_command(

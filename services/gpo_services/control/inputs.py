@@ -53,7 +53,7 @@ def resolve_spec_paths(spec: JobSpec, tenant: str, settings: Settings) -> JobSpe
     """``spec`` with every path resolved (see the module's docstring), or a 422 naming each field;
     an endpoint judge must be one of the operator's (``GPO_JUDGE_ENDPOINTS``)."""
     updates, judge_updates, details = {}, {}, []
-    if spec.judge.kind == "endpoint" and not settings.allows_judge_endpoint(spec.judge.base_url or ""):
+    if spec.judge.calls_endpoint and not settings.allows_judge_endpoint(spec.judge.base_url or ""):
         allowed = ", ".join(settings.judge_endpoints) or "none (an operator sets GPO_JUDGE_ENDPOINTS)"
         details.append({"field": "judge.base_url", "message": f"not a judge endpoint of this deployment; "
                         f"allowed: {allowed}"})  # fmt: skip

@@ -23,6 +23,10 @@ def handle(task: dict, context: TaskContext) -> None:
     check_endpoint(spec, context)
     context.store.transition(job_id, run, state="running", stage="judge")
     summary = stages.judge_stage(spec, context.job_dir(job_id), run, context.should_stop)
+    if usage := summary.get("usage"):
+        cost = f", cost {usage['cost']:.4f}" if usage.get("cost") is not None else ""
+        context.store.log(job_id, f"{run}: the judge made {usage['requests']} requests, {usage['prompt_tokens']} "
+                                  f"prompt and {usage['completion_tokens']} completion tokens{cost}")  # fmt: skip
     context.store.transition(job_id, run, state="succeeded", stage="done", win_rate=json.dumps(summary.get("win_rate")))
     # Exactly one finalize task per job, whichever judge saw the last run finish.
     all_judged = all(r.state == "succeeded" for r in context.store.get(job_id).runs)
@@ -33,7 +37,7 @@ def handle(task: dict, context: TaskContext) -> None:
 def check_endpoint(spec: JobSpec, context: TaskContext) -> None:
     """The control service admitted only the operator's endpoints; the worker checks again with its
     own configuration (the list may have shrunk since the job was queued)."""
-    if spec.judge.kind == "endpoint" and not context.settings.allows_judge_endpoint(spec.judge.base_url or ""):
+    if spec.judge.calls_endpoint and not context.settings.allows_judge_endpoint(spec.judge.base_url or ""):
         raise JobSpecError(f"judge.base_url: {spec.judge.base_url} is not a judge endpoint of this deployment")
 
 

@@ -1,0 +1,78 @@
+"""Chat-judge throughput: comparisons per second against vLLM's OpenAI-compatible chat server on
+loopback, with 1 and with N comparisons in flight, in one run; and the agreement figures of the
+built-in task's judges (`gpo judge-eval`'s numbers).
+
+    python benchmarks/judge_throughput.py [--comparisons 64] [--concurrency 16] [--verdict logprobs]
+
+The served model is a small random Qwen2-shaped chat model (hidden 128, 2 layers, head_dim 32,
+byte-level BPE, ChatML template; built here, nothing downloaded), served with
+``python -m vllm.entrypoints.openai.api_server``. Server start is not timed. Each comparison is
+judged in both orders, so a comparison is two requests; each measurement has prompts of its own
+(no prefix-cache hits from the other). Prints both rates and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support: the model builder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--comparisons", type=int, default=64)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--verdict", default="logprobs", choices=["logprobs", "rationale", "json"])
+    args = parser.parse_args()
+
+    from gpo_core.chat_judge import ChatJudge
+    from gpo_core.data import load_preferences
+    from gpo_core.judge import DIALOGUE_TEMPLATE, LogprobJudge, OracleTaskJudge, side_by_side
+    from gpo_core.judge_eval import evaluate_judge
+    from gpo_core.task.build import BuiltTask, build_task, task_settings
+    from tests.support.chat_model import build_chat_model
+    from tests.unit.test_chat_judge import COMPACT_JSON
+    from tests.unit.test_openai_judge import free_port, serve
+
+    task = BuiltTask(build_task(None, task_settings("small", seed=3)).root)
+    with tempfile.TemporaryDirectory() as folder:
+        model = build_chat_model(task, Path(folder), pairs=40, hidden=128)["model"]
+
+        def items(tag: str) -> list[dict]:  # new prompts per measurement: no prefix-cache hits across them
+            return [
+                {"prompt_id": str(i), "prompt": f"post {tag} number {i}", "a": "a short summary", "b": f"another {i}"}
+                for i in range(args.comparisons)
+            ]
+
+        rates = {}
+        with serve(model, free_port(), Path(folder) / "server.log", max_model_len=512, extra_args=COMPACT_JSON) as url:
+            warm = ChatJudge(url, "judge", DIALOGUE_TEMPLATE, verdict=args.verdict)
+            side_by_side(warm, items("warm-up")[:4], concurrency=4)  # the server's first requests are slow
+            for concurrency in (1, args.concurrency):
+                judge = ChatJudge(url, "judge", DIALOGUE_TEMPLATE, verdict=args.verdict)
+                started = time.perf_counter()
+                result = side_by_side(judge, items(f"c{concurrency}"), retries=0, concurrency=concurrency)
+                seconds = time.perf_counter() - started
+                rates[concurrency] = args.comparisons / seconds
+                done = f"{args.comparisons} comparisons ({judge.usage.requests} requests) in {seconds:.1f} s"
+                print(f"concurrency {concurrency:>2}: {done} = {rates[concurrency]:.2f} comparisons/s; "
+                      f"invalid {result.invalid}")  # fmt: skip
+        print(f"ratio {args.concurrency} vs 1: {rates[args.concurrency] / rates[1]:.2f}x")
+
+        pairs = load_preferences(task.artifacts.eval_pairs)
+        local = LogprobJudge(task.artifacts.model_dir, labels=(" POST:", " TL;DR:"))
+        for name, judge in (("oracle (gold reward)", OracleTaskJudge(task)), ("local reference model", local)):
+            figures = evaluate_judge(judge, pairs)
+            a = figures["agreement"]
+            print(f"{name}: agreement with labels {a['rate']:.3f} [{a['low']:.3f}, {a['high']:.3f}], "
+                  f"with gold {figures['gold_agreement']:.3f}, position bias {figures['position_bias']:.3f}, "
+                  f"{len(pairs)} pairs")  # fmt: skip
+    print("command: python benchmarks/judge_throughput.py " + " ".join(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()

