@@ -26,6 +26,10 @@ class Script:
         self.lock = threading.Lock()
 
 
+class Server(http.server.ThreadingHTTPServer):
+    request_queue_size = 64  # the default backlog (5) would hold concurrent connections back
+
+
 @pytest.fixture
 def server():
     servers = []
@@ -54,7 +58,7 @@ def server():
             def log_message(self, *args) -> None:
                 pass
 
-        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        httpd = Server(("127.0.0.1", 0), Handler)
         httpd.daemon_threads = True
         threading.Thread(target=httpd.serve_forever, daemon=True).start()
         servers.append(httpd)

@@ -82,10 +82,8 @@ def test_every_gpo_command_line_names_real_commands_and_options() -> None:
 
 
 def test_the_spec_examples_are_valid_specs() -> None:
-    from gpo_core.sweep.spec import parse_job_spec
+    from gpo_core.sweep.spec import JudgeSettings, parse_job_spec
     from gpo_core.train.spec import TrainingSpec
-
-    from gpo_core.sweep.spec import JudgeSettings
 
     examples = {where.split(":")[0]: text for where, text in blocks("yaml")}
     TrainingSpec(**yaml.safe_load(examples["training.md"]))
