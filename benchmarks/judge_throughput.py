@@ -7,8 +7,9 @@ built-in task's judges (`gpo judge-eval`'s numbers).
 The served model is a small random Qwen2-shaped chat model (hidden 128, 2 layers, head_dim 32,
 byte-level BPE, ChatML template; built here, nothing downloaded), served with
 ``python -m vllm.entrypoints.openai.api_server``. Server start is not timed. Each comparison is
-judged in both orders, so a comparison is two requests; each measurement has prompts of its own
-(no prefix-cache hits from the other). Prints both rates and their ratio.
+judged in both orders, so a comparison is two requests; both measurements judge the same prompts
+on a server without prefix caching (the same work; a random model's answers vary in length with
+the prompt). Prints both rates and their ratio.
 """
 
 from __future__ import annotations
@@ -42,20 +43,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         model = build_chat_model(task, Path(folder), pairs=40, hidden=128)["model"]
 
-        def items(tag: str) -> list[dict]:  # new prompts per measurement: no prefix-cache hits across them
+        def items(tag: str) -> list[dict]:
             return [
                 {"prompt_id": str(i), "prompt": f"post {tag} number {i}", "a": "a short summary", "b": f"another {i}"}
                 for i in range(args.comparisons)
             ]
 
         rates = {}
-        with serve(model, free_port(), Path(folder) / "server.log", max_model_len=512, extra_args=COMPACT_JSON) as url:
+        # No prefix cache: both measurements judge the same prompts and must do the same work.
+        server_args = (*COMPACT_JSON, "--no-enable-prefix-caching")
+        with serve(model, free_port(), Path(folder) / "server.log", max_model_len=512, extra_args=server_args) as url:
             warm = ChatJudge(url, "judge", DIALOGUE_TEMPLATE, verdict=args.verdict)
             side_by_side(warm, items("warm-up")[:4], concurrency=4)  # the server's first requests are slow
             for concurrency in (1, args.concurrency):
                 judge = ChatJudge(url, "judge", DIALOGUE_TEMPLATE, verdict=args.verdict)
                 started = time.perf_counter()
-                result = side_by_side(judge, items(f"c{concurrency}"), retries=0, concurrency=concurrency)
+                result = side_by_side(judge, items("measured"), retries=0, concurrency=concurrency)
                 seconds = time.perf_counter() - started
                 rates[concurrency] = args.comparisons / seconds
                 done = f"{args.comparisons} comparisons ({judge.usage.requests} requests) in {seconds:.1f} s"

@@ -269,8 +269,11 @@ def _judge(spec: JobSpec, inputs: Inputs, job_dir: Path, items: list[dict], shou
     judge = make_judge(spec, inputs)
     cache = VerdictCache(job_dir / "verdicts.jsonl")
     settings = spec.judge
+    # Many comparisons in flight only where each waits on the network: the oracle and a local
+    # model compute (and the sampled oracle draws from one generator, in order).
+    concurrency = settings.concurrency if settings.calls_endpoint else 1
     result = side_by_side(
-        judge, items, cache=cache, retries=settings.retries, should_stop=should_stop, concurrency=settings.concurrency
+        judge, items, cache=cache, retries=settings.retries, should_stop=should_stop, concurrency=concurrency
     )
     return result, judge
 

@@ -110,7 +110,8 @@ def judge_command(
     try:
         with console.status(f"judging {len(items)} pairs in both orders"):
             cached = VerdictCache(cache) if cache else None
-            result = side_by_side(judge, items, cache=cached, concurrency=concurrency)
+            in_flight = concurrency if (endpoint or chat) else 1  # the oracle and local models compute
+            result = side_by_side(judge, items, cache=cached, concurrency=in_flight)
     except (JudgeEndpointError, JudgeEndpointRefused) as err:
         raise fail(str(err)) from None
     payload = {
@@ -169,7 +170,8 @@ def judge_eval_command(
     judge = build_judge(task, local, endpoint, chat, model, template, labels, verdict, api_key_env, conversational)
     try:
         with console.status(f"judging {len(records)} labelled pairs in both orders"):
-            figures = evaluate_judge(judge, records, VerdictCache(cache) if cache else None, concurrency=concurrency)
+            in_flight = concurrency if (endpoint or chat) else 1  # the oracle and local models compute
+            figures = evaluate_judge(judge, records, VerdictCache(cache) if cache else None, concurrency=in_flight)
     except (JudgeEndpointError, JudgeEndpointRefused) as err:
         raise fail(str(err)) from None
     if as_json:
