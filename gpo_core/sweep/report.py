@@ -102,6 +102,7 @@ def collect(job_dir: str | Path) -> dict:
         "spec": job["spec"],
         "runs": runs,
         "pairwise": _read_json(job_dir / "pairwise.json"),
+        "judge_eval": _read_json(job_dir / "judge_eval.json"),
         "examples": examples(job_dir, spec.run_ids()),
     }
 
@@ -132,6 +133,12 @@ def examples(job_dir: Path, run_ids: list[str], count: int = EXAMPLES) -> list[d
 def judge_warnings(data: dict) -> list[str]:
     """What makes the win rates meaningless or doubtful, said before any of them is shown."""
     warnings = []
+    measured = data.get("judge_eval")
+    if measured and measured.get("position_bias_exceeds_signal"):
+        warnings.append(
+            f"On the labelled pairs the judge was measured on, its position bias ({measured['position_bias']:.2f}) "
+            f"exceeds its signal ({measured['signal']:.2f}): its verdicts follow the slot more than the content."
+        )
     judged = [r for r in data["runs"] if r["judgement"]]
     if not judged:
         return warnings
@@ -179,7 +186,8 @@ def settings_table(data: dict) -> list[dict]:
         text = value if isinstance(value, str) else json.dumps(value)
         return text if len(text) <= 80 else text[:77] + "..."
 
-    rows = [{"setting": key, "value": shown(spec[key])} for key in ("task", *PATH_FIELDS[:-1]) if spec.get(key)]
+    top = [name for name in PATH_FIELDS if not name.startswith("judge.")]
+    rows = [{"setting": key, "value": shown(spec[key])} for key in ("task", *top) if spec.get(key)]
     for block in ("training", "generation", "judge"):
         rows += [{"setting": f"{block}.{key}", "value": shown(value)} for key, value in (spec.get(block) or {}).items()]
     return rows
@@ -417,6 +425,18 @@ def _html(data: dict, figures: dict[str, Path]) -> str:
         "<h2>Runs</h2>",
         _html_table(winrate_table(data)),
     ]
+    measured = data.get("judge_eval")
+    if measured:
+        agreement = measured.get("agreement") or {}
+        row = {
+            "pairs": measured["pairs"],
+            "agreement with labels": _interval(agreement) if agreement else "-",
+            "agreement with gold": f"{measured['gold_agreement']:.3f}" if measured.get("gold_agreement") else "-",
+            "position bias": f"{measured['position_bias']:.3f}",
+            "ties": f"{measured['tie_rate']:.3f}",
+            "invalid": f"{measured['invalid_rate']:.3f}",
+        }
+        blocks += ["<h2>The judge's own accuracy (judge.evaluate_on)</h2>", _html_table([row])]
     pairwise = data["pairwise"]
     if pairwise and pairwise.get("bradley_terry"):
         bt = pairwise["bradley_terry"]

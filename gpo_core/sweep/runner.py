@@ -77,6 +77,10 @@ def run_job(
     finally:
         if engine is not None:
             engine.close()
+    if spec.judge.evaluate_on is not None:
+        stage("job", "judge-eval", "running")
+        stages.judge_eval_stage(spec, job_dir)
+        stage("job", "judge-eval", "done")
     if spec.comparisons.pairwise_beta is not None:
         stage("job", "pairwise", "running")
         stages.pairwise_stage(spec, job_dir)

@@ -135,6 +135,12 @@ class JudgeSettings(BaseModel):
     price_per_million: tuple[float, float] | None = Field(
         None, description="Price of a million prompt and completion tokens: the job's judge cost is reported."
     )
+    evaluate_on: str | None = Field(
+        None,
+        max_length=4096,
+        description="Labelled pairs (chosen preferred) to measure this judge's own accuracy on; the report "
+        "shows its agreement and position bias.",
+    )
 
     @model_validator(mode="after")
     def _complete(self) -> JudgeSettings:
@@ -263,7 +269,7 @@ def parse_job_spec(data: object, source: str = "spec") -> JobSpec:
         raise JobSpecError(format_errors(err, source, "job spec", JobSpec)) from None
 
 
-PATH_FIELDS = ("policy", "reference", "dataset", "eval_pairs", "eval_prompts", "judge.model_dir")
+PATH_FIELDS = ("policy", "reference", "dataset", "eval_pairs", "eval_prompts", "judge.model_dir", "judge.evaluate_on")
 
 
 def load_job_spec(path: str | Path) -> JobSpec:
@@ -276,6 +282,7 @@ def load_job_spec(path: str | Path) -> JobSpec:
 def missing_inputs(spec: JobSpec) -> list[str]:
     """The local inputs a spec names that are not there, one line each (for a run in this process;
     a service checks paths against its own roots)."""
-    named = {name: spec.model_dump(include={name})[name] for name in PATH_FIELDS[:-1]}
+    named = {name: getattr(spec, name) for name in PATH_FIELDS if not name.startswith("judge.")}
     named["judge.model_dir"] = spec.judge.model_dir
+    named["judge.evaluate_on"] = spec.judge.evaluate_on
     return missing_paths(named, ("policy", "reference", "judge.model_dir"))

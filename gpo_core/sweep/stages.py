@@ -12,6 +12,7 @@ already there, so a redelivered task costs nothing and never duplicates anything
     JOB/runs/RUN/responses.jsonl       the run's samples
     JOB/runs/RUN/judgement.json        the run against the reference (+ verdicts.jsonl)
     JOB/pairwise.json                  all runs at one beta against each other (Fig. 9)
+    JOB/judge_eval.json                the judge's own accuracy on judge.evaluate_on
     JOB/report/                        report.html, report.json, figures
 """
 
@@ -29,7 +30,7 @@ from gpo_core.identity import DifferentSpec, claim, content_digest, flatten
 from gpo_core.judge import pair_responses
 from gpo_core.models import cache_root
 from gpo_core.remote import is_uri, materialize
-from gpo_core.stopping import StopCheck
+from gpo_core.stopping import StopCheck, check
 from gpo_core.sweep.spec import JobSpec, RunSpec
 from gpo_core.train.metrics import MetricsSink
 from gpo_core.train.spec import TrainingSpec
@@ -115,6 +116,7 @@ def job_identity(spec: JobSpec) -> dict:
         "eval_pairs": spec.eval_pairs,
         "eval_prompts": spec.eval_prompts,
         "judge.model_dir": spec.judge.model_dir,
+        "judge.evaluate_on": spec.judge.evaluate_on,
     }
     for name, path in named.items():
         if path is not None and not is_uri(path):
@@ -301,6 +303,28 @@ def judge_stage(spec: JobSpec, job_dir: Path, run: str, should_stop: StopCheck |
     write_jsonl(out.with_name("verdicts.jsonl"), result.records)
     write_json(out, summary)
     return summary
+
+
+def judge_eval_stage(spec: JobSpec, job_dir: Path, should_stop: StopCheck | None = None) -> dict | None:
+    """The judge's own accuracy on ``judge.evaluate_on`` (labelled pairs), once per job, in
+    ``JOB/judge_eval.json`` (see :mod:`gpo_core.judge_eval`)."""
+    from gpo_core.data import load_preferences
+    from gpo_core.judge import VerdictCache
+    from gpo_core.judge_eval import evaluate_judge
+
+    out = job_dir / "judge_eval.json"
+    if spec.judge.evaluate_on is None:
+        return None
+    if out.exists():
+        return json.loads(out.read_text())
+    check(should_stop)
+    inputs = resolve_inputs(spec, should_stop=should_stop)
+    pairs = load_preferences(local_copy(spec.judge.evaluate_on))
+    concurrency = spec.judge.concurrency if spec.judge.calls_endpoint else 1
+    cache = VerdictCache(job_dir / "verdicts.jsonl")
+    figures = evaluate_judge(make_judge(spec, inputs), pairs, cache, spec.judge.retries, concurrency)
+    write_json(out, figures)
+    return figures
 
 
 def pairwise_runs(spec: JobSpec) -> list[str]:

@@ -126,6 +126,19 @@ def test_sweep_end_to_end_with_the_oracle_judge_and_report(small_task, tmp_path)
     assert (tmp_path / "job" / "verdicts.jsonl").read_text() == verdicts
 
 
+def test_the_report_shows_the_judges_measured_accuracy(small_task, tmp_path) -> None:
+    spec = JobSpec(**grid(
+        losses=["hinge"], betas=[1.0],
+        training={"steps": 2, "batch_size": 8, "trace_every": 0, "checkpoint_every": 0},
+        generation={"backend": "transformers", "prompts": 4},
+        judge={"kind": "oracle", "evaluate_on": small_task.artifacts.eval_pairs},
+    ))  # fmt: skip
+    report = run_job(spec, tmp_path / "job", cache_dir=tmp_path / "cache")
+    measured = json.loads((report.parent / "report.json").read_text())["judge_eval"]
+    assert measured["gold_agreement"] == 1.0 and measured["position_bias"] == 0.0  # the oracle judges by gold
+    assert "The judge's own accuracy" in report.read_text()
+
+
 def test_a_useless_judge_gets_a_warning_before_its_numbers() -> None:
     from gpo_core.sweep.report import judge_warnings
 

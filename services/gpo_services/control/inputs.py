@@ -60,14 +60,16 @@ def resolve_spec_paths(spec: JobSpec, tenant: str, settings: Settings) -> JobSpe
     named = [(name, getattr(spec, name)) for name in PATH_FIELDS if getattr(spec, name)]
     if spec.judge.kind == "local" and spec.judge.model_dir:
         named.append(("judge.model_dir", spec.judge.model_dir))
+    if spec.judge.evaluate_on:
+        named.append(("judge.evaluate_on", spec.judge.evaluate_on))
     for field, value in named:
         resolved = resolve_path(value, tenant, settings)
         if resolved is None:
             details.append({"field": field, "message": f"{value!r} is not among your uploads (data:NAME, see "
                             "GET /data; model:NAME, see GET /models) or the deployment's shared read-only "
                             "roots"})  # fmt: skip
-        elif field == "judge.model_dir":
-            judge_updates["model_dir"] = resolved
+        elif field.startswith("judge."):
+            judge_updates[field.removeprefix("judge.")] = resolved
         else:
             updates[field] = resolved
     if details:

@@ -1,6 +1,7 @@
 """The judge service: consumes judge tasks, compares a run's responses with the reference's (both
 orders, cached verdicts), records the win rate; when every run of a job is judged, makes the
-pairwise comparisons and the report (one finalize task per job)."""
+pairwise comparisons, the judge's own accuracy (``judge.evaluate_on``) and the report (one
+finalize task per job)."""
 
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ def finalize(job_id: str, context: TaskContext) -> None:
     spec = context.store.spec(job_id)
     check_endpoint(spec, context)
     job_dir = context.job_dir(job_id)
+    stages.judge_eval_stage(spec, job_dir, context.should_stop)
     stages.pairwise_stage(spec, job_dir, context.should_stop)
     page = build_report(job_dir)
     context.store.transition(job_id, job_fields={"report": str(page.relative_to(job_dir))})
