@@ -81,43 +81,18 @@ def main() -> None:
 def latency_bound(args, items, ChatJudge, side_by_side, template: str) -> None:
     """The same client against a server that answers after a fixed 200 ms, as a remote API does
     (the time is the network's and the provider's, not this machine's CPU)."""
-    import http.server
-    import json
-    import threading
+    from tests.support.json_server import Script, chat_completion, json_server
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers["Content-Length"]))
-            time.sleep(0.2)
-            body = {"id": "c", "object": "chat.completion", "created": 0, "model": "judge",
-                    "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
-                                 "message": {"role": "assistant", "content": "Verdict: A"}}]}  # fmt: skip
-            data = json.dumps(body).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args) -> None:
-            pass
-
-    class Server(http.server.ThreadingHTTPServer):
-        request_queue_size = 128  # the default listen backlog (5) makes concurrent connects wait ~1 s
-
-    server = Server(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
     rates = {}
-    for concurrency in (1, args.concurrency):
-        judge = ChatJudge(url, "judge", template, verdict="rationale")
-        started = time.perf_counter()
-        side_by_side(judge, items(f"latency-{concurrency}")[:32], retries=0, concurrency=concurrency)
-        rates[concurrency] = 32 / (time.perf_counter() - started)
-        print(f"200 ms server, concurrency {concurrency:>2}: {rates[concurrency]:.2f} comparisons/s")
+    with json_server(Script(lambda body, n: (200, {}, chat_completion("Verdict: A")), delay_s=0.2)) as url:
+        for concurrency in (1, args.concurrency):
+            judge = ChatJudge(url, "judge", template, verdict="rationale")
+            batch = items(f"latency-{concurrency}")[:32]
+            started = time.perf_counter()
+            side_by_side(judge, batch, retries=0, concurrency=concurrency)
+            rates[concurrency] = len(batch) / (time.perf_counter() - started)
+            print(f"200 ms server, concurrency {concurrency:>2}: {rates[concurrency]:.2f} comparisons/s")
     print(f"ratio {args.concurrency} vs 1 against the 200 ms server: {rates[args.concurrency] / rates[1]:.2f}x")
-    server.shutdown()
 
 
 if __name__ == "__main__":

@@ -177,7 +177,7 @@ class VLLMEngine:
             torch.set_num_threads(threads)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.model_dir = str(model_dir)
-        self._architecture = _architecture(model_dir)
+        self._family = model_family(model_dir)
 
     def close(self) -> None:
         """Shut the engine down (its worker process and memory)."""
@@ -188,7 +188,7 @@ class VLLMEngine:
 
     def can_serve(self, model_dir: str | Path) -> bool:
         """Same architecture and shapes, and the same tokenizer: only the weights differ."""
-        return _architecture(model_dir) == self._architecture
+        return model_family(model_dir) == self._family
 
     def load_weights(self, model_dir: str | Path) -> None:
         """Serve ``model_dir`` (see :meth:`can_serve`) from now on."""
@@ -239,7 +239,7 @@ class VLLMEngine:
         return [[" ".join(o.text.split()) for o in out.outputs] for out in outputs]
 
 
-def _architecture(model_dir: str | Path) -> dict:
+def model_family(model_dir: str | Path) -> dict:
     """The config fields that decide whether weights fit an engine (not names or versions)."""
     config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
     return {

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from gpo_core.conversation import ChatFormat, ConversationError, as_text
 from gpo_core.data import load_preferences, load_prompts
-from gpo_core.judge import JudgeEndpointError, JudgeEndpointRefused, JudgeOutputError
+from gpo_core.judge import JudgeEndpointRefused, JudgeOutputError
 from gpo_core.stopping import StopCheck
 from gpo_core.sweep.spec import JobSpec
 
@@ -84,8 +84,6 @@ def check_judge(spec: JobSpec, inputs, prompt: str, should_stop: StopCheck | Non
                 ) from None
         except JudgeEndpointRefused as err:
             raise PreflightError(f"judge: {err}") from None
-        except JudgeEndpointError:
-            raise
 
 
 def preflight(

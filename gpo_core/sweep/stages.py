@@ -86,13 +86,6 @@ def local_copy(path: str | None) -> str | None:
     return str(materialize(path, cache_root()))
 
 
-def model_family(model_dir: str | Path) -> dict:
-    """The config fields that decide which engine serves a model (see VLLMEngine.can_serve)."""
-    from gpo_core.generate import _architecture
-
-    return _architecture(model_dir)
-
-
 def run_dir(job_dir: Path, run: str) -> Path:
     return job_dir / "runs" / run if run != REFERENCE else job_dir / REFERENCE
 
@@ -251,7 +244,8 @@ def make_judge(spec: JobSpec, inputs: Inputs):
         from gpo_core.task.build import BuiltTask
 
         return judging.OracleTaskJudge(BuiltTask(inputs.task_root), settings.mode)
-    conversational = is_conversation(load_prompts(inputs.eval_prompts)[0]["prompt"])
+    # The default template depends on the prompts' kind: read them only when it is needed.
+    conversational = settings.template is None and is_conversation(load_prompts(inputs.eval_prompts)[0]["prompt"])
     template = judging.template_text(settings.template, conversational)
     labels = tuple(settings.labels)
     if settings.kind == "local":

@@ -3,7 +3,6 @@ real control service over HTTP. Workers are killed (SIGKILL, SIGTERM) mid-task, 
 mid-job, tasks fail forever; no job is lost, run twice or left without a reason."""
 
 import contextlib
-import http.server
 import json
 import os
 import shutil
@@ -22,6 +21,7 @@ import redis
 from gpo_client import Client
 from gpo_client.stack import SERVICES, start_stack, stop_stack
 from tests.platform.conftest import TENANT_KEYS, wait_until
+from tests.support.json_server import Script, json_server
 
 pytestmark = pytest.mark.slow
 KEY = next(iter(TENANT_KEYS))
@@ -73,39 +73,27 @@ def shared_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("platform-cache")  # the small task is built once for these tests
 
 
-class _Slow(http.server.BaseHTTPRequestHandler):
+def _slow_reply(body: dict, number: int) -> tuple[int, dict, dict]:
     """A judge endpoint that answers the preflight's probe comparison at once (a tie), then takes
     60 s to answer anything else (and then fails): healthy when the job starts, slow later."""
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        if "A short answer." not in body.get("prompt", ""):
-            time.sleep(60)
-            self.send_error(500)
-            return
-        prompt = body["prompt"]  # the template and a label: the label's log-prob is the last token's
-        logprobs = {"tokens": [prompt[:-2], prompt[-2:], " "], "token_logprobs": [None, -1.0, -0.5],
-                    "text_offset": [0, len(prompt) - 2, len(prompt)], "top_logprobs": None}  # fmt: skip
-        answer = {"id": "probe", "object": "text_completion", "created": 0, "model": body["model"],
-                  "choices": [{"index": 0, "text": " ", "logprobs": logprobs, "finish_reason": "length"}]}  # fmt: skip
-        data = json.dumps(answer).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args) -> None:
-        pass
+    if "A short answer." not in body.get("prompt", ""):
+        time.sleep(60)
+        return 500, {}, {"error": {"message": "internal", "type": "server_error"}}
+    prompt = body["prompt"]  # the template and a label: the label's log-prob is the last token's
+    logprobs = {"tokens": [prompt[:-2], prompt[-2:], " "], "token_logprobs": [None, -1.0, -0.5],
+                "text_offset": [0, len(prompt) - 2, len(prompt)], "top_logprobs": None}  # fmt: skip
+    choice = {"index": 0, "text": " ", "logprobs": logprobs, "finish_reason": "length"}
+    return (
+        200,
+        {},
+        {"id": "probe", "object": "text_completion", "created": 0, "model": body["model"], "choices": [choice]},
+    )
 
 
 @pytest.fixture(scope="session")
 def slow_endpoint():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Slow)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
+    with json_server(Script(_slow_reply)) as url:
+        yield url
 
 
 @pytest.fixture

@@ -2,80 +2,24 @@
 each verdict mode, 429 with Retry-After, requests in flight) and vLLM's OpenAI-compatible server
 serving a tiny chat model (slow)."""
 
-import http.server
-import json
-import threading
+import contextlib
 import time
 
 import pytest
 
 from gpo_core.chat_judge import ChatJudge
 from gpo_core.judge import DIALOGUE_TEMPLATE, JudgeEndpointRefused, JudgeOutputError, side_by_side
+from tests.support.json_server import Script, chat_completion, json_server
 
 # A random model under a JSON schema would spend its tokens on the whitespace the grammar allows.
 COMPACT_JSON = ("--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}')
 
 
-class Script:
-    """What the scripted server answers: ``reply(body, number)`` returns (status, headers, JSON)."""
-
-    def __init__(self, reply, delay_s: float = 0.0):
-        self.reply, self.delay_s = reply, delay_s
-        self.bodies: list[dict] = []
-        self.in_flight = self.most_in_flight = 0
-        self.lock = threading.Lock()
-
-
-class Server(http.server.ThreadingHTTPServer):
-    request_queue_size = 64  # the default backlog (5) would hold concurrent connections back
-
-
 @pytest.fixture
 def server():
-    servers = []
-
-    def start(script: Script) -> str:
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with script.lock:
-                    script.bodies.append(body)
-                    number = len(script.bodies)
-                    script.in_flight += 1
-                    script.most_in_flight = max(script.most_in_flight, script.in_flight)
-                time.sleep(script.delay_s)
-                status, headers, payload = script.reply(body, number)
-                with script.lock:
-                    script.in_flight -= 1
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                for name, value in {"Content-Type": "application/json", **headers}.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        httpd = Server(("127.0.0.1", 0), Handler)
-        httpd.daemon_threads = True
-        threading.Thread(target=httpd.serve_forever, daemon=True).start()
-        servers.append(httpd)
-        return f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-
-    yield start
-    for httpd in servers:
-        httpd.shutdown()
-
-
-def completion(content: str | None = None, logprobs: dict | None = None) -> dict:
-    return {
-        "id": "c", "object": "chat.completion", "created": 0, "model": "judge",
-        "choices": [{"index": 0, "finish_reason": "stop", "logprobs": logprobs,
-                     "message": {"role": "assistant", "content": content}}],
-        "usage": {"prompt_tokens": 100, "completion_tokens": 7, "total_tokens": 107},
-    }  # fmt: skip
+    """``server(script)``: the URL of a running scripted server (stopped after the test)."""
+    with contextlib.ExitStack() as stack:
+        yield lambda script: stack.enter_context(json_server(script))
 
 
 def top(*pairs: tuple[str, float]) -> dict:
@@ -85,7 +29,7 @@ def top(*pairs: tuple[str, float]) -> dict:
 
 def test_logprobs_mode_weighs_both_labels_and_needs_one_of_them(server) -> None:
     answers = [top(("B", -0.1), ("A", -2.5), ("The", -3.0)), top((" A", -0.2), ("b", -0.5)), top(("C", -0.1))]
-    script = Script(lambda body, n: (200, {}, completion("B", answers[n - 1])))
+    script = Script(lambda body, n: (200, {}, chat_completion("B", answers[n - 1])))
     judge = ChatJudge(server(script), "judge", DIALOGUE_TEMPLATE, verdict="logprobs")
     assert judge.compare("hi", "x", "y") == "second"
     assert judge.compare("hi", "x", "y") == "first"  # " A" is A; "b" is not B (labels are case-sensitive)
@@ -99,7 +43,7 @@ def test_logprobs_mode_weighs_both_labels_and_needs_one_of_them(server) -> None:
 
 def test_rationale_mode_parses_the_last_line_strictly(server) -> None:
     answers = ["A is clearer.\nVerdict: B", "**Verdict: A**", "I prefer A.", "Verdict: C", "Verdict: A\nThanks!"]
-    script = Script(lambda body, n: (200, {}, completion(answers[n - 1])))
+    script = Script(lambda body, n: (200, {}, chat_completion(answers[n - 1])))
     judge = ChatJudge(server(script), "judge", DIALOGUE_TEMPLATE, verdict="rationale")
     assert judge.compare("hi", "x", "y") == "second"
     assert judge.compare("hi", "x", "y") == "first"
@@ -111,7 +55,7 @@ def test_rationale_mode_parses_the_last_line_strictly(server) -> None:
 
 def test_json_mode_asks_for_a_schema_and_reads_it(server) -> None:
     answers = ['{"verdict": "A"}', '{"verdict": "B"}', "A", '{"verdict": "maybe"}']
-    script = Script(lambda body, n: (200, {}, completion(answers[n - 1])))
+    script = Script(lambda body, n: (200, {}, chat_completion(answers[n - 1])))
     judge = ChatJudge(server(script), "judge", DIALOGUE_TEMPLATE, verdict="json", prices=(2.5, 10.0))
     assert [judge.compare("hi", "x", "y") for _ in range(2)] == ["first", "second"]
     for _ in range(2):
@@ -126,7 +70,7 @@ def test_429_is_retried_after_the_time_the_server_asks_for(server) -> None:
     def reply(body, n):
         if n == 1:
             return 429, {"Retry-After": "2"}, {"error": {"message": "slow down", "type": "rate_limit"}}
-        return 200, {}, completion("Verdict: A")
+        return 200, {}, chat_completion("Verdict: A")
 
     script = Script(reply)
     judge = ChatJudge(server(script), "judge", DIALOGUE_TEMPLATE, verdict="rationale")
@@ -144,7 +88,7 @@ def test_a_refused_request_is_not_retried(server) -> None:
 
 
 def test_comparisons_run_concurrently_up_to_the_limit(server) -> None:
-    script = Script(lambda body, n: (200, {}, completion("Verdict: A")), delay_s=0.2)
+    script = Script(lambda body, n: (200, {}, chat_completion("Verdict: A")), delay_s=0.2)
     judge = ChatJudge(server(script), "judge", DIALOGUE_TEMPLATE, verdict="rationale")
     items = [{"prompt_id": str(i), "prompt": "hi", "a": f"x{i}", "b": f"y{i}"} for i in range(12)]
     result = side_by_side(judge, items, concurrency=6)

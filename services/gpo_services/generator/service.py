@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from gpo_core.generate import start_engine
+from gpo_core.generate import model_family, start_engine
 from gpo_core.models import cache_root
 from gpo_core.sweep import stages
 from gpo_services.common.worker import TaskContext, Worker
@@ -25,7 +25,7 @@ class Generator:
             return None, None
         if self.engine is not None and self.engine.can_serve(model_dir):
             return self.engine, None
-        family = json.dumps(stages.model_family(model_dir), sort_keys=True)
+        family = json.dumps(model_family(model_dir), sort_keys=True)
         if family in self.unservable and backend == "auto":
             return None, self.unservable[family]
         if self.engine is not None:
