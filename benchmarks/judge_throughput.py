@@ -9,12 +9,15 @@ byte-level BPE, ChatML template; built here, nothing downloaded), served with
 ``python -m vllm.entrypoints.openai.api_server``. Server start is not timed. Each comparison is
 judged in both orders, so a comparison is two requests; both measurements judge the same prompts
 on a server without prefix caching (the same work; a random model's answers vary in length with
-the prompt). Prints both rates and their ratio.
+the prompt). Prints both rates, their ratio, and the machine's CPU time per comparison: when that
+stays the same and the cores are busy, the server is CPU-bound and more requests in flight cannot
+raise the rate beyond the cores left idle at concurrency 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -50,20 +53,29 @@ def main() -> None:
             ]
 
         rates = {}
+        # vLLM's CPU engine runs OpenMP threads that spin while they wait, by default keeping both
+        # cores of this machine busy with an idle server: the client would compete with them.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         # No prefix cache: both measurements judge the same prompts and must do the same work.
         server_args = (*COMPACT_JSON, "--no-enable-prefix-caching")
         with serve(model, free_port(), Path(folder) / "server.log", max_model_len=512, extra_args=server_args) as url:
             warm = ChatJudge(url, "judge", DIALOGUE_TEMPLATE, verdict=args.verdict)
             side_by_side(warm, items("warm-up")[:4], concurrency=4)  # the server's first requests are slow
+            busy_before = cpu_seconds()
+            time.sleep(3)
+            print(f"server idle: CPU busy {(cpu_seconds() - busy_before) / 3:.2f} of {os.cpu_count()} cores")
             for concurrency in (1, args.concurrency):
                 judge = ChatJudge(url, "judge", DIALOGUE_TEMPLATE, verdict=args.verdict)
-                started = time.perf_counter()
+                busy_before, started = cpu_seconds(), time.perf_counter()
                 result = side_by_side(judge, items("measured"), retries=0, concurrency=concurrency)
-                seconds = time.perf_counter() - started
+                seconds, busy = time.perf_counter() - started, cpu_seconds() - busy_before
                 rates[concurrency] = args.comparisons / seconds
                 done = f"{args.comparisons} comparisons ({judge.usage.requests} requests) in {seconds:.1f} s"
                 print(f"concurrency {concurrency:>2}: {done} = {rates[concurrency]:.2f} comparisons/s; "
+                      f"CPU busy {busy / seconds:.2f} of {os.cpu_count()} cores, "
+                      f"{busy / args.comparisons * 1000:.0f} CPU-ms per comparison; "
                       f"invalid {result.invalid}")  # fmt: skip
+        print("(invalid: a random model's answers are rarely verdicts; the requests are the same work)")
         print(f"ratio {args.concurrency} vs 1: {rates[args.concurrency] / rates[1]:.2f}x")
         latency_bound(args, items, ChatJudge, side_by_side, DIALOGUE_TEMPLATE)
 
@@ -76,6 +88,14 @@ def main() -> None:
                   f"with gold {figures['gold_agreement']:.3f}, position bias {figures['position_bias']:.3f}, "
                   f"{len(pairs)} pairs")  # fmt: skip
     print("command: python benchmarks/judge_throughput.py " + " ".join(sys.argv[1:]))
+
+
+def cpu_seconds() -> float:
+    """CPU time this machine has spent busy (all processes: client, API server, engine), from
+    /proc/stat: what bounds the rate when the server is on the same cores."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def latency_bound(args, items, ChatJudge, side_by_side, template: str) -> None:

@@ -27,6 +27,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Literal
 
+from gpo_core.conversation import Prompt
 from gpo_core.judge import (
     JudgeOutputError,
     OrderVerdict,
@@ -45,6 +46,12 @@ INSTRUCTIONS = {
     "json": 'Answer with a JSON object {{"verdict": "{a}"}} or {{"verdict": "{b}"}}.',
 }
 MAX_TOKENS = {"logprobs": 1, "rationale": 256, "json": 32}
+CONVERSATION_SYSTEM = (
+    "You judge which of two candidate responses is the better next reply of the assistant in the "
+    "conversation that follows. Its turns are given as they were exchanged; the request to judge "
+    "comes after them."
+)
+CONVERSATION_ABOVE = "(the conversation above)"
 
 
 @dataclass
@@ -100,8 +107,11 @@ class ChatJudge:
         if not all(self.labels) or self.labels[0] == self.labels[1]:
             raise ValueError(f"the labels {labels} must be two different, non-blank texts")
         http = httpx.Client(follow_redirects=False, timeout=timeout)  # an allowed endpoint may not redirect us
-        key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
-        self.client = OpenAI(base_url=base_url, api_key=key, timeout=timeout, max_retries=max_retries, http_client=http)
+        self._key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
+        self.max_retries = max_retries
+        self.client = OpenAI(
+            base_url=base_url, api_key=self._key, timeout=timeout, max_retries=max_retries, http_client=http
+        )
         self.base_url, self.model, self.template = base_url, model, template
         self.verdict, self.timeout = verdict, timeout
         price_input, price_output = prices or (None, None)
@@ -111,13 +121,31 @@ class ChatJudge:
         a, b = self.labels
         self._verdict_line = re.compile(rf"^\W*verdict\W*\s*({re.escape(a)}|{re.escape(b)})\W*$", re.IGNORECASE)
 
-    def messages(self, prompt: str, first: str, second: str) -> list[dict]:
-        """The template (with the two responses) and the mode's answer instructions, as the user's turn."""
-        text = render_template(self.template, prompt, first, second)
+    def messages(self, prompt: Prompt, first: str, second: str) -> list[dict]:
+        """The request's messages. A text prompt: one user turn, the template (with the prompt and
+        the two responses) and the mode's answer instructions. A conversation: the judge's role as
+        the system turn, the conversation's own turns as they were, then the template (its prompt
+        slot pointing at the conversation above) and the instructions as the last user turn; the
+        conversation's system prompt is quoted in the judge's, a tool's output becomes a user turn."""
         instruction = INSTRUCTIONS[self.verdict].format(a=self.labels[0], b=self.labels[1])
-        return [{"role": "user", "content": f"{text}\n\n{instruction}"}]
+        if isinstance(prompt, str):
+            text = render_template(self.template, prompt, first, second)
+            return [{"role": "user", "content": f"{text}\n\n{instruction}"}]
+        system = CONVERSATION_SYSTEM
+        quoted = [m["content"] for m in prompt if m["role"] == "system"]
+        if quoted:
+            system += " The assistant in it was instructed: " + " ".join(quoted)
+        turns = [
+            {"role": m["role"], "content": m["content"]}
+            if m["role"] in ("user", "assistant")
+            else {"role": "user", "content": f"[tool output] {m['content']}"}
+            for m in prompt
+            if m["role"] != "system"
+        ]
+        text = render_template(self.template, CONVERSATION_ABOVE, first, second)
+        return [{"role": "system", "content": system}, *turns, {"role": "user", "content": f"{text}\n\n{instruction}"}]
 
-    def _request(self, messages: list[dict]):
+    def _options(self) -> dict:
         options: dict = {"max_tokens": MAX_TOKENS[self.verdict], "temperature": 0.0}
         if self.verdict == "logprobs":
             options.update(logprobs=True, top_logprobs=20)
@@ -132,12 +160,49 @@ class ChatJudge:
                 "type": "json_schema",
                 "json_schema": {"name": "verdict", "schema": schema, "strict": True},
             }
+        return options
+
+    def compare(self, prompt: Prompt, first: str, second: str) -> OrderVerdict:
         with endpoint_errors(self.base_url, self.model, self.timeout):
-            response = self.client.chat.completions.create(model=self.model, messages=messages, **options)
+            response = self.client.chat.completions.create(
+                model=self.model, messages=self.messages(prompt, first, second), **self._options()
+            )
+        return self.read(response)
+
+    def async_client(self):
+        """A client for :meth:`acompare`, to be used within one event loop and closed there."""
+        import httpx
+        from openai import AsyncOpenAI
+
+        http = httpx.AsyncClient(follow_redirects=False, timeout=self.timeout)
+        return AsyncOpenAI(
+            base_url=self.base_url,
+            api_key=self._key,
+            timeout=self.timeout,
+            max_retries=self.max_retries,
+            http_client=http,
+        )
+
+    async def acompare(self, client, prompt: Prompt, first: str, second: str) -> OrderVerdict:
+        """:meth:`compare` on an :meth:`async_client`: many comparisons in flight on one thread."""
+        with endpoint_errors(self.base_url, self.model, self.timeout):
+            response = await client.chat.completions.create(
+                model=self.model, messages=self.messages(prompt, first, second), **self._options()
+            )
+        return self.read(response)
+
+    def read(self, response) -> OrderVerdict:
+        """The verdict in a chat completion (its tokens counted)."""
         self.usage.add(getattr(response, "usage", None))
         if not response.choices:
             raise JudgeOutputError("the endpoint returned no choices")
-        return response.choices[0]
+        choice = response.choices[0]
+        if self.verdict != "logprobs":
+            return self.parse(choice.message.content or "")
+        a, b = self.label_probabilities(choice)
+        if a == b == 0.0:
+            raise JudgeOutputError(f"neither label {list(self.labels)} is among the answer's likeliest tokens")
+        return "first" if a > b else "second" if b > a else "tie"
 
     def label_probabilities(self, choice) -> tuple[float, float]:
         """p(first label), p(second label) of the answer's first token; a label absent from the
@@ -169,12 +234,3 @@ class ChatJudge:
         if label not in self.labels:
             raise JudgeOutputError(f"the verdict {label!r} is not one of {list(self.labels)}")
         return "first" if label == self.labels[0] else "second"
-
-    def compare(self, prompt: str, first: str, second: str) -> OrderVerdict:
-        choice = self._request(self.messages(prompt, first, second))
-        if self.verdict != "logprobs":
-            return self.parse(choice.message.content or "")
-        a, b = self.label_probabilities(choice)
-        if a == b == 0.0:
-            raise JudgeOutputError(f"neither label {list(self.labels)} is among the answer's likeliest tokens")
-        return "first" if a > b else "second" if b > a else "tie"

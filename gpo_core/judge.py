@@ -8,6 +8,7 @@ Verdicts are cached by (judge settings, prompt, first response, second response)
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import hashlib
@@ -21,7 +22,7 @@ from typing import Literal, Protocol
 
 import torch
 
-from gpo_core.conversation import as_text
+from gpo_core.conversation import Prompt, as_text
 from gpo_core.stats import WinRate, length_controlled_win_rate, win_rate
 from gpo_core.stopping import StopCheck, check
 
@@ -108,9 +109,10 @@ def endpoint_url(url: str) -> str:
     return f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}"
 
 
-def render_template(template: str, prompt: str, first: str, second: str) -> str:
-    """``template`` (checked by :func:`check_template`) with its slots filled."""
-    values = {"prompt": prompt, "first": first, "second": second}
+def render_template(template: str, prompt: Prompt, first: str, second: str) -> str:
+    """``template`` (checked by :func:`check_template`) with its slots filled; a conversational
+    prompt as ``Role: content`` paragraphs (judges that read text read it so)."""
+    values = {"prompt": as_text(prompt), "first": first, "second": second}
 
     def fill(match: re.Match) -> str:
         token = match.group(0)
@@ -126,7 +128,7 @@ def render_template(template: str, prompt: str, first: str, second: str) -> str:
 class Judge(Protocol):
     key: str  # identifies the judge and its settings (part of the verdict cache key)
 
-    def compare(self, prompt: str, first: str, second: str) -> OrderVerdict: ...
+    def compare(self, prompt: Prompt, first: str, second: str) -> OrderVerdict: ...
 
 
 class OracleTaskJudge:
@@ -178,7 +180,7 @@ class LogprobJudge:
             scores.append(float(torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(label)[:, None]).sum()))
         return scores
 
-    def compare(self, prompt: str, first: str, second: str) -> OrderVerdict:
+    def compare(self, prompt: Prompt, first: str, second: str) -> OrderVerdict:
         a, b = self.label_logprobs(render_template(self.template, prompt, first, second))
         if a != a or b != b:  # NaN
             raise JudgeOutputError("the judge model produced NaN label scores")
@@ -250,7 +252,7 @@ class OpenAIJudge:
             raise JudgeOutputError(f"the endpoint answered {output[:40]!r}, not one of {choices}")
         return "first" if output == choices[0] else "second"
 
-    def compare(self, prompt: str, first: str, second: str) -> OrderVerdict:
+    def compare(self, prompt: Prompt, first: str, second: str) -> OrderVerdict:
         text = render_template(self.template, prompt, first, second)
         with endpoint_errors(self.base_url, self.model, self.timeout):
             if self.verdict == "choice":
@@ -300,7 +302,7 @@ class VerdictCache:
                 self._verdicts[record["key"]] = record["verdict"]
 
     @staticmethod
-    def key(judge_key: str, prompt: str, first: str, second: str) -> str:
+    def key(judge_key: str, prompt: Prompt, first: str, second: str) -> str:
         return hashlib.sha256(json.dumps([judge_key, prompt, first, second]).encode()).hexdigest()
 
     def get(self, key: str) -> str | None:
@@ -335,7 +337,7 @@ class SideBySide:
 def pair_responses(first: list[dict], second: list[dict]) -> list[dict]:
     """Comparison items from two response sets (as :func:`gpo_core.generate.generate_responses`
     writes them), matched by (prompt id, sample): A is ``first``, B is ``second``. A
-    conversational prompt is given to the judge as ``Role: content`` paragraphs."""
+    conversational prompt stays a conversation: a chat judge sends it as messages."""
     theirs = {(r["prompt_id"], r.get("sample", 0)): r["response"] for r in second}
     items = []
     for record in first:
@@ -344,30 +346,12 @@ def pair_responses(first: list[dict], second: list[dict]) -> list[dict]:
             items.append(
                 {
                     "prompt_id": record["prompt_id"],
-                    "prompt": as_text(record["prompt"]),  # a conversation as text: judges read text
+                    "prompt": record["prompt"],
                     "a": record["response"],
                     "b": theirs[key],
                 }
             )
     return items
-
-
-def _judge_once(judge: Judge, cache: VerdictCache | None, prompt: str, first: str, second: str, retries: int):
-    """(verdict or "invalid", backend calls made)."""
-    key = VerdictCache.key(judge.key, prompt, first, second) if cache else ""
-    if cache and (hit := cache.get(key)) is not None:
-        return hit, 0
-    calls = 0
-    for _ in range(retries + 1):
-        calls += 1
-        try:
-            verdict = judge.compare(prompt, first, second)
-        except JudgeOutputError:
-            continue
-        if cache:
-            cache.put(key, verdict)
-        return verdict, calls
-    return "invalid", calls
 
 
 _CALLS = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="judge-call")
@@ -387,29 +371,62 @@ def call_until_stopped(call, should_stop: StopCheck | None, poll_s: float = 0.25
             check(should_stop)
 
 
-def _in_parallel(calls: list, concurrency: int, should_stop: StopCheck | None) -> list:
-    """The results of ``calls`` in order, at most ``concurrency`` at a time; a stop request is
-    seen within a quarter second (calls not started are dropped, those out finish unobserved)."""
-    if concurrency <= 1:
-        results = []
-        for call in calls:
-            check(should_stop)
-            results.append(call_until_stopped(call, should_stop))
-        return results
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="judge")
-    try:
-        futures = [pool.submit(call) for call in calls]
-        results = []
-        for future in futures:
-            while True:
+async def _judge_all(
+    judge: Judge,
+    comparisons: list[tuple[Prompt, str, str]],
+    cache: VerdictCache | None,
+    retries: int,
+    concurrency: int,
+    should_stop: StopCheck | None,
+) -> list[tuple[str, int]]:
+    """(verdict or "invalid", backend calls made) of every comparison, in order, each served from
+    the cache or asked up to ``1 + retries`` times; at most ``concurrency`` in flight: on one
+    event loop for a judge with ``acompare`` (a chat API: requests cost no thread), on that many
+    threads for the others. A stop request is seen within a quarter second; the calls out are
+    cancelled (a thread's call finishes unobserved, its verdict only reaching the cache)."""
+    loop = asyncio.get_running_loop()
+    native = hasattr(judge, "acompare")
+    client = judge.async_client() if native else None
+    threads = None if native else concurrent.futures.ThreadPoolExecutor(concurrency, thread_name_prefix="judge")
+    in_flight = asyncio.Semaphore(concurrency)
+
+    async def compare(prompt: Prompt, first: str, second: str) -> OrderVerdict:
+        if native:
+            return await judge.acompare(client, prompt, first, second)
+        return await loop.run_in_executor(threads, judge.compare, prompt, first, second)
+
+    async def judge_once(prompt: Prompt, first: str, second: str) -> tuple[str, int]:
+        key = VerdictCache.key(judge.key, prompt, first, second) if cache else ""
+        if cache and (hit := cache.get(key)) is not None:
+            return hit, 0
+        async with in_flight:
+            for calls in range(1, retries + 2):
                 try:
-                    results.append(future.result(timeout=0.25))
-                    break
-                except concurrent.futures.TimeoutError:
-                    check(should_stop)
-        return results
+                    verdict = await compare(prompt, first, second)
+                except JudgeOutputError:
+                    continue
+                if cache:
+                    cache.put(key, verdict)
+                return verdict, calls
+            return "invalid", retries + 1
+
+    tasks = [asyncio.ensure_future(judge_once(*comparison)) for comparison in comparisons]
+    everything = asyncio.gather(*tasks)
+    try:
+        while True:
+            done, _ = await asyncio.wait({everything}, timeout=0.25)
+            if done:
+                return everything.result()
+            if should_stop is not None:
+                await asyncio.to_thread(check, should_stop)
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(everything, return_exceptions=True)
+        if client is not None:
+            await client.close()
+        if threads is not None:
+            threads.shutdown(wait=False, cancel_futures=True)
 
 
 def side_by_side(
@@ -424,11 +441,12 @@ def side_by_side(
     """``items``: dicts with ``prompt_id``, ``prompt``, ``a`` and ``b`` (the two responses); up to
     ``concurrency`` comparisons in flight. ``should_stop`` is asked while they run (the verdicts
     so far stay in the cache)."""
-    calls = []
-    for item in items:
-        for first, second in ((item["a"], item["b"]), (item["b"], item["a"])):
-            calls.append(lambda p=item["prompt"], x=first, y=second: _judge_once(judge, cache, p, x, y, retries))
-    verdicts = _in_parallel(calls, concurrency, should_stop)
+    comparisons = [
+        (item["prompt"], first, second)
+        for item in items
+        for first, second in ((item["a"], item["b"]), (item["b"], item["a"]))
+    ]
+    verdicts = asyncio.run(_judge_all(judge, comparisons, cache, retries, concurrency, should_stop))
     records, calls_made = [], 0
     for k, item in enumerate(items):
         (first_order, n1), (second_order, n2) = verdicts[2 * k], verdicts[2 * k + 1]

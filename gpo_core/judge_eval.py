@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gpo_core.conversation import as_text
 from gpo_core.judge import Judge, VerdictCache, side_by_side
 
 
@@ -36,7 +35,7 @@ def evaluate_judge(
     items = [
         {
             "prompt_id": str(pair.get("id", i)),
-            "prompt": as_text(pair["prompt"]),
+            "prompt": pair["prompt"],
             "a": response_text(pair["chosen"]),
             "b": response_text(pair["rejected"]),
         }

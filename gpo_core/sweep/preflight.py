@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from gpo_core.conversation import ChatFormat, ConversationError, as_text
+from gpo_core.conversation import ChatFormat, ConversationError, Prompt
 from gpo_core.data import load_preferences, load_prompts
 from gpo_core.judge import JudgeEndpointRefused, JudgeOutputError
 from gpo_core.stopping import StopCheck
@@ -57,7 +57,7 @@ def check_data(spec: JobSpec, inputs) -> tuple[list[dict], list[dict]]:
     return pairs, prompts
 
 
-def check_judge(spec: JobSpec, inputs, prompt: str, should_stop: StopCheck | None = None) -> None:
+def check_judge(spec: JobSpec, inputs, prompt: Prompt, should_stop: StopCheck | None = None) -> None:
     """One verdict on a probe comparison (a stop request is seen while the call is out). An
     unreachable endpoint raises the judge's own :class:`JudgeEndpointError` (it may come back: a
     service retries the task later)."""
@@ -95,5 +95,5 @@ def preflight(
     """Every check above; raises :class:`PreflightError` (or a :class:`DatasetError`, which names
     the record) at the first problem."""
     _, prompts = check_data(spec, inputs)
-    check_judge(spec, inputs, as_text(prompts[0]["prompt"]), should_stop)
+    check_judge(spec, inputs, prompts[0]["prompt"], should_stop)
     progress("preflight: data, tokenizer and judge checked")

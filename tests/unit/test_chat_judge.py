@@ -91,9 +91,54 @@ def test_comparisons_run_concurrently_up_to_the_limit(server) -> None:
     script = Script(lambda body, n: (200, {}, chat_completion("Verdict: A")), delay_s=0.2)
     judge = ChatJudge(server(script), "judge", DIALOGUE_TEMPLATE, verdict="rationale")
     items = [{"prompt_id": str(i), "prompt": "hi", "a": f"x{i}", "b": f"y{i}"} for i in range(12)]
+    started = time.monotonic()
     result = side_by_side(judge, items, concurrency=6)
-    assert 2 <= script.most_in_flight <= 6 and len(script.bodies) == 24
+    assert script.most_in_flight == 6 and len(script.bodies) == 24
+    assert time.monotonic() - started < 24 * 0.2 / 3  # four waves of six, not 24 calls in a row
     assert result.flip_rate == 1.0 and result.invalid == 0  # "A" whatever the order: all position
+
+
+def test_a_conversation_reaches_the_judge_as_messages(server) -> None:
+    script = Script(lambda body, n: (200, {}, chat_completion("Verdict: A")))
+    judge = ChatJudge(server(script), "judge", DIALOGUE_TEMPLATE, verdict="rationale")
+    conversation = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Name a prime."},
+        {"role": "assistant", "content": "Seven."},
+        {"role": "user", "content": "Another?"},
+    ]
+    assert judge.compare(conversation, "Eleven.", "Nine.") == "first"
+    messages = script.bodies[0]["messages"]
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user", "user"]
+    assert messages[0]["content"].endswith("The assistant in it was instructed: Be brief.")
+    assert messages[1:4] == conversation[1:]
+    assert "(the conversation above)" in messages[4]["content"] and "Name a prime" not in messages[4]["content"]
+    assert "Response A:\nEleven." in messages[4]["content"]
+
+
+def test_a_stop_request_cancels_the_requests_in_flight(server) -> None:
+    from gpo_core.stopping import Stopped
+
+    script = Script(lambda body, n: (200, {}, chat_completion("Verdict: A")), delay_s=3.0)
+    judge = ChatJudge(server(script), "judge", DIALOGUE_TEMPLATE, verdict="rationale")
+    items = [{"prompt_id": str(i), "prompt": "hi", "a": f"x{i}", "b": f"y{i}"} for i in range(8)]
+    started = time.monotonic()
+    with pytest.raises(Stopped):
+        side_by_side(judge, items, concurrency=4, should_stop=lambda: time.monotonic() - started > 0.5)
+    assert time.monotonic() - started < 1.5 and len(script.bodies) == 4  # the waiting ones never left
+
+
+def test_rate_limits_are_retried_with_many_comparisons_in_flight(server) -> None:
+    def reply(body, n):
+        if n <= 4:
+            return 429, {"Retry-After": "1"}, {"error": {"message": "slow down", "type": "rate_limit"}}
+        return 200, {}, chat_completion("Verdict: A")
+
+    script = Script(reply)
+    judge = ChatJudge(server(script), "judge", DIALOGUE_TEMPLATE, verdict="rationale")
+    items = [{"prompt_id": str(i), "prompt": "hi", "a": f"x{i}", "b": f"y{i}"} for i in range(4)]
+    result = side_by_side(judge, items, concurrency=8, retries=0)
+    assert result.invalid == 0 and len(script.bodies) == 12 and judge.usage.requests == 8
 
 
 @pytest.mark.slow
