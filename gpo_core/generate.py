@@ -45,16 +45,47 @@ class SamplingSettings:
 
 
 @torch.no_grad()
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """Every token that ends a response: the tokenizer's EOS and those of the model's generation
+    config (a chat model's may list several, e.g. ``<|im_end|>`` and ``<|endoftext|>``)."""
+    stops = [tokenizer.eos_token_id]
+    config = getattr(model, "generation_config", None)
+    configured = getattr(config, "eos_token_id", None)
+    stops += configured if isinstance(configured, list) else [configured]
+    return sorted({token for token in stops if token is not None})
+
+
+def cut_at_stop(rows: Sequence[Sequence[int]], stop_ids: Sequence[int]) -> list[list[int]]:
+    """Each generated row up to and including its first stop token. A row without one ran to
+    ``max_new_tokens`` and is whole: generation pads only after a stop token, so no token of a
+    row is dropped for being equal to the pad id (which a model may sample)."""
+    stops = set(stop_ids)
+    cut = []
+    for row in rows:
+        end = next((i + 1 for i, token in enumerate(row) if token in stops), len(row))
+        cut.append(list(row[:end]))
+    return cut
+
+
 def new_token_ids(
-    model, prompt_ids: Sequence[Sequence[int]], pad_id: int, temperature: float, top_p: float, max_new_tokens: int
+    model,
+    prompt_ids: Sequence[Sequence[int]],
+    pad_id: int,
+    temperature: float,
+    top_p: float,
+    max_new_tokens: int,
+    stop_ids: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Generate from left-padded prompts; only the new tokens come back (no prompt, no decoder
     start token). Sampling uses no top-k, so at temperature 1 and top_p 1 it follows the model
-    exactly; temperature 0 is greedy."""
+    exactly; temperature 0 is greedy. ``stop_ids`` (default: the model's generation config)
+    end a row; after one, the row is padded with ``pad_id``."""
     if temperature > 0:
         options = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
     else:
         options = {"do_sample": False}
+    if stop_ids is not None:
+        options["eos_token_id"] = list(stop_ids)
     device = next(model.parameters()).device
     ids, mask = pad_rows(prompt_ids, pad_id, "left")
     out = model.generate(

@@ -14,9 +14,17 @@ from dataclasses import asdict, dataclass
 import torch
 
 from gpo_core.losses import BUILTIN_LOSSES, gpo_loss, resolve_loss
-from gpo_core.regularization import categorical_kl, categorical_square_loss
+from gpo_core.regularization import categorical_kl, mu_weighted_square_loss
 
 PAIRS = torch.tensor([[0, 1], [1, 2], [0, 2]])  # (winner, loser)
+
+
+def dataset_square_loss(log_ratio: torch.Tensor) -> float:
+    """The paper's Eq. 6 on this dataset: ``rho^2 / 2`` averaged over its pairs (y_w, y_l), with
+    ``rho = h(y_w) - h(y_l)`` and ``h = log pi - log pi_ref``. (Not over two actions drawn
+    independently from the pairs' actions: those include y = y', where rho is 0.)"""
+    rho = log_ratio[PAIRS[:, 0]] - log_ratio[PAIRS[:, 1]]
+    return float(mu_weighted_square_loss(rho).mean)
 
 
 @dataclass
@@ -46,8 +54,6 @@ def run_bandit(
     generator = torch.Generator().manual_seed(seed)
     theta = torch.zeros(3, dtype=torch.float64, requires_grad=True)
     log_ref = torch.full((3,), 1 / 3, dtype=torch.float64).log()
-    # mu: the actions of the dataset's pairs, each pair equally likely -> uniform over actions
-    mu = torch.bincount(PAIRS.flatten(), minlength=3).double() / PAIRS.numel()
     optimizer = torch.optim.Adam([theta], lr=lr)
     trajectory = []
 
@@ -59,7 +65,7 @@ def run_bandit(
                     "step": step,
                     "pi": log_pi.exp().tolist(),
                     "kl": float(categorical_kl(log_pi, log_ref)),
-                    "square_loss": float(categorical_square_loss(mu, log_pi - log_ref)),
+                    "square_loss": dataset_square_loss(log_pi - log_ref),
                 }
             )
 

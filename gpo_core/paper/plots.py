@@ -73,8 +73,10 @@ def plot_gaussians(curves: GaussianCurves, path: str | Path) -> Path:
         for c in curves.local_minima[f"{name}_integrated"]:
             ax.axvline(c, color="red", linewidth=0.6, linestyle=":")
         ax.set(xlabel="shift c", title=name.replace("_", " ") + " (local minima in red)")
+        # Log scales, as the paper draws them; symlog because both curves reach 0 (at c = 0 for
+        # the KL), where a plain log axis has no place.
+        ax.set_yscale("symlog", linthresh=1e-2)
+        ax.set_ylim(bottom=0)
         ax.legend(fontsize=8)
-    axes[1].set_yscale("symlog", linthresh=1e-2)
-    axes[1].set_ylim(bottom=0)
     fig.suptitle(f"mu means {[round(m, 2) for m in curves.mu_means]} (seed {curves.seed})")
     return _save(fig, path)

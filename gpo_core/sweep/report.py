@@ -206,6 +206,13 @@ def _by_loss(runs: list[dict]) -> dict[str, list[dict]]:
     return {loss: sorted(group, key=lambda r: r["beta"]) for loss, group in groups.items()}
 
 
+def beta_name(data: dict) -> str:
+    """What the spec's betas are: each loss's own beta, or IPO-equivalent units (``beta_units``),
+    in which every loss's beta is the one whose Taylor regularization equals IPO's at that beta."""
+    units = (data["spec"].get("training") or {}).get("beta_units", "native")
+    return "beta (IPO-equivalent units)" if units == "ipo" else "beta"
+
+
 def plot_winrate_vs_beta(data: dict, path: Path) -> Path | None:
     judged = [r for r in data["runs"] if r["judgement"] and r["judgement"]["win_rate"]]
     if not judged:
@@ -221,7 +228,7 @@ def plot_winrate_vs_beta(data: dict, path: Path) -> Path | None:
         ax.errorbar(betas, rates, yerr=[low, high], marker="os^vD<>"[k % 7], capsize=3, label=loss, alpha=0.85)
     ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
     ax.set_xscale("log")
-    ax.set_xlabel("beta")
+    ax.set_xlabel(beta_name(data))
     ax.set_ylabel("win rate vs reference (ties = 1/2)")
     ax.set_title("Win rate against the reference (95% paired bootstrap; losses offset in beta)")
     ax.legend(fontsize=8)
@@ -242,7 +249,7 @@ def plot_pairwise(data: dict, path: Path) -> Path | None:
         for j, value in enumerate(row):
             if not math.isnan(value):
                 left.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8)
-    left.set_title(f"row beats column, beta = {pairwise['beta']:g}")
+    left.set_title(f"row beats column, {beta_name(data)} = {pairwise['beta']:g}")
     fig.colorbar(image, ax=left, fraction=0.046)
     strengths = pairwise.get("bradley_terry")
     if strengths:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 
 from gpo_core.conversation import ChatFormat, Prompt
-from gpo_core.generate import new_token_ids
+from gpo_core.generate import cut_at_stop, new_token_ids, stop_token_ids
 from gpo_core.logprobs import collate_causal, collate_seq2seq, sequence_logprobs
 from gpo_core.models import is_encoder_decoder
 
@@ -19,18 +19,19 @@ def sample_and_score(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw one response per prompt from the policy at temperature 1 (no top-k/top-p, so the
     samples follow pi_theta exactly) and return (log pi_theta, log pi_ref) of each. Responses
-    cut by ``trace_max_new_tokens`` are scored as the prefixes they are."""
+    cut by ``trace_max_new_tokens`` (default ``max_response_length``) are scored as the prefixes
+    they are; every response is scored exactly as sampled, up to its stop token (see
+    :func:`cut_at_stop`)."""
     encoder_decoder = is_encoder_decoder(policy)
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    stops = stop_token_ids(policy, tokenizer)
+    limit = spec.trace_max_new_tokens or spec.max_response_length
     policy_lp, reference_lp = [], []
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start : start + batch_size])
         prompt_ids = [ids[-spec.max_prompt_length :] for ids in ChatFormat(tokenizer).prompt_ids(chunk)]
-        new = new_token_ids(policy, prompt_ids, pad, 1.0, 1.0, spec.trace_max_new_tokens)
-        responses = []
-        for row in new.tolist():
-            response = row[: row.index(eos) + 1] if eos in row else [t for t in row if t != pad]
-            responses.append(response or [eos])
+        new = new_token_ids(policy, prompt_ids, pad, 1.0, 1.0, limit, stop_ids=stops)
+        responses = cut_at_stop(new.tolist(), stops)
         collated = (
             collate_seq2seq(prompt_ids, responses, pad)
             if encoder_decoder

@@ -65,7 +65,12 @@ class TrainingOptions(BaseModel):
         0, ge=0, le=10_000_000, description="Steps between KL / square-loss traces (Fig. 5); 0: none."
     )
     trace_prompts: int = Field(64, ge=1, le=100_000, description="Evaluation prompts sampled for the KL trace.")
-    trace_max_new_tokens: int = Field(32, ge=1, le=4096)
+    trace_max_new_tokens: int | None = Field(
+        None,
+        ge=1,
+        le=131_072,
+        description="Tokens sampled per KL-trace response; default max_response_length (fewer: KL of prefixes).",
+    )
     log_every: int = Field(1, ge=1, le=10_000_000)
     report_to: list[Literal["tensorboard", "mlflow"]] = Field(
         default_factory=list, description="Experiment trackers the metrics also go to (the tracking extra)."

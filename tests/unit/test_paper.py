@@ -36,6 +36,18 @@ def test_square_loss_reaches_its_closed_form_optimum(bandit_runs) -> None:
     assert bandit_runs["square"].final_pi[0] == pytest.approx(weights[0] / weights.sum(), abs=0.02)
 
 
+def test_the_traced_square_loss_is_eq_6_over_the_datasets_pairs(bandit_runs) -> None:
+    """At IPO's optimum the log-ratios are (c + 2/3, c, c - 2/3): rho is 2/3 on (y1, y2) and
+    (y2, y3) and 4/3 on (y1, y3), so Eq. 6 is ((2/3)^2 + (2/3)^2 + (4/3)^2) / 3 / 2 = 4/9 (Adam on
+    minibatches ends near it; two independent draws of the pairs' actions would give 2/3 of it)."""
+    point = bandit_runs["square"].trajectory[-1]
+    assert point["square_loss"] == pytest.approx(4 / 9, rel=0.1)
+    log_ratio = np.log(point["pi"]) - np.log(1 / 3)
+    rho = [log_ratio[0] - log_ratio[1], log_ratio[1] - log_ratio[2], log_ratio[0] - log_ratio[2]]
+    assert point["square_loss"] == pytest.approx(np.mean(np.square(rho)) / 2, rel=1e-9)
+    assert bandit_runs["logistic"].trajectory[0]["square_loss"] == 0.0
+
+
 def test_bandit_trajectory_is_a_distribution(bandit_runs) -> None:
     for run in bandit_runs.values():
         assert run.trajectory[0]["pi"] == pytest.approx([1 / 3] * 3)

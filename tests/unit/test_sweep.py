@@ -177,3 +177,10 @@ def test_report_of_a_job_in_flight_shows_what_it_has(small_task, tmp_path) -> No
 def test_report_needs_a_job_folder(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="not a job folder"):
         build_report(tmp_path)
+
+
+def test_the_beta_axis_says_when_betas_are_ipo_equivalent() -> None:
+    from gpo_core.sweep.report import beta_name
+
+    assert beta_name({"spec": {"training": {"beta_units": "ipo"}}}) == "beta (IPO-equivalent units)"
+    assert beta_name({"spec": {"training": {"beta_units": "native"}}}) == beta_name({"spec": {}}) == "beta"
