@@ -75,7 +75,8 @@ def main() -> None:
                       f"CPU busy {busy / seconds:.2f} of {os.cpu_count()} cores, "
                       f"{busy / args.comparisons * 1000:.0f} CPU-ms per comparison; "
                       f"invalid {result.invalid}")  # fmt: skip
-        print("(invalid: a random model's answers are rarely verdicts; the requests are the same work)")
+        if result.invalid:
+            print("(invalid: a random model's answers are rarely verdicts; the requests are the same work)")
         print(f"ratio {args.concurrency} vs 1: {rates[args.concurrency] / rates[1]:.2f}x")
         latency_bound(args, items, ChatJudge, side_by_side, DIALOGUE_TEMPLATE)
 
