@@ -429,6 +429,17 @@ async def _judge_all(
             threads.shutdown(wait=False, cancel_futures=True)
 
 
+def _run_to_end(coroutine):
+    """``asyncio.run(coroutine)``, also where this thread already runs an event loop (a notebook,
+    an async service): then on a thread of its own, since a loop cannot be nested."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="judge-loop") as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
 def side_by_side(
     judge: Judge,
     items: Sequence[dict],
@@ -446,7 +457,7 @@ def side_by_side(
         for item in items
         for first, second in ((item["a"], item["b"]), (item["b"], item["a"]))
     ]
-    verdicts = asyncio.run(_judge_all(judge, comparisons, cache, retries, concurrency, should_stop))
+    verdicts = _run_to_end(_judge_all(judge, comparisons, cache, retries, concurrency, should_stop))
     records, calls_made = [], 0
     for k, item in enumerate(items):
         (first_order, n1), (second_order, n2) = verdicts[2 * k], verdicts[2 * k + 1]

@@ -98,6 +98,21 @@ def test_comparisons_run_concurrently_up_to_the_limit(server) -> None:
     assert result.flip_rate == 1.0 and result.invalid == 0  # "A" whatever the order: all position
 
 
+def test_judging_works_where_an_event_loop_already_runs(server) -> None:
+    """A notebook's cell runs inside an event loop; side_by_side is called there as anywhere."""
+    import asyncio
+
+    script = Script(lambda body, n: (200, {}, chat_completion("Verdict: B")))
+    judge = ChatJudge(server(script), "judge", DIALOGUE_TEMPLATE, verdict="rationale")
+    items = [{"prompt_id": "0", "prompt": "hi", "a": "x", "b": "y"}]
+
+    async def cell():
+        return side_by_side(judge, items, concurrency=2)
+
+    result = asyncio.run(cell())
+    assert result.invalid == 0 and len(script.bodies) == 2
+
+
 def test_a_conversation_reaches_the_judge_as_messages(server) -> None:
     script = Script(lambda body, n: (200, {}, chat_completion("Verdict: A")))
     judge = ChatJudge(server(script), "judge", DIALOGUE_TEMPLATE, verdict="rationale")
