@@ -11,6 +11,7 @@ import math
 import os
 import pickle
 import shutil
+import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -61,6 +62,8 @@ class RunContext:
     barrier: Callable[[], None] = lambda: None
     # Sums a tensor over the workers (in place) and returns it; the identity in one process.
     all_reduce: Callable[[torch.Tensor], torch.Tensor] = lambda tensor: tensor
+    # The host each worker runs on, by rank (in the start record: where a run really trained).
+    hosts: list[str] = field(default_factory=lambda: [socket.gethostname()])
 
 
 @dataclass
@@ -350,7 +353,8 @@ def train(spec: TrainingSpec, sink: MetricsSink | None = None, context: RunConte
     policy, optimizer, scheduler, step = load_policy(spec, context, steps, sink)
     if is_main:
         sink.emit({**data.report, "step": step})
-        sink.emit({"kind": "start", "step": step, "steps": steps, "pid": os.getpid(), "world_size": context.world_size})
+        start = {"kind": "start", "step": step, "steps": steps, "pid": os.getpid(), "world_size": context.world_size}
+        sink.emit({**start, "hosts": context.hosts})
     forward = context.wrap_model(_PairForward(policy))
     batches = _batches(data.pairs, spec, context.rank, context.world_size)
     for _ in range(step * spec.grad_accumulation):  # the data order continues where it stopped

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 from pathlib import Path
 
 import torch
@@ -69,6 +70,10 @@ def _worker(config: dict) -> None:
             torch.distributed.all_reduce(tensor)
         return tensor
 
+    hosts = [socket.gethostname()]
+    if world_size > 1:
+        hosts = [None] * world_size
+        torch.distributed.all_gather_object(hosts, socket.gethostname())
     resume = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -84,6 +89,7 @@ def _worker(config: dict) -> None:
         wrap_model=ray.train.torch.prepare_model,
         barrier=barrier,
         all_reduce=all_reduce,
+        hosts=hosts,
     )
     try:
         train(spec, sink, run_context)
@@ -119,7 +125,9 @@ def train_on_ray(spec: TrainingSpec, metrics_path: str | Path | None = None, max
     trainer = TorchTrainer(
         _worker,
         train_loop_config={"spec": spec.model_dump(), "metrics_path": str(metrics_path) if metrics_path else None},
-        scaling_config=ScalingConfig(num_workers=max(1, spec.workers), use_gpu=spec.use_gpu),
+        scaling_config=ScalingConfig(
+            num_workers=max(1, spec.workers), use_gpu=spec.use_gpu, placement_strategy=spec.placement.upper()
+        ),
         run_config=RunConfig(
             name=name,
             storage_path=str(output_dir / "ray"),

@@ -57,6 +57,9 @@ class TrainingOptions(BaseModel):
 
     workers: int = Field(0, ge=0, le=1024, description="Ray Train workers; 0 runs in this process without Ray.")
     use_gpu: bool = False
+    placement: Literal["pack", "spread"] = Field(
+        "pack", description="Ray workers packed onto few nodes (less traffic) or spread one per node."
+    )
 
     checkpoint_every: int = Field(
         0, ge=0, le=10_000_000, description="Steps between checkpoints; 0: only the final model."

@@ -75,16 +75,20 @@ def _strict(schema: dict) -> dict:
     return schema
 
 
-def raycluster_schema() -> dict:
+CRD_FILES = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml"}
+
+
+def crd_schema(kind: str) -> dict:
+    """KubeRay's v1 schema of ``kind``, strict."""
     if not CRDS.exists():
         pytest.skip(f"KubeRay CRDs not found at {CRDS}")
-    crd = yaml.safe_load((CRDS / "ray.io_rayclusters.yaml").read_text())
+    crd = yaml.safe_load((CRDS / CRD_FILES[kind]).read_text())
     version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
     return _strict(version["schema"]["openAPIV3Schema"])
 
 
 def manifest_problems(document: dict, schema: dict | None) -> str:
-    if document.get("kind") == "RayCluster":
+    if document.get("kind") in CRD_FILES:
         errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(document), key=str)
         return "; ".join(f"{'.'.join(map(str, e.path))}: {e.message}" for e in errors[:5])
     try:
@@ -118,11 +122,14 @@ def test_compose_validation_fails_on_planted_errors(tmp_path, break_it, complain
     assert problems and complaint in problems.lower()
 
 
-@pytest.mark.parametrize("folder", [K8S, K8S / "gpu"], ids=["cpu", "gpu"])
+@pytest.mark.parametrize("folder", [K8S, K8S / "gpu", K8S / "jobs"], ids=["cpu", "gpu", "jobs"])
 def test_kubernetes_manifests_are_valid(folder) -> None:
     documents = manifests(folder)
-    schema = raycluster_schema() if any(d["kind"] == "RayCluster" for _, d in documents) else None
-    problems = {f"{name}:{d['kind']}/{d['metadata']['name']}": manifest_problems(d, schema) for name, d in documents}
+    schemas = {kind: crd_schema(kind) for kind in CRD_FILES if any(d["kind"] == kind for _, d in documents)}
+    problems = {
+        f"{name}:{d['kind']}/{d['metadata']['name']}": manifest_problems(d, schemas.get(d["kind"]))
+        for name, d in documents
+    }
     assert {k: v for k, v in problems.items() if v} == {}
     kinds = {d["kind"] for _, d in manifests(K8S)}
     assert kinds >= {"Namespace", "ConfigMap", "Secret", "PersistentVolumeClaim", "StatefulSet", "Service",
@@ -143,12 +150,14 @@ def _find(documents, kind, name):
         ("NetworkPolicy", "gpo-control-public", lambda d: d["spec"]["ingress"][0]["ports"][0].update(protocol=6)),
         ("RayCluster", "gpo-ray", lambda d: d["spec"]["workerGroupSpecs"][0].update(maxReplicas="many")),
         ("RayCluster", "gpo-ray", lambda d: d["spec"]["headGroupSpec"].update(rayStartParam={})),
+        ("RayJob", "gpo-train", lambda d: d["spec"].update(shutdownAfterJobFinished=True)),
+        ("RayJob", "gpo-train", lambda d: d["spec"].update(ttlSecondsAfterFinished="an hour")),
     ],
 )  # fmt: skip
 def test_kubernetes_validation_fails_on_planted_errors(kind, name, break_it) -> None:
-    documents = manifests(K8S)
+    documents = manifests(K8S) + manifests(K8S / "jobs")
     document = _find(documents, kind, name)
-    schema = raycluster_schema() if kind == "RayCluster" else None
+    schema = crd_schema(kind) if kind in CRD_FILES else None
     assert manifest_problems(document, schema) == ""
     break_it(document)
     assert manifest_problems(document, schema) != ""
@@ -157,7 +166,9 @@ def test_kubernetes_validation_fails_on_planted_errors(kind, name, break_it) -> 
 def _containers(document: dict) -> list[dict]:
     spec = document.get("spec", {})
     templates = [spec.get("template")]
-    if document["kind"] == "RayCluster":
+    if document["kind"] == "RayJob":
+        spec = spec["rayClusterSpec"]
+    if document["kind"] in ("RayCluster", "RayJob"):
         templates = [spec["headGroupSpec"]["template"]] + [g["template"] for g in spec["workerGroupSpecs"]]
     return [c for t in templates if t for c in t["spec"]["containers"]]
 
@@ -170,17 +181,19 @@ def test_environment_and_ports_agree_with_what_the_services_read() -> None:
         if name != "redis":
             assert "GPO_REDIS_URL" in names and "GPO_ARTIFACTS" in names, name
     control = compose["services"]["control"]
-    assert control["ports"] == ["${GPO_PUBLISHED_PORT:-8700}:8700"]
+    # published on loopback unless the operator says otherwise
+    assert control["ports"] == ["${GPO_PUBLISHED_ADDRESS:-127.0.0.1}:${GPO_PUBLISHED_PORT:-8700}:8700"]
     assert control["environment"]["GPO_PORT"] == str(Settings().port) and "GPO_API_KEYS" in control["environment"]
     published = [n for n, s in compose["services"].items() if s.get("ports")]
     assert published == ["control"], "only the control service may publish a port"
     example = dict(
         line.split("=", 1) for line in (ROOT / ".env.example").read_text().splitlines() if line and line[0] != "#"
     )
-    assert {k for k in example if k.startswith("GPO_")} <= set(ENVIRONMENT) | {"GPO_PUBLISHED_PORT", "GPO_IMAGE",
-                                                                                "GPO_CUDA_IMAGE"}  # fmt: skip
+    compose_only = {"GPO_PUBLISHED_ADDRESS", "GPO_PUBLISHED_PORT", "GPO_IMAGE", "GPO_CUDA_IMAGE", "GPO_BASE_IMAGE",
+                    "GPO_REDIS_IMAGE"}  # fmt: skip
+    assert {k for k in example if k.startswith("GPO_")} <= set(ENVIRONMENT) | compose_only
 
-    documents = manifests(K8S) + manifests(K8S / "gpu")
+    documents = manifests(K8S) + manifests(K8S / "gpu") + manifests(K8S / "jobs")
     config = _find(documents, "ConfigMap", "gpo-config")
     assert set(config["data"]) <= set(ENVIRONMENT)
     for _, document in documents:

@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -53,6 +54,8 @@ def test_two_workers_train_to_the_end(ray_session, small_task, tmp_path) -> None
     assert all(r["pairs_per_s"] > 0 for r in steps if r["kind"] == "step")
     # the step's metrics are reduced over both workers: 2 x 8 pairs, not rank 0's 8
     assert all(r["pairs"] == 16 for r in steps if r["kind"] == "step")
+    (start,) = [r for r in steps if r["kind"] == "start"]
+    assert start["world_size"] == 2 and start["hosts"] == [socket.gethostname()] * 2  # one machine here
 
 
 def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_session, small_task, tmp_path) -> None:
