@@ -8,7 +8,7 @@ prompts). Ties count one half.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -62,6 +62,44 @@ def win_rate(outcomes_per_prompt: Sequence[Sequence[str]], resamples: int = 10_0
         ties=flat.count("tie"),
         losses=flat.count("loss"),
     )
+
+
+@dataclass(frozen=True)
+class Difference:
+    """Win rate of run A minus that of run B, both against the same baseline on the same prompts."""
+
+    difference: float
+    low: float  # 95% paired bootstrap interval
+    high: float
+    prompts: int  # judged for both runs
+
+    @property
+    def resolved(self) -> bool:
+        """The interval excludes 0: the data says which run is better."""
+        return self.low > 0 or self.high < 0
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "resolved": self.resolved}
+
+
+def paired_difference(
+    a: Mapping[str, Sequence[str]], b: Mapping[str, Sequence[str]], resamples: int = 10_000, seed: int = 0
+) -> Difference:
+    """``a[prompt]``, ``b[prompt]``: the outcomes of two runs' comparisons with the same baseline,
+    by prompt. The difference of their win rates on the prompts both were judged on, with a
+    bootstrap that resamples prompts and takes both runs' comparisons of each prompt drawn: the
+    runs answered the same prompts, so what makes a prompt easy for one makes it easy for the other
+    and cancels, which an interval from two independent bootstraps would not see."""
+    common = sorted(set(a) & set(b))
+    if not common:
+        raise ValueError("the two runs share no judged prompt")
+    scores_a, counts_a, _ = _scores([a[p] for p in common])
+    scores_b, counts_b, _ = _scores([b[p] for p in common])
+    picks = np.random.default_rng(seed).integers(0, len(common), size=(resamples, len(common)))
+    boot = scores_a[picks].sum(1) / counts_a[picks].sum(1) - scores_b[picks].sum(1) / counts_b[picks].sum(1)
+    low, high = np.quantile(boot, [0.025, 0.975])
+    difference = scores_a.sum() / counts_a.sum() - scores_b.sum() / counts_b.sum()
+    return Difference(float(difference), float(low), float(high), len(common))
 
 
 def _fit_length_model(targets: np.ndarray, length_feature: np.ndarray, iterations: int = 50) -> np.ndarray:

@@ -28,6 +28,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from gpo_core.data import write_json
+from gpo_core.stats import paired_difference
 from gpo_core.sweep.spec import PATH_FIELDS, JobSpec
 
 FIGURES = {
@@ -57,6 +58,31 @@ def _read_metrics(path: Path) -> list[dict]:
     return records
 
 
+def outcomes_by_prompt(verdicts: Path) -> dict[str, list[str]]:
+    """A run's valid comparison outcomes against the reference, by prompt (its verdicts.jsonl)."""
+    by_prompt: dict[str, list[str]] = {}
+    for record in _read_metrics(verdicts):
+        if record.get("outcome") in ("win", "tie", "loss"):
+            by_prompt.setdefault(str(record["prompt_id"]), []).append(record["outcome"])
+    return by_prompt
+
+
+def differences(runs: list[dict], outcomes: dict[str, dict[str, list[str]]]) -> list[dict]:
+    """Every pair of judged runs at the same beta: win rate of A minus B against the reference,
+    with a paired bootstrap over the prompts both were judged on ("loss A beats loss B at beta"
+    as a statement with an interval). A is the one listed first in the spec."""
+    rows = []
+    judged = [r for r in runs if outcomes.get(r["id"])]
+    for i, a in enumerate(judged):
+        for b in judged[i + 1 :]:
+            if a["beta"] != b["beta"] or not set(outcomes[a["id"]]) & set(outcomes[b["id"]]):
+                continue
+            d = paired_difference(outcomes[a["id"]], outcomes[b["id"]])
+            rows.append({"beta": a["beta"], "a": a["id"], "b": b["id"], "loss_a": a["loss"], "loss_b": b["loss"],
+                         **d.to_dict()})  # fmt: skip
+    return rows
+
+
 def collect(job_dir: str | Path) -> dict:
     """Every number of the report, from the job folder."""
     job_dir = Path(job_dir)
@@ -64,9 +90,10 @@ def collect(job_dir: str | Path) -> dict:
     if job is None:
         raise FileNotFoundError(f"{job_dir}: not a job folder (no job.json)")
     spec = JobSpec(**job["spec"])
-    runs = []
+    runs, outcomes = [], {}
     for run_id, run in zip(spec.run_ids(), spec.run_list(), strict=True):
         folder = job_dir / "runs" / run_id
+        outcomes[run_id] = outcomes_by_prompt(folder / "verdicts.jsonl")
         metrics = _read_metrics(folder / "train" / "metrics.jsonl")
         steps = [m for m in metrics if m.get("kind") == "step"]
         traces = [m for m in metrics if m.get("kind") == "trace"]
@@ -101,6 +128,7 @@ def collect(job_dir: str | Path) -> dict:
         "name": spec.name,
         "spec": job["spec"],
         "runs": runs,
+        "differences": differences(runs, outcomes),
         "pairwise": _read_json(job_dir / "pairwise.json"),
         "judge_eval": _read_json(job_dir / "judge_eval.json"),
         "examples": examples(job_dir, spec.run_ids()),
@@ -444,6 +472,23 @@ def _html(data: dict, figures: dict[str, Path]) -> str:
             "invalid": f"{measured['invalid_rate']:.3f}",
         }
         blocks += ["<h2>The judge's own accuracy (judge.evaluate_on)</h2>", _html_table([row])]
+    if data.get("differences"):
+        rows = [
+            {
+                beta_name(data): f"{d['beta']:g}",
+                "A": f"{d['a']} ({d['loss_a']})",
+                "B": f"{d['b']} ({d['loss_b']})",
+                "win rate A - B": f"{d['difference']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]",
+                "resolved": ("A better" if d["low"] > 0 else "B better") if d["resolved"] else "no",
+            }
+            for d in data["differences"]
+        ]
+        blocks += [
+            "<h2>Differences between runs at equal beta</h2><p>Win rate against the reference of A minus that "
+            "of B, on the prompts both were judged on; 95% paired bootstrap over prompts. Resolved: the "
+            "interval excludes 0.</p>",
+            _html_table(rows),
+        ]
     pairwise = data["pairwise"]
     if pairwise and pairwise.get("bradley_terry"):
         bt = pairwise["bradley_terry"]

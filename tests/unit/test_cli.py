@@ -102,3 +102,23 @@ def test_quick_commands_load_no_heavy_library(args: list[str]) -> None:
 def test_version() -> None:
     result = gpo("--version")
     assert result.returncode == 0 and result.stdout.startswith("gpo 0.")
+
+
+def test_the_run_table_is_followed_by_the_differences_the_data_resolves() -> None:
+    from gpo_client.cli.output import console, print_differences
+
+    differences = [
+        {"beta": 0.1, "a": "r00-logistic-b0.1", "b": "r02-square-b0.1", "difference": -0.21, "low": -0.30,
+         "high": -0.12, "resolved": True},
+        {"beta": 1.0, "a": "r01-logistic-b1", "b": "r03-square-b1", "difference": 0.02, "low": -0.05,
+         "high": 0.09, "resolved": False},
+    ]  # fmt: skip
+    with console.capture() as captured:
+        print_differences(differences)
+    assert captured.get().splitlines() == [
+        "Resolved differences at equal beta (1 of 2 pairs):",
+        "  beta 0.1: r02-square-b0.1 beats r00-logistic-b0.1 by 0.210 [0.120, 0.300]",
+    ]
+    with console.capture() as captured:
+        print_differences(differences[1:])
+    assert "No difference between runs at equal beta is resolved (1 pairs compared" in captured.get()

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from gpo_core.stats import bradley_terry_strengths, length_controlled_win_rate, win_rate
+from gpo_core.stats import bradley_terry_strengths, length_controlled_win_rate, paired_difference, win_rate
 
 
 def test_rate_counts_ties_as_half() -> None:
@@ -80,3 +80,41 @@ def test_bradley_terry_recovers_known_strengths() -> None:
     assert result.strength == pytest.approx(truth.tolist(), abs=0.15)
     for value, low, high in zip(result.strength, result.low, result.high, strict=True):
         assert low <= value <= high
+
+
+def test_paired_difference_of_identical_and_opposite_runs() -> None:
+    same = {str(i): ["win", "loss"][i % 2 : i % 2 + 1] for i in range(40)}
+    nothing = paired_difference(same, same)
+    assert nothing.difference == nothing.low == nothing.high == 0.0 and not nothing.resolved
+    wins, losses = {p: ["win"] for p in same}, {p: ["loss"] for p in same}
+    assert paired_difference(wins, losses).to_dict() == {
+        "difference": 1.0, "low": 1.0, "high": 1.0, "prompts": 40, "resolved": True,
+    }  # fmt: skip
+
+
+def test_paired_difference_interval_is_the_paired_normal_one_and_narrower_than_unpaired() -> None:
+    """One comparison per prompt: the difference is mean(x - y), its standard error std(x - y)/sqrt(n)
+    (paired), much smaller than sqrt(var x + var y)/sqrt(n) when the runs agree on most prompts."""
+    rng = np.random.default_rng(3)
+    n = 400
+    x = rng.random(n) < 0.6
+    y = np.where(rng.random(n) < 0.15, ~x, x)  # B agrees with A on 85% of prompts
+    y[: n // 10] = False  # and loses some that A wins
+    a = {str(i): ["win" if x[i] else "loss"] for i in range(n)}
+    b = {str(i): ["win" if y[i] else "loss"] for i in range(n)}
+    d = x.astype(float) - y.astype(float)
+    result = paired_difference(a, b, resamples=20_000, seed=1)
+    assert result.difference == pytest.approx(d.mean())
+    paired = 1.96 * d.std() / math.sqrt(n)
+    assert result.high - result.low == pytest.approx(2 * paired, rel=0.1)
+    unpaired = 1.96 * math.sqrt(x.var() + y.var()) / math.sqrt(n)
+    assert paired < 0.8 * unpaired
+
+
+def test_paired_difference_uses_the_prompts_both_runs_were_judged_on() -> None:
+    a = {"1": ["win"], "2": ["win"], "3": ["loss"]}
+    b = {"2": ["loss"], "3": ["loss"], "4": ["win"]}
+    result = paired_difference(a, b)
+    assert result.prompts == 2 and result.difference == pytest.approx(0.5 - 0.0)
+    with pytest.raises(ValueError, match="share no judged prompt"):
+        paired_difference({"1": ["win"]}, {"2": ["win"]})

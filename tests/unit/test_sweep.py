@@ -91,12 +91,21 @@ def test_sweep_end_to_end_with_the_oracle_judge_and_report(small_task, tmp_path)
         judged = run["judgement"]
         assert judged["win_rate"]["comparisons"] == 24 and judged["invalid"] == 0
         assert 0 <= judged["win_rate"]["low"] <= judged["win_rate"]["rate"] <= judged["win_rate"]["high"] <= 1
+    # Runs at equal beta compared with each other: the difference of their win rates (every prompt
+    # judged for both runs), with a paired interval around it.
+    rates = {r["id"]: r["judgement"]["win_rate"]["rate"] for r in data["runs"]}
+    assert [(d["a"], d["b"]) for d in data["differences"]] == [("r00-logistic-b0.1", "r02-square-b0.1"),
+                                                                ("r01-logistic-b1", "r03-square-b1")]  # fmt: skip
+    for d in data["differences"]:
+        assert d["prompts"] == 12 and d["difference"] == pytest.approx(rates[d["a"]] - rates[d["b"]])
+        assert d["low"] <= d["difference"] <= d["high"] and d["resolved"] == (d["low"] > 0 or d["high"] < 0)
     pairwise = data["pairwise"]
     assert pairwise["runs"] == ["r00-logistic-b0.1", "r02-square-b0.1"]
     assert pairwise["win_rate"][0][1] + pairwise["win_rate"][1][0] == pytest.approx(1.0)
     assert set(data["figures"]) == {"winrate_vs_beta", "pairwise", "kl_vs_square_loss", "training_curves", "held_out"}
     page = report.read_text()
     assert page.count("data:image/png;base64,") == 5 and "r03-square-b1" in page
+    assert "Differences between runs at equal beta" in page
     assert data["warnings"] == []  # the oracle has no position bias
     assert len(data["examples"]) == 3 and set(data["examples"][0]["runs"]) == set(spec.run_ids())
     assert {"setting": "training.steps", "value": "6"} in data["settings"] and "<h2>Settings</h2>" in page

@@ -30,7 +30,8 @@ def emit_json(payload: object) -> None:
 
 def print_winrate_table(report_json: Path) -> None:
     """A sweep report's run table, as a terminal table."""
-    rows = json.loads(report_json.read_text(encoding="utf-8"))["table"]
+    report = json.loads(report_json.read_text(encoding="utf-8"))
+    rows = report["table"]
     table = Table(title="Win rate against the reference (95% paired bootstrap over prompts)")
     columns = ("run", "win_rate", "length_controlled", "flip_rate", "gold_reward", "kl", "square_loss")
     for column in columns:
@@ -38,3 +39,23 @@ def print_winrate_table(report_json: Path) -> None:
     for row in rows:
         table.add_row(*(str(row[column]) for column in columns))
     console.print(table)
+    print_differences(report.get("differences") or [])
+
+
+def print_differences(differences: list[dict], most: int = 10) -> None:
+    """Which runs at equal beta the data tells apart (paired intervals that exclude 0)."""
+    if not differences:
+        return
+    resolved = [d for d in differences if d["resolved"]]
+    if not resolved:
+        console.print(f"No difference between runs at equal beta is resolved ({len(differences)} pairs compared; "
+                      "95% paired intervals all include 0).")  # fmt: skip
+        return
+    console.print(f"Resolved differences at equal beta ({len(resolved)} of {len(differences)} pairs):")
+    for d in sorted(resolved, key=lambda d: -abs(d["difference"]))[:most]:
+        better, worse = (d["a"], d["b"]) if d["difference"] > 0 else (d["b"], d["a"])
+        low, high = sorted((abs(d["low"]), abs(d["high"])))
+        by = f"{abs(d['difference']):.3f} [{low:.3f}, {high:.3f}]"
+        console.print(f"  beta {d['beta']:g}: {better} beats {worse} by {by}")
+    if len(resolved) > most:
+        console.print(f"  and {len(resolved) - most} more (report.json: differences)")
