@@ -26,6 +26,9 @@ class BuiltinTask(BaseModel):
     model_config = ConfigDict(extra="forbid")
     size: Literal["small", "default"] = "default"
     seed: int = Field(0, ge=0, le=2**31)
+    architecture: Literal["llama", "t5"] = Field(
+        "llama", description="The policy's family: a causal Llama, or a T5 encoder-decoder (the paper's)."
+    )
 
     @property
     def eval_prompts(self) -> int:

@@ -59,7 +59,7 @@ def resolve_inputs(
     if spec.task is not None:
         from gpo_core.task.build import build_task, task_settings
 
-        settings = task_settings(spec.task.size, spec.task.seed)
+        settings = task_settings(spec.task.size, spec.task.seed, spec.task.architecture)
         artifacts = build_task(None, settings, progress=progress, should_stop=should_stop)
         return Inputs(
             policy=artifacts.model_dir,

@@ -193,3 +193,30 @@ def test_the_beta_axis_says_when_betas_are_ipo_equivalent() -> None:
 
     assert beta_name({"spec": {"training": {"beta_units": "ipo"}}}) == "beta (IPO-equivalent units)"
     assert beta_name({"spec": {"training": {"beta_units": "native"}}}) == beta_name({"spec": {}}) == "beta"
+
+
+@pytest.mark.slow
+def test_a_sweep_on_the_t5_task_trains_generates_judges_and_reports(tmp_path) -> None:
+    """The paper's architecture (encoder-decoder) through every stage: vLLM cannot serve T5, so
+    ``auto`` generation falls back to transformers and says so."""
+    spec = JobSpec(
+        **grid(
+            task={"size": "small", "seed": 3, "architecture": "t5"},
+            losses=["logistic", "square"],
+            training={"steps": 4, "batch_size": 8, "trace_every": 2, "checkpoint_every": 0, "trace_prompts": 4},
+            generation={"backend": "auto", "prompts": 8},
+            comparisons={"pairwise_beta": 0.1},
+        )
+    )
+    events = []
+    report = run_job(spec, tmp_path / "job", cache_dir=tmp_path / "cache", events=events.append)
+    data = json.loads((report.parent / "report.json").read_text())
+    for run in data["runs"]:
+        assert run["steps"] == 4 and [t["step"] for t in run["traces"]] == [0, 2, 4]
+        assert all(math.isfinite(t["kl"]) and math.isfinite(t["square_loss"]) for t in run["traces"])
+        assert run["judgement"]["win_rate"]["comparisons"] == 8 and run["judgement"]["invalid"] == 0
+    model = json.loads((tmp_path / "job" / "runs" / spec.run_ids()[0] / "train" / "final" / "config.json").read_text())
+    assert model["is_encoder_decoder"] is True and model["model_type"] == "t5"
+    responses = (tmp_path / "job" / "runs" / spec.run_ids()[0] / "responses.jsonl").read_text().splitlines()
+    assert {json.loads(line)["backend"] for line in responses} == {"transformers"}
+    assert data["pairwise"]["runs"] == spec.run_ids() and len(data["differences"]) == 1
