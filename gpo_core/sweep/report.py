@@ -29,6 +29,7 @@ import matplotlib.pyplot as plt
 
 from gpo_core.data import write_json
 from gpo_core.stats import paired_difference
+from gpo_core.sweep.claims import claims
 from gpo_core.sweep.spec import PATH_FIELDS, JobSpec
 
 FIGURES = {
@@ -128,7 +129,8 @@ def collect(job_dir: str | Path) -> dict:
         "name": spec.name,
         "spec": job["spec"],
         "runs": runs,
-        "differences": differences(runs, outcomes),
+        "differences": (found := differences(runs, outcomes)),
+        "claims": claims(runs, outcomes, found),
         "pairwise": _read_json(job_dir / "pairwise.json"),
         "judge_eval": _read_json(job_dir / "judge_eval.json"),
         "examples": examples(job_dir, spec.run_ids()),
@@ -403,6 +405,41 @@ PLOTTERS = {
 }
 
 
+def claims_rows(data: dict) -> list[dict]:
+    """The claims table: each claim, the numbers that decide it, and the verdict."""
+    rows = []
+    for claim in data.get("claims") or []:
+        if claim["claim"] == "C1":
+            numbers = "; ".join(
+                f"{p['loss']}: argmax {p['argmax_beta']:g}, {p['share_in_range']:.2f} of resamples in [0.1, 1]"
+                if "argmax_beta" in p
+                else f"{p['loss']}: {p['why']}"
+                for p in claim["per_loss"]
+            )
+        elif claim["claim"] == "C2":
+            widest = f", widest bound {claim['widest']:.3f}" if claim["widest"] is not None else ""
+            numbers = f"{claim['pairs']} pairs at beta 0.1, {claim['resolved_pairs']} resolved{widest}"
+        elif claim["claim"] == "C3":
+            parts = [
+                f"{p['loss']}: rho(beta, KL) {p['rho_beta_kl']:+.2f} (p {p['p_kl']:.3f}), "
+                f"rho(beta, square loss) {p['rho_beta_square_loss']:+.2f} (p {p['p_square_loss']:.3f})"
+                if "rho_beta_kl" in p
+                else f"{p['loss']}: {p['why']}"
+                for p in claim["per_loss"]
+            ]
+            if claim["across_runs"]:
+                across = claim["across_runs"]
+                parts.append(
+                    f"across runs rho(KL, square loss) {across['rho_kl_square_loss']:+.2f} (p {across['p']:.3f})"
+                )
+            numbers = "; ".join(parts) or "no KL and square-loss traces"
+        else:
+            numbers = f"case II closer at {claim['closer']} of {claim['betas']} betas (sign test)"
+        rows.append({"claim": claim["claim"], "statement": claim["statement"], "numbers": numbers,
+                     "verdict": claim["verdict"]})  # fmt: skip
+    return rows
+
+
 def _interval(value: dict | None) -> str:
     if not value:
         return "-"
@@ -472,6 +509,13 @@ def _html(data: dict, figures: dict[str, Path]) -> str:
             "invalid": f"{measured['invalid_rate']:.3f}",
         }
         blocks += ["<h2>The judge's own accuracy (judge.evaluate_on)</h2>", _html_table([row])]
+    if data.get("claims"):
+        blocks += [
+            "<h2>The paper's claims</h2><p>Each decided by one figure of merit with its uncertainty, by rules "
+            "fixed in <code>gpo_core/sweep/claims.py</code>: holds, does not hold, or not resolved (the data "
+            "cannot tell). Betas are the spec's.</p>",
+            _html_table(claims_rows(data)),
+        ]
     if data.get("differences"):
         rows = [
             {

@@ -105,7 +105,11 @@ def test_sweep_end_to_end_with_the_oracle_judge_and_report(small_task, tmp_path)
     assert set(data["figures"]) == {"winrate_vs_beta", "pairwise", "kl_vs_square_loss", "training_curves", "held_out"}
     page = report.read_text()
     assert page.count("data:image/png;base64,") == 5 and "r03-square-b1" in page
-    assert "Differences between runs at equal beta" in page
+    assert "Differences between runs at equal beta" in page and "The paper's claims" in page
+    # Two betas per loss, both in [0.1, 1]: C1 cannot be decided, nor C3 (it needs three); C4 has
+    # both tail classes (logistic: I, square: II) at each of the two betas.
+    verdicts = {c["claim"]: c["verdict"] for c in data["claims"]}
+    assert verdicts["C1"] == verdicts["C3"] == "not resolved" and data["claims"][3]["betas"] == 2
     assert data["warnings"] == []  # the oracle has no position bias
     assert len(data["examples"]) == 3 and set(data["examples"][0]["runs"]) == set(spec.run_ids())
     assert {"setting": "training.steps", "value": "6"} in data["settings"] and "<h2>Settings</h2>" in page

@@ -1,0 +1,224 @@
+"""The paper's claims about a sweep, each decided by one figure of merit with its uncertainty.
+
+Each check returns ``holds``, ``does not hold`` or ``not resolved`` with the numbers that decide it.
+The rules were fixed before any reproduction was run and are not tuned to its outcome:
+
+- C1 (Fig. 8): every loss's win rate against the reference peaks at beta in [0.1, 1]. Per loss, the
+  share of prompt-bootstrap resamples (the same prompts are judged for every run) whose argmax beta
+  lies in [0.1, 1]: >= 0.95 holds, <= 0.05 does not, else not resolved.
+- C2 (Fig. 9): at beta = 0.1 the losses are on par. Every paired difference of win rates between
+  two losses at 0.1: all 95% intervals inside +-0.1 (an equivalence margin) holds; an interval that
+  excludes 0 does not hold; else not resolved.
+- C3 (Fig. 5): as beta grows, the final KL and the final mu-weighted square loss both shrink, and
+  across runs they rank alike. Per loss, Spearman's rho of beta with each (exact permutation
+  p-value, one-sided); across all runs, rho of KL with square loss. All per-loss rhos negative with
+  p < 0.05 and the cross rho positive with p < 0.05 holds; a per-loss rho > 0 with p < 0.05 (in the
+  wrong direction) or a cross rho < 0 with p < 0.05 does not hold; else not resolved.
+- C4 (section 4): at equal beta, case-II losses (f' reaches 0: hinge, square, truncated quadratic)
+  keep the policy closer to the reference (lower final KL) than case-I losses (logistic,
+  exponential, Savage). A sign test over the betas where both kinds ran: p < 0.05 in the paper's
+  direction holds, p < 0.05 in the other does not, else not resolved.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from gpo_core.stats import OUTCOME_SCORE
+
+HOLDS, FAILS, UNRESOLVED = "holds", "does not hold", "not resolved"
+PEAK_RANGE = (0.1, 1.0)
+PAIRWISE_BETA = 0.1
+EQUIVALENCE_MARGIN = 0.1
+ALPHA = 0.05
+
+
+def _ranks(values: Sequence[float]) -> np.ndarray:
+    """Ranks from 1, ties given their average rank."""
+    values = np.asarray(values, dtype=float)
+    order = values.argsort(kind="stable")
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(1, len(values) + 1)
+    for value in np.unique(values):
+        tied = values == value
+        ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    rx, ry = _ranks(x), _ranks(y)
+    if rx.std() == 0 or ry.std() == 0:
+        return 0.0
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def spearman_test(x: Sequence[float], y: Sequence[float], seed: int = 0) -> tuple[float, float, float]:
+    """(rho, p of rho this large or larger, p of rho this small or smaller) under random pairing:
+    exact over every permutation up to 8 points, else 20,000 random ones."""
+    rho = spearman(x, y)
+    if len(x) <= 8:
+        permuted = [spearman(x, p) for p in itertools.permutations(y)]
+    else:
+        rng = np.random.default_rng(seed)
+        permuted = [spearman(x, rng.permutation(y)) for _ in range(20_000)]
+    permuted = np.array(permuted)
+    tolerance = 1e-12
+    return rho, float((permuted >= rho - tolerance).mean()), float((permuted <= rho + tolerance).mean())
+
+
+def sign_test(wins: int, trials: int) -> tuple[float, float]:
+    """One-sided binomial(1/2) p-values: P(X >= wins), P(X <= wins)."""
+    upper = sum(math.comb(trials, k) for k in range(wins, trials + 1)) / 2**trials
+    lower = sum(math.comb(trials, k) for k in range(0, wins + 1)) / 2**trials
+    return upper, lower
+
+
+def _overall(verdicts: Sequence[str]) -> str:
+    if not verdicts:
+        return UNRESOLVED
+    if FAILS in verdicts:
+        return FAILS
+    return HOLDS if all(v == HOLDS for v in verdicts) else UNRESOLVED
+
+
+def c1_peak_beta(
+    runs: Sequence[dict], outcomes: Mapping[str, Mapping[str, Sequence[str]]], resamples: int = 2000, seed: int = 0
+) -> dict:
+    low, high = PEAK_RANGE
+    per_loss, verdicts = [], []
+    for loss in dict.fromkeys(r["loss"] for r in runs):
+        judged = sorted((r for r in runs if r["loss"] == loss and outcomes.get(r["id"])), key=lambda r: r["beta"])
+        betas = [r["beta"] for r in judged]
+        prompts = sorted(set.intersection(*(set(outcomes[r["id"]]) for r in judged))) if judged else []
+        inside = [low <= b <= high for b in betas]
+        if len(judged) < 2 or all(inside) or not any(inside) or not prompts:
+            per_loss.append({"loss": loss, "betas": betas, "verdict": UNRESOLVED,
+                             "why": "needs judged betas both inside and outside [0.1, 1]"})  # fmt: skip
+            verdicts.append(UNRESOLVED)
+            continue
+        scores = np.array([[sum(OUTCOME_SCORE[o] for o in outcomes[r["id"]][p]) for p in prompts] for r in judged])
+        counts = np.array([[len(outcomes[r["id"]][p]) for p in prompts] for r in judged], dtype=float)
+        rates = scores.sum(1) / counts.sum(1)
+        picks = np.random.default_rng(seed).integers(0, len(prompts), size=(resamples, len(prompts)))
+        boot = scores[:, picks].sum(-1) / counts[:, picks].sum(-1)  # (betas, resamples)
+        share = float(np.mean([inside[k] for k in boot.argmax(0)]))
+        verdict = HOLDS if share >= 1 - ALPHA else FAILS if share <= ALPHA else UNRESOLVED
+        per_loss.append({"loss": loss, "argmax_beta": betas[int(rates.argmax())], "peak": float(rates.max()),
+                         "share_in_range": share, "verdict": verdict})  # fmt: skip
+        verdicts.append(verdict)
+    peaks = [p["peak"] for p in per_loss if "peak" in p]
+    return {
+        "claim": "C1",
+        "statement": "every loss's win rate against the reference peaks at beta in [0.1, 1] (Fig. 8)",
+        "figure_of_merit": "per loss: share of prompt-bootstrap resamples whose argmax beta is in [0.1, 1]",
+        "per_loss": per_loss,
+        "peak_spread": (max(peaks) - min(peaks)) if peaks else None,
+        "verdict": _overall(verdicts),
+    }
+
+
+def c2_on_par(differences: Sequence[dict]) -> dict:
+    at_beta = [d for d in differences if math.isclose(d["beta"], PAIRWISE_BETA)]
+    if not at_beta:
+        verdict = UNRESOLVED
+    elif any(d["resolved"] for d in at_beta):
+        verdict = FAILS
+    elif all(d["low"] >= -EQUIVALENCE_MARGIN and d["high"] <= EQUIVALENCE_MARGIN for d in at_beta):
+        verdict = HOLDS
+    else:
+        verdict = UNRESOLVED
+    return {
+        "claim": "C2",
+        "statement": "at beta = 0.1 the losses are on par with each other (Fig. 9)",
+        "figure_of_merit": "paired differences of win rates at beta 0.1: all inside +-0.1 / any excluding 0",
+        "pairs": len(at_beta),
+        "resolved_pairs": sum(d["resolved"] for d in at_beta),
+        "widest": max((max(abs(d["low"]), abs(d["high"])) for d in at_beta), default=None),
+        "verdict": verdict,
+    }
+
+
+def _final(run: dict, key: str) -> float | None:
+    values = [t[key] for t in run.get("traces", []) if t.get(key) is not None]
+    return values[-1] if values else None
+
+
+def c3_regularization(runs: Sequence[dict]) -> dict:
+    traced = [r for r in runs if _final(r, "kl") is not None and _final(r, "square_loss") is not None]
+    per_loss, verdicts = [], []
+    for loss in dict.fromkeys(r["loss"] for r in traced):
+        group = sorted((r for r in traced if r["loss"] == loss), key=lambda r: r["beta"])
+        if len({r["beta"] for r in group}) < 3:
+            per_loss.append({"loss": loss, "verdict": UNRESOLVED, "why": "needs three betas or more"})
+            verdicts.append(UNRESOLVED)
+            continue
+        betas = [r["beta"] for r in group]
+        rows = {"loss": loss}
+        parts = []
+        for key in ("kl", "square_loss"):
+            rho, p_up, p_down = spearman_test(betas, [_final(r, key) for r in group])
+            rows[f"rho_beta_{key}"], rows[f"p_{key}"] = rho, p_down
+            parts.append(HOLDS if p_down < ALPHA else FAILS if p_up < ALPHA else UNRESOLVED)
+        rows["verdict"] = _overall(parts)
+        per_loss.append(rows)
+        verdicts.append(rows["verdict"])
+    cross = None
+    if len(traced) >= 3:
+        rho, p_up, p_down = spearman_test([_final(r, "kl") for r in traced], [_final(r, "square_loss") for r in traced])
+        cross = {"rho_kl_square_loss": rho, "p": p_up}
+        verdicts.append(HOLDS if p_up < ALPHA else FAILS if p_down < ALPHA else UNRESOLVED)
+    return {
+        "claim": "C3",
+        "statement": "as beta grows the final KL and square loss both shrink, and they rank runs alike (Fig. 5)",
+        "figure_of_merit": "Spearman's rho: beta vs each, per loss; KL vs square loss across runs",
+        "per_loss": per_loss,
+        "across_runs": cross,
+        "verdict": _overall(verdicts) if traced else UNRESOLVED,
+    }
+
+
+def c4_case_two_closer(runs: Sequence[dict], tail_of: Mapping[str, str]) -> dict:
+    """``tail_of``: each loss's tail class ("I" or "II", :func:`gpo_core.analysis.analyze`)."""
+    per_beta = []
+    for beta in sorted({r["beta"] for r in runs}):
+        kls = {"I": [], "II": []}
+        for r in runs:
+            if r["beta"] == beta and _final(r, "kl") is not None:
+                kls[tail_of[r["loss"]]].append(_final(r, "kl"))
+        if kls["I"] and kls["II"]:
+            per_beta.append(
+                {"beta": beta, "kl_case_I": float(np.mean(kls["I"])), "kl_case_II": float(np.mean(kls["II"]))}
+            )
+    closer = sum(p["kl_case_II"] < p["kl_case_I"] for p in per_beta)
+    verdict = UNRESOLVED
+    if per_beta:
+        p_up, p_down = sign_test(closer, len(per_beta))
+        verdict = HOLDS if p_up < ALPHA else FAILS if p_down < ALPHA else UNRESOLVED
+    return {
+        "claim": "C4",
+        "statement": "at equal beta, case-II losses keep the policy closer to the reference than case-I losses",
+        "figure_of_merit": "betas where the case-II mean final KL is lower, sign test",
+        "per_beta": per_beta,
+        "closer": closer,
+        "betas": len(per_beta),
+        "verdict": verdict,
+    }
+
+
+def claims(
+    runs: Sequence[dict], outcomes: Mapping[str, Mapping[str, Sequence[str]]], differences: Sequence[dict]
+) -> list[dict]:
+    """C1-C4 on a sweep's collected runs (see the module's docstring for each rule)."""
+    from gpo_core.analysis import analyze
+
+    tail_of = {loss: analyze(loss).tail for loss in dict.fromkeys(r["loss"] for r in runs)}
+    return [
+        c1_peak_beta(runs, outcomes),
+        c2_on_par(differences),
+        c3_regularization(runs),
+        c4_case_two_closer(runs, tail_of),
+    ]

@@ -1,0 +1,105 @@
+"""The claims table's rules on constructed sweeps whose answer is known, and its statistics against
+independent computations."""
+
+import math
+
+import numpy as np
+import pytest
+
+from gpo_core.sweep.claims import (
+    FAILS,
+    HOLDS,
+    UNRESOLVED,
+    c1_peak_beta,
+    c2_on_par,
+    c3_regularization,
+    c4_case_two_closer,
+    claims,
+    sign_test,
+    spearman,
+    spearman_test,
+)
+
+BETAS = [0.01, 0.1, 0.3, 1.0, 3.0, 10.0]
+
+
+def test_spearman_matches_scipy_with_ties() -> None:
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 5, 30).astype(float), rng.normal(size=30)
+    assert spearman(x, y) == pytest.approx(stats.spearmanr(x, y).statistic)
+
+
+def test_exact_permutation_and_sign_test_p_values() -> None:
+    rho, p_up, p_down = spearman_test([1, 2, 3, 4, 5], [10, 8, 6, 4, 2])
+    assert rho == pytest.approx(-1.0) and p_down == pytest.approx(1 / math.factorial(5)) and p_up == 1.0
+    assert sign_test(7, 7) == (pytest.approx(1 / 128), 1.0)
+    assert sign_test(6, 7)[0] == pytest.approx(8 / 128)
+
+
+def sweep(rates: dict[str, dict[float, float]], prompts: int = 200, seed: int = 0):
+    """Runs with per-prompt outcomes drawn at the given win rates (one comparison per prompt)."""
+    rng = np.random.default_rng(seed)
+    runs, outcomes = [], {}
+    for loss, by_beta in rates.items():
+        for beta, rate in by_beta.items():
+            run_id = f"{loss}-{beta:g}"
+            runs.append({"id": run_id, "loss": loss, "beta": beta, "traces": []})
+            outcomes[run_id] = {str(p): ["win" if rng.random() < rate else "loss"] for p in range(prompts)}
+    return runs, outcomes
+
+
+def test_c1_reads_the_peak_beta_from_the_bootstrap() -> None:
+    peaked = {b: 0.75 if b == 0.3 else 0.5 for b in BETAS}
+    late = {b: 0.8 if b == 10.0 else 0.5 for b in BETAS}
+    flat = dict.fromkeys(BETAS, 0.55)
+    runs, outcomes = sweep({"logistic": peaked, "square": peaked})
+    assert c1_peak_beta(runs, outcomes)["verdict"] == HOLDS
+    runs, outcomes = sweep({"logistic": peaked, "square": late})
+    result = c1_peak_beta(runs, outcomes)
+    assert result["verdict"] == FAILS and result["per_loss"][1]["argmax_beta"] == 10.0
+    runs, outcomes = sweep({"logistic": flat}, prompts=40)
+    assert c1_peak_beta(runs, outcomes)["verdict"] == UNRESOLVED
+    runs, outcomes = sweep({"logistic": {0.1: 0.6, 1.0: 0.7}})
+    assert c1_peak_beta(runs, outcomes)["verdict"] == UNRESOLVED  # no beta outside the range
+
+
+def difference(low: float, high: float, beta: float = 0.1) -> dict:
+    return {"beta": beta, "difference": (low + high) / 2, "low": low, "high": high, "resolved": low > 0 or high < 0}
+
+
+def test_c2_is_an_equivalence_check_at_beta_0_1() -> None:
+    assert c2_on_par([difference(-0.05, 0.06), difference(-0.08, 0.02)])["verdict"] == HOLDS
+    assert c2_on_par([difference(-0.05, 0.06), difference(0.02, 0.15)])["verdict"] == FAILS
+    assert c2_on_par([difference(-0.15, 0.06)])["verdict"] == UNRESOLVED  # on par not shown, nor refuted
+    assert c2_on_par([difference(0.2, 0.3, beta=1.0)])["verdict"] == UNRESOLVED  # nothing at 0.1
+
+
+def traced(loss: str, beta: float, kl: float, square: float) -> dict:
+    return {"id": f"{loss}-{beta:g}", "loss": loss, "beta": beta, "traces": [{"kl": kl, "square_loss": square}]}
+
+
+def test_c3_needs_both_regularizers_to_fall_with_beta_and_to_agree() -> None:
+    shrinking = [traced(loss, b, 5 / b**0.5 + k, 2 / b**0.5 + k) for k, loss in enumerate(["logistic", "square"])
+                 for b in BETAS]  # fmt: skip
+    assert c3_regularization(shrinking)["verdict"] == HOLDS
+    growing = [traced("logistic", b, b, b) for b in BETAS]
+    assert c3_regularization(growing)["verdict"] == FAILS
+    assert c3_regularization([traced("logistic", b, 1.0, 1.0) for b in (0.1, 1.0)])["verdict"] == UNRESOLVED
+
+
+def test_c4_compares_case_two_with_case_one_at_each_beta() -> None:
+    tails = {"logistic": "I", "square": "II"}
+    closer = [traced("logistic", b, 2.0, 1.0) for b in BETAS] + [traced("square", b, 1.0, 1.0) for b in BETAS]
+    assert c4_case_two_closer(closer, tails)["verdict"] == HOLDS  # 6 of 6: p = 1/64
+    farther = [traced("logistic", b, 1.0, 1.0) for b in BETAS] + [traced("square", b, 2.0, 1.0) for b in BETAS]
+    assert c4_case_two_closer(farther, tails)["verdict"] == FAILS
+    few = closer[:2] + closer[6:8]
+    assert c4_case_two_closer(few, tails)["verdict"] == UNRESOLVED  # 2 of 2: p = 1/4
+
+
+def test_claims_names_the_tail_class_of_each_loss_itself() -> None:
+    runs = [traced("logistic", b, 2.0, 1.0) for b in BETAS] + [traced("hinge", b, 1.0, 0.5) for b in BETAS]
+    table = claims(runs, {}, [])
+    assert [c["claim"] for c in table] == ["C1", "C2", "C3", "C4"]
+    assert table[3]["verdict"] == HOLDS and table[3]["closer"] == len(BETAS)
