@@ -122,3 +122,12 @@ def test_the_run_table_is_followed_by_the_differences_the_data_resolves() -> Non
     with console.capture() as captured:
         print_differences(differences[1:])
     assert "No difference between runs at equal beta is resolved (1 pairs compared" in captured.get()
+
+
+def test_the_claims_follow_the_run_table() -> None:
+    from gpo_client.cli.output import console, print_claims
+
+    claims = [{"claim": "C4", "verdict": "not resolved", "statement": "case-II losses keep the policy closer"}]
+    with console.capture() as captured:
+        print_claims(claims)
+    assert captured.get() == "C4 not resolved: case-II losses keep the policy closer\n"

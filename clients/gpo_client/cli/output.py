@@ -40,6 +40,13 @@ def print_winrate_table(report_json: Path) -> None:
         table.add_row(*(str(row[column]) for column in columns))
     console.print(table)
     print_differences(report.get("differences") or [])
+    print_claims(report.get("claims") or [])
+
+
+def print_claims(claims: list[dict]) -> None:
+    """The paper's claims and this sweep's verdict on each (report.html has the numbers)."""
+    for claim in claims:
+        console.print(f"{claim['claim']} {claim['verdict']}: {claim['statement']}", highlight=False)
 
 
 def print_differences(differences: list[dict], most: int = 10) -> None:
