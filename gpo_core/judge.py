@@ -360,7 +360,7 @@ _CALLS = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix
 def call_until_stopped(call, should_stop: StopCheck | None, poll_s: float = 0.25):
     """``call()``; with ``should_stop``, in a helper thread while this one keeps asking it, so a
     stop is seen within ``poll_s`` even while a slow endpoint holds the call (which then finishes,
-    bounded by the client's timeout, in the background; its verdict only reaches the cache)."""
+    bounded by the client's timeout, in the background, unobserved)."""
     if should_stop is None:
         return call()
     future = _CALLS.submit(call)
@@ -382,8 +382,8 @@ async def _judge_all(
     """(verdict or "invalid", backend calls made) of every comparison, in order, each served from
     the cache or asked up to ``1 + retries`` times; at most ``concurrency`` in flight: on one
     event loop for a judge with ``acompare`` (a chat API: requests cost no thread), on that many
-    threads for the others. A stop request is seen within a quarter second; the calls out are
-    cancelled (a thread's call finishes unobserved, its verdict only reaching the cache)."""
+    threads for the others. A stop request is seen within a quarter second; the requests out are
+    cancelled (a call on a thread cannot be: it finishes unobserved and its verdict is dropped)."""
     loop = asyncio.get_running_loop()
     native = hasattr(judge, "acompare")
     client = judge.async_client() if native else None
