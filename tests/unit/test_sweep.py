@@ -226,12 +226,13 @@ def test_a_sweep_on_the_t5_task_trains_generates_judges_and_reports(tmp_path) ->
     assert data["pairwise"]["runs"] == spec.run_ids() and len(data["differences"]) == 1
 
 
-def test_the_shipped_reproduction_spec_is_the_papers_grid() -> None:
+@pytest.mark.parametrize("name", ["reproduce.yaml", "reproduce-gpu.yaml"])
+def test_the_shipped_reproduction_specs_are_the_papers_grid(name: str) -> None:
     from pathlib import Path
 
     import yaml
 
-    spec = parse_job_spec(yaml.safe_load((Path(__file__).parents[2] / "specs" / "reproduce.yaml").read_text()))
+    spec = parse_job_spec(yaml.safe_load((Path(__file__).parents[2] / "specs" / name).read_text()))
     assert set(spec.losses) == {"logistic", "hinge", "square", "exponential", "truncated_quadratic", "savage"}
     assert spec.betas == [0.01, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0] and len(spec.run_list()) == 42
     assert spec.comparisons.pairwise_beta == 0.1 and spec.training.trace_every > 0
