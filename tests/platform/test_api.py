@@ -1,7 +1,9 @@
 """The control service over HTTP (real app, real uvicorn, real Redis): auth and tenants, spec
 validation, idempotency, cancel, events, reports and artifacts, health, metrics, OpenAPI."""
 
+import json
 import os
+import threading
 
 import httpx
 import pytest
@@ -145,6 +147,35 @@ def test_report_is_404_until_written_and_artifacts_never_leave_the_job_folder(
         response = httpx.get(f"{api}/jobs/{job.id}/artifacts/{path}", headers=headers)
         assert response.status_code == 404, path
         assert b"not yours" not in response.content
+
+
+def test_an_artifact_still_being_written_downloads_as_it_was(client_a, settings) -> None:
+    """A running run's metrics file grows while it is served: each download is the file as it was
+    when asked for (a prefix of what it becomes), never a broken response."""
+    job = client_a.submit(SPEC)
+    folder = settings.artifacts / job.id / "runs" / "r0"
+    folder.mkdir(parents=True)
+    metrics = folder / "metrics.jsonl"
+    metrics.write_text("")
+    stop = threading.Event()
+
+    def append() -> None:
+        with metrics.open("a") as handle:
+            step = 0
+            while not stop.is_set():
+                handle.write(json.dumps({"step": step, "loss": 0.5, "padding": "x" * 200}) + "\n")
+                handle.flush()
+                step += 1
+
+    writer = threading.Thread(target=append)
+    writer.start()
+    try:
+        downloads = [client_a.artifact(job.id, "runs/r0/metrics.jsonl") for _ in range(40)]
+    finally:
+        stop.set()
+        writer.join()
+    final = metrics.read_bytes()
+    assert all(final.startswith(d) for d in downloads) and len(downloads[-1]) > len(downloads[0])
 
 
 def test_openapi_documents_every_endpoint_with_its_schemas(api) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import mimetypes
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -210,11 +211,34 @@ def job_report_json(job_id: str, store: StoreDep, tenant: TenantDep, settings: S
     return FileResponse(_report_file(store, settings, job_id, tenant, "report.json"), media_type="application/json")
 
 
+SNAPSHOT_BYTES = 8 * 2**20  # files up to this size are read whole: one consistent snapshot
+
+
+def file_snapshot(path: Path) -> Response:
+    """The file as it is when asked for. A running run's files change while they are served (a
+    metrics file grows; a resumed run cuts it back): a small one is read whole at once, a large one
+    streamed up to the size it had, so the body never disagrees with its Content-Length."""
+    media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    size = path.stat().st_size
+    if size <= SNAPSHOT_BYTES:
+        with path.open("rb") as handle:
+            return Response(handle.read(SNAPSHOT_BYTES), media_type=media_type)
+
+    def chunks():
+        with path.open("rb") as handle:
+            left = size
+            while left > 0 and (chunk := handle.read(min(2**20, left))):
+                left -= len(chunk)
+                yield chunk
+
+    return StreamingResponse(chunks(), media_type=media_type, headers={"Content-Length": str(size)})
+
+
 @router.get("/{job_id}/artifacts/{path:path}", responses={**ERRORS, 200: {"content": {"application/octet-stream": {}}}})
-def job_artifact(job_id: str, path: str, store: StoreDep, tenant: TenantDep, settings: SettingsDep) -> FileResponse:
+def job_artifact(job_id: str, path: str, store: StoreDep, tenant: TenantDep, settings: SettingsDep) -> Response:
     """A file of the job's folder, e.g. ``runs/RUN/responses.jsonl`` or ``report/pairwise.png``."""
     _job_or_404(store, job_id, tenant)
     found = artifact_path(settings.artifacts / job_id, path)
     if found is None:
         raise ApiError(404, "not_found", f"no artifact {path!r} in job {job_id}")
-    return FileResponse(found)
+    return file_snapshot(found)
