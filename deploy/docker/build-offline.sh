@@ -45,7 +45,7 @@ if [[ "${REBUILD_BASE:-0}" == 1 ]] || ! "$docker_cli" image inspect "$base_image
     trap 'rm -rf "$rootfs"' EXIT
     echo "base image: debootstrap bookworm from $mirror"
     debootstrap --variant=minbase \
-        --include=ca-certificates,passwd,python3,python3-venv,python-is-python3 \
+        --include=ca-certificates,libnuma1,passwd,python3,python3-venv,python-is-python3 \
         bookworm "$rootfs" "$mirror" > "$rootfs.log" 2>&1 \
         || { tail -n 20 "$rootfs.log"; echo "debootstrap failed (log: $rootfs.log)"; exit 1; }
     rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
