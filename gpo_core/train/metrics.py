@@ -100,20 +100,33 @@ def rewind_jsonl(path: str | Path, step: int) -> int:
 def follow_jsonl(path: Path, sink: MetricsSink, done: threading.Event, poll: Callable[[], None] = lambda: None) -> None:
     """Feed the records appended to a JSONL file (by another process: Ray Train's rank 0) to
     ``sink`` until ``done`` is set, calling ``poll`` every half second. Records already in the
-    file (an earlier attempt's) are skipped."""
+    file (an earlier attempt's) are skipped.
+
+    A resumed run cuts the file back (:func:`rewind_jsonl`) and appends again, possibly past where
+    this follower had read between two polls. The follower notices (the line it read last is no
+    longer where it was) and goes on from the resumed run's ``start`` record. A line that is not
+    JSON is skipped, never fatal: the run's progress must keep flowing."""
     offset = path.stat().st_size if path.exists() else 0
+    last = b""  # the last whole line read, which must still end at ``offset``
     while True:
         finished = done.wait(0.5)
         poll()
         if path.exists():
-            offset = min(offset, path.stat().st_size)  # cut back by a resumed run: go on from its end
             with path.open("rb") as handle:
-                handle.seek(offset)
-                chunk = handle.read()
-            complete = chunk[: chunk.rfind(b"\n") + 1]  # whole lines only
+                data = handle.read()
+            if len(data) < offset or data[offset - len(last) : offset] != last:
+                restart = data.rfind(b'"kind": "start"')
+                offset = data.rfind(b"\n", 0, restart) + 1 if restart >= 0 else len(data)
+            complete = data[offset : data.rfind(b"\n") + 1] if data.rfind(b"\n") >= offset else b""
             offset += len(complete)
-            for line in complete.decode("utf-8").splitlines():
-                if line.strip():
-                    sink.emit(json.loads(line))
+            lines = complete.splitlines(keepends=True)
+            last = lines[-1] if lines else last
+            for line in lines:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict):
+                    sink.emit(record)
         if finished:
             return

@@ -130,3 +130,37 @@ def test_changes_name_each_setting() -> None:
         "b: its content changed",
         "c: (unset) -> 3",
     ]
+
+
+def test_the_metrics_follower_goes_on_through_a_rewind_and_bad_lines(tmp_path) -> None:
+    """The driver follows rank 0's metrics file. A resumed run cuts it back and appends past where
+    the follower had read, all between two of its polls; the follower must go on from the resumed
+    run's start record, not read from the middle of a line (which once killed it, and with it every
+    progress event of the run)."""
+    import threading
+    import time
+
+    from gpo_core.train.metrics import follow_jsonl
+
+    path = tmp_path / "metrics.jsonl"
+
+    def append(*records: dict | str) -> None:
+        with path.open("a") as handle:
+            for r in records:
+                handle.write((r if isinstance(r, str) else json.dumps(r)) + "\n")
+
+    append({"kind": "start", "step": 0}, *({"kind": "step", "step": s} for s in range(1, 11)))
+    sink, done = ListSink(), threading.Event()
+    follower = threading.Thread(target=follow_jsonl, args=(path, sink, done))
+    follower.start()
+    append(*({"kind": "step", "step": s, "padding": "x" * 50} for s in range(11, 21)))
+    time.sleep(1.2)
+    rewind_jsonl(path, 15)
+    append({"kind": "start", "step": 15}, "not json {", *({"kind": "step", "step": s} for s in range(16, 41)))
+    time.sleep(1.2)
+    done.set()
+    follower.join(timeout=5)
+    assert not follower.is_alive()
+    seen = [(r["kind"], r["step"]) for r in sink.records]
+    assert seen[:10] == [("step", s) for s in range(11, 21)]
+    assert seen[10:] == [("start", 15), *(("step", s) for s in range(16, 41))]
