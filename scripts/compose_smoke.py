@@ -32,8 +32,8 @@ from gpo_client import Client  # noqa: E402
 
 TENANT = "smoke"
 PROMPTS = 48  # evaluation prompts each job generates for and judges: all of the small task's
-STEPS = 1000  # of the second job (about 10 steps/s here): long enough to kill and restart mid-run
-CHECKPOINT_EVERY = 25
+STEPS = 3000  # of the second job (about 20 steps/s here): long enough to kill and restart mid-run
+CHECKPOINT_EVERY = 50
 SAMPLES = 16  # responses per prompt in the second job: seconds of work, to kill the generator mid-task
 
 
@@ -139,6 +139,13 @@ def restart(stack: Stack, container: str, when: str) -> None:
         stack.docker("start", container)
 
 
+def task_log(stack: Stack, container: str, job_id: str, message: str) -> bool:
+    """Does the container's log (this instance's and those before a restart) hold ``message``
+    for a task of ``job_id``?"""
+    log = subprocess.run(["docker", "logs", container], capture_output=True, text=True).stdout
+    return any(f'"{message}"' in line and job_id in line for line in log.splitlines())
+
+
 def small_sweep(name: str, steps: int, workers: int, backend: str, samples: int = 1, checkpoint_every: int = 5) -> dict:
     return {
         "name": name,
@@ -211,11 +218,13 @@ def main() -> None:
         check(start["world_size"] == args.workers and set(start["hosts"]) == workers,
               f"trained on {start['hosts']}, the worker containers are {sorted(workers)}")  # fmt: skip
         check_once_each(client, job.id, run)
+        backends = {r["backend"] for r in artifact_lines(client, job.id, run, "responses.jsonl")}
+        check(backends == {"vllm"}, f"job 1 was sampled with {backends}, not the image's vLLM")
         with tempfile.TemporaryDirectory() as folder:
             report = client.download_report(job.id, Path(folder) / "report.html")
             check("<img" in report.read_text() and report.with_name("report.json").exists(), "report downloaded")
         print(f"job 1 succeeded in {figures['job 1 (build the task, train on 2 nodes, generate, judge, report)']}"
-              f"; trained on hosts {start['hosts']}; report downloaded", flush=True)  # fmt: skip
+              f"; trained on hosts {start['hosts']}, sampled with vLLM; report downloaded", flush=True)  # fmt: skip
 
         # 2. A second job while a Ray worker, Redis and the generator go down, in that order.
         job_started = time.monotonic()
@@ -227,14 +236,20 @@ def main() -> None:
             records = artifact_lines(client, job.id, run, "train/metrics.jsonl")
             return [r for r in records if r["kind"] == "start"]
 
-        # A Ray worker node, after the run's first checkpoint, well before its end: Ray Train
-        # restarts the worker group from the checkpoint.
-        first = CHECKPOINT_EVERY + 1
-        wait_for(lambda: client.get(job.id).runs[0].step >= first, 600, f"job 2 to train {first} steps", 0.2)
+        def training_until(step: int) -> bool:
+            """Has the run reached ``step``? A run that left training first fails the test: the
+            disruption meant for mid-training would land after it."""
+            run_now = client.get(job.id).runs[0]
+            check(run_now.stage == "train", f"training ended (stage {run_now.stage}) before step {step}")
+            return run_now.step >= step
+
+        # A Ray worker node, after the run's first checkpoint: Ray Train restarts the worker group
+        # from the checkpoint.
+        wait_for(lambda: training_until(CHECKPOINT_EVERY + 10), 600, "job 2's first checkpoint", 0.2)
         killed_at, step, started_before = time.monotonic(), client.get(job.id).runs[0].step, len(starts())
         restart(stack, stack.container("ray-worker", 1), f"at step {step}")
         resumed = wait_for(lambda: starts()[started_before:], 600, "the run to restart after the worker kill", 0.5)
-        wait_for(lambda: client.get(job.id).runs[0].step > resumed[-1]["step"], 600, "a step after the restart", 0.2)
+        wait_for(lambda: training_until(resumed[-1]["step"] + 1), 600, "a step after the restart", 0.2)
         figures["recovery after killing a Ray worker"] = (
             f"{time.monotonic() - killed_at:.0f} s to the first step after the restart "
             f"(killed at step {step}, resumed from step {resumed[-1]['step']} on hosts {resumed[-1]['hosts']})"
@@ -243,9 +258,10 @@ def main() -> None:
         check(set(resumed[-1]["hosts"]) <= workers, f"resumed on {resumed[-1]['hosts']}, not the worker containers")
         print(f"training went on: {figures['recovery after killing a Ray worker']}", flush=True)
 
-        # Redis, mid-training: SIGTERM writes the append-only file; services reconnect.
-        resumed_at = resumed[-1]["step"]
-        wait_for(lambda: client.get(job.id).runs[0].step >= resumed_at + 100, 600, "100 more steps", 0.2)
+        # Redis, mid-training (checked: the run is still training): SIGTERM writes the append-only
+        # file; the services and the API reconnect.
+        step = client.get(job.id).runs[0].step
+        wait_for(lambda: training_until(step + 1), 600, "training before the Redis restart", 0.2)
         restarted_at, step = time.monotonic(), client.get(job.id).runs[0].step
         stack.docker("restart", "-t", "10", stack.container("redis"))
         print(f"restarted {stack.container('redis')} at step {step}", flush=True)
@@ -253,15 +269,16 @@ def main() -> None:
         figures["recovery after restarting redis"] = f"{time.monotonic() - restarted_at:.0f} s to the next step seen"
         print(f"the API answers and training goes on: {figures['recovery after restarting redis']}", flush=True)
 
-        # The generator, mid-task: its task is reclaimed after GPO_CLAIM_IDLE_S by the restarted one.
-        def generating() -> bool:
-            run_now = client.get(job.id).runs[0]
-            check(run_now.stage not in ("judge", "done"), "generation ended before it could be killed")
-            return run_now.stage == "generate" and run_now.state == "running"
-
-        wait_for(generating, 900, "generation to start", 0.2)
+        # The generator, mid-task: killed as soon as its log says it started job 2's task (seconds of
+        # work); the killed instance's log must not say it finished. The restarted generator
+        # reclaims the task after GPO_CLAIM_IDLE_S.
+        generator = stack.container("generator")
+        wait_for(lambda: task_log(stack, generator, job.id, "task started"), 900, "generation to start", 0.05)
         killed_at = time.monotonic()
-        restart(stack, stack.container("generator"), "while generating")
+        stack.docker("kill", generator)
+        check(not task_log(stack, generator, job.id, "task done"), "the generator finished before it was killed")
+        print(f"killed {generator} while generating", flush=True)
+        stack.docker("start", generator)
         wait_for(lambda: client.get(job.id).runs[0].stage in ("judge", "done"), 900, "generation after the kill", 0.5)
         figures["recovery after killing the generator"] = f"{time.monotonic() - killed_at:.0f} s to judging"
         print(f"generation finished: {figures['recovery after killing the generator']}", flush=True)
