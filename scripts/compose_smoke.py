@@ -142,7 +142,8 @@ def restart(stack: Stack, container: str, when: str) -> None:
 def task_log(stack: Stack, container: str, job_id: str, message: str) -> bool:
     """Does the container's log (this instance's and those before a restart) hold ``message``
     for a task of ``job_id``?"""
-    log = subprocess.run(["docker", "logs", container], capture_output=True, text=True).stdout
+    done = subprocess.run(["docker", "logs", container], capture_output=True, text=True)
+    log = done.stdout + done.stderr  # the services log to stderr
     return any(f'"{message}"' in line and job_id in line for line in log.splitlines())
 
 
