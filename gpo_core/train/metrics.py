@@ -112,12 +112,19 @@ def follow_jsonl(path: Path, sink: MetricsSink, done: threading.Event, poll: Cal
         finished = done.wait(0.5)
         poll()
         if path.exists():
-            with path.open("rb") as handle:
+            with path.open("rb") as handle:  # what is new since the last poll, and the line before it
+                size = os.fstat(handle.fileno()).st_size
+                handle.seek(offset - len(last))
                 data = handle.read()
-            if len(data) < offset or data[offset - len(last) : offset] != last:
-                restart = data.rfind(b'"kind": "start"')
-                offset = data.rfind(b"\n", 0, restart) + 1 if restart >= 0 else len(data)
-            complete = data[offset : data.rfind(b"\n") + 1] if data.rfind(b"\n") >= offset else b""
+                if size < offset or data[: len(last)] != last:  # cut back (perhaps grown again): read it all
+                    handle.seek(0)
+                    whole = handle.read()
+                    restart = whole.rfind(b'"kind": "start"')
+                    offset = whole.rfind(b"\n", 0, restart) + 1 if restart >= 0 else len(whole)
+                    data, last = whole[offset:], b""
+                else:
+                    data = data[len(last) :]
+            complete = data[: data.rfind(b"\n") + 1]
             offset += len(complete)
             lines = complete.splitlines(keepends=True)
             last = lines[-1] if lines else last
