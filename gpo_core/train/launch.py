@@ -20,7 +20,17 @@ from gpo_core.train.tracking import TrackingError, tracking_sinks
 RUN_RECORD = "run.json"  # the identity of the run this folder holds
 RESULT = "result.json"  # written when the run finished: its presence means "trained"
 # Options that change how a run is carried out or logged, not what it computes.
-NOT_DETERMINING = {"output_dir", "cache_dir", "log_every", "checkpoint_every", "use_gpu", "placement", "report_to"}
+NOT_DETERMINING = {
+    "output_dir",
+    "cache_dir",
+    "log_every",
+    "checkpoint_every",
+    "use_gpu",
+    "placement",
+    "report_to",
+    "logprob_chunk",
+    "gradient_checkpointing",
+}
 INPUTS = ("policy", "reference", "tokenizer", "dataset", "eval_pairs", "eval_prompts")
 
 

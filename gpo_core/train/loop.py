@@ -28,7 +28,7 @@ from gpo_core.preference import SUMS, log_ratio_difference, metrics_from_sums, p
 from gpo_core.regularization import kl_from_samples, mu_weighted_square_loss
 from gpo_core.train.data import TokenizedPairs, length_grouped_batches, tokenize_pairs
 from gpo_core.train.metrics import MetricsSink, StdoutSink, rewind_jsonl
-from gpo_core.train.pairs import pair_logprobs, to_device
+from gpo_core.train.pairs import enable_gradient_checkpointing, pair_logprobs, to_device
 from gpo_core.train.reference import cache_key, compute_reference_logprobs, load_or_compute
 from gpo_core.train.sampling import sample_and_score
 from gpo_core.train.spec import TrainingSpec
@@ -79,12 +79,12 @@ class RunResult:
 class _PairForward(torch.nn.Module):
     """One module around the shared-prompt forward, so that DDP sees a single forward per step."""
 
-    def __init__(self, model: PreTrainedModel):
+    def __init__(self, model: PreTrainedModel, chunk: int | None):
         super().__init__()
-        self.model = model
+        self.model, self.chunk = model, chunk
 
     def forward(self, batch):
-        return pair_logprobs(self.model, batch)
+        return pair_logprobs(self.model, batch, self.chunk)
 
 
 def _latest_checkpoint(output_dir: Path) -> Path | None:
@@ -246,7 +246,7 @@ def reference_logprobs(
         def compute():
             return compute_reference_logprobs(
                 reference.get(), pairs, data.pad_id, data.encoder_decoder, spec.batch_size * 2, context.device,
-                _autocast_dtype(spec),
+                _autocast_dtype(spec), spec.logprob_chunk,
             )  # fmt: skip
 
         if context.rank != 0:
@@ -268,6 +268,8 @@ def load_policy(spec: TrainingSpec, context: RunContext, steps: int, sink: Metri
     back to the records before that step."""
     resume = context.resume_from or _latest_checkpoint(Path(spec.output_dir))
     policy = load_model(resume if resume else spec.policy).to(context.device)
+    if spec.gradient_checkpointing:
+        enable_gradient_checkpointing(policy)
     optimizer = _optimizer(spec, policy)
     schedule = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}[spec.schedule]
     scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=spec.warmup_steps, num_training_steps=steps)
@@ -305,8 +307,9 @@ def trace(
     with _autocast(device, autocast_dtype):
         if data.eval_pairs is not None:
             pc, pr = compute_reference_logprobs(
-                policy, data.eval_pairs, data.pad_id, data.encoder_decoder, spec.batch_size * 2, device, autocast_dtype
-            )
+                policy, data.eval_pairs, data.pad_id, data.encoder_decoder, spec.batch_size * 2, device, autocast_dtype,
+                spec.logprob_chunk,
+            )  # fmt: skip
             rho = log_ratio_difference(pc, pr, *ref.eval)
             square = mu_weighted_square_loss(rho)
             record.update(
@@ -355,7 +358,7 @@ def train(spec: TrainingSpec, sink: MetricsSink | None = None, context: RunConte
         sink.emit({**data.report, "step": step})
         start = {"kind": "start", "step": step, "steps": steps, "pid": os.getpid(), "world_size": context.world_size}
         sink.emit({**start, "hosts": context.hosts})
-    forward = context.wrap_model(_PairForward(policy))
+    forward = context.wrap_model(_PairForward(policy, spec.logprob_chunk))
     batches = _batches(data.pairs, spec, context.rank, context.world_size)
     for _ in range(step * spec.grad_accumulation):  # the data order continues where it stopped
         next(batches)

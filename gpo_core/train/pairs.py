@@ -14,9 +14,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers.modeling_outputs import BaseModelOutput
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+from transformers.modeling_layers import GradientCheckpointingLayer
 
-from gpo_core.logprobs import collate_causal, collate_seq2seq, pad_rows, sequence_logprobs, token_logprobs
+from gpo_core.logprobs import (
+    collate_causal,
+    collate_seq2seq,
+    decoder_hidden,
+    output_head,
+    pad_rows,
+    scored_logprob_sums,
+    sequence_logprobs,
+)
 
 
 @dataclass
@@ -75,58 +84,114 @@ def collate_pairs(
     return PairBatch(prompt_ids, prompt_mask, responses, response_mask, encoder_decoder, pad_id)
 
 
-def pair_logprobs(model: torch.nn.Module, batch: PairBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(log pi(chosen | prompt), log pi(rejected | prompt))``, each [B], prompts processed once."""
+def pair_logprobs(
+    model: torch.nn.Module, batch: PairBatch, chunk: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(log pi(chosen | prompt), log pi(rejected | prompt))``, each [B], prompts processed once;
+    ``chunk`` bounds the positions whose logits exist at once (:func:`scored_logprob_sums`)."""
     if batch.encoder_decoder:
-        return _seq2seq_shared(model, batch)
-    return _causal_shared(model, batch)
+        return _seq2seq_shared(model, batch, chunk)
+    return _causal_shared(model, batch, chunk)
 
 
-def _causal_shared(model: torch.nn.Module, batch: PairBatch) -> tuple[torch.Tensor, torch.Tensor]:
+class _ReplayableLayer(DynamicLayer):
+    """A key/value cache layer that may be updated twice with the same states: each update returns
+    a fixed prefix followed by the new states, instead of appending to what is there. Under
+    gradient checkpointing a decoder layer runs again in the backward pass; with a plain cache its
+    replay would append its keys a second time and attend to them twice."""
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        super().lazy_initialization(key_states, value_states)
+        self.prefix = (self.keys, self.values)
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        self.keys = torch.cat([self.prefix[0], key_states], dim=-2)
+        self.values = torch.cat([self.prefix[1], value_states], dim=-2)
+        return self.keys, self.values
+
+
+class ReplayableCache(DynamicCache):
+    """The prompt's key/value cache, safe to use under gradient checkpointing (:class:`_ReplayableLayer`)."""
+
+    def __init__(self):
+        Cache.__init__(self, layer_class_to_replicate=_ReplayableLayer)
+
+    def continued(self, repeats: int) -> ReplayableCache:
+        """A new cache whose prefix is this one's states, each row repeated: what the responses
+        attend to. This cache stays as it is, so a replay of the prompt pass sees what it saw."""
+        cache = ReplayableCache()
+        for layer in self.layers:
+            keys, values = (t.repeat_interleave(repeats, dim=0) for t in (layer.keys, layer.values))
+            follower = _ReplayableLayer()
+            follower.lazy_initialization(keys, values)
+            follower.keys, follower.values = follower.prefix = (keys, values)
+            cache.layers.append(follower)
+        return cache
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute each transformer layer's activations in the backward pass instead of keeping
+    them (transformers' non-reentrant checkpointing). transformers drops the key/value cache of a
+    checkpointed layer, since a replayed layer would update it twice; the shared-prompt forward
+    needs that cache, and :class:`ReplayableCache` makes the replay harmless, so causal layers are
+    allowed to keep it. (Encoder-decoders decode without a cache: nothing to allow.)"""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if not getattr(model.config, "is_encoder_decoder", False):
+        for module in model.modules():
+            if isinstance(module, GradientCheckpointingLayer):
+                module._can_checkpoint_with_cache = True
+
+
+def _causal_shared(model: torch.nn.Module, batch: PairBatch, chunk: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    body = model.base_model  # the transformer without its output head: hidden states, no logits
     prompt_mask = batch.prompt_mask
     prompt_positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
-    # Left padding puts every prompt's last token in the last column: its logits predict the
-    # first response token, and they are the only prompt logits we need.
-    prompt_out = model(
+    # The caches are ours, passed in: transformers fills a cache it is given whatever use_cache
+    # says (use_cache=True would only make it create one, and warn under gradient checkpointing).
+    prompt_cache = ReplayableCache()
+    prompt_out = body(
         input_ids=batch.prompt_ids,
         attention_mask=prompt_mask,
         position_ids=prompt_positions,
-        use_cache=True,
-        logits_to_keep=1,
+        past_key_values=prompt_cache,
+        use_cache=False,
     )
-    cache = prompt_out.past_key_values
-    cache.batch_repeat_interleave(2)
     prompt_lengths = prompt_mask.sum(-1).repeat_interleave(2)
     response_positions = prompt_lengths[:, None] + torch.arange(batch.responses.shape[1], device=prompt_mask.device)
     attention = torch.cat([prompt_mask.repeat_interleave(2, dim=0), batch.response_mask], dim=1)
-    response_out = model(
+    response_out = body(
         input_ids=batch.responses,
         attention_mask=attention,
         position_ids=response_positions,
-        past_key_values=cache,
-        use_cache=True,
+        past_key_values=prompt_cache.continued(2),  # the prompt's keys, once per response
+        use_cache=False,
     )
-    first = prompt_out.logits[:, -1:].repeat_interleave(2, dim=0)
-    logits = torch.cat([first, response_out.logits[:, :-1]], dim=1)
-    per_row = (token_logprobs(logits, batch.responses) * batch.response_mask).sum(-1)
+    # Left padding puts every prompt's last token in the last column: its hidden state predicts
+    # the first response token; each response position predicts the next one.
+    first = prompt_out.last_hidden_state[:, -1:].repeat_interleave(2, dim=0)
+    hidden = torch.cat([first, response_out.last_hidden_state[:, :-1]], dim=1)
+    per_row = scored_logprob_sums(output_head(model), hidden, batch.responses, batch.response_mask, chunk)
     return per_row[0::2], per_row[1::2]
 
 
-def _seq2seq_shared(model: torch.nn.Module, batch: PairBatch) -> tuple[torch.Tensor, torch.Tensor]:
+def _seq2seq_shared(model: torch.nn.Module, batch: PairBatch, chunk: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     encoded = model.get_encoder()(input_ids=batch.prompt_ids, attention_mask=batch.prompt_mask)
-    hidden = encoded.last_hidden_state.repeat_interleave(2, dim=0)
-    labels = batch.responses.masked_fill(batch.response_mask == 0, -100)
-    out = model(
-        encoder_outputs=BaseModelOutput(last_hidden_state=hidden),
-        attention_mask=batch.prompt_mask.repeat_interleave(2, dim=0),
-        decoder_input_ids=model.prepare_decoder_input_ids_from_labels(labels=labels),
-        decoder_attention_mask=batch.response_mask,
+    hidden = decoder_hidden(
+        model,
+        encoded.last_hidden_state.repeat_interleave(2, dim=0),
+        batch.prompt_mask.repeat_interleave(2, dim=0),
+        batch.responses,
+        batch.response_mask,
     )
-    per_row = (token_logprobs(out.logits, batch.responses) * batch.response_mask).sum(-1)
+    per_row = scored_logprob_sums(output_head(model), hidden, batch.responses, batch.response_mask, chunk)
     return per_row[0::2], per_row[1::2]
 
 
-def pair_logprobs_naive(model: torch.nn.Module, batch: PairBatch) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_logprobs_naive(
+    model: torch.nn.Module, batch: PairBatch, chunk: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The same quantities by concatenating each prompt with each response (the prompt twice).
 
     The reference the shared forward is tested against, and what most trainers do."""
@@ -134,7 +199,7 @@ def pair_logprobs_naive(model: torch.nn.Module, batch: PairBatch) -> tuple[torch
     responses = [row[mask.bool()].tolist() for row, mask in zip(batch.responses, batch.response_mask, strict=True)]
     doubled = [p for p in prompts for _ in range(2)]
     if batch.encoder_decoder:
-        per_row = sequence_logprobs(model, collate_seq2seq(doubled, responses, batch.pad_id))
+        per_row = sequence_logprobs(model, collate_seq2seq(doubled, responses, batch.pad_id), chunk)
     else:
-        per_row = sequence_logprobs(model, collate_causal(doubled, responses, batch.pad_id))
+        per_row = sequence_logprobs(model, collate_causal(doubled, responses, batch.pad_id), chunk)
     return per_row[0::2], per_row[1::2]

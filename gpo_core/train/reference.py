@@ -29,6 +29,7 @@ def compute_reference_logprobs(
     batch_size: int,
     device: torch.device,
     autocast_dtype: torch.dtype | None,
+    chunk: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """log pi_ref of every chosen and rejected response, batched by length (float32 results)."""
     model.eval()
@@ -39,7 +40,7 @@ def compute_reference_logprobs(
         indices = order[start : start + batch_size]
         batch = pairs.batch(indices, pad_id, encoder_decoder).to(device)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            c, r = pair_logprobs(model, batch)
+            c, r = pair_logprobs(model, batch, chunk)
         chosen[indices] = c.float().cpu()
         rejected[indices] = r.float().cpu()
     return chosen, rejected

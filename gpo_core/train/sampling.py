@@ -39,5 +39,5 @@ def sample_and_score(
         )
         collated = type(collated)(*(t.to(device) for t in vars(collated).values()))
         for model, out in ((policy, policy_lp), (reference, reference_lp)):
-            out.append(sequence_logprobs(model, collated).float().cpu())
+            out.append(sequence_logprobs(model, collated, spec.logprob_chunk).float().cpu())
     return torch.cat(policy_lp), torch.cat(reference_lp)

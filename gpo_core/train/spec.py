@@ -54,6 +54,16 @@ class TrainingOptions(BaseModel):
     truncation_side: Literal["left", "right"] = Field("left", description="Which end of a long prompt is cut.")
     seed: int = Field(0, ge=0, le=2**32 - 1)
     precision: Literal["fp32", "bf16"] = "fp32"
+    logprob_chunk: int | None = Field(
+        None,
+        ge=1,
+        le=1_000_000,
+        description="Response positions whose logits exist at once (recomputed in backward); default all. "
+        "Bounds memory with a large vocabulary.",
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute each layer's activations in the backward pass: less memory, ~30% more compute."
+    )
 
     workers: int = Field(0, ge=0, le=1024, description="Ray Train workers; 0 runs in this process without Ray.")
     use_gpu: bool = False

@@ -221,3 +221,26 @@ def test_encoder_decoder_trains(tmp_path, cache_dir) -> None:
     result = train(spec, sink)
     assert result.steps == 2
     assert [r["step"] for r in sink.records if r["kind"] == "trace"] == [0, 2]
+
+
+def test_memory_options_train_the_same_run(small_task, tmp_path, cache_dir) -> None:
+    """Chunked log-probs and gradient checkpointing change what is held in memory, not the result:
+    the same steps, traces and final weights."""
+    artifacts = small_task.artifacts
+    common = dict(
+        steps=3, trace_every=3, eval_pairs=artifacts.eval_pairs, eval_prompts=artifacts.eval_prompts, trace_prompts=4
+    )  # fmt: skip
+    runs = {}
+    for name, options in {"plain": {}, "lean": {"logprob_chunk": 5, "gradient_checkpointing": True}}.items():
+        sink = ListSink()
+        result = train(make_spec(small_task, tmp_path / name, cache_dir, **common, **options), sink)
+        weights = AutoModelForCausalLM.from_pretrained(result.final_model_dir).state_dict()
+        runs[name] = ([r for r in sink.records if r["kind"] in ("step", "trace")], weights)
+    (plain_records, plain_weights), (lean_records, lean_weights) = runs["plain"], runs["lean"]
+    assert [r["kind"] for r in lean_records] == [r["kind"] for r in plain_records]
+    for lean, plain in zip(lean_records, plain_records, strict=True):
+        for key in ("loss", "rho_mean", "square_loss", "kl"):
+            if key in plain:
+                assert lean[key] == pytest.approx(plain[key], rel=1e-4, abs=1e-5), key
+    for name, tensor in plain_weights.items():
+        torch.testing.assert_close(lean_weights[name], tensor, rtol=1e-4, atol=1e-5)
