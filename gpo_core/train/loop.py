@@ -214,12 +214,12 @@ def load_training_data(spec: TrainingSpec) -> TrainingData:
 class ReferenceModel:
     """pi_ref, loaded only when needed: for a reference cache miss, or to score KL trace samples."""
 
-    def __init__(self, folder: str, device: torch.device):
-        self.folder, self.device, self.model = folder, device, None
+    def __init__(self, folder: str, device: torch.device, dtype: torch.dtype = torch.float32):
+        self.folder, self.device, self.dtype, self.model = folder, device, dtype, None
 
     def get(self) -> PreTrainedModel:
         if self.model is None:
-            self.model = load_model(self.folder).to(self.device).eval()
+            self.model = load_model(self.folder, self.dtype).to(self.device).eval()
             self.model.requires_grad_(False)
         return self.model
 
@@ -267,7 +267,7 @@ def load_policy(spec: TrainingSpec, context: RunContext, steps: int, sink: Metri
     checkpoint when there is one to resume from (announced to the sink). The metrics file is cut
     back to the records before that step."""
     resume = context.resume_from or _latest_checkpoint(Path(spec.output_dir))
-    policy = load_model(resume if resume else spec.policy).to(context.device)
+    policy = load_model(resume if resume else spec.policy, weights_dtype(spec)).to(context.device)
     if spec.gradient_checkpointing:
         enable_gradient_checkpointing(policy)
     optimizer = _optimizer(spec, policy)
@@ -329,7 +329,14 @@ def trace(
     return record
 
 
+def weights_dtype(spec: TrainingSpec) -> torch.dtype:
+    """The dtype the models are loaded in (and so their gradients and AdamW's moments): bf16 only
+    in ``bf16-pure``; mixed ``bf16`` keeps fp32 master weights."""
+    return torch.bfloat16 if spec.precision == "bf16-pure" else torch.float32
+
+
 def _autocast_dtype(spec: TrainingSpec) -> torch.dtype | None:
+    """bf16 autocast for mixed precision; none for fp32, nor for bf16-pure (its weights are bf16)."""
     return torch.bfloat16 if spec.precision == "bf16" else None
 
 
@@ -347,7 +354,7 @@ def train(spec: TrainingSpec, sink: MetricsSink | None = None, context: RunConte
     f, beta, autocast_dtype = resolve_loss(spec.loss), spec.effective_beta, _autocast_dtype(spec)
 
     data = load_training_data(spec)
-    reference = ReferenceModel(spec.reference_path, device)
+    reference = ReferenceModel(spec.reference_path, device, weights_dtype(spec))
     ref = reference_logprobs(spec, data, reference, context)
     if not data.trace_prompts:
         reference.release()  # only the KL trace needs pi_ref itself; its log-probs are cached

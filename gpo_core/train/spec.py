@@ -53,7 +53,11 @@ class TrainingOptions(BaseModel):
     max_response_length: int = Field(256, ge=1, le=131_072)
     truncation_side: Literal["left", "right"] = Field("left", description="Which end of a long prompt is cut.")
     seed: int = Field(0, ge=0, le=2**32 - 1)
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["fp32", "bf16", "bf16-pure"] = Field(
+        "fp32",
+        description="fp32; bf16: mixed (fp32 weights, bf16 autocast); bf16-pure: bf16 weights, gradients and "
+        "optimizer state (half the bytes per parameter).",
+    )
     logprob_chunk: int | None = Field(
         None,
         ge=1,
