@@ -45,6 +45,7 @@ app.add_typer(model_app, name="model")
 
 # Work in this process, no services.
 app.command("train")(runs.train_command)
+app.command("plan")(runs.plan_command)
 app.command("generate")(runs.generate_command)
 app.command("judge")(judging.judge_command)
 app.command("judge-eval")(judging.judge_eval_command)

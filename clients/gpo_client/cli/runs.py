@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
-from gpo_client.cli.output import console, errors, fail, print_winrate_table
+from gpo_client.cli.output import JsonFlag, console, emit_json, errors, fail, print_winrate_table
 
 
 def train_command(
@@ -57,6 +58,49 @@ def train_command(
     console.print(
         f"{state} after {result.steps} steps; final model: {result.final_model_dir}; metrics: {metrics_path(spec)}"
     )
+
+
+def plan_command(
+    spec_file: Annotated[Path, typer.Argument(help="Training spec (YAML or JSON).")],
+    memory: Annotated[
+        str | None, typer.Option(help="Memory of one worker, e.g. 80GiB (default: this machine's GPU, or its RAM).")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Before launch: memory per worker by kind (weights, gradients, optimizer state, activations,
+    logits), FLOPs per step, and whether it fits; at the spec's length limits. Exits 1 when it
+    does not fit."""
+    from gpo_core.train.plan import parse_size, plan, worker_memory
+    from gpo_core.train.spec import SpecError, load_spec
+
+    try:
+        spec = load_spec(spec_file)
+        available, source = (parse_size(memory), "--memory") if memory else worker_memory(spec)
+        result = plan(spec)
+    except (SpecError, ValueError, OSError) as err:
+        raise fail(str(err)) from None
+    fits = result.fits(available)
+    if as_json:
+        emit_json({**result.as_dict(), "available_bytes": available, "fits": fits})
+    else:
+        gib = 2**30
+        table = Table(title=f"{spec_file}: memory per worker ({result.shape.parameters / 1e6:,.1f}M parameters)")
+        table.add_column("what")
+        table.add_column("GiB", justify="right")
+        for kind, size in result.memory.items():
+            table.add_row(kind, f"{size / gib:.2f}")
+        table.add_row("[bold]total[/bold]", f"[bold]{result.total / gib:.2f}[/bold]")
+        console.print(table)
+        console.print(
+            f"largest micro-batch: {result.tokens_per_micro_batch:,} tokens "
+            f"({result.scored_tokens_per_micro_batch:,} scored); {result.flops_per_step:.3g} FLOPs per step"
+        )
+        for note in result.notes:
+            console.print(f"note: {note}")
+        verdict = "fits" if fits else "[red]does not fit[/red]"
+        console.print(f"{verdict}: {result.total / available:.0%} of {available / gib:.1f} GiB ({source})")
+    if not fits:
+        raise typer.Exit(code=1)
 
 
 def _stop_on_ctrl_c(message: str) -> threading.Event:
