@@ -93,6 +93,9 @@ def new_token_ids(
         attention_mask=mask.to(device),
         max_new_tokens=max_new_tokens,
         pad_token_id=pad_id,
+        # One process generates alone, also from a sharded model whose weights it has gathered
+        # (transformers would otherwise sync every token with the other FSDP workers).
+        synced_gpus=False,
         **options,
     )
     return out[:, 1:] if is_encoder_decoder(model) else out[:, ids.shape[1] :]

@@ -14,18 +14,22 @@ import shutil
 import socket
 import time
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch.distributed.tensor import DTensor
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from gpo_core.conversation import ChatFormat, ConversationError, Prompt
 from gpo_core.data import load_preferences, load_prompts
+from gpo_core.logprobs import output_head
 from gpo_core.losses import gpo_loss, resolve_loss
 from gpo_core.models import cache_root, is_encoder_decoder, load_model
 from gpo_core.preference import SUMS, log_ratio_difference, metrics_from_sums, preference_sums
 from gpo_core.regularization import kl_from_samples, mu_weighted_square_loss
+from gpo_core.train import sharding
 from gpo_core.train.data import TokenizedPairs, length_grouped_batches, tokenize_pairs
 from gpo_core.train.metrics import MetricsSink, StdoutSink, rewind_jsonl
 from gpo_core.train.pairs import enable_gradient_checkpointing, pair_logprobs, to_device
@@ -84,7 +88,10 @@ class _PairForward(torch.nn.Module):
         self.model, self.chunk = model, chunk
 
     def forward(self, batch):
-        return pair_logprobs(self.model, batch, self.chunk)
+        chosen, rejected = pair_logprobs(self.model, batch, self.chunk)
+        # Copies, not views of one tensor: FSDP hooks the outputs of the module it wraps for the
+        # backward pass, and warns that an in-place change to a view would bypass its hook.
+        return chosen.clone(), rejected.clone()
 
 
 def _latest_checkpoint(output_dir: Path) -> Path | None:
@@ -93,22 +100,35 @@ def _latest_checkpoint(output_dir: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def _save_checkpoint(output_dir: Path, step: int, model, tokenizer, optimizer, scheduler) -> Path:
-    """A transformers model folder plus the optimizer state; written aside, then renamed."""
+def _save_checkpoint(
+    context: RunContext, output_dir: Path, step: int, policy, forward, tokenizer, optimizer, scheduler
+) -> Path | None:
+    """A transformers model folder plus the optimizer state; written aside, then renamed, by the
+    main worker. Under FSDP every worker also writes its shards (model and optimizer) into the
+    folder's ``sharded/``, and the model folder holds the weights gathered from them."""
     final = output_dir / CHECKPOINTS / f"step-{step:07d}"
     work = final.with_name(final.name + ".tmp")
-    shutil.rmtree(work, ignore_errors=True)
-    model.save_pretrained(work)
-    tokenizer.save_pretrained(work)
-    torch.save(
-        {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, work / STATE_FILE
-    )
-    shutil.rmtree(final, ignore_errors=True)
-    work.rename(final)
-    for old in sorted((output_dir / CHECKPOINTS).glob("step-*"))[:-KEEP_CHECKPOINTS]:
-        if not old.name.endswith(".tmp"):
-            shutil.rmtree(old, ignore_errors=True)
-    return final
+    is_main, sharded = context.rank == 0, sharding.is_sharded(forward)
+    if is_main:
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+    weights = None
+    if sharded:
+        context.barrier()  # the folder exists before anyone writes into it
+        sharding.save(work, forward, optimizer)
+        weights = sharding.full_weights(forward, policy)
+    if is_main:
+        policy.save_pretrained(work, state_dict=weights)
+        tokenizer.save_pretrained(work)
+        optimizer_state = None if sharded else optimizer.state_dict()
+        torch.save({"step": step, "optimizer": optimizer_state, "scheduler": scheduler.state_dict()}, work / STATE_FILE)
+        shutil.rmtree(final, ignore_errors=True)
+        work.rename(final)
+        for old in sorted((output_dir / CHECKPOINTS).glob("step-*"))[:-KEEP_CHECKPOINTS]:
+            if not old.name.endswith(".tmp"):
+                shutil.rmtree(old, ignore_errors=True)
+    context.barrier()  # nobody reports or resumes from a folder still being written
+    return final if is_main else None
 
 
 def _batches(pairs: TokenizedPairs, spec: TrainingSpec, rank: int, world_size: int) -> Iterator[list[int]]:
@@ -129,6 +149,7 @@ def total_steps(spec: TrainingSpec, n_pairs: int, world_size: int) -> int:
 
 
 def _optimizer(spec: TrainingSpec, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """Over ``model``'s parameters as they are: made after sharding, its state holds shards."""
     if spec.optimizer == "adafactor":
         from transformers.optimization import Adafactor
 
@@ -263,14 +284,21 @@ def reference_logprobs(
 
 
 def load_policy(spec: TrainingSpec, context: RunContext, steps: int, sink: MetricsSink):
-    """``(policy, optimizer, scheduler, step)``: fresh at step 0, or restored from the last
-    checkpoint when there is one to resume from (announced to the sink). The metrics file is cut
-    back to the records before that step."""
+    """``(policy, forward, optimizer, scheduler, step)``: fresh at step 0, or restored from the last
+    checkpoint when there is one to resume from (announced to the sink). ``forward`` is the pair
+    forward the steps call: the policy wrapped for DDP (``context.wrap_model``) or sharded (FSDP).
+    The metrics file is cut back to the records before the resumed step."""
     resume = context.resume_from or _latest_checkpoint(Path(spec.output_dir))
     policy = load_model(resume if resume else spec.policy, weights_dtype(spec)).to(context.device)
     if spec.gradient_checkpointing:
         enable_gradient_checkpointing(policy)
-    optimizer = _optimizer(spec, policy)
+    output_head(policy)  # checked on the whole model, before any sharding
+    forward = _PairForward(policy, spec.logprob_chunk)
+    if spec.strategy == "fsdp":
+        forward = sharding.shard(forward, policy, context.device, context.world_size)
+    else:
+        forward = context.wrap_model(forward)
+    optimizer = _optimizer(spec, forward)
     schedule = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}[spec.schedule]
     scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=spec.warmup_steps, num_training_steps=steps)
     step = 0
@@ -280,14 +308,17 @@ def load_policy(spec: TrainingSpec, context: RunContext, steps: int, sink: Metri
         except pickle.UnpicklingError as err:
             raise TrainingError(f"{resume / STATE_FILE}: not a trainer state (holds more than tensors and "
                                 f"numbers), so it was not loaded: {str(err).splitlines()[0]}") from None  # fmt: skip
-        optimizer.load_state_dict(state["optimizer"])
+        if sharding.is_sharded(forward):
+            sharding.load(resume, forward, optimizer)
+        else:
+            optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step = state["step"]
     if context.rank == 0:  # records of the steps this run trains (again) go: none is listed twice
         rewind_jsonl(Path(spec.output_dir) / METRICS_FILE, step if resume else -1)
         if resume:
             sink.emit({"kind": "resumed", "step": step, "checkpoint": str(resume)})
-    return policy, optimizer, scheduler, step
+    return policy, forward, optimizer, scheduler, step
 
 
 @torch.no_grad()
@@ -298,9 +329,12 @@ def trace(
     ref: ReferenceLogprobs,
     spec: TrainingSpec,
     device: torch.device,
+    step: int = 0,
 ) -> dict:
     """The paper's Fig. 5 quantities at this point of training: the mu-weighted square loss on
-    the held-out pairs and the on-policy KL(pi_theta || pi_ref) from samples of the trace prompts."""
+    the held-out pairs and the on-policy KL(pi_theta || pi_ref) from samples of the trace prompts.
+    Sampling draws from its own generator state (seeded by the seed and step), so tracing leaves
+    the training's random stream as it was."""
     record: dict = {}
     f, beta, autocast_dtype = resolve_loss(spec.loss), spec.effective_beta, _autocast_dtype(spec)
     policy.eval()
@@ -320,9 +354,11 @@ def trace(
                 eval_loss=float(f(beta * rho).mean()),
             )
         if data.trace_prompts:
-            policy_lp, reference_lp = sample_and_score(
-                policy, reference.get(), data.tokenizer, data.trace_prompts, spec, device
-            )
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(spec.seed + step)
+                policy_lp, reference_lp = sample_and_score(
+                    policy, reference.get(), data.tokenizer, data.trace_prompts, spec, device
+                )
             kl = kl_from_samples(policy_lp, reference_lp)
             record.update(kl=kl.mean, kl_stderr=kl.stderr, kl_samples=kl.n)
     policy.train()
@@ -360,18 +396,23 @@ def train(spec: TrainingSpec, sink: MetricsSink | None = None, context: RunConte
         reference.release()  # only the KL trace needs pi_ref itself; its log-probs are cached
 
     steps = total_steps(spec, len(data.pairs), context.world_size)
-    policy, optimizer, scheduler, step = load_policy(spec, context, steps, sink)
+    policy, forward, optimizer, scheduler, step = load_policy(spec, context, steps, sink)
     if is_main:
         sink.emit({**data.report, "step": step})
         start = {"kind": "start", "step": step, "steps": steps, "pid": os.getpid(), "world_size": context.world_size}
         sink.emit({**start, "hosts": context.hosts})
-    forward = context.wrap_model(_PairForward(policy, spec.logprob_chunk))
     batches = _batches(data.pairs, spec, context.rank, context.world_size)
     for _ in range(step * spec.grad_accumulation):  # the data order continues where it stopped
         next(batches)
-    tracing = is_main and spec.trace_every > 0
+    tracing = spec.trace_every > 0 and (is_main or sharding.is_sharded(forward))  # sharded: all gather
+
+    def trace_now(at: int) -> None:
+        with sharding.gathered(forward) if sharding.is_sharded(forward) else nullcontext():
+            if is_main:
+                sink.emit({"kind": "trace", "step": at, **trace(policy, reference, data, ref, spec, device, at)})
+
     if tracing and step == 0:
-        sink.emit({"kind": "trace", "step": 0, **trace(policy, reference, data, ref, spec, device)})
+        trace_now(0)
 
     padded, real = 0, 0
     checkpointed_at = step  # a resumed run starts from a checkpoint of this step
@@ -400,7 +441,9 @@ def train(spec: TrainingSpec, sink: MetricsSink | None = None, context: RunConte
             (loss * len(indices) / rows).backward()
             sums += preference_sums(chosen.detach(), rejected.detach(), ref_chosen, ref_rejected, beta, f)
         real += tokens
-        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), spec.max_grad_norm or float("inf"))
+        grad_norm = torch.nn.utils.clip_grad_norm_(forward.parameters(), spec.max_grad_norm or float("inf"))
+        if isinstance(grad_norm, DTensor):  # sharded gradients: the norm over all shards
+            grad_norm = grad_norm.full_tensor()
         # One transfer to the host per step: the metrics' sums over all workers, and the grad norm.
         totals = torch.cat([context.all_reduce(sums), grad_norm.reshape(1).to(sums)]).tolist()
         mean_loss = totals[SUMS.index("loss")] / totals[SUMS.index("pairs")]
@@ -430,19 +473,20 @@ def train(spec: TrainingSpec, sink: MetricsSink | None = None, context: RunConte
         if is_main and (step % spec.log_every == 0 or step == steps):
             sink.emit(last)
         if spec.checkpoint_every and step % spec.checkpoint_every == 0 and step < steps:
-            _checkpoint(context, output_dir, step, policy, data.tokenizer, optimizer, scheduler, last, is_main)
+            _checkpoint(context, output_dir, step, policy, forward, data.tokenizer, optimizer, scheduler, last)
             checkpointed_at = step
         if tracing and (step % spec.trace_every == 0 or step == steps):
-            sink.emit({"kind": "trace", "step": step, **trace(policy, reference, data, ref, spec, device)})
+            trace_now(step)
 
     final_dir = None
     if stopped:
         if step > 0 and checkpointed_at != step:  # decided alike on every worker: Ray needs that
-            _checkpoint(context, output_dir, step, policy, data.tokenizer, optimizer, scheduler, last, is_main)
+            _checkpoint(context, output_dir, step, policy, forward, data.tokenizer, optimizer, scheduler, last)
     else:
         final_dir = output_dir / "final"
+        weights = sharding.full_weights(forward, policy) if sharding.is_sharded(forward) else None  # collective
         if is_main:
-            policy.save_pretrained(final_dir)
+            policy.save_pretrained(final_dir, state_dict=weights)
             data.tokenizer.save_pretrained(final_dir)
         if context.on_checkpoint is not None:
             context.on_checkpoint(last, final_dir if is_main else None)
@@ -458,8 +502,9 @@ def train(spec: TrainingSpec, sink: MetricsSink | None = None, context: RunConte
     )
 
 
-def _checkpoint(context, output_dir, step, policy, tokenizer, optimizer, scheduler, metrics, is_main) -> None:
-    """The main worker writes the checkpoint; every worker reports (Ray needs all of them to)."""
-    folder = _save_checkpoint(output_dir, step, policy, tokenizer, optimizer, scheduler) if is_main else None
+def _checkpoint(context, output_dir, step, policy, forward, tokenizer, optimizer, scheduler, metrics) -> None:
+    """Every worker takes part in writing the checkpoint (the main one alone under DDP) and reports
+    it (Ray needs all of them to)."""
+    folder = _save_checkpoint(context, output_dir, step, policy, forward, tokenizer, optimizer, scheduler)
     if context.on_checkpoint is not None:
         context.on_checkpoint(metrics, folder)

@@ -71,6 +71,11 @@ class TrainingOptions(BaseModel):
 
     workers: int = Field(0, ge=0, le=1024, description="Ray Train workers; 0 runs in this process without Ray.")
     use_gpu: bool = False
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="Ray workers each hold a whole replica (ddp) or a 1/N shard of weights, gradients and "
+        "optimizer state (fsdp: FSDP2).",
+    )
     placement: Literal["pack", "spread"] = Field(
         "pack", description="Ray workers packed onto few nodes (less traffic) or spread one per node."
     )
@@ -97,6 +102,8 @@ class TrainingOptions(BaseModel):
     def _one_length(self) -> TrainingOptions:
         if (self.steps is None) == (self.epochs is None):
             raise ValueError("give exactly one of steps and epochs")
+        if self.strategy == "fsdp" and self.workers < 1:
+            raise ValueError("strategy: fsdp shards over Ray workers: give workers >= 1 (0 trains in this process)")
         return self
 
 

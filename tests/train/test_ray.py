@@ -153,3 +153,76 @@ def test_a_local_ray_with_a_token_trains_and_refuses_clients_without_it(small_ta
     outcome = json.loads(done.stdout.strip().splitlines()[-1])
     assert outcome["steps"] == 2
     assert outcome["intruder"] != 0 and "INTRUDER CONNECTED" not in outcome["out"]
+
+
+def final_weights(result) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(Path(result.final_model_dir) / "model.safetensors")
+
+
+def test_fsdp_trains_as_ddp_does(ray_session, small_task, tmp_path) -> None:
+    """Two workers, fp32: per-step losses, the KL / square-loss traces (sampled on the main worker
+    from the gathered weights) and the final weights of FSDP equal DDP's within 1e-5."""
+    import torch
+
+    from gpo_core.train.ray_runner import train_on_ray
+
+    runs = {}
+    for strategy in ("ddp", "fsdp"):
+        metrics = tmp_path / strategy / "metrics.jsonl"
+        spec = spec_for(
+            small_task, tmp_path / strategy, strategy=strategy, steps=5, checkpoint_every=2, trace_every=5,
+            eval_pairs=small_task.artifacts.eval_pairs, eval_prompts=small_task.artifacts.eval_prompts, trace_prompts=8,
+        )  # fmt: skip
+        result = train_on_ray(spec, metrics)
+        assert result.steps == 5
+        records = [json.loads(line) for line in metrics.read_text().splitlines()]
+        runs[strategy] = (records, final_weights(result))
+    (ddp_records, ddp_weights), (fsdp_records, fsdp_weights) = runs["ddp"], runs["fsdp"]
+    ddp_steps, fsdp_steps = ([r for r in rs if r["kind"] in ("step", "trace")] for rs in (ddp_records, fsdp_records))
+    assert [(r["kind"], r["step"]) for r in fsdp_steps] == [(r["kind"], r["step"]) for r in ddp_steps]
+    assert len([r for r in fsdp_steps if r["kind"] == "trace"]) == 2  # at steps 0 and 5
+    for fsdp, ddp in zip(fsdp_steps, ddp_steps, strict=True):
+        for key in ("loss", "grad_norm", "square_loss", "kl"):
+            if key in ddp:
+                assert fsdp[key] == pytest.approx(ddp[key], rel=1e-5, abs=1e-5), (fsdp["step"], key)
+    assert fsdp_weights.keys() == ddp_weights.keys()
+    for name, tensor in ddp_weights.items():
+        torch.testing.assert_close(fsdp_weights[name], tensor, rtol=0, atol=1e-5)
+    checkpoint = tmp_path / "fsdp" / "run" / "checkpoints" / "step-0000004"
+    assert (checkpoint / "sharded" / ".metadata").exists() and (checkpoint / "model.safetensors").exists()
+
+
+def test_a_killed_fsdp_worker_resumes_exactly_from_the_sharded_checkpoint(ray_session, small_task, tmp_path) -> None:
+    """SIGKILL rank 0 after step 3: the worker group restarts from the step-2 sharded checkpoint
+    (model and optimizer shards) and ends with the weights of an uninterrupted run."""
+    import torch
+
+    from gpo_core.train.ray_runner import train_on_ray
+
+    whole = train_on_ray(spec_for(small_task, tmp_path / "whole", strategy="fsdp", steps=6), tmp_path / "whole.jsonl")
+    metrics = tmp_path / "killed.jsonl"
+    killed: list[int] = []
+
+    def kill_after_step_three() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            records = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
+            starts = [r for r in records if r["kind"] == "start"]
+            if starts and any(r["kind"] == "step" and r["step"] >= 3 for r in records):
+                os.kill(starts[0]["pid"], signal.SIGKILL)
+                killed.append(starts[0]["pid"])
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_after_step_three)
+    killer.start()
+    resumed = train_on_ray(spec_for(small_task, tmp_path / "killed", strategy="fsdp", steps=6), metrics)
+    killer.join()
+    assert killed, "the worker was never killed"
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "resumed"] in ([2], [4])
+    assert resumed.steps == 6
+    expected = final_weights(whole)
+    for name, tensor in final_weights(resumed).items():
+        torch.testing.assert_close(tensor, expected[name], rtol=0, atol=1e-6)
