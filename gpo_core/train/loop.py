@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import resource
 import shutil
 import socket
 import time
@@ -33,6 +34,7 @@ from gpo_core.train import sharding
 from gpo_core.train.data import TokenizedPairs, length_grouped_batches, tokenize_pairs
 from gpo_core.train.metrics import MetricsSink, StdoutSink, rewind_jsonl
 from gpo_core.train.pairs import enable_gradient_checkpointing, pair_logprobs, to_device
+from gpo_core.train.plan import device_peak_flops, flops_per_token, model_shape
 from gpo_core.train.reference import cache_key, compute_reference_logprobs, load_or_compute
 from gpo_core.train.sampling import sample_and_score
 from gpo_core.train.spec import TrainingSpec
@@ -376,6 +378,13 @@ def _autocast_dtype(spec: TrainingSpec) -> torch.dtype | None:
     return torch.bfloat16 if spec.precision == "bf16" else None
 
 
+def peak_memory(device: torch.device) -> int:
+    """Bytes at this worker's high-water mark: the GPU's allocated memory, or the process's RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+
+
 def _autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
@@ -415,6 +424,8 @@ def train(spec: TrainingSpec, sink: MetricsSink | None = None, context: RunConte
         trace_now(0)
 
     padded, real = 0, 0
+    peak_flops = device_peak_flops(device)  # MFU on known GPUs only
+    shape = model_shape(spec.policy) if peak_flops else None
     checkpointed_at = step  # a resumed run starts from a checkpoint of this step
     last: dict = {}
     stopped = False
@@ -469,7 +480,11 @@ def train(spec: TrainingSpec, sink: MetricsSink | None = None, context: RunConte
             "pairs_per_s": rows * context.world_size / elapsed,
             "tokens_per_s": tokens * context.world_size / elapsed,
             "padded_fraction": padded / max(1, padded + real),
+            "peak_memory_gib": peak_memory(device) / 2**30,
         }
+        if shape is not None:  # this worker's real tokens against its GPU's peak
+            context = batch.prompt_ids.shape[1] + batch.responses.shape[1]  # a response sees its prompt
+            last["mfu"] = tokens * flops_per_token(shape, context) / elapsed / peak_flops
         if is_main and (step % spec.log_every == 0 or step == steps):
             sink.emit(last)
         if spec.checkpoint_every and step % spec.checkpoint_every == 0 and step < steps:

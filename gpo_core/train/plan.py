@@ -28,6 +28,8 @@ OUTSIDE_LAYERS = 3.0  # embeddings, final norm: x h per token
 # Copies of the logits alive at once around the log-softmax (the logits, their log-softmax's
 # saved input, the gradient), by peak RSS of real runs (tests/train/test_plan.py).
 LOGITS_COPIES = 3
+# Dense bf16 peak FLOP/s (no sparsity), from the vendors' data sheets: the denominator of MFU.
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "B200": 2250e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12}
 RUNTIME_BYTES = 500 * 2**20  # Python, torch, transformers and the data loaded: a CPU worker's floor (RSS)
 GIB = 2**30
 
@@ -42,6 +44,8 @@ class ModelShape:
     kv_width: int
     vocabulary: int
     factored_state: int  # Adafactor's state: rows + columns of each matrix, all of a vector
+    block_parameters: int  # the largest transformer block (an FSDP unit)
+    root_parameters: int  # outside the blocks: embeddings, final norm, head (FSDP's root unit)
 
 
 @dataclass
@@ -80,6 +84,8 @@ def model_shape(folder: str) -> ModelShape:
     with torch.device("meta"):
         model = loader.from_config(config)
     parameters = list(model.parameters())  # tied weights appear once
+    block_names = set(getattr(model, "_no_split_modules", None) or ())
+    blocks = [sum(p.numel() for p in m.parameters()) for m in model.modules() if type(m).__name__ in block_names]
     text = config.get_text_config()
     hidden = getattr(text, "hidden_size", None) or text.d_model
     heads = getattr(text, "num_attention_heads", None) or text.num_heads
@@ -95,6 +101,8 @@ def model_shape(folder: str) -> ModelShape:
         kv_width=2 * kv_heads * head_dim,
         vocabulary=text.vocab_size,
         factored_state=sum(p.shape[0] + p.shape[1] if p.dim() == 2 else p.numel() for p in parameters),
+        block_parameters=max(blocks, default=0),
+        root_parameters=sum(p.numel() for p in parameters) - sum(blocks),
     )
 
 
@@ -117,15 +125,22 @@ def plan(spec: TrainingSpec, shape: ModelShape | None = None) -> Plan:
     logits_rows = min(spec.logprob_chunk or scored, scored)
     result = Plan(shape, tokens, scored, 0.0)
     memory = result.memory
-    memory["weights"] = n * weight_bytes
-    memory["gradients"] = n * weight_bytes
+    world = max(1, spec.workers)
+    share = world if spec.strategy == "fsdp" else 1  # FSDP: each worker holds 1/N of every state
+    memory["weights"] = n * weight_bytes // share
+    memory["gradients"] = n * weight_bytes // share
     if spec.optimizer == "adamw":
-        memory["optimizer state"] = 2 * n * weight_bytes
+        memory["optimizer state"] = 2 * n * weight_bytes // share
     else:
-        memory["optimizer state"] = shape.factored_state * 4
+        memory["optimizer state"] = shape.factored_state * 4 // share
+    if spec.strategy == "fsdp":
+        # Gathered at once: the root unit for the whole step (its weights and their gradients)
+        # and two blocks (the one running and the next, prefetched).
+        gathered = shape.root_parameters + 2 * shape.block_parameters
+        memory["FSDP gathered weights"] = 2 * gathered * weight_bytes
     if spec.precision == "bf16":
-        memory["bf16 weight copies (autocast)"] = n * 2
-    if spec.workers > 1:
+        memory["bf16 weight copies (autocast)"] = n * 2 // share
+    if spec.workers > 1 and spec.strategy == "ddp":
         memory["DDP gradient buckets"] = n * weight_bytes
     memory["activations"] = int(activations)
     memory["logits"] = LOGITS_COPIES * logits_rows * shape.vocabulary * 4
@@ -134,14 +149,25 @@ def plan(spec: TrainingSpec, shape: ModelShape | None = None) -> Plan:
         result.notes.append("the KL trace keeps pi_ref loaded; without eval_prompts it is never held in training")
     if not spec.use_gpu:
         memory["runtime (Python, torch)"] = RUNTIME_BYTES
-    # PaLM's model FLOPs: 6 x non-embedding parameters per token, and attention's 12 x layers x
-    # hidden x context (a response attends to its prompt and itself).
-    world = max(1, spec.workers)
-    per_token = 6 * (n - shape.embedding_parameters) + 12 * shape.layers * shape.hidden * (prompt + response)
-    result.flops_per_step = float(per_token * tokens * spec.grad_accumulation * world)
+    result.flops_per_step = flops_per_token(shape, prompt + response) * tokens * spec.grad_accumulation * world
     if logits_rows == scored and scored * shape.vocabulary * 4 * LOGITS_COPIES > memory["activations"] / 2:
         result.notes.append(f"the logits are a large share: logprob_chunk: {max(64, scored // 16)} would bound them")
     return result
+
+
+def flops_per_token(shape: ModelShape, context: int) -> float:
+    """PaLM's model FLOPs of training on one token: 6 x the non-embedding parameters, plus
+    attention's 12 x layers x hidden x context (recomputation not counted: this is the MFU
+    numerator)."""
+    return float(6 * (shape.parameters - shape.embedding_parameters) + 12 * shape.layers * shape.hidden * context)
+
+
+def device_peak_flops(device: torch.device) -> float | None:
+    """The dense bf16 peak of a known GPU; None on CPUs and unknown devices (no MFU then)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_BF16_FLOPS.items() if key in name), None)
 
 
 SIZE_UNITS = {"gib": GIB, "gb": 10**9, "mib": 2**20, "mb": 10**6}

@@ -17,7 +17,7 @@ from gpo_core.train.spec import TrainingSpec
 
 STEP_KEYS = {
     "loss", "rho_mean", "rho_std", "accuracy", "reward_chosen", "reward_rejected", "margin",
-    "grad_norm", "lr", "pairs", "pairs_per_s", "tokens_per_s", "padded_fraction",
+    "grad_norm", "lr", "pairs", "pairs_per_s", "tokens_per_s", "padded_fraction", "peak_memory_gib",
 }  # fmt: skip
 
 

@@ -112,3 +112,22 @@ def test_the_plan_is_within_25_percent_of_a_real_runs_peak(options: dict) -> Non
     assert out.returncode == 0, out.stderr[-3000:]
     measured = json.loads(out.stdout.strip().splitlines()[-1])
     assert 0.75 <= measured["ratio"] <= 1.25, measured
+
+
+def test_fsdp_shards_the_states_and_gathers_the_root_and_two_blocks(configs) -> None:
+    ddp = plan(spec(configs, "qwen2-0.5b", workers=2))
+    fsdp = plan(spec(configs, "qwen2-0.5b", workers=2, strategy="fsdp"))
+    shape = fsdp.shape
+    # Qwen2-0.5B: 24 blocks of 14.9M parameters; embeddings (tied head) and the final norm at the root.
+    assert shape.block_parameters == 14_912_384 and shape.root_parameters == shape.parameters - 24 * 14_912_384
+    for kind in ("weights", "gradients", "optimizer state"):
+        assert fsdp.memory[kind] == ddp.memory[kind] // 2
+    assert fsdp.memory["FSDP gathered weights"] == 2 * 4 * (shape.root_parameters + 2 * shape.block_parameters)
+    assert "DDP gradient buckets" in ddp.memory and "DDP gradient buckets" not in fsdp.memory
+
+
+def test_model_flops_are_palms() -> None:
+    from gpo_core.train.plan import ModelShape, flops_per_token
+
+    llama3_8b = ModelShape(8_030_261_248, 525_336_576, 32, 4096, 14336, 2048, 128256, 0, 0, 0)
+    assert flops_per_token(llama3_8b, 2048) == 6 * (8_030_261_248 - 525_336_576) + 12 * 32 * 4096 * 2048
