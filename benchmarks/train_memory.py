@@ -3,7 +3,9 @@
     python benchmarks/train_memory.py [--steps 2] [--pairs 8] [--only CASE ...]
 
 A Qwen2-0.5B-shaped model with random weights (hidden 896, 24 layers, 14 heads, 2 KV heads,
-intermediate 4864, vocabulary 151,936, tied embeddings: 494M parameters), pairs of a 256-token
+intermediate 4864, vocabulary 151,936, tied embeddings, attention biases: 494M parameters; built
+as a Llama, since transformers gives a folder with a Qwen2 config its Qwen2 tokenizer, which
+cannot read the synthetic word-level one), pairs of a 256-token
 prompt and two 128-token responses (the last token the EOS both trainers append), batch 2, a
 logistic (sigmoid) loss, a few steps. Each case runs in a fresh process and reports its peak RSS
 (the process's high-water mark, Python and torch included, which is what a worker needs): both
@@ -11,7 +13,7 @@ trainers load the model, compute the reference log-probs from an empty cache and
 
 Cases:
   ours-fp32, ours-bf16 (mixed), ours-bf16-pure, and each "-lean" (logprob_chunk 128, gradient
-  checkpointing);
+  checkpointing); ours-fp32-lora (LoRA r 16 on every linear layer but the head);
   trl-fp32 / trl-bf16: DPOTrainer with its defaults (a reference copy of the model in memory;
   bf16: autocast); "-lowest": its lowest-memory documented options that run on a CPU
   (precompute_ref_log_probs, gradient_checkpointing; padding_free is unavailable in TRL 1.16 and
@@ -34,7 +36,7 @@ from pathlib import Path
 
 SHAPE = dict(
     hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-    vocab_size=151936, tie_word_embeddings=True, max_position_embeddings=1024,
+    vocab_size=151936, tie_word_embeddings=True, attention_bias=True, max_position_embeddings=1024,
 )  # fmt: skip
 PROMPT, RESPONSE, BATCH, WORDS = 256, 128, 2, 4000
 OURS = {
@@ -43,6 +45,7 @@ OURS = {
     "ours-bf16": {"precision": "bf16"},
     "ours-bf16-pure": {"precision": "bf16-pure"},
     "ours-bf16-pure-lean": {"precision": "bf16-pure", "logprob_chunk": 128, "gradient_checkpointing": True},
+    "ours-fp32-lora": {"precision": "fp32", "lora": {"r": 16, "alpha": 32}},
 }
 TRL = {
     "trl-fp32": {},
@@ -56,15 +59,17 @@ GIB = 2**30
 
 def prepare(folder: Path, pairs: int) -> None:
     import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     from gpo_core.data import write_jsonl
     from gpo_core.task.tokenizer import word_level_tokenizer
 
     tokenizer = word_level_tokenizer([f"w{i}" for i in range(WORDS)], prepend_bos=False)
     torch.manual_seed(0)
-    config = Qwen2Config(**SHAPE, pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    Qwen2ForCausalLM(config).save_pretrained(folder / "model")
+    config = LlamaConfig(**SHAPE, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    model = LlamaForCausalLM(config)
+    print(f"model: {sum(p.numel() for p in model.parameters()):,} parameters", flush=True)
+    model.save_pretrained(folder / "model")
     tokenizer.save_pretrained(folder / "model")
     rng = random.Random(0)
 
@@ -182,6 +187,7 @@ def main() -> None:
     ratio("ours-fp32-lean", "trl-fp32-lowest")
     ratio("ours-bf16-pure-lean", "trl-bf16-lowest")
     ratio("ours-bf16", "trl-bf16")
+    ratio("ours-fp32-lora", "ours-fp32")
     ratio("fsdp-2", "ddp-2")
 
 

@@ -31,6 +31,13 @@ from gpo_core.models import cache_root, is_encoder_decoder, load_model
 from gpo_core.preference import SUMS, log_ratio_difference, metrics_from_sums, preference_sums
 from gpo_core.regularization import kl_from_samples, mu_weighted_square_loss
 from gpo_core.train import sharding
+from gpo_core.train.adapters import (
+    AdapterDisabledReference,
+    add_adapters,
+    load_adapters,
+    save_final,
+    trainable_parameters,
+)
 from gpo_core.train.data import TokenizedPairs, length_grouped_batches, tokenize_pairs
 from gpo_core.train.metrics import MetricsSink, StdoutSink, rewind_jsonl
 from gpo_core.train.pairs import enable_gradient_checkpointing, pair_logprobs, to_device
@@ -103,7 +110,7 @@ def _latest_checkpoint(output_dir: Path) -> Path | None:
 
 
 def _save_checkpoint(
-    context: RunContext, output_dir: Path, step: int, policy, forward, tokenizer, optimizer, scheduler
+    context: RunContext, output_dir: Path, step: int, policy, adapters, forward, tokenizer, optimizer, scheduler
 ) -> Path | None:
     """A transformers model folder plus the optimizer state; written aside, then renamed, by the
     main worker. Under FSDP every worker also writes its shards (model and optimizer) into the
@@ -120,7 +127,7 @@ def _save_checkpoint(
         sharding.save(work, forward, optimizer)
         weights = sharding.full_weights(forward, policy)
     if is_main:
-        policy.save_pretrained(work, state_dict=weights)
+        (adapters or policy).save_pretrained(work, state_dict=weights)  # LoRA: the adapters only
         tokenizer.save_pretrained(work)
         optimizer_state = None if sharded else optimizer.state_dict()
         torch.save({"step": step, "optimizer": optimizer_state, "scheduler": scheduler.state_dict()}, work / STATE_FILE)
@@ -156,14 +163,15 @@ def _optimizer(spec: TrainingSpec, model: torch.nn.Module) -> torch.optim.Optimi
         from transformers.optimization import Adafactor
 
         return Adafactor(
-            model.parameters(),
+            [p for p in model.parameters() if p.requires_grad],
             lr=spec.lr,
             weight_decay=spec.weight_decay,
             scale_parameter=False,
             relative_step=False,
             warmup_init=False,
         )
-    return torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+    trainable = [p for p in model.parameters() if p.requires_grad]  # LoRA: the adapters only
+    return torch.optim.AdamW(trainable, lr=spec.lr, weight_decay=spec.weight_decay)
 
 
 @dataclass
@@ -249,6 +257,10 @@ class ReferenceModel:
     def release(self) -> None:
         self.model = None
 
+    def scope(self):
+        """The context pi_ref is scored in (nothing to switch for a model of its own)."""
+        return nullcontext()
+
 
 @dataclass
 class ReferenceLogprobs:
@@ -286,12 +298,19 @@ def reference_logprobs(
 
 
 def load_policy(spec: TrainingSpec, context: RunContext, steps: int, sink: MetricsSink):
-    """``(policy, forward, optimizer, scheduler, step)``: fresh at step 0, or restored from the last
+    """``(policy, adapters, forward, optimizer, scheduler, step)``: fresh at step 0, or restored from the last
     checkpoint when there is one to resume from (announced to the sink). ``forward`` is the pair
     forward the steps call: the policy wrapped for DDP (``context.wrap_model``) or sharded (FSDP).
-    The metrics file is cut back to the records before the resumed step."""
+    With ``lora``, ``adapters`` is the peft model around ``policy`` (else None). The metrics file
+    is cut back to the records before the resumed step."""
     resume = context.resume_from or _latest_checkpoint(Path(spec.output_dir))
-    policy = load_model(resume if resume else spec.policy, weights_dtype(spec)).to(context.device)
+    adapters = None
+    if spec.lora is None:
+        policy = load_model(resume if resume else spec.policy, weights_dtype(spec)).to(context.device)
+    else:  # the base model, with new adapters or the checkpoint's
+        base = load_model(spec.policy, weights_dtype(spec)).to(context.device)
+        adapters = load_adapters(base, resume) if resume else add_adapters(base, spec.lora)
+        policy = adapters.get_base_model()  # the transformers model, the adapters inside its layers
     if spec.gradient_checkpointing:
         enable_gradient_checkpointing(policy)
     output_head(policy)  # checked on the whole model, before any sharding
@@ -320,13 +339,13 @@ def load_policy(spec: TrainingSpec, context: RunContext, steps: int, sink: Metri
         rewind_jsonl(Path(spec.output_dir) / METRICS_FILE, step if resume else -1)
         if resume:
             sink.emit({"kind": "resumed", "step": step, "checkpoint": str(resume)})
-    return policy, forward, optimizer, scheduler, step
+    return policy, adapters, forward, optimizer, scheduler, step
 
 
 @torch.no_grad()
 def trace(
     policy: PreTrainedModel,
-    reference: ReferenceModel,
+    reference: ReferenceModel | AdapterDisabledReference,
     data: TrainingData,
     ref: ReferenceLogprobs,
     spec: TrainingSpec,
@@ -359,7 +378,7 @@ def trace(
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 torch.manual_seed(spec.seed + step)
                 policy_lp, reference_lp = sample_and_score(
-                    policy, reference.get(), data.tokenizer, data.trace_prompts, spec, device
+                    policy, reference.get(), data.tokenizer, data.trace_prompts, spec, device, reference.scope
                 )
             kl = kl_from_samples(policy_lp, reference_lp)
             record.update(kl=kl.mean, kl_stderr=kl.stderr, kl_samples=kl.n)
@@ -405,10 +424,14 @@ def train(spec: TrainingSpec, sink: MetricsSink | None = None, context: RunConte
         reference.release()  # only the KL trace needs pi_ref itself; its log-probs are cached
 
     steps = total_steps(spec, len(data.pairs), context.world_size)
-    policy, forward, optimizer, scheduler, step = load_policy(spec, context, steps, sink)
+    policy, adapters, forward, optimizer, scheduler, step = load_policy(spec, context, steps, sink)
+    if adapters is not None and spec.reference is None:  # pi_ref is the base: the policy, adapters off
+        reference.release()
+        reference = AdapterDisabledReference(adapters)
     if is_main:
         sink.emit({**data.report, "step": step})
         start = {"kind": "start", "step": step, "steps": steps, "pid": os.getpid(), "world_size": context.world_size}
+        start["trainable_parameters"] = trainable_parameters(policy)
         sink.emit({**start, "hosts": context.hosts})
     batches = _batches(data.pairs, spec, context.rank, context.world_size)
     for _ in range(step * spec.grad_accumulation):  # the data order continues where it stopped
@@ -488,7 +511,9 @@ def train(spec: TrainingSpec, sink: MetricsSink | None = None, context: RunConte
         if is_main and (step % spec.log_every == 0 or step == steps):
             sink.emit(last)
         if spec.checkpoint_every and step % spec.checkpoint_every == 0 and step < steps:
-            _checkpoint(context, output_dir, step, policy, forward, data.tokenizer, optimizer, scheduler, last)
+            _checkpoint(
+                context, output_dir, step, policy, adapters, forward, data.tokenizer, optimizer, scheduler, last
+            )
             checkpointed_at = step
         if tracing and (step % spec.trace_every == 0 or step == steps):
             trace_now(step)
@@ -496,12 +521,17 @@ def train(spec: TrainingSpec, sink: MetricsSink | None = None, context: RunConte
     final_dir = None
     if stopped:
         if step > 0 and checkpointed_at != step:  # decided alike on every worker: Ray needs that
-            _checkpoint(context, output_dir, step, policy, forward, data.tokenizer, optimizer, scheduler, last)
+            _checkpoint(
+                context, output_dir, step, policy, adapters, forward, data.tokenizer, optimizer, scheduler, last
+            )
     else:
         final_dir = output_dir / "final"
         weights = sharding.full_weights(forward, policy) if sharding.is_sharded(forward) else None  # collective
         if is_main:
-            policy.save_pretrained(final_dir, state_dict=weights)
+            if adapters is not None:
+                save_final(adapters, final_dir)  # the merged model, and the adapters in final/adapter
+            else:
+                policy.save_pretrained(final_dir, state_dict=weights)
             data.tokenizer.save_pretrained(final_dir)
         if context.on_checkpoint is not None:
             context.on_checkpoint(last, final_dir if is_main else None)
@@ -517,9 +547,9 @@ def train(spec: TrainingSpec, sink: MetricsSink | None = None, context: RunConte
     )
 
 
-def _checkpoint(context, output_dir, step, policy, forward, tokenizer, optimizer, scheduler, metrics) -> None:
+def _checkpoint(context, output_dir, step, policy, adapters, forward, tokenizer, optimizer, scheduler, metrics) -> None:
     """Every worker takes part in writing the checkpoint (the main one alone under DDP) and reports
     it (Ray needs all of them to)."""
-    folder = _save_checkpoint(context, output_dir, step, policy, forward, tokenizer, optimizer, scheduler)
+    folder = _save_checkpoint(context, output_dir, step, policy, adapters, forward, tokenizer, optimizer, scheduler)
     if context.on_checkpoint is not None:
         context.on_checkpoint(metrics, folder)

@@ -3,7 +3,8 @@ on-policy KL(pi_theta || pi_ref) estimate (the paper's Fig. 5)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
@@ -15,7 +16,14 @@ from gpo_core.models import is_encoder_decoder
 
 @torch.no_grad()
 def sample_and_score(
-    policy, reference, tokenizer, prompts: Sequence[Prompt], spec, device: torch.device, batch_size: int = 64
+    policy,
+    reference,
+    tokenizer,
+    prompts: Sequence[Prompt],
+    spec,
+    device: torch.device,
+    reference_scope: Callable[[], AbstractContextManager] = nullcontext,
+    batch_size: int = 64,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw one response per prompt from the policy at temperature 1 (no top-k/top-p, so the
     samples follow pi_theta exactly) and return (log pi_theta, log pi_ref) of each. Responses
@@ -38,6 +46,7 @@ def sample_and_score(
             else collate_causal(prompt_ids, responses, pad)
         )
         collated = type(collated)(*(t.to(device) for t in vars(collated).values()))
-        for model, out in ((policy, policy_lp), (reference, reference_lp)):
-            out.append(sequence_logprobs(model, collated, spec.logprob_chunk).float().cpu())
+        policy_lp.append(sequence_logprobs(policy, collated, spec.logprob_chunk).float().cpu())
+        with reference_scope():  # LoRA: the same model with its adapters switched off
+            reference_lp.append(sequence_logprobs(reference, collated, spec.logprob_chunk).float().cpu())
     return torch.cat(policy_lp), torch.cat(reference_lp)

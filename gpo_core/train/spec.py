@@ -32,6 +32,21 @@ Loss = Annotated[str, Field(max_length=500), AfterValidator(_usable_loss)]
 Beta = Annotated[float, AfterValidator(_finite_positive)]
 
 
+class LoraOptions(BaseModel):
+    """Train low-rank adapters instead of every weight (peft's LoRA)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    r: int = Field(16, ge=1, le=4096, description="Rank of each adapter.")
+    alpha: float = Field(32.0, gt=0, description="Scale: the update is (alpha / r) B A.")
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear",
+        description="Module names to adapt (e.g. [q_proj, v_proj]); all-linear: every linear layer "
+        "but the output head.",
+    )
+
+
 class TrainingOptions(BaseModel):
     """How a run trains: every option that ``gpo train``'s spec and a sweep's ``training`` block
     share, defined once (a sweep changes some defaults: :data:`gpo_core.sweep.spec.SWEEP_DEFAULTS`)."""
@@ -76,6 +91,9 @@ class TrainingOptions(BaseModel):
         description="Ray workers each hold a whole replica (ddp) or a 1/N shard of weights, gradients and "
         "optimizer state (fsdp: FSDP2).",
     )
+    lora: LoraOptions | None = Field(
+        None, description="Train LoRA adapters (r, alpha, dropout, target_modules); default: every weight."
+    )
     placement: Literal["pack", "spread"] = Field(
         "pack", description="Ray workers packed onto few nodes (less traffic) or spread one per node."
     )
@@ -102,6 +120,9 @@ class TrainingOptions(BaseModel):
     def _one_length(self) -> TrainingOptions:
         if (self.steps is None) == (self.epochs is None):
             raise ValueError("give exactly one of steps and epochs")
+        if self.strategy == "fsdp" and self.lora is not None:
+            raise ValueError("lora with strategy: fsdp is not built yet: use strategy: ddp (each worker then holds "
+                             "the frozen base model whole)")  # fmt: skip
         if self.strategy == "fsdp" and self.workers < 1:
             raise ValueError("strategy: fsdp shards over Ray workers: give workers >= 1 (0 trains in this process)")
         return self
