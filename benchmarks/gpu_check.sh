@@ -8,7 +8,8 @@
 #      two alternating rounds of each.
 #   2. The generation benchmark's --model large ratio (vLLM vs transformers), where vLLM is
 #      installed on the machine.
-# Not yet here: FSDP (issue 15 builds it); the run uses the in-process loop on one GPU.
+#   3. The same model with strategy fsdp (FSDP2 through one Ray Train worker) in bf16-pure and in
+#      mixed bf16: the sharded path's tokens/s, MFU and peak memory on one GPU.
 #   bash benchmarks/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +32,9 @@ for round in 1 2; do
         train "baseline-$round" .baseline --steps 30 --batch 16 --precision bf16
     fi
     train "ours-$round" . --steps 30 --batch 16 --precision bf16
+done
+for precision in bf16-pure bf16; do
+    train "fsdp-$precision" . --steps 30 --batch 16 --precision "$precision" --strategy fsdp
 done
 if $python -c "import vllm" 2>/dev/null; then
     PYTHONPATH=".${site:+:$site}" timeout 300 $python benchmarks/generation_throughput.py --model large \

@@ -102,7 +102,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--prompt-tokens", type=int, default=256)
     parser.add_argument("--response-tokens", type=int, default=128)
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "bf16-pure"], default="bf16")
+    parser.add_argument(
+        "--strategy", choices=["none", "fsdp"], default="none",
+        help="fsdp: one Ray Train worker with FSDP2 (the sharded path, on one GPU); none: in this process.",
+    )  # fmt: skip
     parser.add_argument("--layers", type=int, default=SHAPE["num_hidden_layers"], help="Fewer for a quick check.")
     parser.add_argument("--label", default="ours", help="Name of this row in the output.")
     parser.add_argument("--json", type=Path, help="Also write the figures here.")
@@ -136,14 +140,26 @@ def main() -> None:
         sink = TimedSink()
         torch.cuda.reset_peak_memory_stats() if device.type == "cuda" else None
         started = time.perf_counter()
-        train(spec, sink, RunContext(device=device))
+        if args.strategy == "fsdp":
+            from gpo_core.train.ray_runner import train_on_ray
+
+            sharded = spec.model_copy(update={"workers": 1, "strategy": "fsdp", "use_gpu": device.type == "cuda"})
+            train_on_ray(sharded, Path(scratch) / "metrics.jsonl")
+            # The worker's records carry no wall stamps of this process: its own step times stand in.
+            for record in map(json.loads, (Path(scratch) / "metrics.jsonl").read_text().splitlines()):
+                sink.records.append(record)
+        else:
+            train(spec, sink, RunContext(device=device))
         total = time.perf_counter() - started
     steps = [r for r in sink.records if r["kind"] == "step"]
     timed = steps[5:] if len(steps) > 10 else steps
     tokens_per_step = args.batch * (args.prompt_tokens + 2 * args.response_tokens)
     # Wall time between the loop's step records: every step ends in a host-device sync, so in
     # steady state this is the true step time, whatever the loop measures itself.
-    wall_step_s = (timed[-1]["wall"] - timed[0]["wall"]) / (len(timed) - 1)
+    if "wall" in timed[0]:
+        wall_step_s = (timed[-1]["wall"] - timed[0]["wall"]) / (len(timed) - 1)
+    else:  # a Ray worker's records: the loop's own step time (it ends each step with a host sync)
+        wall_step_s = statistics.median(tokens_per_step / r["tokens_per_s"] for r in timed)
     tokens_per_s = tokens_per_step / wall_step_s
     embedding = SHAPE["vocab_size"] * SHAPE["hidden_size"]
     context = args.prompt_tokens + args.response_tokens
@@ -154,6 +170,7 @@ def main() -> None:
         "device": name,
         "parameters": parameters,
         "precision": args.precision,
+        "strategy": args.strategy,
         "batch_pairs": args.batch,
         "tokens_per_step": tokens_per_step,
         "steps": len(steps),
@@ -162,7 +179,7 @@ def main() -> None:
         "loop_reported_tokens_per_s": round(statistics.median(r["tokens_per_s"] for r in timed)),
         "model_tflops_per_s": round(tokens_per_s * flops_per_token / 1e12, 1),
         "mfu": round(tokens_per_s * flops_per_token / peak, 4) if peak else None,
-        "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 1e9, 1) if device.type == "cuda" else None,
+        "peak_memory_gib": round(max(r.get("peak_memory_gib", 0) for r in steps), 1),  # the worker's own
         "prepare_s": round(prepared, 1),
         "train_call_s": round(total, 1),
         "final_loss": steps[-1]["loss"],

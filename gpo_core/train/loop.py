@@ -77,6 +77,7 @@ class RunContext:
     all_reduce: Callable[[torch.Tensor], torch.Tensor] = lambda tensor: tensor
     # The host each worker runs on, by rank (in the start record: where a run really trained).
     hosts: list[str] = field(default_factory=lambda: [socket.gethostname()])
+    nodes: list[str] = field(default_factory=list)  # the Ray node of each worker, by rank (Ray only)
 
 
 @dataclass
@@ -432,7 +433,7 @@ def train(spec: TrainingSpec, sink: MetricsSink | None = None, context: RunConte
         sink.emit({**data.report, "step": step})
         start = {"kind": "start", "step": step, "steps": steps, "pid": os.getpid(), "world_size": context.world_size}
         start["trainable_parameters"] = trainable_parameters(policy)
-        sink.emit({**start, "hosts": context.hosts})
+        sink.emit({**start, "hosts": context.hosts, **({"nodes": context.nodes} if context.nodes else {})})
     batches = _batches(data.pairs, spec, context.rank, context.world_size)
     for _ in range(step * spec.grad_accumulation):  # the data order continues where it stopped
         next(batches)

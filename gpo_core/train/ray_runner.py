@@ -43,6 +43,7 @@ def _numeric(metrics: dict) -> dict:
 
 
 def _worker(config: dict) -> None:
+    import ray
     import ray.train
     import ray.train.torch
 
@@ -70,10 +71,12 @@ def _worker(config: dict) -> None:
             torch.distributed.all_reduce(tensor)
         return tensor
 
-    hosts = [socket.gethostname()]
+    # Where each worker runs, by rank: its host, and its Ray node (nodes on one machine share a host name).
+    place = (socket.gethostname(), ray.get_runtime_context().get_node_id())
+    places = [place]
     if world_size > 1:
-        hosts = [None] * world_size
-        torch.distributed.all_gather_object(hosts, socket.gethostname())
+        places = [None] * world_size
+        torch.distributed.all_gather_object(places, place)
     resume = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -89,7 +92,8 @@ def _worker(config: dict) -> None:
         wrap_model=ray.train.torch.prepare_model,
         barrier=barrier,
         all_reduce=all_reduce,
-        hosts=hosts,
+        hosts=[host for host, _ in places],
+        nodes=[node for _, node in places],
     )
     try:
         train(spec, sink, run_context)
