@@ -144,6 +144,9 @@ def plan(spec: TrainingSpec, shape: ModelShape | None = None) -> Plan:
         memory["DDP gradient buckets"] = n * weight_bytes
     memory["activations"] = int(activations)
     memory["logits"] = LOGITS_COPIES * logits_rows * shape.vocabulary * 4
+    # The backward's largest transients: the vocabulary projection's and the embeddings' weight
+    # gradients, each [vocabulary, hidden], made whole before they are added into .grad.
+    memory["gradient transients (vocabulary)"] = 2 * shape.vocabulary * shape.hidden * weight_bytes
     if spec.eval_prompts and spec.trace_every:
         memory["reference model (KL trace)"] = n * weight_bytes
         result.notes.append("the KL trace keeps pi_ref loaded; without eval_prompts it is never held in training")
