@@ -43,6 +43,18 @@ def spec_for(task, tmp_path: Path, **overrides) -> TrainingSpec:
     return TrainingSpec(**fields)
 
 
+def kill_rank_zero_after_step_three(metrics: Path, killed: list[int]) -> None:
+    """SIGKILL the rank-0 worker (the pid of the run's start record) once step 3 is recorded."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not killed:
+        records = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
+        starts = [r for r in records if r["kind"] == "start"]
+        if starts and any(r["kind"] == "step" and r["step"] >= 3 for r in records):
+            os.kill(starts[0]["pid"], signal.SIGKILL)
+            killed.append(starts[0]["pid"])
+        time.sleep(0.02)
+
+
 def test_two_workers_train_to_the_end(ray_session, small_task, tmp_path) -> None:
     from gpo_core.train.ray_runner import train_on_ray
 
@@ -65,18 +77,7 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_session, small_tas
 
     metrics = tmp_path / "metrics.jsonl"
     killed: list[int] = []
-
-    def kill_after_step_three() -> None:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not killed:
-            records = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
-            starts = [r for r in records if r["kind"] == "start"]
-            if starts and any(r["kind"] == "step" and r["step"] >= 3 for r in records):
-                os.kill(starts[0]["pid"], signal.SIGKILL)
-                killed.append(starts[0]["pid"])
-            time.sleep(0.05)
-
-    killer = threading.Thread(target=kill_after_step_three)
+    killer = threading.Thread(target=kill_rank_zero_after_step_three, args=(metrics, killed))
     killer.start()
     result = train_on_ray(spec_for(small_task, tmp_path, steps=40, checkpoint_every=2), metrics)
     killer.join()
@@ -204,18 +205,7 @@ def test_a_killed_fsdp_worker_resumes_exactly_from_the_sharded_checkpoint(ray_se
     whole = train_on_ray(spec_for(small_task, tmp_path / "whole", strategy="fsdp", steps=6), tmp_path / "whole.jsonl")
     metrics = tmp_path / "killed.jsonl"
     killed: list[int] = []
-
-    def kill_after_step_three() -> None:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not killed:
-            records = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
-            starts = [r for r in records if r["kind"] == "start"]
-            if starts and any(r["kind"] == "step" and r["step"] >= 3 for r in records):
-                os.kill(starts[0]["pid"], signal.SIGKILL)
-                killed.append(starts[0]["pid"])
-            time.sleep(0.02)
-
-    killer = threading.Thread(target=kill_after_step_three)
+    killer = threading.Thread(target=kill_rank_zero_after_step_three, args=(metrics, killed))
     killer.start()
     resumed = train_on_ray(spec_for(small_task, tmp_path / "killed", strategy="fsdp", steps=6), metrics)
     killer.join()
