@@ -8,6 +8,7 @@ same way everywhere.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import torch
@@ -15,21 +16,51 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from gpo_core.cache import cache_root  # noqa: F401  (re-exported: the cache's users import it from here)
 from gpo_core.identity import file_digest
+from gpo_core.specfile import ADAPTER_CONFIG
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json")
+
+
+def is_adapter(folder: str | Path) -> bool:
+    """True for a peft adapter folder (LoRA weights on a base model named in its config)."""
+    return (Path(folder) / ADAPTER_CONFIG).is_file()
+
+
+def adapter_base(folder: str | Path) -> Path:
+    """The base model folder an adapter folder names (``base_model_name_or_path``; a relative path
+    is taken from the adapter's folder); an error that says so when it is not a model folder."""
+    config = json.loads((Path(folder) / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    named = config.get("base_model_name_or_path") or ""
+    base = (Path(folder) / named).resolve() if named and not Path(named).is_absolute() else Path(named)
+    if not named or not (base / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{folder}: the adapter's base model {named!r} (base_model_name_or_path in {ADAPTER_CONFIG}) is not a "
+            "model folder here; set it to the base model's folder"
+        )
+    return base
+
+
+def config_folder(folder: str | Path) -> Path:
+    """Where a model folder's architecture is: the folder itself, or an adapter's base."""
+    return adapter_base(folder) if is_adapter(folder) else Path(folder)
 
 
 def is_encoder_decoder(model: str | Path | PreTrainedModel | PretrainedConfig) -> bool:
     """True for encoder-decoder models (T5), false for causal LMs; takes a folder, model or config."""
     if isinstance(model, str | Path):
-        config = AutoConfig.from_pretrained(model)
+        config = AutoConfig.from_pretrained(config_folder(model))
     else:
         config = model.config if isinstance(model, PreTrainedModel | torch.nn.Module) else model
     return bool(getattr(config, "is_encoder_decoder", False))
 
 
 def load_model(folder: str | Path, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
-    """A causal LM or an encoder-decoder model from a transformers folder, in ``dtype``."""
+    """A causal LM or an encoder-decoder model from a transformers folder, in ``dtype``. An adapter
+    folder gives its base with the adapters merged in: a plain model of its own."""
+    if is_adapter(folder):
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(load_model(adapter_base(folder), dtype), folder).merge_and_unload()
     config = AutoConfig.from_pretrained(folder)
     loader = AutoModelForSeq2SeqLM if is_encoder_decoder(config) else AutoModelForCausalLM
     return loader.from_pretrained(folder, dtype=dtype)
@@ -45,4 +76,6 @@ def model_digest(folder: str | Path) -> str:
     for path in files:
         h.update(path.name.encode())
         h.update(bytes.fromhex(file_digest(path)))  # memoized: a large model is read once
+    if is_adapter(folder):  # the same adapter on another base is another model
+        h.update(bytes.fromhex(model_digest(adapter_base(folder))))
     return h.hexdigest()

@@ -133,6 +133,9 @@ def resolve_paths(data: dict, fields: tuple[str, ...], base: Path) -> dict:
     return data
 
 
+ADAPTER_CONFIG = "adapter_config.json"  # a peft adapter folder's mark: a model folder too
+
+
 def missing_paths(named: dict[str, str | None], models: tuple[str, ...] = ()) -> list[str]:
     """One line per input that is not there (or, for the names in ``models``, is not a
     transformers model folder): what a run checks before it loads anything."""
@@ -143,7 +146,7 @@ def missing_paths(named: dict[str, str | None], models: tuple[str, ...] = ()) ->
         path = Path(value)
         if not path.exists():
             problems.append(f"{name}: {path}: no such file or folder")
-        elif name in models and not (path / "config.json").is_file():
+        elif name in models and not any((path / marker).is_file() for marker in ("config.json", ADAPTER_CONFIG)):
             problems.append(f"{name}: {path} is not a transformers model folder (it has no config.json)")
     return problems
 

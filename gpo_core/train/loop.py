@@ -27,11 +27,12 @@ from gpo_core.conversation import ChatFormat, ConversationError, Prompt
 from gpo_core.data import load_preferences, load_prompts
 from gpo_core.logprobs import output_head
 from gpo_core.losses import gpo_loss, resolve_loss
-from gpo_core.models import cache_root, is_encoder_decoder, load_model
+from gpo_core.models import cache_root, config_folder, is_adapter, is_encoder_decoder, load_model
 from gpo_core.preference import SUMS, log_ratio_difference, metrics_from_sums, preference_sums
 from gpo_core.regularization import kl_from_samples, mu_weighted_square_loss
 from gpo_core.train import sharding
 from gpo_core.train.adapters import (
+    ADAPTER,
     AdapterDisabledReference,
     add_adapters,
     load_adapters,
@@ -306,11 +307,12 @@ def load_policy(spec: TrainingSpec, context: RunContext, steps: int, sink: Metri
     is cut back to the records before the resumed step."""
     resume = context.resume_from or _latest_checkpoint(Path(spec.output_dir))
     adapters = None
-    if spec.lora is None:
+    if spec.lora is None and not is_adapter(spec.policy):
         policy = load_model(resume if resume else spec.policy, weights_dtype(spec)).to(context.device)
-    else:  # the base model, with new adapters or the checkpoint's
-        base = load_model(spec.policy, weights_dtype(spec)).to(context.device)
-        adapters = load_adapters(base, resume) if resume else add_adapters(base, spec.lora)
+    else:  # the base model with adapters: the checkpoint's, the policy folder's (trained further), or new
+        base = load_model(config_folder(spec.policy), weights_dtype(spec)).to(context.device)
+        start = resume or (Path(spec.policy) if is_adapter(spec.policy) else None)
+        adapters = load_adapters(base, start) if start else add_adapters(base, spec.lora)
         policy = adapters.get_base_model()  # the transformers model, the adapters inside its layers
     if spec.gradient_checkpointing:
         enable_gradient_checkpointing(policy)
@@ -426,7 +428,9 @@ def train(spec: TrainingSpec, sink: MetricsSink | None = None, context: RunConte
 
     steps = total_steps(spec, len(data.pairs), context.world_size)
     policy, adapters, forward, optimizer, scheduler, step = load_policy(spec, context, steps, sink)
-    if adapters is not None and spec.reference is None:  # pi_ref is the base: the policy, adapters off
+    if adapters is not None and spec.reference is None and not is_adapter(spec.policy):
+        # pi_ref is the base: the policy with its adapters off. (From a trained adapter, pi_ref is
+        # that adapter merged into a frozen copy, as in TRL: the ReferenceModel loads it so.)
         reference.release()
         reference = AdapterDisabledReference(adapters)
     if is_main:
@@ -531,6 +535,7 @@ def train(spec: TrainingSpec, sink: MetricsSink | None = None, context: RunConte
         if is_main:
             if adapters is not None:
                 save_final(adapters, final_dir)  # the merged model, and the adapters in final/adapter
+                data.tokenizer.save_pretrained(final_dir / ADAPTER)  # a policy folder for a next run
             else:
                 policy.save_pretrained(final_dir, state_dict=weights)
             data.tokenizer.save_pretrained(final_dir)

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
+from gpo_core.models import config_folder
 from gpo_core.train.spec import TrainingSpec
 
 # Elements a decoder layer keeps for backward per token: 11.5 h + 4 i + kv (see the module docstring).
@@ -79,7 +80,7 @@ class Plan:
 
 def model_shape(folder: str) -> ModelShape:
     """Sizes of a model folder's architecture, from its config (built on the meta device)."""
-    config = AutoConfig.from_pretrained(folder)
+    config = AutoConfig.from_pretrained(config_folder(folder))  # an adapter: its base's architecture
     loader = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
     with torch.device("meta"):
         model = loader.from_config(config)

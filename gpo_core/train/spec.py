@@ -10,7 +10,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from gpo_core.analysis import beta_from_ipo_equivalent
 from gpo_core.losses import LossSpecError, resolve_loss
-from gpo_core.specfile import format_errors, missing_paths, read_mapping, resolve_paths
+from gpo_core.specfile import ADAPTER_CONFIG, format_errors, missing_paths, read_mapping, resolve_paths
 
 
 def _usable_loss(value: str) -> str:
@@ -162,6 +162,11 @@ class TrainingSpec(TrainingOptions):
                 beta_from_ipo_equivalent(self.beta_ipo, self.loss)
             except LossSpecError as err:
                 raise ValueError(str(err)) from None
+        if self.lora is not None and (Path(self.policy) / ADAPTER_CONFIG).is_file():
+            raise ValueError(
+                "policy is a LoRA adapter folder: its adapters are trained further with their own r, alpha and "
+                "targets; leave lora out (lora adds new adapters to a full model)"
+            )
         if self.trace_every and not (self.eval_pairs or self.eval_prompts):
             raise ValueError("trace_every needs eval_pairs and/or eval_prompts to trace on")
         return self

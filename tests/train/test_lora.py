@@ -109,3 +109,29 @@ def test_the_reference_is_the_base_with_the_adapters_off(small_task, tmp_path, c
 def test_lora_with_fsdp_is_refused_with_what_to_do(small_task, tmp_path) -> None:
     with pytest.raises(ValueError, match="lora with strategy: fsdp is not built yet: use strategy: ddp"):
         lora_spec(small_task, tmp_path, tmp_path, workers=2, strategy="fsdp")
+
+
+def test_a_trained_adapter_trains_further_against_a_frozen_copy_of_itself(small_task, tmp_path, cache_dir) -> None:
+    """TRL's rule: a policy that is an adapter folder keeps training those adapters, and pi_ref is
+    the adapter merged into a frozen copy (so rho starts at 0), not the bare base."""
+    first = train(lora_spec(small_task, tmp_path / "sft", cache_dir, steps=4), ListSink())
+    adapter_folder = Path(first.final_model_dir) / "adapter"
+    spec = TrainingSpec(
+        policy=str(adapter_folder), dataset=small_task.artifacts.train_pairs, output_dir=str(tmp_path / "further"),
+        loss="logistic", beta=0.1, lr=1e-2, batch_size=8, steps=3, cache_dir=str(cache_dir),
+    )  # fmt: skip
+    sink = ListSink()
+    result = train(spec, sink)
+    (start,) = [r for r in sink.records if r["kind"] == "start"]
+    steps = [r for r in sink.records if r["kind"] == "step"]
+    base = AutoModelForCausalLM.from_pretrained(small_task.artifacts.model_dir)
+    adapted = [m for name, m in base.named_modules() if name.endswith(("q_proj", "v_proj"))]
+    assert start["trainable_parameters"] == sum(4 * (m.in_features + m.out_features) for m in adapted)  # r = 4
+    assert steps[0]["rho_mean"] == pytest.approx(0.0, abs=1e-4)  # against base + adapter, not the base
+    trained, further = (load_file(Path(r.final_model_dir) / "adapter" / "adapter_model.safetensors")
+                        for r in (first, result))  # fmt: skip
+    assert trained.keys() == further.keys()
+    assert any((further[k] - trained[k]).abs().max() > 1e-4 for k in trained)
+
+    with pytest.raises(ValueError, match="policy is a LoRA adapter folder: its adapters are trained further"):
+        TrainingSpec(**{**spec.model_dump(), "lora": LORA})
