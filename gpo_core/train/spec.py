@@ -40,8 +40,10 @@ class LoraOptions(BaseModel):
     r: int = Field(16, ge=1, le=4096, description="Rank of each adapter.")
     alpha: float = Field(32.0, gt=0, description="Scale: the update is (alpha / r) B A.")
     dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: list[str] | Literal["all-linear"] = Field(
+    target_modules: list[Annotated[str, Field(min_length=1, max_length=200)]] | Literal["all-linear"] = Field(
         "all-linear",
+        min_length=1,
+        max_length=256,
         description="Module names to adapt (e.g. [q_proj, v_proj]); all-linear: every linear layer "
         "but the output head.",
     )

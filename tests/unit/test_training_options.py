@@ -50,3 +50,15 @@ def test_the_same_rules_refuse_bad_sweep_options(training: dict, field: str, mes
     with pytest.raises(JobSpecError) as caught:
         parse_job_spec({"task": {"size": "small"}, "losses": ["logistic"], "betas": [0.1], "training": training})
     assert field in str(caught.value) and message in str(caught.value)
+
+
+def test_lora_target_modules_are_bounded_as_tenant_input() -> None:
+    from pydantic import ValidationError
+
+    from gpo_core.train.spec import LoraOptions
+
+    assert LoraOptions(target_modules="all-linear").target_modules == "all-linear"
+    assert LoraOptions(target_modules=["q_proj", "v_proj"]).target_modules == ["q_proj", "v_proj"]
+    for bad in (["q_proj"] * 257, [""], ["x" * 201], []):
+        with pytest.raises(ValidationError, match="target_modules"):
+            LoraOptions(target_modules=bad)
