@@ -259,6 +259,14 @@ class ReferenceModel:
     def release(self) -> None:
         self.model = None
 
+    def hand_over(self) -> PreTrainedModel | None:
+        """The loaded model, given up to become the policy's starting weights (when pi_ref is the
+        policy's start and nothing else needs it): the weights are not read and held twice."""
+        model, self.model = self.model, None
+        if model is not None:
+            model.requires_grad_(True)
+        return model
+
     def scope(self):
         """The context pi_ref is scored in (nothing to switch for a model of its own)."""
         return nullcontext()
@@ -299,18 +307,26 @@ def reference_logprobs(
     return ReferenceLogprobs(chosen, rejected, held_out, hit)
 
 
-def load_policy(spec: TrainingSpec, context: RunContext, steps: int, sink: MetricsSink):
+def load_policy(
+    spec: TrainingSpec, context: RunContext, steps: int, sink: MetricsSink, loaded: PreTrainedModel | None = None
+):
     """``(policy, adapters, forward, optimizer, scheduler, step)``: fresh at step 0, or restored from the last
     checkpoint when there is one to resume from (announced to the sink). ``forward`` is the pair
     forward the steps call: the policy wrapped for DDP (``context.wrap_model``) or sharded (FSDP).
-    With ``lora``, ``adapters`` is the peft model around ``policy`` (else None). The metrics file
-    is cut back to the records before the resumed step."""
+    With ``lora``, ``adapters`` is the peft model around ``policy`` (else None). ``loaded`` is the
+    policy's starting weights already in memory (the reference pass's model), used instead of
+    reading them again when the run starts fresh. The metrics file is cut back to the records
+    before the resumed step."""
     resume = context.resume_from or _latest_checkpoint(Path(spec.output_dir))
     adapters = None
     if spec.lora is None and not is_adapter(spec.policy):
-        policy = load_model(resume if resume else spec.policy, weights_dtype(spec)).to(context.device)
+        if loaded is not None and not resume:
+            policy = loaded
+        else:
+            policy = load_model(resume if resume else spec.policy, weights_dtype(spec)).to(context.device)
     else:  # the base model with adapters: the checkpoint's, the policy folder's (trained further), or new
-        base = load_model(config_folder(spec.policy), weights_dtype(spec)).to(context.device)
+        base = loaded if loaded is not None else load_model(config_folder(spec.policy), weights_dtype(spec))
+        base = base.to(context.device)
         start = resume or (Path(spec.policy) if is_adapter(spec.policy) else None)
         adapters = load_adapters(base, start) if start else add_adapters(base, spec.lora)
         policy = adapters.get_base_model()  # the transformers model, the adapters inside its layers
@@ -423,11 +439,15 @@ def train(spec: TrainingSpec, sink: MetricsSink | None = None, context: RunConte
     data = load_training_data(spec)
     reference = ReferenceModel(spec.reference_path, device, weights_dtype(spec))
     ref = reference_logprobs(spec, data, reference, context)
-    if not data.trace_prompts:
-        reference.release()  # only the KL trace needs pi_ref itself; its log-probs are cached
+    starting_weights = None
+    if not data.trace_prompts:  # only the KL trace needs pi_ref itself; its log-probs are cached
+        if spec.reference is None and not is_adapter(spec.policy):  # pi_ref is the policy's start
+            starting_weights = reference.hand_over()  # loaded for a cache miss: not read twice
+        reference.release()
 
     steps = total_steps(spec, len(data.pairs), context.world_size)
-    policy, adapters, forward, optimizer, scheduler, step = load_policy(spec, context, steps, sink)
+    policy, adapters, forward, optimizer, scheduler, step = load_policy(spec, context, steps, sink, starting_weights)
+    del starting_weights
     if adapters is not None and spec.reference is None and not is_adapter(spec.policy):
         # pi_ref is the base: the policy with its adapters off. (From a trained adapter, pi_ref is
         # that adapter merged into a frozen copy, as in TRL: the ReferenceModel loads it so.)
