@@ -84,10 +84,11 @@ def prepare(folder: Path, pairs: int) -> None:
 def spec(folder: Path, name: str, steps: int, **options):
     from gpo_core.train.spec import TrainingSpec
 
+    options = {"cache_dir": str(folder / "cache" / name), **options}  # a case's own cache unless it shares one
     return TrainingSpec(
         policy=str(folder / "model"), dataset=str(folder / "pairs.jsonl"), output_dir=str(folder / "runs" / name),
-        cache_dir=str(folder / "cache" / name), loss="logistic", beta=0.1, lr=1e-5, batch_size=BATCH, steps=steps,
-        max_prompt_length=PROMPT, max_response_length=RESPONSE, **options,
+        loss="logistic", beta=0.1, lr=1e-5, batch_size=BATCH, steps=steps, max_prompt_length=PROMPT,
+        max_response_length=RESPONSE, **options,
     )  # fmt: skip
 
 
