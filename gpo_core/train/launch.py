@@ -13,7 +13,7 @@ from pathlib import Path
 from gpo_core.data import write_json
 from gpo_core.identity import DifferentSpec, claim, content_digest
 from gpo_core.train.loop import CHECKPOINTS, METRICS_FILE, RunContext, RunResult, TrainingError, train
-from gpo_core.train.metrics import FanOut, JsonlSink, ListSink, MetricsSink, follow_jsonl
+from gpo_core.train.metrics import FanOut, JsonlSink, ListSink, MetricsSink, follow_jsonl, jsonl_end
 from gpo_core.train.spec import TrainingSpec
 from gpo_core.train.tracking import TrackingError, tracking_sinks
 
@@ -128,7 +128,8 @@ def _run(spec: TrainingSpec, sink: MetricsSink | None, stop_requested: Callable[
             request_stop(spec.output_dir)
 
     done = threading.Event()
-    watcher = threading.Thread(target=follow_jsonl, args=(path, sink or ListSink(), done, poll), name="ray-run-watcher")
+    follow = (path, sink or ListSink(), done, poll, jsonl_end(path))  # the start: before any worker writes
+    watcher = threading.Thread(target=follow_jsonl, args=follow, name="ray-run-watcher")
     watcher.start()
     try:
         return _finished(spec, train_on_ray(spec, metrics_path=path))

@@ -97,7 +97,23 @@ def rewind_jsonl(path: str | Path, step: int) -> int:
     return 0
 
 
-def follow_jsonl(path: Path, sink: MetricsSink, done: threading.Event, poll: Callable[[], None] = lambda: None) -> None:
+def jsonl_end(path: Path) -> tuple[int, bytes]:
+    """Where a follower of ``path`` starts: the end of its last whole line, and that line (which
+    lets the follower notice that the file was cut back before it read anything new)."""
+    if not path.exists():
+        return 0, b""
+    whole = path.read_bytes()
+    offset = whole.rfind(b"\n") + 1
+    return offset, whole[whole.rfind(b"\n", 0, offset - 1) + 1 : offset]
+
+
+def follow_jsonl(
+    path: Path,
+    sink: MetricsSink,
+    done: threading.Event,
+    poll: Callable[[], None] = lambda: None,
+    start: tuple[int, bytes] | None = None,
+) -> None:
     """Feed the records appended to a JSONL file (by another process: Ray Train's rank 0) to
     ``sink`` until ``done`` is set, calling ``poll`` every half second. Records already in the
     file (an earlier attempt's) are skipped.
@@ -105,9 +121,11 @@ def follow_jsonl(path: Path, sink: MetricsSink, done: threading.Event, poll: Cal
     A resumed run cuts the file back (:func:`rewind_jsonl`) and appends again, possibly past where
     this follower had read between two polls. The follower notices (the line it read last is no
     longer where it was) and goes on from the resumed run's ``start`` record. A line that is not
-    JSON is skipped, never fatal: the run's progress must keep flowing."""
-    offset = path.stat().st_size if path.exists() else 0
-    last = b""  # the last whole line read, which must still end at ``offset``
+    JSON is skipped, never fatal: the run's progress must keep flowing.
+
+    ``start`` (from :func:`jsonl_end`, taken by the caller before it starts the writer) fixes which
+    records count as earlier; by default it is taken when this function begins."""
+    offset, last = start if start is not None else jsonl_end(path)  # ``last`` must still end at ``offset``
     while True:
         finished = done.wait(0.5)
         poll()

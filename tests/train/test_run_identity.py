@@ -140,7 +140,7 @@ def test_the_metrics_follower_goes_on_through_a_rewind_and_bad_lines(tmp_path) -
     import threading
     import time
 
-    from gpo_core.train.metrics import follow_jsonl
+    from gpo_core.train.metrics import follow_jsonl, jsonl_end
 
     path = tmp_path / "metrics.jsonl"
 
@@ -151,7 +151,7 @@ def test_the_metrics_follower_goes_on_through_a_rewind_and_bad_lines(tmp_path) -
 
     append({"kind": "start", "step": 0}, *({"kind": "step", "step": s} for s in range(1, 11)))
     sink, done = ListSink(), threading.Event()
-    follower = threading.Thread(target=follow_jsonl, args=(path, sink, done))
+    follower = threading.Thread(target=follow_jsonl, args=(path, sink, done, lambda: None, jsonl_end(path)))
     follower.start()
     append(*({"kind": "step", "step": s, "padding": "x" * 50} for s in range(11, 21)))
     time.sleep(1.2)
@@ -164,3 +164,35 @@ def test_the_metrics_follower_goes_on_through_a_rewind_and_bad_lines(tmp_path) -
     seen = [(r["kind"], r["step"]) for r in sink.records]
     assert seen[:10] == [("step", s) for s in range(11, 21)]
     assert seen[10:] == [("start", 15), *(("step", s) for s in range(16, 41))]
+
+
+def test_the_metrics_follower_notices_a_rewind_before_it_has_read_anything(tmp_path) -> None:
+    """A resume that cuts the file back and grows it past its old size before the follower's
+    first poll: the follower knows the line its start position ends with, so it still goes on
+    from the resumed run's start record instead of reading from the middle of a line."""
+    import threading
+
+    from gpo_core.train.metrics import follow_jsonl, jsonl_end
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"kind": "step", "step": s}) + "\n" for s in range(1, 11)))
+    start = jsonl_end(path)
+    rewind_jsonl(path, 5)
+    with path.open("a") as handle:
+        for record in [{"kind": "start", "step": 5}, *({"kind": "step", "step": s} for s in range(6, 31))]:
+            handle.write(json.dumps(record) + "\n")
+    sink, done = ListSink(), threading.Event()
+    done.set()  # one poll, then return
+    follow_jsonl(path, sink, done, start=start)
+    assert [(r["kind"], r["step"]) for r in sink.records] == [("start", 5), *(("step", s) for s in range(6, 31))]
+
+
+def test_jsonl_end_is_the_last_whole_line(tmp_path) -> None:
+    from gpo_core.train.metrics import jsonl_end
+
+    path = tmp_path / "m.jsonl"
+    assert jsonl_end(path) == (0, b"")
+    path.write_bytes(b'{"a": 1}\n{"b": 2}\n{"c"')
+    assert jsonl_end(path) == (18, b'{"b": 2}\n')
+    path.write_bytes(b'{"a": 1}\n')
+    assert jsonl_end(path) == (9, b'{"a": 1}\n')
