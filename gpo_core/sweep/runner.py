@@ -53,7 +53,7 @@ def run_job(
     inputs = stages.resolve_inputs(spec, progress=lambda message: emit({"kind": "log", "message": message}))
     stage("job", "prepare", "done")
     preflight(spec, inputs, lambda message: emit({"kind": "log", "message": message}))
-    engine, note = start_engine(inputs.reference, spec.generation.backend)
+    engine, note = start_engine(inputs.reference, spec.generation.backend, stages.lora_rank(spec))
     if note:
         emit({"kind": "log", "message": note})
     backend = "vllm" if engine is not None else "transformers"

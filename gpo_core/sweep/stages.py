@@ -197,6 +197,19 @@ def sampling_settings(spec: JobSpec) -> SamplingSettings:
     )
 
 
+def lora_rank(spec: JobSpec) -> int | None:
+    """The rank of the sweep's LoRA adapters when its runs are sampled unmerged (the generation
+    engine sizes its LoRA slots by it), else None (``generation.lora_serving``)."""
+    if spec.training.lora is None:
+        return None
+    serving = spec.generation.lora_serving
+    if serving == "auto":
+        import torch
+
+        serving = "unmerged" if torch.cuda.is_available() else "merged"
+    return spec.training.lora.r if serving == "unmerged" else None
+
+
 def evaluation_prompts(spec: JobSpec, inputs: Inputs) -> list[dict]:
     prompts = load_prompts(inputs.eval_prompts)
     return prompts[: spec.generation.prompts] if spec.generation.prompts else prompts
@@ -231,7 +244,8 @@ def generate_stage(
     if not trained.exists():
         raise FileNotFoundError(f"run {run} has no trained model yet ({trained} is missing)")
     model_dir = run_dir(job_dir, run) / json.loads(trained.read_text())["final_model_dir"]
-    records = generate_responses(model_dir, prompts, settings, run, backend, engine, should_stop)
+    unmerged = lora_rank(spec) is not None
+    records = generate_responses(model_dir, prompts, settings, run, backend, engine, should_stop, unmerged)
     return write_jsonl(out, records)
 
 

