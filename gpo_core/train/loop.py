@@ -40,6 +40,7 @@ from gpo_core.train.adapters import (
     trainable_parameters,
 )
 from gpo_core.train.data import TokenizedPairs, length_grouped_batches, tokenize_pairs
+from gpo_core.train.host_memory import fix_mmap_threshold
 from gpo_core.train.metrics import MetricsSink, StdoutSink, rewind_jsonl
 from gpo_core.train.pairs import enable_gradient_checkpointing, pair_logprobs, to_device
 from gpo_core.train.plan import device_peak_flops, flops_per_token, model_shape
@@ -432,6 +433,8 @@ def train(spec: TrainingSpec, sink: MetricsSink | None = None, context: RunConte
     context = context or RunContext()
     sink = sink or StdoutSink()
     device, is_main = context.device, context.rank == 0
+    if device.type == "cpu":
+        fix_mmap_threshold()  # freed activations go back to the system instead of piling up
     output_dir = Path(spec.output_dir)
     torch.manual_seed(spec.seed + context.rank)
     f, beta, autocast_dtype = resolve_loss(spec.loss), spec.effective_beta, _autocast_dtype(spec)

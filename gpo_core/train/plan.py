@@ -21,7 +21,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from gpo_core.models import config_folder
-from gpo_core.train.spec import TrainingSpec
+from gpo_core.train.spec import LoraOptions, TrainingSpec
 
 # Elements a decoder layer keeps for backward per token: 11.5 h + 4 i + kv (see the module docstring).
 LAYER_HIDDEN, LAYER_MLP, LAYER_KV = 11.5, 4.0, 1.0
@@ -47,6 +47,18 @@ class ModelShape:
     factored_state: int  # Adafactor's state: rows + columns of each matrix, all of a vector
     block_parameters: int  # the largest transformer block (an FSDP unit)
     root_parameters: int  # outside the blocks: embeddings, final norm, head (FSDP's root unit)
+    linears: tuple[tuple[str, int, int], ...] = ()  # (name, in, out) of each linear layer but the head
+
+
+def adapter_parameters(shape: ModelShape, lora: LoraOptions) -> int:
+    """LoRA's trainable parameters: r x (in + out) per targeted linear layer (peft's matching: the
+    module's name or its last parts; ``all-linear``: every linear layer but the output head)."""
+    targets = lora.target_modules
+
+    def targeted(name: str) -> bool:
+        return targets == "all-linear" or any(name == t or name.endswith("." + t) for t in targets)
+
+    return sum(lora.r * (fan_in + fan_out) for name, fan_in, fan_out in shape.linears if targeted(name))
 
 
 @dataclass
@@ -104,6 +116,11 @@ def model_shape(folder: str) -> ModelShape:
         factored_state=sum(p.shape[0] + p.shape[1] if p.dim() == 2 else p.numel() for p in parameters),
         block_parameters=max(blocks, default=0),
         root_parameters=sum(p.numel() for p in parameters) - sum(blocks),
+        linears=tuple(
+            (name, m.in_features, m.out_features)
+            for name, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and m is not model.get_output_embeddings()
+        ),
     )
 
 
@@ -129,11 +146,17 @@ def plan(spec: TrainingSpec, shape: ModelShape | None = None) -> Plan:
     world = max(1, spec.workers)
     share = world if spec.strategy == "fsdp" else 1  # FSDP: each worker holds 1/N of every state
     memory["weights"] = n * weight_bytes // share
-    memory["gradients"] = n * weight_bytes // share
-    if spec.optimizer == "adamw":
-        memory["optimizer state"] = 2 * n * weight_bytes // share
+    if spec.lora is not None:  # only the adapters train; peft keeps them in fp32
+        adapters = adapter_parameters(shape, spec.lora)
+        memory["LoRA adapters"] = adapters * 4
+        memory["gradients"] = adapters * 4
+        memory["optimizer state"] = 2 * adapters * 4
     else:
-        memory["optimizer state"] = shape.factored_state * 4 // share
+        memory["gradients"] = n * weight_bytes // share
+        if spec.optimizer == "adamw":
+            memory["optimizer state"] = 2 * n * weight_bytes // share
+        else:
+            memory["optimizer state"] = shape.factored_state * 4 // share
     if spec.strategy == "fsdp":
         # Gathered at once: the root unit for the whole step (its weights and their gradients)
         # and two blocks (the one running and the next, prefetched).
@@ -147,8 +170,9 @@ def plan(spec: TrainingSpec, shape: ModelShape | None = None) -> Plan:
     memory["logits"] = LOGITS_COPIES * logits_rows * shape.vocabulary * 4
     # The backward's largest transients: the vocabulary projection's and the embeddings' weight
     # gradients, each [vocabulary, hidden], made whole before they are added into .grad.
-    memory["gradient transients (vocabulary)"] = 2 * shape.vocabulary * shape.hidden * weight_bytes
-    if spec.eval_prompts and spec.trace_every:
+    if spec.lora is None:
+        memory["gradient transients (vocabulary)"] = 2 * shape.vocabulary * shape.hidden * weight_bytes
+    if spec.eval_prompts and spec.trace_every and spec.lora is None:  # LoRA: pi_ref is the adapters off
         memory["reference model (KL trace)"] = n * weight_bytes
         result.notes.append("the KL trace keeps pi_ref loaded; without eval_prompts it is never held in training")
     if not spec.use_gpu:

@@ -98,10 +98,11 @@ LLAMA_20M = dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, nu
         {"batch_size": 8},
         {"batch_size": 8, "precision": "bf16-pure"},
         {"batch_size": 8, "logprob_chunk": 64, "gradient_checkpointing": True},
+        {"batch_size": 8, "lora": {"r": 16}},
         {"batch_size": 2, "max_prompt_length": 256, "max_response_length": 128, "shape": {
             **LLAMA_20M, "hidden_size": 128, "intermediate_size": 344, "num_hidden_layers": 2, "vocab_size": 151936}},
     ],
-    ids=["fp32", "bf16-pure", "chunked-checkpointed", "vocabulary-152k"],
+    ids=["fp32", "bf16-pure", "chunked-checkpointed", "lora", "vocabulary-152k"],
 )  # fmt: skip
 def test_the_plan_is_within_25_percent_of_a_real_runs_peak(options: dict) -> None:
     """Each case in its own process (peak RSS only grows): the 20M-parameter Llama's three steps."""
@@ -112,6 +113,24 @@ def test_the_plan_is_within_25_percent_of_a_real_runs_peak(options: dict) -> Non
     assert out.returncode == 0, out.stderr[-3000:]
     measured = json.loads(out.stdout.strip().splitlines()[-1])
     assert 0.75 <= measured["ratio"] <= 1.25, measured
+
+
+@pytest.mark.parametrize("targets", ["all-linear", ["q_proj", "v_proj"], ["mlp.down_proj"]])
+def test_lora_trains_and_stores_only_the_adapters_that_peft_makes(configs, targets) -> None:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    lora = {"r": 8, "alpha": 16, "target_modules": targets}
+    planned = plan(spec(configs, "qwen2-0.5b", lora=lora))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(Qwen2Config(**QWEN2_05B))
+    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=targets))
+    adapters = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    assert planned.memory["LoRA adapters"] == planned.memory["gradients"] == 4 * adapters
+    assert planned.memory["optimizer state"] == 8 * adapters
+    assert planned.memory["weights"] == 4 * planned.shape.parameters
+    assert "gradient transients (vocabulary)" not in planned.memory  # the embeddings are frozen
 
 
 def test_fsdp_shards_the_states_and_gathers_the_root_and_two_blocks(configs) -> None:
