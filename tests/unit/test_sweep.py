@@ -227,16 +227,24 @@ def test_a_sweep_on_the_t5_task_trains_generates_judges_and_reports(tmp_path) ->
     assert data["pairwise"]["runs"] == spec.run_ids() and len(data["differences"]) == 1
 
 
-@pytest.mark.parametrize("name", ["reproduce.yaml", "reproduce-gpu.yaml"])
-def test_the_shipped_reproduction_specs_are_the_papers_grid(name: str) -> None:
-    from pathlib import Path
+@pytest.mark.parametrize("flags", [[], ["--gpu"], ["--architecture", "t5"]])
+def test_gpo_reproduce_runs_the_papers_grid(flags: list[str]) -> None:
+    """``gpo reproduce`` runs job specs shipped inside the package (so an installed copy has them);
+    ``--print-spec`` shows the one it would run."""
+    import subprocess
+    import sys
 
     import yaml
 
-    spec = parse_job_spec(yaml.safe_load((Path(__file__).parents[2] / "specs" / name).read_text()))
+    command = [sys.executable, "-c", "from gpo_client.cli import main; main()", "reproduce", *flags, "--print-spec"]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    spec = parse_job_spec(yaml.safe_load(out.stdout))
     assert set(spec.losses) == {"logistic", "hinge", "square", "exponential", "truncated_quadratic", "savage"}
     assert spec.betas == [0.01, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0] and len(spec.run_list()) == 42
     assert spec.comparisons.pairwise_beta == 0.1 and spec.training.trace_every > 0
+    assert spec.training.use_gpu == ("--gpu" in flags)
+    assert spec.task.architecture == ("t5" if "t5" in flags else "llama")
 
 
 @pytest.mark.slow

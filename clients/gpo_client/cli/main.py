@@ -50,6 +50,7 @@ app.command("generate")(runs.generate_command)
 app.command("judge")(judging.judge_command)
 app.command("judge-eval")(judging.judge_eval_command)
 app.command("run")(runs.run_command)
+app.command("reproduce")(runs.reproduce_command)
 
 # Jobs on the control service (HTTP).
 app.command("submit")(jobs.submit_command)

@@ -161,15 +161,7 @@ def run_command(
     """Run a whole sweep in this process (the embedded default: no Redis, no services): train
     every run, sample it, judge it against the reference, compare runs pairwise, write the report.
     Ctrl-C stops at the next training step; running it again resumes."""
-    from gpo_client.progress import RunProgress
-    from gpo_core.data import DatasetError
-    from gpo_core.generate import GenerationError
-    from gpo_core.identity import DifferentSpec
-    from gpo_core.judge import JudgeEndpointError
-    from gpo_core.sweep.preflight import PreflightError
-    from gpo_core.sweep.runner import run_job
     from gpo_core.sweep.spec import JobSpecError, load_job_spec, missing_inputs
-    from gpo_core.train.loop import TrainingError
 
     try:
         spec = load_job_spec(spec_file)
@@ -178,7 +170,53 @@ def run_command(
     problems = missing_inputs(spec)
     if problems:
         raise fail(f"{spec_file}: " + "; ".join(problems) + " (relative paths are taken from the spec file's folder)")
+    run_sweep(spec, out, f"gpo run {spec_file}")
+
+
+def reproduce_command(
+    gpu: Annotated[bool, typer.Option("--gpu", help="The grid sized for one GPU (default task, vLLM).")] = False,
+    architecture: Annotated[
+        str | None, typer.Option(help="The built-in task's policy: llama (default) or t5 (the paper's).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Job folder (default: outputs/jobs/reproduce[-gpu]).")] = None,
+    print_spec: Annotated[bool, typer.Option("--print-spec", help="Print the job spec and stop.")] = False,
+) -> None:
+    """The paper's sweep on the built-in task (Fig. 8, 9 and 5): six losses x seven betas, the
+    pairwise matrix at beta 0.1 and the KL / square-loss traces, ending with the claims table
+    (C1-C4). Runs in this process like gpo run; Ctrl-C stops, running it again resumes."""
+    from importlib.resources import files
+
+    import yaml
+
+    from gpo_core.sweep.spec import JobSpecError, parse_job_spec
+
+    name = "reproduce-gpu.yaml" if gpu else "reproduce.yaml"
+    data = yaml.safe_load(files("gpo_core.sweep").joinpath("specs", name).read_text(encoding="utf-8"))
+    if architecture is not None:
+        data["task"] = {**data["task"], "architecture": architecture}
+        data["name"] = f"{data['name']}-{architecture}"
+    try:
+        spec = parse_job_spec(data, name)
+    except JobSpecError as err:
+        raise fail(str(err)) from None
+    if print_spec:
+        console.print(yaml.safe_dump(data, sort_keys=False).rstrip(), highlight=False, markup=False)
+        return
+    flags = " --gpu" * gpu + (f" --architecture {architecture}" if architecture else "")
+    run_sweep(spec, out, f"gpo reproduce{flags}")
+
+
+def run_sweep(spec, out: Path | None, command: str) -> None:
+    """Run ``spec`` in this process with progress bars, then print the run table and the claims."""
+    from gpo_client.progress import RunProgress
+    from gpo_core.data import DatasetError
+    from gpo_core.generate import GenerationError
+    from gpo_core.identity import DifferentSpec
+    from gpo_core.judge import JudgeEndpointError
     from gpo_core.losses import alias_note
+    from gpo_core.sweep.preflight import PreflightError
+    from gpo_core.sweep.runner import run_job
+    from gpo_core.train.loop import TrainingError
 
     for note in dict.fromkeys(filter(None, (alias_note(run.loss) for run in spec.run_list()))):
         errors.print(f"note: {note}", highlight=False)
@@ -193,7 +231,7 @@ def run_command(
             FileNotFoundError) as err:  # fmt: skip
         raise fail(str(err)) from None
     if report is None:
-        console.print(f"stopped; run again to resume: gpo run {spec_file} --out {job_dir}")
+        console.print(f"stopped; run again to resume: {command} --out {job_dir}")
         raise typer.Exit(code=1)
     print_winrate_table(report.with_name("report.json"))
     console.print(f"report: {report}")
