@@ -29,12 +29,18 @@ from transformers import AutoTokenizer
 from gpo_core.conversation import ChatFormat, Prompt
 from gpo_core.data import write_jsonl
 from gpo_core.logprobs import pad_rows
-from gpo_core.models import ADAPTER_CONFIG, is_encoder_decoder, load_model, model_digest, recorded_adapter_base
+from gpo_core.models import (
+    ADAPTER_CONFIG,
+    FINAL_ADAPTER,
+    is_encoder_decoder,
+    load_model,
+    model_digest,
+    recorded_adapter_base,
+)
 from gpo_core.stopping import StopCheck, Stopped, check
 
 VLLM_CHUNK = 512  # prompts per vLLM call: batches stay full, and a cancel waits for one chunk at most
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
-ADAPTER = "adapter"  # a LoRA run's final folder holds its adapters here (gpo_core.train.adapters)
 
 log = logging.getLogger(__name__)
 
@@ -406,7 +412,7 @@ def generate_responses(
     if use_vllm:
         if engine is None:
             engine = VLLMEngine(model_dir)
-        adapter = Path(model_dir) / ADAPTER
+        adapter = Path(model_dir) / FINAL_ADAPTER
         samples = _adapter_samples(engine, adapter, texts, settings, should_stop) if unmerged else None
         if samples is None:  # no adapters, or not for these weights: the merged model in model_dir
             adapter = None

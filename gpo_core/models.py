@@ -40,6 +40,7 @@ def adapter_base(folder: str | Path) -> Path:
     return base
 
 
+FINAL_ADAPTER = "adapter"  # a LoRA run's final folder keeps its adapters alone here
 ADAPTER_BASE_RECORD = "gpo_base.json"  # in a trained run's adapter folder: the base it goes on
 
 

@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from gpo_core.models import write_adapter_base
+from gpo_core.models import FINAL_ADAPTER, write_adapter_base
 from gpo_core.train.spec import LoraOptions
 
-ADAPTER = "adapter"  # the final folder's subfolder with the adapters alone
+ADAPTER = FINAL_ADAPTER  # the final folder's subfolder with the adapters alone
 
 
 def add_adapters(model: torch.nn.Module, options: LoraOptions) -> PeftModel:
