@@ -67,11 +67,15 @@ class RunProgress:
                 self.progress.update(self.bars[run], completed=step, total=step, info="trained before")
             self.message(f"{run} was trained to step {record['step']} before, by this spec: not trained again")
 
-    def stage(self, run: str, stage: str, state: str, win_rate: dict | None = None) -> None:
+    def stage(self, run: str, stage: str, state: str, win_rate: dict | None = None, reason: str | None = None) -> None:
+        if state == "diverged":
+            self.message(f"{run} diverged ({reason or 'non-finite loss'}): the sweep goes on without it")
         if run not in self.bars:
             self.message(f"{run} {stage}: {state}")
             return
         info = f"win rate {win_rate['rate']:.3f}" if win_rate else f"{stage}: {state}"
+        if state == "diverged":
+            info = "diverged"
         self.progress.update(self.bars[run], info=info)
 
     def sweep_event(self, event: dict) -> None:
@@ -80,7 +84,7 @@ class RunProgress:
             self.message(event["message"])
         elif event["kind"] == "stage":
             win_rate = event.get("win_rate") if event["stage"] == "judge" and event["state"] == "done" else None
-            self.stage(event["run"], event["stage"], event["state"], win_rate)
+            self.stage(event["run"], event["stage"], event["state"], win_rate, event.get("reason"))
         elif "run" in event:
             self.training(event["run"], event)
 
@@ -90,7 +94,7 @@ class RunProgress:
         if event.type == "metrics":
             self.training(data.get("run", ""), data)
         elif event.type == "run_state":
-            self.stage(data.get("run", ""), data["stage"], data["state"])
+            self.stage(data.get("run", ""), data["stage"], data["state"], reason=data.get("reason"))
         elif event.type == "job_state":
             reason = f" ({data['reason']})" if data.get("reason") else ""
             self.message(f"job {data['state']}{reason}")

@@ -14,6 +14,9 @@ The rules were fixed before any reproduction was run and are not tuned to its ou
   p-value, one-sided); across all runs, rho of KL with square loss. All per-loss rhos negative with
   p < 0.05 and the cross rho positive with p < 0.05 holds; a per-loss rho > 0 with p < 0.05 (in the
   wrong direction) or a cross rho < 0 with p < 0.05 does not hold; else not resolved.
+Runs that diverged in training have no win rate and no final KL: every claim is decided on the
+others, and the report lists the diverged runs beside the table.
+
 - C4 (section 4): at equal beta, case-II losses (f' reaches 0: hinge, square, truncated quadratic)
   keep the policy closer to the reference (lower final KL) than case-I losses (logistic,
   exponential, Savage). A sign test over the betas where both kinds ran: p < 0.05 in the paper's
@@ -147,7 +150,13 @@ def _final(run: dict, key: str) -> float | None:
     return values[-1] if values else None
 
 
+def _converged(runs: Sequence[dict]) -> list[dict]:
+    """Runs that did not diverge: a diverged run's last trace is from before it blew up, not an end."""
+    return [r for r in runs if not r.get("diverged")]
+
+
 def c3_regularization(runs: Sequence[dict]) -> dict:
+    runs = _converged(runs)
     traced = [r for r in runs if _final(r, "kl") is not None and _final(r, "square_loss") is not None]
     per_loss, verdicts = [], []
     for loss in dict.fromkeys(r["loss"] for r in traced):
@@ -183,6 +192,7 @@ def c3_regularization(runs: Sequence[dict]) -> dict:
 
 def c4_case_two_closer(runs: Sequence[dict], tail_of: Mapping[str, str]) -> dict:
     """``tail_of``: each loss's tail class ("I" or "II", :func:`gpo_core.analysis.analyze`)."""
+    runs = _converged(runs)
     per_beta = []
     for beta in sorted({r["beta"] for r in runs}):
         kls = {"I": [], "II": []}

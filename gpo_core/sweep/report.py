@@ -106,6 +106,7 @@ def collect(job_dir: str | Path) -> dict:
                 "loss": run.loss,
                 "beta": run.beta,
                 "trained": trained is not None,
+                "diverged": trained.get("diverged") if trained else None,
                 "steps": trained["steps"] if trained else (steps[-1]["step"] if steps else 0),
                 "final_metrics": {k: v for k, v in (steps[-1] if steps else {}).items() if k not in ("kind",)},
                 "curve": [{k: s.get(k) for k in CURVE_KEYS} for s in steps],
@@ -459,7 +460,7 @@ def winrate_table(data: dict) -> list[dict]:
                 "loss": run["loss"],
                 "beta": run["beta"],
                 "steps": run["steps"],
-                "win_rate": _interval(j.get("win_rate")),
+                "win_rate": "diverged" if run.get("diverged") else _interval(j.get("win_rate")),
                 "length_controlled": _interval(j.get("length_controlled")),
                 "flip_rate": f"{j['flip_rate']:.3f}" if j.get("flip_rate") is not None else "-",
                 "invalid": j.get("invalid", "-"),
@@ -497,6 +498,13 @@ def _html(data: dict, figures: dict[str, Path]) -> str:
         "<h2>Runs</h2>",
         _html_table(winrate_table(data)),
     ]
+    diverged = [run for run in data["runs"] if run.get("diverged")]
+    if diverged:
+        items = "".join(f"<li>{html.escape(run['id'])}: {html.escape(run['diverged'])}</li>" for run in diverged)
+        blocks.append(
+            "<p>Diverged in training (a non-finite loss or gradient; no model, so no samples, win rate or "
+            f"final KL; the claims are decided on the other runs):</p><ul>{items}</ul>"
+        )
     measured = data.get("judge_eval")
     if measured:
         agreement = measured.get("agreement") or {}

@@ -1,7 +1,8 @@
 """The embedded runner: a whole sweep in this process, no Redis and no services (``gpo run``).
 
 The stages are the services' stages, called in order: the reference's samples, then per run
-train -> generate -> judge, then the pairwise comparisons and the report. Every stage skips work
+train -> generate -> judge (a run that diverges in training stops there, recorded as such), then
+the pairwise comparisons and the report. Every stage skips work
 already on disk, so running the same spec into the same folder again resumes where it stopped.
 """
 
@@ -67,6 +68,9 @@ def run_job(
             if result["stopped"]:
                 stage(run, "train", "stopped", step=result["steps"])
                 return None
+            if result.get("diverged"):  # recorded, not fatal: the sweep goes on without it
+                stage(run, "train", "diverged", step=result["steps"], reason=result["diverged"])
+                continue
             stage(run, "train", "done", step=result["steps"])
             stage(run, "generate", "running")
             stages.generate_stage(spec, job_dir, run, cache_dir, engine, backend=backend)

@@ -39,6 +39,10 @@ REFERENCE = "reference"
 IDENTITY = "identity.json"
 
 
+class TrainingDiverged(RuntimeError):
+    """A later stage was asked for a run whose training diverged."""
+
+
 @dataclass(frozen=True)
 class Inputs:
     """Where a job's models and data are, once the built-in task (if any) is built."""
@@ -161,7 +165,9 @@ def train_stage(
     stop_requested: Callable[[], bool] = lambda: False,
 ) -> dict:
     """Train one run (resuming from its last checkpoint). Returns the result; ``stopped`` is true
-    when a stop was requested, and then no result file is written (the run is not done)."""
+    when a stop was requested, and then no result file is written (the run is not done).
+    ``diverged`` says why a run ended on a non-finite loss: it is done, with no model to sample,
+    and the sweep goes on without it."""
     from gpo_core.train.launch import run_training
 
     done = run_dir(job_dir, run) / "train.json"
@@ -177,6 +183,7 @@ def train_stage(
         if result.final_model_dir
         else None,
         "stopped": result.stopped,
+        "diverged": result.diverged,
         "reference_cache": result.reference_cache,
         "last_metrics": result.last_metrics,
     }
@@ -243,7 +250,10 @@ def generate_stage(
     trained = run_dir(job_dir, run) / "train.json"
     if not trained.exists():
         raise FileNotFoundError(f"run {run} has no trained model yet ({trained} is missing)")
-    model_dir = run_dir(job_dir, run) / json.loads(trained.read_text())["final_model_dir"]
+    result = json.loads(trained.read_text())
+    if result.get("diverged"):
+        raise TrainingDiverged(f"run {run} diverged in training ({result['diverged']}): it has no model to sample")
+    model_dir = run_dir(job_dir, run) / result["final_model_dir"]
     unmerged = lora_rank(spec) is not None
     records = generate_responses(model_dir, prompts, settings, run, backend, engine, should_stop, unmerged)
     return write_jsonl(out, records)
@@ -335,9 +345,17 @@ def judge_eval_stage(spec: JobSpec, job_dir: Path, should_stop: StopCheck | None
     return figures
 
 
-def pairwise_runs(spec: JobSpec) -> list[str]:
+def diverged(job_dir: Path, run: str) -> str | None:
+    """Why ``run`` diverged in training, or None (not diverged, or not trained yet)."""
+    trained = run_dir(job_dir, run) / "train.json"
+    return json.loads(trained.read_text()).get("diverged") if trained.exists() else None
+
+
+def pairwise_runs(spec: JobSpec, job_dir: Path) -> list[str]:
+    """The runs at ``comparisons.pairwise_beta``, less those that diverged (nothing to compare)."""
     beta = spec.comparisons.pairwise_beta
-    return [rid for rid, run in zip(spec.run_ids(), spec.run_list(), strict=True) if run.beta == beta]
+    runs = [rid for rid, run in zip(spec.run_ids(), spec.run_list(), strict=True) if run.beta == beta]
+    return [run for run in runs if not diverged(job_dir, run)]
 
 
 def pairwise_stage(spec: JobSpec, job_dir: Path, should_stop: StopCheck | None = None) -> dict | None:
@@ -351,7 +369,7 @@ def pairwise_stage(spec: JobSpec, job_dir: Path, should_stop: StopCheck | None =
     if out.exists():
         return json.loads(out.read_text())
     inputs = resolve_inputs(spec, should_stop=should_stop)
-    runs = pairwise_runs(spec)
+    runs = pairwise_runs(spec, job_dir)
     responses = [load_responses(run_dir(job_dir, run) / "responses.jsonl") for run in runs]
     matrix: list[list[float | None]] = [[None] * len(runs) for _ in runs]
     comparisons = []

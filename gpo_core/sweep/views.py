@@ -8,9 +8,12 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-RunState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+# A run that "diverged" stopped training on a non-finite loss: it is done, with no model, and its
+# job goes on without it (its report says so).
+RunState = Literal["queued", "running", "succeeded", "diverged", "failed", "cancelled"]
 Stage = Literal["train", "generate", "judge", "done"]
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})  # of a job
+RUN_DONE = frozenset({"succeeded", "diverged"})  # the run states a finished job's runs are in
 
 
 class RunView(BaseModel):

@@ -12,13 +12,22 @@ from pathlib import Path
 
 from gpo_core.data import write_json
 from gpo_core.identity import DifferentSpec, claim, content_digest
-from gpo_core.train.loop import CHECKPOINTS, METRICS_FILE, RunContext, RunResult, TrainingError, train
+from gpo_core.train.loop import (
+    CHECKPOINTS,
+    METRICS_FILE,
+    NonFiniteLossError,
+    RunContext,
+    RunResult,
+    TrainingError,
+    train,
+)
 from gpo_core.train.metrics import FanOut, JsonlSink, ListSink, MetricsSink, follow_jsonl, jsonl_end
 from gpo_core.train.spec import TrainingSpec
 from gpo_core.train.tracking import TrackingError, tracking_sinks
 
 RUN_RECORD = "run.json"  # the identity of the run this folder holds
 RESULT = "result.json"  # written when the run finished: its presence means "trained"
+DIVERGED = "diverged.json"  # written where the run stopped on a non-finite loss (by rank 0 on Ray)
 # Options that change how a run is carried out or logged, not what it computes.
 NOT_DETERMINING = {
     "output_dir",
@@ -71,6 +80,25 @@ def claim_output_dir(spec: TrainingSpec) -> RunResult | None:
     return None
 
 
+def record_divergence(output_dir: str | Path, err: NonFiniteLossError, sink: MetricsSink) -> None:
+    """A run that diverged ends with a ``diverged`` metrics record and :data:`DIVERGED` in its folder
+    (what a Ray driver reads: the workers end normally, so Ray does not retry a deterministic
+    overflow from its last checkpoint)."""
+    record = {"kind": "diverged", "step": err.step, "message": str(err)}
+    sink.emit(record)
+    write_json(Path(output_dir) / DIVERGED, record)
+
+
+def diverged_result(output_dir: str | Path) -> RunResult | None:
+    """The result of a run that diverged in ``output_dir``, else None."""
+    path = Path(output_dir) / DIVERGED
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    return RunResult(steps=record["step"] - 1, final_model_dir=None, last_metrics={}, reference_cache="unknown",
+                     stopped=False, padded_fraction=0.0, diverged=record["message"])  # fmt: skip
+
+
 def _finished(spec: TrainingSpec, result: RunResult) -> RunResult:
     if not result.stopped:
         write_json(Path(spec.output_dir) / RESULT, asdict(result))
@@ -113,11 +141,15 @@ def _trackers(spec: TrainingSpec) -> list[MetricsSink]:
 
 def _run(spec: TrainingSpec, sink: MetricsSink | None, stop_requested: Callable[[], bool]) -> RunResult:
     path = metrics_path(spec)
+    (Path(spec.output_dir) / DIVERGED).unlink(missing_ok=True)  # a resumed run starts over from its checkpoint
     if spec.workers == 0:
         metrics = JsonlSink(path)
+        both = FanOut(metrics, sink) if sink else metrics
         try:
-            context = RunContext(should_stop=stop_requested)
-            return _finished(spec, train(spec, FanOut(metrics, sink) if sink else metrics, context))
+            return _finished(spec, train(spec, both, RunContext(should_stop=stop_requested)))
+        except NonFiniteLossError as err:
+            record_divergence(spec.output_dir, err, both)
+            return _finished(spec, diverged_result(spec.output_dir))
         finally:
             metrics.close()
 

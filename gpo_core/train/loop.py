@@ -59,7 +59,12 @@ class TrainingError(RuntimeError):
 
 
 class NonFiniteLossError(TrainingError):
-    pass
+    """The loss or its gradient overflowed at ``step``: the run diverged. A sweep records such a run
+    as diverged and goes on; a single training fails with this message."""
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
 
 
 @dataclass
@@ -90,6 +95,7 @@ class RunResult:
     reference_cache: str  # "hit" or "miss"
     stopped: bool
     padded_fraction: float
+    diverged: str | None = None  # why the run stopped on a non-finite loss or gradient, and at which step
 
 
 class _PairForward(torch.nn.Module):
@@ -510,9 +516,9 @@ def train(spec: TrainingSpec, sink: MetricsSink | None = None, context: RunConte
         totals = torch.cat([context.all_reduce(sums), grad_norm.reshape(1).to(sums)]).tolist()
         mean_loss = totals[SUMS.index("loss")] / totals[SUMS.index("pairs")]
         if not math.isfinite(mean_loss):
-            raise NonFiniteLossError(f"non-finite loss at step {step + 1} ({mean_loss})")
+            raise NonFiniteLossError(f"non-finite loss at step {step + 1} ({mean_loss})", step + 1)
         if not math.isfinite(totals[-1]):
-            raise NonFiniteLossError(f"non-finite gradient norm at step {step + 1}")
+            raise NonFiniteLossError(f"non-finite gradient norm at step {step + 1}", step + 1)
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from gpo_core.train.loop import RunContext, RunResult, train
+from gpo_core.train.launch import DIVERGED, diverged_result, record_divergence
+from gpo_core.train.loop import NonFiniteLossError, RunContext, RunResult, train
 from gpo_core.train.metrics import JsonlSink, ListSink
 from gpo_core.train.spec import TrainingSpec
 
@@ -97,6 +98,9 @@ def _worker(config: dict) -> None:
     )
     try:
         train(spec, sink, run_context)
+    except NonFiniteLossError as err:  # every worker sees the same all-reduced loss, and stops here
+        if rank == 0:
+            record_divergence(spec.output_dir, err, sink)
     finally:
         sink.close()
 
@@ -125,6 +129,7 @@ def train_on_ray(spec: TrainingSpec, metrics_path: str | Path | None = None, max
     output_dir = Path(spec.output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / STOP_FILE).unlink(missing_ok=True)
+    (output_dir / DIVERGED).unlink(missing_ok=True)
     name = "gpo-" + hashlib.sha256(str(output_dir).encode()).hexdigest()[:12]
     trainer = TorchTrainer(
         _worker,
@@ -141,6 +146,8 @@ def train_on_ray(spec: TrainingSpec, metrics_path: str | Path | None = None, max
     result = trainer.fit()
     if result.error is not None:
         raise result.error
+    if (diverged := diverged_result(output_dir)) is not None:
+        return diverged
     metrics = result.metrics or {}
     final = output_dir / "final"
     return RunResult(

@@ -79,6 +79,30 @@ def test_a_sweep_runs_to_a_report_through_the_services(stack) -> None:
     assert job.id not in [j.id for j in other.list().jobs]
 
 
+def test_a_diverged_run_is_recorded_and_its_job_still_succeeds(stack) -> None:
+    spec = {
+        "name": "diverging",
+        "task": {"size": "small", "seed": 3},
+        "losses": ["exponential", "logistic"],
+        "betas": [1e5],  # e^-x's gradient overflows float32 after the first step; softplus does not
+        "training": {"steps": 4, "batch_size": 8, "workers": 1, "trace_every": 0, "checkpoint_every": 2},
+        "generation": {"backend": "transformers", "prompts": 4},
+    }
+    client = Client(stack["server"], KEY_A)
+    done = client.wait(client.submit(spec).id)
+    assert done.state == "succeeded", done
+    diverged, stable = done.runs
+    assert diverged.state == "diverged" and diverged.stage == "done" and diverged.win_rate is None
+    assert "non-finite" in diverged.reason and diverged.step < 4
+    assert stable.state == "succeeded" and stable.win_rate is not None
+    report = client.report_json(done.id)
+    assert report["table"][0]["run"] == diverged.id and report["table"][0]["win_rate"] == "diverged"
+    # On Ray the worker ended normally: one attempt, no retry from the last checkpoint.
+    metrics = client.artifact(done.id, f"runs/{diverged.id}/train/metrics.jsonl").decode().splitlines()
+    assert sum(json.loads(line)["kind"] == "start" for line in metrics) == 1
+    assert json.loads(metrics[-1])["kind"] == "diverged"
+
+
 def test_cancel_stops_a_running_training_within_seconds(stack) -> None:
     spec = {
         "name": "to-cancel",

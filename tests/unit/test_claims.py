@@ -98,6 +98,19 @@ def test_c4_compares_case_two_with_case_one_at_each_beta() -> None:
     assert c4_case_two_closer(few, tails)["verdict"] == UNRESOLVED  # 2 of 2: p = 1/4
 
 
+def test_diverged_runs_take_no_part_in_c3_and_c4() -> None:
+    # A diverged run's last trace is from before it blew up: counting it as a final KL would turn
+    # these verdicts around.
+    tails = {"logistic": "I", "square": "II"}
+    closer = [traced("logistic", b, 2.0, 1.0) for b in BETAS] + [traced("square", b, 1.0, 1.0) for b in BETAS]
+    blown = [{**traced("square", b, 100.0, 1.0), "id": f"blown-{b:g}", "diverged": "non-finite loss at step 3"}
+             for b in BETAS]  # fmt: skip
+    assert c4_case_two_closer(closer + blown, tails) == c4_case_two_closer(closer, tails)
+    shrinking = [traced("logistic", b, 5 / b**0.5, 2 / b**0.5) for b in BETAS]
+    growing_blown = [{**traced("logistic", 10 * b, 1e3 * b, 1e3 * b), "diverged": "x"} for b in BETAS]
+    assert c3_regularization(shrinking + growing_blown) == c3_regularization(shrinking)
+
+
 def test_claims_names_the_tail_class_of_each_loss_itself() -> None:
     runs = [traced("logistic", b, 2.0, 1.0) for b in BETAS] + [traced("hinge", b, 1.0, 0.5) for b in BETAS]
     table = claims(runs, {}, [])

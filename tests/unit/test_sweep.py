@@ -140,6 +140,41 @@ def test_sweep_end_to_end_with_the_oracle_judge_and_report(small_task, tmp_path)
     assert (tmp_path / "job" / "verdicts.jsonl").read_text() == verdicts
 
 
+def test_a_run_that_diverges_is_recorded_and_the_sweep_goes_on(small_task, tmp_path) -> None:
+    # e^-x at beta 1e5: after one step some pair's beta * rho is far below -88.7 and the gradient
+    # overflows float32. The logistic run at the same beta is stable (softplus) and finishes.
+    spec = JobSpec(**grid(
+        losses=["exponential", "logistic"], betas=[1e5],
+        training={"steps": 4, "batch_size": 8, "trace_every": 2, "checkpoint_every": 0, "trace_prompts": 4},
+        generation={"backend": "transformers", "prompts": 6},
+        comparisons={"pairwise_beta": 1e5},
+    ))  # fmt: skip
+    events = []
+    report = run_job(spec, tmp_path / "job", cache_dir=tmp_path / "cache", events=events.append)
+    diverging, stable = spec.run_ids()
+    trained = json.loads((tmp_path / "job" / "runs" / diverging / "train.json").read_text())
+    assert trained["final_model_dir"] is None and trained["steps"] < 4
+    assert trained["diverged"].startswith("non-finite") and f"at step {trained['steps'] + 1}" in trained["diverged"]
+    assert not (tmp_path / "job" / "runs" / diverging / "responses.jsonl").exists()
+    metrics = (tmp_path / "job" / "runs" / diverging / "train" / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(metrics[-1])["kind"] == "diverged"
+    stage_events = [(e["run"], e["stage"], e["state"]) for e in events if e["kind"] == "stage"]
+    assert (diverging, "train", "diverged") in stage_events and (diverging, "generate", "running") not in stage_events
+    assert (stable, "judge", "done") in stage_events and stage_events[-1] == ("job", "report", "done")
+
+    data = json.loads((report.parent / "report.json").read_text())
+    rows = {row["run"]: row for row in data["table"]}
+    assert rows[diverging]["win_rate"] == "diverged" and rows[stable]["win_rate"] != "diverged"
+    assert data["pairwise"]["runs"] == [stable] and data["differences"] == []
+    assert f"<li>{diverging}: non-finite" in report.read_text()
+    with pytest.raises(stages.TrainingDiverged, match=f"run {diverging} diverged"):
+        stages.generate_stage(spec, tmp_path / "job", diverging, tmp_path / "cache")
+    # Run again: the diverged run is done, not trained again.
+    again = []
+    run_job(spec, tmp_path / "job", cache_dir=tmp_path / "cache", events=again.append)
+    assert not any(e.get("kind") == "step" for e in again)
+
+
 def test_the_report_shows_the_judges_measured_accuracy(small_task, tmp_path) -> None:
     spec = JobSpec(**grid(
         losses=["hinge"], betas=[1.0],

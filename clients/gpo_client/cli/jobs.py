@@ -43,7 +43,7 @@ def job_table(jobs) -> Table:
     for column in ("job", "name", "state", "runs", "created"):
         table.add_column(column)
     for job in jobs:
-        done = sum(run.state == "succeeded" for run in job.runs)
+        done = sum(run.state in ("succeeded", "diverged") for run in job.runs)
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.created_at))
         table.add_row(job.id, job.name, job.state, f"{done}/{len(job.runs)}", created)
     return table

@@ -54,6 +54,8 @@ def train_command(
             result = run_training(spec, ToDisplay(), stop.is_set)
     except (DatasetError, TrainingError) as err:
         raise fail(str(err)) from None
+    if result.diverged:
+        raise fail(f"training diverged: {result.diverged}; metrics: {metrics_path(spec)}")
     state = "stopped" if result.stopped else "finished"
     console.print(
         f"{state} after {result.steps} steps; final model: {result.final_model_dir}; metrics: {metrics_path(spec)}"

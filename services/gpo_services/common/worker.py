@@ -28,7 +28,7 @@ from gpo_core.judge import JudgeEndpointRefused
 from gpo_core.stopping import Stopped
 from gpo_core.sweep.preflight import PreflightError
 from gpo_core.sweep.spec import JobSpecError
-from gpo_core.sweep.views import TERMINAL
+from gpo_core.sweep.views import RUN_DONE, TERMINAL
 from gpo_core.train.loop import TrainingError
 from gpo_core.train.spec import SpecError
 from gpo_services.common.connection import connect
@@ -38,8 +38,10 @@ from gpo_services.common.settings import Settings
 from gpo_services.common.store import JobStore
 
 FINALIZE = "*finalize*"  # the judge task that makes the pairwise comparisons and the report
-# Errors that another attempt cannot fix: bad data, a bad spec, a diverging run, a judge endpoint
-# that refuses the request.
+FINALIZE_TTL_S = 7 * 24 * 3600
+# Errors that another attempt cannot fix: bad data, a bad spec, a run that cannot train, a judge
+# endpoint that refuses the request. (A run whose loss diverges is not an error: it is recorded as
+# diverged and its job goes on.)
 PERMANENT_ERRORS = (
     DatasetError,
     DifferentSpec,
@@ -69,6 +71,15 @@ class TaskContext:
         tenant = self.store.tenant(job_id)
         if tenant is not None:
             enqueue(self.client, stage, tenant, {"job": job_id, "run": run, "attempt": 1})
+
+    def finalize_when_all_done(self, job_id: str) -> None:
+        """Once every run is judged or diverged, exactly one finalize task for the job, whichever
+        worker saw the last run end."""
+        job = self.store.get(job_id)
+        if job is None or not all(run.state in RUN_DONE for run in job.runs):
+            return
+        if self.client.set(f"gpo:job:{job_id}:finalize", "1", nx=True, ex=FINALIZE_TTL_S):
+            self.enqueue("judge", job_id, FINALIZE)
 
     def skip_if_over(self, job_id: str, run: str) -> bool:
         """True (and the run marked cancelled) when the job was cancelled or has already failed."""

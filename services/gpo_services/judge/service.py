@@ -1,5 +1,5 @@
 """The judge service: consumes judge tasks, compares a run's responses with the reference's (both
-orders, cached verdicts), records the win rate; when every run of a job is judged, makes the
+orders, cached verdicts), records the win rate; when every run of a job is judged (or diverged), makes the
 pairwise comparisons, the judge's own accuracy (``judge.evaluate_on``) and the report (one
 finalize task per job)."""
 
@@ -29,10 +29,7 @@ def handle(task: dict, context: TaskContext) -> None:
         context.store.log(job_id, f"{run}: the judge made {usage['requests']} requests, {usage['prompt_tokens']} "
                                   f"prompt and {usage['completion_tokens']} completion tokens{cost}")  # fmt: skip
     context.store.transition(job_id, run, state="succeeded", stage="done", win_rate=json.dumps(summary.get("win_rate")))
-    # Exactly one finalize task per job, whichever judge saw the last run finish.
-    all_judged = all(r.state == "succeeded" for r in context.store.get(job_id).runs)
-    if all_judged and context.client.set(f"gpo:job:{job_id}:finalize", "1", nx=True, ex=7 * 24 * 3600):
-        context.enqueue("judge", job_id, FINALIZE)
+    context.finalize_when_all_done(job_id)
 
 
 def check_endpoint(spec: JobSpec, context: TaskContext) -> None:

@@ -2,7 +2,7 @@
 Ray Train when the job asks for workers: a Ray driver connected to ``RAY_ADDRESS`` or to a Ray
 it starts locally). Cancellation, a deadline and SIGTERM stop a run at its next step, after a
 checkpoint (or a build of the built-in task at its next step); a redelivered task resumes from
-that checkpoint."""
+that checkpoint. A run whose loss diverges is recorded as ``diverged`` and the job goes on."""
 
 from __future__ import annotations
 
@@ -28,6 +28,11 @@ def handle(task: dict, context: TaskContext) -> None:
     result = stages.train_stage(spec, job_dir, run, ProgressSink(context, job_id, run), context.should_stop)
     if result["stopped"]:
         raise Stopped  # the worker decides: hand back, cancelled or past the deadline
+    if result.get("diverged"):  # done, with no model: the job goes on without this run
+        context.store.transition(job_id, run, state="diverged", stage="done", step=result["steps"],
+                                 reason=result["diverged"])  # fmt: skip
+        context.finalize_when_all_done(job_id)
+        return
     context.store.transition(job_id, run, state="queued", stage="generate", step=result["steps"])
     context.enqueue("generate", job_id, run)
 
