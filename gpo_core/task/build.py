@@ -39,7 +39,7 @@ from gpo_core.task.reward import bradley_terry_probability, gold_reward
 from gpo_core.task.tokenizer import build_tokenizer
 
 FORMAT_VERSION = 2
-SIZES = ("small", "default")
+SIZES = ("small", "default", "paper")
 Progress = Callable[[str], None]
 
 
@@ -56,6 +56,7 @@ class TaskSettings:
     eval_prompts: int = 256
     behaviour_temperature: float = 1.0  # mu: the SFT policy sampled at this temperature
     label_temperature: float = 0.5  # Bradley-Terry: P(a > b) = sigmoid((r_a - r_b) / T)
+    summary_tokens: int = MAX_SUMMARY_TOKENS  # new tokens when sampling pairs and quality figures
 
     def key(self) -> str:
         text = json.dumps({"format": FORMAT_VERSION, **asdict(self)}, sort_keys=True)
@@ -76,6 +77,19 @@ def task_settings(size: str = "default", seed: int = 0, architecture: str = "lla
             sft_documents=600,
             pair_documents=240,
             eval_prompts=48,
+        )
+    if size == "paper":  # the reproduction's task: sentences to summarize, intervals of about +-0.02
+        corpus = CorpusSettings(topic_words=120, filler_words=160, attribute_words=60, min_words=30, max_words=50,
+                                min_salient=3, max_salient=5, salient_repeats=(2, 3))  # fmt: skip
+        settings = replace(
+            settings,
+            corpus=corpus,
+            model=ModelSettings(architecture=architecture, hidden=96, layers=3, heads=3, intermediate=256),  # head 32
+            sft=SFTSettings(steps=3000, batch_size=32, lr=3e-3, warmup=20, noise=0.5, max_corruptions=2),
+            sft_documents=3000,
+            pair_documents=3000,
+            eval_prompts=768,
+            summary_tokens=24,
         )
     return replace(settings, sft=replace(settings.sft, seed=seed), **overrides)
 
@@ -201,7 +215,7 @@ def _build(
     tokenizer.save_pretrained(work / "model")  # a self-contained folder, as vLLM and trainers expect
 
     def sample(prompts: list[str], temperature: float, seed: int) -> list[str]:
-        return sample_texts(model, tokenizer, prompts, temperature, max_new_tokens=MAX_SUMMARY_TOKENS, seed=seed,
+        return sample_texts(model, tokenizer, prompts, temperature, max_new_tokens=settings.summary_tokens, seed=seed,
                             should_stop=should_stop)  # fmt: skip
 
     say("sampling preference pairs from mu")
@@ -273,7 +287,8 @@ class BuiltTask:
         self.documents: dict[str, Document] = {}
         self._by_prompt: dict[str, Document] = {}
         for record in load_records(self.root / "documents.jsonl", fields=("id",)).records:
-            doc = Document(record["id"], tuple(record["words"]), tuple(record["salient"]), tuple(record["distractors"]))
+            doc = Document(record["id"], tuple(record["words"]), tuple(record["salient"]), tuple(record["distractors"]),
+                           tuple(record.get("attributes", ())))  # fmt: skip
             self.documents[doc.id] = doc
             self._by_prompt[doc.prompt] = doc
 

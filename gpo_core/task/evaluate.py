@@ -25,12 +25,11 @@ def oracle_win_rate(
     tokenizer = AutoTokenizer.from_pretrained(task.artifacts.tokenizer_dir)
     policy = load_model(policy_dir)
     baseline = load_model(baseline_dir or task.artifacts.model_dir)
+    tokens = task.artifacts.settings.get("summary_tokens", MAX_SUMMARY_TOKENS)
     items = []
     for k in range(samples):
-        ours = sample_texts(policy, tokenizer, texts, max_new_tokens=MAX_SUMMARY_TOKENS, seed=seed * 1000 + 2 * k)
-        theirs = sample_texts(
-            baseline, tokenizer, texts, max_new_tokens=MAX_SUMMARY_TOKENS, seed=seed * 1000 + 2 * k + 1
-        )
+        ours = sample_texts(policy, tokenizer, texts, max_new_tokens=tokens, seed=seed * 1000 + 2 * k)
+        theirs = sample_texts(baseline, tokenizer, texts, max_new_tokens=tokens, seed=seed * 1000 + 2 * k + 1)
         items += [
             {"prompt_id": p["id"], "prompt": p["prompt"], "a": a, "b": b}
             for p, a, b in zip(prompts, ours, theirs, strict=True)

@@ -21,7 +21,7 @@ from transformers import (
 
 from gpo_core.logprobs import Seq2SeqBatch, collate_causal, collate_seq2seq, sequence_logprobs
 from gpo_core.models import is_encoder_decoder
-from gpo_core.task.corpus import Document, Vocabulary
+from gpo_core.task.corpus import CONNECTOR, Document, Vocabulary
 
 MAX_SUMMARY_TOKENS = 12
 
@@ -72,9 +72,15 @@ def make_model(settings: ModelSettings, tokenizer: PreTrainedTokenizerFast, seed
     raise ValueError(f"architecture must be 'llama' or 't5', got {settings.architecture!r}")
 
 
-def noisy_summary(rng: random.Random, document: Document, vocabulary: Vocabulary, noise: float) -> str:
+def noisy_summary(
+    rng: random.Random, document: Document, vocabulary: Vocabulary, noise: float, max_corruptions: int = 1
+) -> str:
     """The reference summary, corrupted with probability ``noise`` in one of the ways a weak
-    annotator would: a word dropped, two swapped, a distractor or a filler word added, a repeat."""
+    annotator would: a word dropped, two swapped, a distractor or a filler word added, a repeat.
+    A summary of phrases (attributes) can take up to ``max_corruptions``, each with probability
+    ``noise`` given the one before, and its attributes can be wrong too."""
+    if document.attributes:
+        return _noisy_sentence(rng, document, vocabulary, noise, max_corruptions)
     words = list(document.salient)
     if rng.random() < noise:
         kind = rng.choice(["drop", "swap", "distractor", "filler", "repeat"])
@@ -90,6 +96,32 @@ def noisy_summary(rng: random.Random, document: Document, vocabulary: Vocabulary
         else:
             words.insert(rng.randint(0, len(words)), rng.choice(words))
     return " ".join(words)
+
+
+def _noisy_sentence(
+    rng: random.Random, document: Document, vocabulary: Vocabulary, noise: float, max_corruptions: int
+) -> str:
+    phrases = [list(phrase) for phrase in document.phrases]
+    for _ in range(max_corruptions):
+        if rng.random() >= noise:
+            break
+        kind = rng.choice(["drop", "swap", "distractor", "filler", "repeat", "attribute"])
+        if kind == "drop" and len(phrases) > 1:
+            phrases.pop(rng.randrange(len(phrases)))
+        elif kind == "swap" and len(phrases) > 1:
+            i = rng.randrange(len(phrases) - 1)
+            phrases[i], phrases[i + 1] = phrases[i + 1], phrases[i]
+        elif kind == "distractor":
+            distractor = rng.choice(document.distractors)
+            phrases.insert(rng.randint(0, len(phrases)), [distractor, vocabulary.attribute_of(distractor)])
+        elif kind == "filler":
+            phrases.insert(rng.randint(0, len(phrases)), [rng.choice(vocabulary.filler)])
+        elif kind == "repeat":
+            phrases.insert(rng.randint(0, len(phrases)), list(rng.choice(phrases)))
+        elif kind == "attribute":
+            phrase = rng.choice(phrases)
+            phrase[-1] = rng.choice(vocabulary.attributes)
+    return f" {CONNECTOR} ".join(" ".join(phrase) for phrase in phrases)
 
 
 def encode_pairs(
@@ -121,6 +153,7 @@ class SFTSettings:
     lr: float = 3e-3
     warmup: int = 30
     noise: float = 0.5
+    max_corruptions: int = 1  # a summary of phrases can take several (see noisy_summary)
     seed: int = 0
 
 
@@ -149,7 +182,7 @@ def supervised_finetune(
     for step in range(settings.steps):
         batch_docs = rng.sample(list(documents), min(settings.batch_size, len(documents)))
         prompts = [d.prompt for d in batch_docs]
-        targets = [noisy_summary(rng, d, vocabulary, settings.noise) for d in batch_docs]
+        targets = [noisy_summary(rng, d, vocabulary, settings.noise, settings.max_corruptions) for d in batch_docs]
         prompt_ids, response_ids = encode_pairs(tokenizer, prompts, targets)
         loss = sft_loss(model, prompt_ids, response_ids, tokenizer.pad_token_id)
         optimizer.zero_grad(set_to_none=True)

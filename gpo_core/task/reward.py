@@ -1,18 +1,20 @@
 """The gold reward r*(document, summary), Bradley-Terry labels and the oracle judge.
 
-r* = 2 * LCS(summary, salient) / |salient|     coverage of the salient words, in order
-     - 0.5 * (words that are not salient)       wrong words: distractors or anything else
-     - 0.5 * (repeated words)                   repetition
-     - 0.1 * max(0, |summary| - |salient|)      length beyond what is needed
+r* = 2 * LCS(summary, reference) / |reference|   coverage of the reference summary, in order
+     - 0.5 * (words not in the reference)         wrong words: distractors or anything else
+     - 0.5 * (repeated words)                     a word more often than the reference has it
+     - 0.1 * max(0, |summary| - |reference|)      length beyond what is needed
 
-The reference summary (the salient words in order) scores the optimum, 2.0, on every document;
-missing a word or swapping two costs coverage; padding a summary with anything costs more.
+The reference summary (the salient words in order; with attributes, the sentence of "topic
+attribute" phrases) scores the optimum, 2.0, on every document; missing a word or swapping two costs
+coverage; padding a summary with anything costs more.
 """
 
 from __future__ import annotations
 
 import math
 import random
+from collections import Counter
 from typing import Literal
 
 from gpo_core.task.corpus import Document
@@ -42,11 +44,14 @@ def _lcs(a: list[str], b: tuple[str, ...]) -> int:
 
 def gold_reward(document: Document, summary: str) -> float:
     words = summary_words(summary)
-    salient = document.salient
-    coverage = GOLD_OPTIMUM * _lcs(words, salient) / len(salient)
-    wrong = sum(1 for w in words if w not in salient)
-    repeats = len(words) - len(set(words))
-    too_long = max(0, len(words) - len(salient))
+    reference = document.reference_words
+    allowed = Counter(reference)
+    coverage = GOLD_OPTIMUM * _lcs(words, reference) / len(reference)
+    wrong = sum(1 for w in words if w not in allowed)
+    # Each word beyond its count in the reference (at least one); a summary of distinct salient
+    # words allows each once, a sentence allows its connector between every two phrases.
+    repeats = sum(max(0, n - max(1, allowed[w])) for w, n in Counter(words).items())
+    too_long = max(0, len(words) - len(reference))
     return coverage - 0.5 * wrong - 0.5 * repeats - 0.1 * too_long
 
 

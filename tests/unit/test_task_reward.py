@@ -2,10 +2,11 @@
 
 import math
 import random
+from dataclasses import replace
 
 import pytest
 
-from gpo_core.task.corpus import CorpusSettings, make_documents, make_vocabulary
+from gpo_core.task.corpus import CONNECTOR, CorpusSettings, make_documents, make_vocabulary
 from gpo_core.task.reward import (
     GOLD_OPTIMUM,
     OracleJudge,
@@ -35,6 +36,68 @@ def test_documents_have_the_promised_shape() -> None:
         first = [doc.words.index(w) for w in doc.salient]
         assert first == sorted(first)  # salient words listed in order of first appearance
         assert doc.prompt.startswith("POST: ") and doc.prompt.endswith(" TL;DR:")
+
+
+SENTENCES = CorpusSettings(attribute_words=60, min_words=30, max_words=50, min_salient=3, max_salient=5,
+                           salient_repeats=(2, 3))  # fmt: skip
+SENTENCE_VOCABULARY = make_vocabulary(0, SENTENCES)
+SENTENCE_DOCUMENTS = make_documents(0, 200, "test", SENTENCE_VOCABULARY, SENTENCES)
+
+
+def test_attributes_extend_the_vocabulary_without_changing_the_words_before_them() -> None:
+    plain = make_vocabulary(0, replace(SENTENCES, attribute_words=0))
+    assert (SENTENCE_VOCABULARY.topic, SENTENCE_VOCABULARY.filler) == (plain.topic, plain.filler)
+    assert len(set(SENTENCE_VOCABULARY.words)) == len(SENTENCE_VOCABULARY.words)  # "and" is no generated word
+    assert SENTENCE_VOCABULARY.words[-1] == CONNECTOR and len(SENTENCE_VOCABULARY.attributes) == 60
+
+
+def test_documents_with_attributes_mention_each_topic_with_its_attribute() -> None:
+    for doc in SENTENCE_DOCUMENTS:
+        words = list(doc.words)
+        assert SENTENCES.min_words <= len(words) and 3 <= len(doc.salient) <= 5
+        for topic, attribute in doc.phrases:
+            assert attribute == SENTENCE_VOCABULARY.attribute_of(topic)
+            mentions = [i for i, w in enumerate(words) if w == topic]
+            assert 2 <= len(mentions) <= 3 and all(words[i + 1] == attribute for i in mentions)
+        for topic in doc.distractors:
+            assert words.count(topic) == 1 and words[words.index(topic) + 1] == SENTENCE_VOCABULARY.attribute_of(topic)
+        first = [words.index(w) for w in doc.salient]
+        assert first == sorted(first)
+        summary = doc.reference_summary.split()
+        assert summary[2::3] == [CONNECTOR] * (len(doc.salient) - 1) and 8 <= len(summary) <= 14
+
+
+def test_the_reward_of_a_sentence_by_hand() -> None:
+    doc = next(d for d in SENTENCE_DOCUMENTS if len(d.salient) == 3 and len(set(d.attributes)) == 3)
+    (t1, a1), (t2, _), (t3, a3) = doc.phrases
+    assert gold_reward(doc, doc.reference_summary) == GOLD_OPTIMUM  # 8 words, "and" twice, allowed
+    # a phrase dropped: LCS 5 of 8 (t1 a1 and t3 a3), nothing wrong, shorter
+    assert gold_reward(doc, f"{t1} {a1} and {t3} {a3}") == pytest.approx(2 * 5 / 8)
+    # a wrong attribute: LCS 7 of 8, one word not in the reference
+    wrong = next(a for a in SENTENCE_VOCABULARY.attributes if a not in doc.attributes)
+    assert gold_reward(doc, f"{t1} {a1} and {t2} {wrong} and {t3} {a3}") == pytest.approx(2 * 7 / 8 - 0.5)
+    # a phrase repeated: LCS 8, "and" three times (two allowed), t1 and a1 twice, 3 words too long
+    assert gold_reward(doc, f"{doc.reference_summary} and {t1} {a1}") == pytest.approx(2 - 0.5 * 3 - 0.1 * 3)
+
+
+def test_the_general_reward_equals_the_salient_words_formula_without_modifiers() -> None:
+    rng = random.Random(0)
+    for doc in DOCUMENTS[:50]:
+        pool = list(doc.salient + doc.distractors) + list(VOCABULARY.filler[:5])
+        for _ in range(20):
+            words = rng.choices(pool, k=rng.randint(0, 7))
+            salient = doc.salient
+            by_hand = (2 * _lcs_by_table(words, salient) / len(salient) - 0.5 * sum(w not in salient for w in words)
+                       - 0.5 * (len(words) - len(set(words))) - 0.1 * max(0, len(words) - len(salient)))  # fmt: skip
+            assert gold_reward(doc, " ".join(words)) == pytest.approx(by_hand)
+
+
+def _lcs_by_table(a, b) -> int:
+    table = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
+    for i, x in enumerate(a):
+        for j, y in enumerate(b):
+            table[i + 1][j + 1] = table[i][j] + 1 if x == y else max(table[i][j + 1], table[i + 1][j])
+    return table[-1][-1]
 
 
 def test_perfect_beats_partial_beats_wrong() -> None:

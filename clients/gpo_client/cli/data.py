@@ -19,7 +19,9 @@ def task_build(
         Path | None, typer.Option(help="Cache folder (default: $GPO_CACHE_DIR/tasks or ~/.cache/gpo/tasks).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of everything: vocabulary, documents, model, samples.")] = 0,
-    size: Annotated[str, typer.Option(help="small (tests, seconds) or default (the demo, minutes).")] = "default",
+    size: Annotated[
+        str, typer.Option(help="small (tests, seconds), default, or paper (sentence summaries, gpo reproduce's).")
+    ] = "default",
     architecture: Annotated[str, typer.Option(help="llama (causal) or t5 (encoder-decoder).")] = "llama",
 ) -> None:
     """Build the task (or return the cached build) and print its paths and quality figures."""

@@ -176,7 +176,7 @@ def run_command(
 
 
 def reproduce_command(
-    gpu: Annotated[bool, typer.Option("--gpu", help="The grid sized for one GPU (default task, vLLM).")] = False,
+    gpu: Annotated[bool, typer.Option("--gpu", help="The grid sized for one GPU (longer training, vLLM).")] = False,
     architecture: Annotated[
         str | None, typer.Option(help="The built-in task's policy: llama (default) or t5 (the paper's).")
     ] = None,
