@@ -39,6 +39,8 @@ from gpo_core.models import (
 )
 from gpo_core.stopping import StopCheck, Stopped, check
 
+# 2: each prompt's vLLM requests seeded by its place (request_seed); before, one seed for all.
+SAMPLER_VERSION = 2
 VLLM_CHUNK = 512  # prompts per vLLM call: batches stay full, and a cancel waits for one chunk at most
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
 
@@ -313,18 +315,26 @@ class VLLMEngine:
         adapter_dir: str | Path | None = None,
     ) -> list[list[str]]:
         """``settings.n`` responses per prompt, in prompt order; in chunks of prompts, asking
-        ``should_stop`` before each (every request has the same seed, so chunks change nothing).
+        ``should_stop`` before each. Each prompt's requests are seeded by the sweep's seed and
+        the prompt's place (:func:`request_seed`): reproducible, the same whatever the chunks,
+        and independent across prompts. (One seed for every request gives every prompt the same
+        random draws: vLLM then samples each prompt from its distribution, but all prompts
+        together from one draw, and a mean over prompts is as noisy as a single sample; measured
+        on the built-in task, the mean probability of the first sampled token came out at 0.68
+        for an expected 0.63, against 0.62-0.63 with independent draws.)
         ``adapter_dir``: LoRA adapters to apply (see :meth:`serves_adapter`)."""
         from vllm import SamplingParams
         from vllm.lora.request import LoRARequest
 
-        params = SamplingParams(
-            n=settings.n,
-            temperature=settings.temperature,
-            top_p=settings.top_p,
-            max_tokens=settings.max_new_tokens,
-            seed=settings.seed,
-        )
+        def params(index: int) -> SamplingParams:
+            return SamplingParams(
+                n=settings.n,
+                temperature=settings.temperature,
+                top_p=settings.top_p,
+                max_tokens=settings.max_new_tokens,
+                seed=request_seed(settings.seed, index),
+            )
+
         # Token ids, made as everywhere else in gpo_core (text with special tokens; a conversation
         # through the chat template, which writes its own).
         prompt_ids = ChatFormat(self.tokenizer, settings.chat_template).prompt_ids(prompts)
@@ -338,10 +348,17 @@ class VLLMEngine:
             for start in range(0, len(requests), VLLM_CHUNK):
                 check(should_stop)
                 chunk = requests[start : start + VLLM_CHUNK]
-                outputs += self.llm.generate(chunk, params, use_tqdm=False, lora_request=lora)
+                seeded = [params(start + k) for k in range(len(chunk))]
+                outputs += self.llm.generate(chunk, seeded, use_tqdm=False, lora_request=lora)
         finally:
             torch.set_num_threads(threads)
         return [[" ".join(o.text.split()) for o in out.outputs] for out in outputs]
+
+
+def request_seed(seed: int, index: int) -> int:
+    """The seed of the ``index``-th prompt's requests in a sampling with ``seed``: distinct for
+    every (seed, index) pair up to 2**20 prompts."""
+    return seed * 2**20 + index
 
 
 def model_family(model_dir: str | Path) -> dict:
@@ -457,8 +474,11 @@ def cached_responses(
     should_stop: StopCheck | None = None,
 ) -> tuple[Path, bool]:
     """Responses for (weights, prompts, settings, backend), generated once: ``(path, hit)``. The
-    records name the model ``model_id`` (default: its folder)."""
+    records name the model ``model_id`` (default: its folder). :data:`SAMPLER_VERSION` is part of
+    the key: samples drawn by an older sampler are not served again."""
     key = [model_digest(model_dir), [(p["id"], p["prompt"]) for p in prompts], asdict(settings), backend, model_id]
+    if backend == "vllm":
+        key.append(SAMPLER_VERSION)
     text = json.dumps(key)
     path = Path(cache_dir) / "responses" / f"{hashlib.sha256(text.encode()).hexdigest()[:24]}.jsonl"
     if path.exists():

@@ -202,6 +202,12 @@ def test_vllm_backend_matches_transformers_greedy_and_is_seeded(
     assert len(crowd) == 3 * len(many) and crowd == generate_responses(
         small_task.artifacts.model_dir, many, sampled, engine=engine
     )
+    # Each prompt draws its own randomness: the same prompt asked many times gets many different
+    # samples (with one seed for every request, each copy got the same three responses).
+    by_prompt: dict[str, set] = {}
+    for record in crowd:
+        by_prompt.setdefault(record["prompt"], set()).add(record["response"])
+    assert all(len(responses) > 10 for responses in by_prompt.values())
 
     # Another checkpoint of the same architecture: loaded into the warm engine, no restart.
     other = tmp_path / "other"
