@@ -453,7 +453,7 @@ def winrate_table(data: dict) -> list[dict]:
     for run in data["runs"]:
         j = run["judgement"] or {}
         traces = [t for t in run["traces"] if "kl" in t or "square_loss" in t]
-        last = traces[-1] if traces else {}
+        last = traces[-1] if traces and not run.get("diverged") else {}  # a diverged run has no final trace
         rows.append(
             {
                 "run": run["id"],

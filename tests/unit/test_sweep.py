@@ -165,6 +165,7 @@ def test_a_run_that_diverges_is_recorded_and_the_sweep_goes_on(small_task, tmp_p
     data = json.loads((report.parent / "report.json").read_text())
     rows = {row["run"]: row for row in data["table"]}
     assert rows[diverging]["win_rate"] == "diverged" and rows[stable]["win_rate"] != "diverged"
+    assert rows[diverging]["kl"] == "-" and rows[stable]["kl"] != "-"  # its step-0 trace is no final KL
     assert data["pairwise"]["runs"] == [stable] and data["differences"] == []
     assert f"<li>{diverging}: non-finite" in report.read_text()
     with pytest.raises(stages.TrainingDiverged, match=f"run {diverging} diverged"):
