@@ -14,11 +14,14 @@ from gpo_core.data import write_json
 from gpo_core.identity import DifferentSpec, claim, content_digest
 from gpo_core.train.loop import (
     CHECKPOINTS,
+    DIVERGED,
     METRICS_FILE,
     NonFiniteLossError,
     RunContext,
     RunResult,
     TrainingError,
+    diverged_result,
+    record_divergence,
     train,
 )
 from gpo_core.train.metrics import FanOut, JsonlSink, ListSink, MetricsSink, follow_jsonl, jsonl_end
@@ -27,7 +30,6 @@ from gpo_core.train.tracking import TrackingError, tracking_sinks
 
 RUN_RECORD = "run.json"  # the identity of the run this folder holds
 RESULT = "result.json"  # written when the run finished: its presence means "trained"
-DIVERGED = "diverged.json"  # written where the run stopped on a non-finite loss (by rank 0 on Ray)
 # Options that change how a run is carried out or logged, not what it computes.
 NOT_DETERMINING = {
     "output_dir",
@@ -78,25 +80,6 @@ def claim_output_dir(spec: TrainingSpec) -> RunResult | None:
     if (output_dir / RESULT).exists():
         return RunResult(**{**json.loads((output_dir / RESULT).read_text()), "reference_cache": "not used"})
     return None
-
-
-def record_divergence(output_dir: str | Path, err: NonFiniteLossError, sink: MetricsSink) -> None:
-    """A run that diverged ends with a ``diverged`` metrics record and :data:`DIVERGED` in its folder
-    (what a Ray driver reads: the workers end normally, so Ray does not retry a deterministic
-    overflow from its last checkpoint)."""
-    record = {"kind": "diverged", "step": err.step, "message": str(err)}
-    sink.emit(record)
-    write_json(Path(output_dir) / DIVERGED, record)
-
-
-def diverged_result(output_dir: str | Path) -> RunResult | None:
-    """The result of a run that diverged in ``output_dir``, else None."""
-    path = Path(output_dir) / DIVERGED
-    if not path.exists():
-        return None
-    record = json.loads(path.read_text())
-    return RunResult(steps=record["step"] - 1, final_model_dir=None, last_metrics={}, reference_cache="unknown",
-                     stopped=False, padded_fraction=0.0, diverged=record["message"])  # fmt: skip
 
 
 def _finished(spec: TrainingSpec, result: RunResult) -> RunResult:

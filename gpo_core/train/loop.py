@@ -7,6 +7,7 @@ pair's prompt processed once, the loss ``mean(f(beta * rho))`` against cached re
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import pickle
@@ -24,7 +25,7 @@ from torch.distributed.tensor import DTensor
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from gpo_core.conversation import ChatFormat, ConversationError, Prompt
-from gpo_core.data import load_preferences, load_prompts
+from gpo_core.data import load_preferences, load_prompts, write_json
 from gpo_core.logprobs import output_head
 from gpo_core.losses import gpo_loss, resolve_loss
 from gpo_core.models import cache_root, config_folder, is_adapter, is_encoder_decoder, load_model
@@ -51,6 +52,7 @@ from gpo_core.train.spec import TrainingSpec
 CHECKPOINTS = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
 STATE_FILE = "trainer_state.pt"
+DIVERGED = "diverged.json"  # written where a run stopped on a non-finite loss (by rank 0 on Ray)
 KEEP_CHECKPOINTS = 2
 
 
@@ -96,6 +98,25 @@ class RunResult:
     stopped: bool
     padded_fraction: float
     diverged: str | None = None  # why the run stopped on a non-finite loss or gradient, and at which step
+
+
+def record_divergence(output_dir: str | Path, err: NonFiniteLossError, sink: MetricsSink) -> None:
+    """A run that diverged ends with a ``diverged`` metrics record and :data:`DIVERGED` in its folder
+    (what a Ray driver reads: the workers end normally, so Ray does not retry a deterministic
+    overflow from its last checkpoint)."""
+    record = {"kind": "diverged", "step": err.step, "message": str(err)}
+    sink.emit(record)
+    write_json(Path(output_dir) / DIVERGED, record)
+
+
+def diverged_result(output_dir: str | Path) -> RunResult | None:
+    """The result of a run that diverged in ``output_dir``, else None."""
+    path = Path(output_dir) / DIVERGED
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    return RunResult(steps=record["step"] - 1, final_model_dir=None, last_metrics={}, reference_cache="unknown",
+                     stopped=False, padded_fraction=0.0, diverged=record["message"])  # fmt: skip
 
 
 class _PairForward(torch.nn.Module):

@@ -16,8 +16,15 @@ from pathlib import Path
 
 import torch
 
-from gpo_core.train.launch import DIVERGED, diverged_result, record_divergence
-from gpo_core.train.loop import NonFiniteLossError, RunContext, RunResult, train
+from gpo_core.train.loop import (
+    DIVERGED,
+    NonFiniteLossError,
+    RunContext,
+    RunResult,
+    diverged_result,
+    record_divergence,
+    train,
+)
 from gpo_core.train.metrics import JsonlSink, ListSink
 from gpo_core.train.spec import TrainingSpec
 
