@@ -76,52 +76,35 @@ def noisy_summary(
     rng: random.Random, document: Document, vocabulary: Vocabulary, noise: float, max_corruptions: int = 1
 ) -> str:
     """The reference summary, corrupted with probability ``noise`` in one of the ways a weak
-    annotator would: a word dropped, two swapped, a distractor or a filler word added, a repeat.
-    A summary of phrases (attributes) can take up to ``max_corruptions``, each with probability
-    ``noise`` given the one before, and its attributes can be wrong too."""
-    if document.attributes:
-        return _noisy_sentence(rng, document, vocabulary, noise, max_corruptions)
-    words = list(document.salient)
-    if rng.random() < noise:
-        kind = rng.choice(["drop", "swap", "distractor", "filler", "repeat"])
-        if kind == "drop" and len(words) > 1:
-            words.pop(rng.randrange(len(words)))
-        elif kind == "swap" and len(words) > 1:
-            i = rng.randrange(len(words) - 1)
-            words[i], words[i + 1] = words[i + 1], words[i]
-        elif kind == "distractor":
-            words.insert(rng.randint(0, len(words)), rng.choice(document.distractors))
-        elif kind == "filler":
-            words.insert(rng.randint(0, len(words)), rng.choice(vocabulary.filler))
-        else:
-            words.insert(rng.randint(0, len(words)), rng.choice(words))
-    return " ".join(words)
-
-
-def _noisy_sentence(
-    rng: random.Random, document: Document, vocabulary: Vocabulary, noise: float, max_corruptions: int
-) -> str:
+    annotator would: a phrase (a word, or a topic and its attribute) dropped, two swapped, a
+    distractor or a filler word added, a repeat, or (with attributes) a wrong attribute. Up to
+    ``max_corruptions``, each with probability ``noise`` given the one before."""
     phrases = [list(phrase) for phrase in document.phrases]
+    kinds = ["drop", "swap", "distractor", "filler", "repeat"] + (["attribute"] if document.attributes else [])
     for _ in range(max_corruptions):
         if rng.random() >= noise:
             break
-        kind = rng.choice(["drop", "swap", "distractor", "filler", "repeat", "attribute"])
+        kind = rng.choice(kinds)
         if kind == "drop" and len(phrases) > 1:
             phrases.pop(rng.randrange(len(phrases)))
         elif kind == "swap" and len(phrases) > 1:
             i = rng.randrange(len(phrases) - 1)
             phrases[i], phrases[i + 1] = phrases[i + 1], phrases[i]
         elif kind == "distractor":
-            distractor = rng.choice(document.distractors)
-            phrases.insert(rng.randint(0, len(phrases)), [distractor, vocabulary.attribute_of(distractor)])
+            if document.attributes:
+                distractor = rng.choice(document.distractors)
+                phrases.insert(rng.randint(0, len(phrases)), [distractor, vocabulary.attribute_of(distractor)])
+            else:
+                phrases.insert(rng.randint(0, len(phrases)), [rng.choice(document.distractors)])
         elif kind == "filler":
             phrases.insert(rng.randint(0, len(phrases)), [rng.choice(vocabulary.filler)])
-        elif kind == "repeat":
-            phrases.insert(rng.randint(0, len(phrases)), list(rng.choice(phrases)))
         elif kind == "attribute":
             phrase = rng.choice(phrases)
             phrase[-1] = rng.choice(vocabulary.attributes)
-    return f" {CONNECTOR} ".join(" ".join(phrase) for phrase in phrases)
+        else:  # a repeat (or a drop or swap of a lone phrase)
+            phrases.insert(rng.randint(0, len(phrases)), list(rng.choice(phrases)))
+    joiner = f" {CONNECTOR} " if document.attributes else " "
+    return joiner.join(" ".join(phrase) for phrase in phrases)
 
 
 def encode_pairs(
