@@ -43,7 +43,7 @@ from gpo_core.train.adapters import (
 from gpo_core.train.data import TokenizedPairs, length_grouped_batches, tokenize_pairs
 from gpo_core.train.host_memory import fix_mmap_threshold
 from gpo_core.train.metrics import MetricsSink, StdoutSink, rewind_jsonl
-from gpo_core.train.pairs import enable_gradient_checkpointing, pair_logprobs, to_device
+from gpo_core.train.pairs import disable_dropout, enable_gradient_checkpointing, pair_logprobs, to_device
 from gpo_core.train.plan import device_peak_flops, flops_per_token, model_shape
 from gpo_core.train.reference import cache_key, compute_reference_logprobs, load_or_compute
 from gpo_core.train.sampling import sample_and_score
@@ -352,9 +352,13 @@ def load_policy(
             policy = loaded
         else:
             policy = load_model(resume if resume else spec.policy, weights_dtype(spec)).to(context.device)
+        if spec.disable_dropout:
+            disable_dropout(policy)
     else:  # the base model with adapters: the checkpoint's, the policy folder's (trained further), or new
         base = loaded if loaded is not None else load_model(config_folder(spec.policy), weights_dtype(spec))
         base = base.to(context.device)
+        if spec.disable_dropout:
+            disable_dropout(base)  # the model's own dropout; LoRA's (lora.dropout) is added after, as asked
         start = resume or (Path(spec.policy) if is_adapter(spec.policy) else None)
         adapters = load_adapters(base, start) if start else add_adapters(base, spec.lora)
         policy = adapters.get_base_model()  # the transformers model, the adapters inside its layers

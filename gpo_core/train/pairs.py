@@ -131,6 +131,28 @@ class ReplayableCache(DynamicCache):
         return cache
 
 
+DROPOUT_ATTRIBUTES = ("dropout", "attention_dropout")  # rates kept as floats (T5's, Llama's attention)
+
+
+def disable_dropout(model: torch.nn.Module) -> int:
+    """Set every dropout of ``model`` to 0 and return how many were not already: its
+    ``nn.Dropout`` modules and the rates attention layers keep as floats (T5's attention dropout
+    is one, which TRL's ``disable_dropout_in_model`` leaves on). The reference's log-probs are
+    computed without dropout, so a policy trained with it starts at rho != 0 (the T5 task's
+    pi_ref has dropout 0.1: e^-x at beta 100 overflowed at step 1) and its rho mixes in noise."""
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            changed += module.p != 0
+            module.p = 0.0
+        for name in DROPOUT_ATTRIBUTES:
+            value = getattr(module, name, None)
+            if isinstance(value, float) and not isinstance(value, bool):
+                changed += value != 0
+                setattr(module, name, 0.0)
+    return changed
+
+
 def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
     """Recompute each transformer layer's activations in the backward pass instead of keeping
     them (transformers' non-reentrant checkpointing). transformers drops the key/value cache of a

@@ -85,6 +85,11 @@ class TrainingOptions(BaseModel):
     gradient_checkpointing: bool = Field(
         False, description="Recompute each layer's activations in the backward pass: less memory, ~30% more compute."
     )
+    disable_dropout: bool = Field(
+        True,
+        description="Train the policy without its dropout (TRL's default too): the reference's log-probs have none, "
+        "so with it rho starts away from 0 and carries noise. LoRA's own dropout (lora.dropout) is kept.",
+    )
 
     workers: int = Field(0, ge=0, le=1024, description="Ray Train workers; 0 runs in this process without Ray.")
     use_gpu: bool = False

@@ -221,6 +221,30 @@ def test_encoder_decoder_trains(tmp_path, cache_dir) -> None:
     result = train(spec, sink)
     assert result.steps == 2
     assert [r["step"] for r in sink.records if r["kind"] == "trace"] == [0, 2]
+    # The first step scores the reference's own weights: rho is 0 without dropout (the default,
+    # as in TRL), and not with T5's dropout of 0.1, which the reference's log-probs never had.
+    first = next(r for r in sink.records if r["kind"] == "step")
+    assert abs(first["rho_mean"]) < 1e-4
+    with_dropout = ListSink()
+    train(spec.model_copy(update={"output_dir": str(tmp_path / "dropout"), "disable_dropout": False}), with_dropout)
+    assert abs(next(r for r in with_dropout.records if r["kind"] == "step")["rho_mean"]) > 1e-2
+
+
+def test_disable_dropout_reaches_modules_and_attention_rates() -> None:
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from gpo_core.train.pairs import disable_dropout
+
+    model = T5ForConditionalGeneration(
+        T5Config(d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2, vocab_size=40, decoder_start_token_id=0)
+    )
+    rates = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert rates and set(rates) == {0.1} and any(getattr(m, "dropout", None) == 0.1 for m in model.modules())
+    assert disable_dropout(model) > len(rates)  # the modules and the attention layers' float rates
+    model.train()
+    ids = torch.tensor([[5, 6, 7, 1]])
+    first, second = (model(input_ids=ids, labels=ids).logits for _ in range(2))
+    assert torch.equal(first, second) and disable_dropout(model) == 0
 
 
 def test_memory_options_train_the_same_run(small_task, tmp_path, cache_dir) -> None:

@@ -272,6 +272,8 @@ def test_gpo_reproduce_runs_the_papers_grid(flags: list[str]) -> None:
 
     import yaml
 
+    from gpo_core.task.build import task_settings
+
     command = [sys.executable, "-c", "from gpo_client.cli import main; main()", "reproduce", *flags, "--print-spec"]
     out = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -281,6 +283,10 @@ def test_gpo_reproduce_runs_the_papers_grid(flags: list[str]) -> None:
     assert spec.comparisons.pairwise_beta == 0.1 and spec.training.trace_every > 0
     assert spec.training.use_gpu == ("--gpu" in flags)
     assert spec.task.architecture == ("t5" if "t5" in flags else "llama")
+    # The paper-sized task: its sentences fit the responses trained on and sampled.
+    assert spec.task.size == "paper" and spec.task.eval_prompts == 768
+    assert spec.training.max_response_length >= task_settings("paper").summary_tokens
+    assert spec.generation.max_new_tokens >= task_settings("paper").summary_tokens
 
 
 @pytest.mark.slow
