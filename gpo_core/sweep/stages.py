@@ -32,6 +32,7 @@ from gpo_core.models import cache_root
 from gpo_core.remote import is_uri, materialize
 from gpo_core.stopping import StopCheck, check
 from gpo_core.sweep.spec import JobSpec, RunSpec
+from gpo_core.train.loop import TrainingError
 from gpo_core.train.metrics import MetricsSink
 from gpo_core.train.spec import TrainingSpec
 
@@ -39,8 +40,8 @@ REFERENCE = "reference"
 IDENTITY = "identity.json"
 
 
-class TrainingDiverged(RuntimeError):
-    """A later stage was asked for a run whose training diverged."""
+class TrainingDiverged(TrainingError):
+    """A later stage was asked for a run whose training diverged (permanent: no retry helps)."""
 
 
 @dataclass(frozen=True)
