@@ -71,7 +71,8 @@ class RunProgress:
         if state == "diverged":
             self.message(f"{run} diverged ({reason or 'non-finite loss'}): the sweep goes on without it")
         if run not in self.bars:
-            self.message(f"{run} {stage}: {state}")
+            if state != "diverged":
+                self.message(f"{run} {stage}: {state}")
             return
         info = f"win rate {win_rate['rate']:.3f}" if win_rate else f"{stage}: {state}"
         if state == "diverged":

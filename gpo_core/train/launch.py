@@ -124,8 +124,8 @@ def _trackers(spec: TrainingSpec) -> list[MetricsSink]:
 
 def _run(spec: TrainingSpec, sink: MetricsSink | None, stop_requested: Callable[[], bool]) -> RunResult:
     path = metrics_path(spec)
-    (Path(spec.output_dir) / DIVERGED).unlink(missing_ok=True)  # a resumed run starts over from its checkpoint
     if spec.workers == 0:
+        (Path(spec.output_dir) / DIVERGED).unlink(missing_ok=True)  # (train_on_ray does the same on Ray)
         metrics = JsonlSink(path)
         both = FanOut(metrics, sink) if sink else metrics
         try:

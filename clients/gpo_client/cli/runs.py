@@ -55,7 +55,8 @@ def train_command(
     except (DatasetError, TrainingError) as err:
         raise fail(str(err)) from None
     if result.diverged:
-        raise fail(f"training diverged: {result.diverged}; metrics: {metrics_path(spec)}")
+        raise fail(f"training diverged: {result.diverged}; metrics: {metrics_path(spec)} (a smaller beta or lr "
+                   "may train; give another output_dir, this one holds the diverged run)")  # fmt: skip
     state = "stopped" if result.stopped else "finished"
     console.print(
         f"{state} after {result.steps} steps; final model: {result.final_model_dir}; metrics: {metrics_path(spec)}"
