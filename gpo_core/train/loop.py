@@ -11,7 +11,6 @@ import json
 import math
 import os
 import pickle
-import resource
 import shutil
 import socket
 import time
@@ -41,10 +40,11 @@ from gpo_core.train.adapters import (
     trainable_parameters,
 )
 from gpo_core.train.data import TokenizedPairs, length_grouped_batches, tokenize_pairs
+from gpo_core.train.device import DeviceProfile, describe_device
 from gpo_core.train.host_memory import fix_mmap_threshold
 from gpo_core.train.metrics import MetricsSink, StdoutSink, rewind_jsonl
-from gpo_core.train.pairs import disable_dropout, enable_gradient_checkpointing, pair_logprobs, to_device
-from gpo_core.train.plan import device_peak_flops, flops_per_token, model_shape
+from gpo_core.train.pairs import disable_dropout, enable_gradient_checkpointing, pair_logprobs
+from gpo_core.train.plan import flops_per_token, model_shape
 from gpo_core.train.reference import cache_key, compute_reference_logprobs, load_or_compute
 from gpo_core.train.sampling import sample_and_score
 from gpo_core.train.spec import TrainingSpec
@@ -87,6 +87,9 @@ class RunContext:
     # The host each worker runs on, by rank (in the start record: where a run really trained).
     hosts: list[str] = field(default_factory=lambda: [socket.gethostname()])
     nodes: list[str] = field(default_factory=list)  # the Ray node of each worker, by rank (Ray only)
+    # What the loop knows of its device (name, peak FLOPs, transfers, peak memory): a test gives
+    # the loop a GPU's profile on a CPU, so every device branch runs in CI.
+    describe_device: Callable[[torch.device], DeviceProfile] = describe_device
 
 
 @dataclass
@@ -309,7 +312,7 @@ class ReferenceLogprobs:
 
 
 def reference_logprobs(
-    spec: TrainingSpec, data: TrainingData, reference: ReferenceModel, context: RunContext
+    spec: TrainingSpec, data: TrainingData, reference: ReferenceModel, context: RunContext, profile: DeviceProfile
 ) -> ReferenceLogprobs:
     """log pi_ref of every response, from the shared cache or one pass by the main worker (the
     others wait at a barrier, then read the cache)."""
@@ -318,7 +321,7 @@ def reference_logprobs(
     def cached(pairs: TokenizedPairs) -> tuple[torch.Tensor, torch.Tensor, bool]:
         def compute():
             return compute_reference_logprobs(
-                reference.get(), pairs, data.pad_id, data.encoder_decoder, spec.batch_size * 2, context.device,
+                reference.get(), pairs, data.pad_id, data.encoder_decoder, spec.batch_size * 2, profile,
                 _autocast_dtype(spec), spec.logprob_chunk,
             )  # fmt: skip
 
@@ -400,7 +403,7 @@ def trace(
     data: TrainingData,
     ref: ReferenceLogprobs,
     spec: TrainingSpec,
-    device: torch.device,
+    profile: DeviceProfile,
     step: int = 0,
 ) -> dict:
     """The paper's Fig. 5 quantities at this point of training: the mu-weighted square loss on
@@ -408,14 +411,15 @@ def trace(
     Sampling draws from its own generator state (seeded by the seed and step), so tracing leaves
     the training's random stream as it was."""
     record: dict = {}
+    device = profile.device
     f, beta, autocast_dtype = resolve_loss(spec.loss), spec.effective_beta, _autocast_dtype(spec)
     policy.eval()
     with _autocast(device, autocast_dtype):
         if data.eval_pairs is not None:
+            pairs, width = data.eval_pairs, spec.batch_size * 2
             pc, pr = compute_reference_logprobs(
-                policy, data.eval_pairs, data.pad_id, data.encoder_decoder, spec.batch_size * 2, device, autocast_dtype,
-                spec.logprob_chunk,
-            )  # fmt: skip
+                policy, pairs, data.pad_id, data.encoder_decoder, width, profile, autocast_dtype, spec.logprob_chunk
+            )
             rho = log_ratio_difference(pc, pr, *ref.eval)
             square = mu_weighted_square_loss(rho)
             record.update(
@@ -448,13 +452,6 @@ def _autocast_dtype(spec: TrainingSpec) -> torch.dtype | None:
     return torch.bfloat16 if spec.precision == "bf16" else None
 
 
-def peak_memory(device: torch.device) -> int:
-    """Bytes at this worker's high-water mark: the GPU's allocated memory, or the process's RSS."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
-
-
 def _autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
@@ -464,6 +461,7 @@ def train(spec: TrainingSpec, sink: MetricsSink | None = None, context: RunConte
     context = context or RunContext()
     sink = sink or StdoutSink()
     device, is_main = context.device, context.rank == 0
+    profile = context.describe_device(device)
     if device.type == "cpu":
         fix_mmap_threshold()  # freed activations go back to the system instead of piling up
     output_dir = Path(spec.output_dir)
@@ -472,7 +470,7 @@ def train(spec: TrainingSpec, sink: MetricsSink | None = None, context: RunConte
 
     data = load_training_data(spec)
     reference = ReferenceModel(spec.reference_path, device, weights_dtype(spec))
-    ref = reference_logprobs(spec, data, reference, context)
+    ref = reference_logprobs(spec, data, reference, context, profile)
     starting_weights = None
     if not data.trace_prompts:  # only the KL trace needs pi_ref itself; its log-probs are cached
         if spec.reference is None and not is_adapter(spec.policy):  # pi_ref is the policy's start
@@ -500,14 +498,13 @@ def train(spec: TrainingSpec, sink: MetricsSink | None = None, context: RunConte
     def trace_now(at: int) -> None:
         with sharding.gathered(forward) if sharding.is_sharded(forward) else nullcontext():
             if is_main:
-                sink.emit({"kind": "trace", "step": at, **trace(policy, reference, data, ref, spec, device, at)})
+                sink.emit({"kind": "trace", "step": at, **trace(policy, reference, data, ref, spec, profile, at)})
 
     if tracing and step == 0:
         trace_now(0)
 
     padded, real = 0, 0
-    peak_flops = device_peak_flops(device)  # MFU on known GPUs only
-    shape = model_shape(spec.policy) if peak_flops else None
+    shape = model_shape(spec.policy) if profile.peak_flops else None  # MFU on known GPUs only
     checkpointed_at = step  # a resumed run starts from a checkpoint of this step
     last: dict = {}
     stopped = False
@@ -527,9 +524,9 @@ def train(spec: TrainingSpec, sink: MetricsSink | None = None, context: RunConte
             tokens += batch.tokens()
             padded += batch.prompt_ids.numel() + batch.responses.numel() - batch.tokens()
             with _autocast(device, autocast_dtype):
-                chosen, rejected = forward(batch.to(device))
+                chosen, rejected = forward(batch.moved(profile.to_device))
             chosen, rejected = chosen.float(), rejected.float()
-            ref_chosen, ref_rejected = to_device(torch.stack([ref.chosen[indices], ref.rejected[indices]]), device)
+            ref_chosen, ref_rejected = profile.to_device(torch.stack([ref.chosen[indices], ref.rejected[indices]]))
             loss = gpo_loss(log_ratio_difference(chosen, rejected, ref_chosen, ref_rejected), beta, f)
             (loss * len(indices) / rows).backward()
             sums += preference_sums(chosen.detach(), rejected.detach(), ref_chosen, ref_rejected, beta, f)
@@ -562,11 +559,11 @@ def train(spec: TrainingSpec, sink: MetricsSink | None = None, context: RunConte
             "pairs_per_s": rows * context.world_size / elapsed,
             "tokens_per_s": tokens * context.world_size / elapsed,
             "padded_fraction": padded / max(1, padded + real),
-            "peak_memory_gib": peak_memory(device) / 2**30,
+            "peak_memory_gib": profile.peak_memory() / 2**30,
         }
-        if shape is not None:  # this worker's real tokens against its GPU's peak
-            context = batch.prompt_ids.shape[1] + batch.responses.shape[1]  # a response sees its prompt
-            last["mfu"] = tokens * flops_per_token(shape, context) / elapsed / peak_flops
+        if shape is not None and profile.peak_flops:  # this worker's real tokens against its GPU's peak
+            attended = batch.prompt_ids.shape[1] + batch.responses.shape[1]  # a response sees its prompt
+            last["mfu"] = tokens * flops_per_token(shape, attended) / elapsed / profile.peak_flops
         if is_main and (step % spec.log_every == 0 or step == steps):
             sink.emit(last)
         if spec.checkpoint_every and step % spec.checkpoint_every == 0 and step < steps:

@@ -10,7 +10,7 @@ roughly half the prompt compute.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -52,17 +52,16 @@ class PairBatch:
         total = self.prompt_mask.numel() + self.response_mask.numel()
         return 1.0 - self.tokens() / total
 
-    def to(self, device: torch.device | str) -> PairBatch:
-        tensors = (self.prompt_ids, self.prompt_mask, self.responses, self.response_mask)
-        return PairBatch(*(to_device(t, torch.device(device)) for t in tensors), self.encoder_decoder, self.pad_id)
-
-
-def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A host tensor on ``device``. To a GPU it goes from pinned memory without blocking: a copy
-    from pageable memory would wait for all queued GPU work first (a host-device sync per batch)."""
-    if device.type != "cuda":
-        return tensor.to(device)
-    return tensor.pin_memory().to(device, non_blocking=True)
+    def moved(self, to_device: Callable[[torch.Tensor], torch.Tensor]) -> PairBatch:
+        """The same batch with each tensor moved by ``to_device`` (a ``DeviceProfile``'s)."""
+        return PairBatch(
+            to_device(self.prompt_ids),
+            to_device(self.prompt_mask),
+            to_device(self.responses),
+            to_device(self.response_mask),
+            self.encoder_decoder,
+            self.pad_id,
+        )
 
 
 def collate_pairs(

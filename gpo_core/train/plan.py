@@ -29,8 +29,6 @@ OUTSIDE_LAYERS = 3.0  # embeddings, final norm: x h per token
 # Copies of the logits alive at once around the log-softmax (the logits, their log-softmax's
 # saved input, the gradient), by peak RSS of real runs (tests/train/test_plan.py).
 LOGITS_COPIES = 3
-# Dense bf16 peak FLOP/s (no sparsity), from the vendors' data sheets: the denominator of MFU.
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "B200": 2250e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12}
 RUNTIME_BYTES = 500 * 2**20  # Python, torch, transformers and the data loaded: a CPU worker's floor (RSS)
 GIB = 2**30
 
@@ -188,14 +186,6 @@ def flops_per_token(shape: ModelShape, context: int) -> float:
     attention's 12 x layers x hidden x context (recomputation not counted: this is the MFU
     numerator)."""
     return float(6 * (shape.parameters - shape.embedding_parameters) + 12 * shape.layers * shape.hidden * context)
-
-
-def device_peak_flops(device: torch.device) -> float | None:
-    """The dense bf16 peak of a known GPU; None on CPUs and unknown devices (no MFU then)."""
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((peak for key, peak in PEAK_BF16_FLOPS.items() if key in name), None)
 
 
 SIZE_UNITS = {"gib": GIB, "gb": 10**9, "mib": 2**20, "mb": 10**6}

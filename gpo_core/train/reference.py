@@ -12,6 +12,7 @@ import torch
 
 from gpo_core.models import model_digest
 from gpo_core.train.data import TokenizedPairs
+from gpo_core.train.device import DeviceProfile
 from gpo_core.train.pairs import pair_logprobs
 
 
@@ -27,7 +28,7 @@ def compute_reference_logprobs(
     pad_id: int,
     encoder_decoder: bool,
     batch_size: int,
-    device: torch.device,
+    profile: DeviceProfile,
     autocast_dtype: torch.dtype | None,
     chunk: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,8 +39,8 @@ def compute_reference_logprobs(
     order = sorted(range(len(pairs)), key=lambda i: len(pairs.prompts[i]) + len(pairs.chosen[i]))
     for start in range(0, len(order), batch_size):
         indices = order[start : start + batch_size]
-        batch = pairs.batch(indices, pad_id, encoder_decoder).to(device)
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        batch = pairs.batch(indices, pad_id, encoder_decoder).moved(profile.to_device)
+        with torch.autocast(profile.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             c, r = pair_logprobs(model, batch, chunk)
         chosen[indices] = c.float().cpu()
         rejected[indices] = r.float().cpu()
