@@ -28,7 +28,7 @@ from gpo_core.data import load_preferences, load_prompts, write_json
 from gpo_core.logprobs import output_head
 from gpo_core.losses import gpo_loss, resolve_loss
 from gpo_core.models import cache_root, config_folder, is_adapter, is_encoder_decoder, load_model
-from gpo_core.preference import SUMS, log_ratio_difference, metrics_from_sums, preference_sums
+from gpo_core.preference import SUMS, TIE_TOLERANCE, log_ratio_difference, metrics_from_sums, preference_sums
 from gpo_core.regularization import kl_from_samples, mu_weighted_square_loss
 from gpo_core.train import sharding
 from gpo_core.train.adapters import (
@@ -426,7 +426,7 @@ def trace(
                 square_loss=square.mean,
                 square_loss_stderr=square.stderr,
                 eval_rho_mean=float(rho.mean()),
-                eval_accuracy=float((rho > 0).float().mean()),
+                eval_accuracy=float((rho > TIE_TOLERANCE).float().mean()),
                 eval_loss=float(f(beta * rho).mean()),
             )
         if data.trace_prompts:

@@ -42,6 +42,17 @@ def test_accuracy_counts_strictly_positive_rho() -> None:
     assert out.metrics["accuracy"] == 0.5
 
 
+def test_rho_within_float_noise_of_zero_is_a_tie_not_a_correct_pair() -> None:
+    """The first step, policy = pi_ref: rho is noise of either sign, and counts nothing."""
+    from gpo_core.preference import TIE_TOLERANCE
+
+    zeros = torch.zeros(4)
+    noise = torch.tensor([3e-6, -2e-6, 5e-4, 0.9 * TIE_TOLERANCE])
+    assert preference_loss(noise, zeros, zeros, zeros, 1.0, "logistic").metrics["accuracy"] == 0.0
+    learnt = torch.tensor([3e-6, 2 * TIE_TOLERANCE, 0.5, -0.5])
+    assert preference_loss(learnt, zeros, zeros, zeros, 1.0, "logistic").metrics["accuracy"] == 0.5
+
+
 def test_sums_over_micro_batches_give_the_metrics_of_the_whole_batch() -> None:
     """What the loop does per step: add the sums of each micro-batch (and worker), then divide once."""
     from gpo_core.preference import metrics_from_sums, preference_sums
