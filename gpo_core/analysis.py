@@ -113,7 +113,7 @@ def analyze(spec: str | LossFunction) -> LossProperties:
         notes.append(f"not smooth at {where}; smooth at 0")
     if ratio == 0:
         notes.append("f''(0) = 0: no quadratic term at the origin, so no IPO-equivalent beta")
-    if not convex:
+    if nonconvex is not None:
         lo, hi = nonconvex
         notes.append(f"not convex on R: negative curvature found on [{lo:g}, {hi:g}]")
     if tail == "I":

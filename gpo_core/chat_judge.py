@@ -110,7 +110,11 @@ class ChatJudge:
         self._key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
         self.max_retries = max_retries
         self.client = OpenAI(
-            base_url=base_url, api_key=self._key, timeout=timeout, max_retries=max_retries, http_client=http
+            base_url=base_url,
+            api_key=self._key,
+            timeout=timeout,
+            max_retries=max_retries,
+            http_client=http,  # type: ignore[arg-type]  # openai 3 annotates httpx2's client, and takes httpx's
         )
         self.base_url, self.model, self.template = base_url, model, template
         self.verdict, self.timeout = verdict, timeout
@@ -165,7 +169,9 @@ class ChatJudge:
     def compare(self, prompt: Prompt, first: str, second: str) -> OrderVerdict:
         with endpoint_errors(self.base_url, self.model, self.timeout):
             response = self.client.chat.completions.create(
-                model=self.model, messages=self.messages(prompt, first, second), **self._options()
+                model=self.model,
+                messages=self.messages(prompt, first, second),  # type: ignore[arg-type]  # role/content dicts
+                **self._options(),
             )
         return self.read(response)
 
@@ -187,7 +193,9 @@ class ChatJudge:
         """:meth:`compare` on an :meth:`async_client`: many comparisons in flight on one thread."""
         with endpoint_errors(self.base_url, self.model, self.timeout):
             response = await client.chat.completions.create(
-                model=self.model, messages=self.messages(prompt, first, second), **self._options()
+                model=self.model,
+                messages=self.messages(prompt, first, second),
+                **self._options(),
             )
         return self.read(response)
 

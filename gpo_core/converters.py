@@ -18,6 +18,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from gpo_core.conversation import split_implicit
 from gpo_core.data import DatasetError, write_jsonl
@@ -64,7 +65,7 @@ def convert_jsonl(
     return report
 
 
-def hh_messages(text: str, name: str) -> list[dict]:
+def hh_messages(text: object, name: str) -> list[dict]:
     """An HH dialogue as messages: ``\\n\\nHuman: `` and ``\\n\\nAssistant: `` start the turns."""
     if not isinstance(text, str) or not _TURN.match(text):
         raise ValueError(f"field '{name}' must be a dialogue starting with '\\n\\nHuman: '")
@@ -77,8 +78,12 @@ def hh_messages(text: str, name: str) -> list[dict]:
 
 
 def convert_hh_record(raw: dict, number: int = 0) -> dict:
-    chosen, rejected = hh_messages(raw.get("chosen"), "chosen"), hh_messages(raw.get("rejected"), "rejected")
-    prompt, chosen, rejected = split_implicit(chosen, rejected)
+    chosen_turns, rejected_turns = (
+        hh_messages(raw.get("chosen"), "chosen"),
+        hh_messages(raw.get("rejected"), "rejected"),
+    )
+    # Conversations in, conversations out.
+    prompt, chosen, rejected = (cast(list[dict], part) for part in split_implicit(chosen_turns, rejected_turns))
     if not prompt or prompt[-1]["role"] != "user":
         raise ValueError("the two dialogues do not share a beginning that ends with the human's turn")
     if not chosen or not rejected or chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
@@ -108,7 +113,7 @@ def convert_ultrafeedback_record(raw: dict, number: int = 0, seed: int = 0) -> d
         scored.append((float(score), response.strip()))
     best = max(scored, key=lambda pair: pair[0]) if scored else None
     lower = [pair for pair in scored if best is not None and pair[0] < best[0]]
-    if not lower:
+    if best is None or not lower:
         raise ValueError("no two completions with different overall_score: no preference to take")
     rejected = random.Random(f"{seed}-{number}").choice(lower)
     return {

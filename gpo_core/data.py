@@ -146,9 +146,10 @@ def load_records(
             record = _with_prompt(record)
         problem = _problem(record, fields)
         mapped = [theirs for ours, theirs in (columns or {}).items() if problem and f"field '{ours}'" in problem]
-        if mapped:
+        if problem and mapped:
             problem += f" (mapped from the data's column '{mapped[0]}')"
         if problem is None:
+            assert isinstance(record, dict)  # a record without a problem is an object
             report.records.append(record)
         elif skip_invalid:
             report.skipped.append(f"{where}: {problem}")

@@ -332,17 +332,17 @@ _UNARY: dict[type, Callable[[torch.Tensor], torch.Tensor]] = {
 
 
 def _sum(terms) -> torch.Tensor:
-    total = None
-    for t in terms:
-        total = t if total is None else total + t
-    return total
+    first, *rest = terms  # sympy's Add has two or more terms
+    for t in rest:
+        first = first + t
+    return first
 
 
 def _product(factors) -> torch.Tensor:
-    total = None
-    for f in factors:
-        total = f if total is None else total * f
-    return total
+    first, *rest = factors  # sympy's Mul has two or more factors
+    for f in rest:
+        first = first * f
+    return first
 
 
 def _reduce(combine, values: list[torch.Tensor]) -> torch.Tensor:

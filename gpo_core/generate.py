@@ -22,6 +22,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoTokenizer
@@ -98,6 +99,7 @@ def new_token_ids(
     start token). Sampling uses no top-k, so at temperature 1 and top_p 1 it follows the model
     exactly; temperature 0 is greedy. ``stop_ids`` (default: the model's generation config)
     end a row; after one, the row is padded with ``pad_id``."""
+    options: dict[str, object]
     if temperature > 0:
         options = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
     else:
@@ -227,7 +229,12 @@ class VLLMEngine:
             os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{(os.cpu_count() or 1) - 1}")
         self.in_process = on_cpu if in_process is None else in_process
-        self.options = {"dtype": dtype, "max_model_len": max_model_len, "enforce_eager": True, "seed": seed}
+        self.options: dict[str, object] = {
+            "dtype": dtype,
+            "max_model_len": max_model_len,
+            "enforce_eager": True,
+            "seed": seed,
+        }
         if on_cpu:
             # A prompt whose prefill is split over two steps (chunked prefill: more prompt tokens
             # waiting than a step's budget, 4096 on CPUs) has its first sampled token discarded and
@@ -240,7 +247,7 @@ class VLLMEngine:
         self.max_lora_rank = max_lora_rank
         self._adapter_ids = itertools.count(1)  # a fresh id per request: vLLM caches adapters by id
         self._weights_digest: str | None = None
-        self.llm = None
+        self.llm: Any = None  # vllm.LLM, imported only when an engine starts
         self._start(model_dir)
         self.restarts = 0
 

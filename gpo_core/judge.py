@@ -18,7 +18,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 
@@ -131,11 +131,25 @@ class Judge(Protocol):
     def compare(self, prompt: Prompt, first: str, second: str) -> OrderVerdict: ...
 
 
+@runtime_checkable
+class AsyncJudge(Judge, Protocol):
+    """A judge whose requests go out on an event loop (a chat API): many in flight, no thread each."""
+
+    def async_client(self) -> Any: ...
+
+    async def acompare(self, client: Any, prompt: Prompt, first: str, second: str) -> OrderVerdict: ...
+
+
+ORDER_OF: dict[str, OrderVerdict] = {"a": "first", "b": "second", "tie": "tie"}
+
+
 class OracleTaskJudge:
     """The built-in task's oracle judge (``gpo_core.task.reward.OracleJudge``) as a judging-stage
     backend: deterministic (higher gold reward wins, equal ties) or sampled (Bradley-Terry)."""
 
-    def __init__(self, task, mode: str = "deterministic", temperature: float = 0.5, seed: int = 0):
+    def __init__(
+        self, task, mode: Literal["deterministic", "sampled"] = "deterministic", temperature: float = 0.5, seed: int = 0
+    ):
         from gpo_core.task.reward import OracleJudge
 
         self.task = task
@@ -143,9 +157,9 @@ class OracleTaskJudge:
         # Sampled verdicts are draws, not facts about the pair: never served from the cache.
         self.key = f"oracle:{task.root.name}" if mode == "deterministic" else f"oracle-sampled:{id(self)}"
 
-    def compare(self, prompt: str, first: str, second: str) -> OrderVerdict:
-        verdict = self.oracle.judge(self.task.document_for(prompt), first, second)
-        return {"a": "first", "b": "second", "tie": "tie"}[verdict]
+    def compare(self, prompt: Prompt, first: str, second: str) -> OrderVerdict:
+        verdict = self.oracle.judge(self.task.document_for(as_text(prompt)), first, second)
+        return ORDER_OF[verdict]
 
 
 class LogprobJudge:
@@ -217,7 +231,14 @@ class OpenAIJudge:
         check_template(template)
         # No redirects: an allowed endpoint must not be able to send the worker somewhere else.
         http = httpx.Client(follow_redirects=False, timeout=timeout)
-        self.client = OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=2, http_client=http)
+        # openai 3 annotates httpx2's client, and takes httpx's (a legacy client) at run time.
+        self.client = OpenAI(
+            base_url=base_url,
+            api_key=api_key,
+            timeout=timeout,
+            max_retries=2,
+            http_client=http,  # type: ignore[arg-type]
+        )
         self.base_url, self.timeout = base_url, timeout
         self.model, self.template, self.labels, self.verdict = model, template, labels, verdict
         digest = hashlib.sha256((template + "|".join(labels)).encode()).hexdigest()[:16]
@@ -385,13 +406,13 @@ async def _judge_all(
     threads for the others. A stop request is seen within a quarter second; the requests out are
     cancelled (a call on a thread cannot be: it finishes unobserved and its verdict is dropped)."""
     loop = asyncio.get_running_loop()
-    native = hasattr(judge, "acompare")
-    client = judge.async_client() if native else None
+    native = isinstance(judge, AsyncJudge)
+    client = judge.async_client() if isinstance(judge, AsyncJudge) else None
     threads = None if native else concurrent.futures.ThreadPoolExecutor(concurrency, thread_name_prefix="judge")
     in_flight = asyncio.Semaphore(concurrency)
 
     async def compare(prompt: Prompt, first: str, second: str) -> OrderVerdict:
-        if native:
+        if isinstance(judge, AsyncJudge):
             return await judge.acompare(client, prompt, first, second)
         return await loop.run_in_executor(threads, judge.compare, prompt, first, second)
 

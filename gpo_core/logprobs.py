@@ -10,11 +10,12 @@ time (:func:`scored_logprob_sums`): a 150k-token vocabulary never needs the whol
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch.utils.checkpoint import checkpoint
+from transformers import PreTrainedModel
 
 
 @dataclass
@@ -105,12 +106,13 @@ class OutputHead:
     a head that does something else is an error, never a silently wrong log-prob.
     """
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: PreTrainedModel):
         config = model.config
         self.projection = model.get_output_embeddings()
         if self.projection is None:
             raise ValueError(f"{type(model).__name__} has no output embeddings: it is not a language model")
-        self.input_scale = model.model_dim**-0.5 if getattr(config, "scale_decoder_outputs", False) else None
+        scaled = getattr(config, "scale_decoder_outputs", False)  # T5: hidden * d_model ** -0.5
+        self.input_scale = float(getattr(config, "d_model", 1.0)) ** -0.5 if scaled else None
         self.bias = getattr(model, "final_logits_bias", None)
         scale = getattr(config, "logit_scale", None)
         divisor = getattr(config, "logits_scaling", None)
@@ -133,7 +135,7 @@ class OutputHead:
 _HEADS: weakref.WeakKeyDictionary[torch.nn.Module, OutputHead] = weakref.WeakKeyDictionary()
 
 
-def output_head(model: torch.nn.Module) -> OutputHead:
+def output_head(model: PreTrainedModel) -> OutputHead:
     """The model's :class:`OutputHead`, checked once per model against its own forward on a few
     tokens (in eval mode, so dropout does not differ)."""
     head = _HEADS.get(model)
@@ -198,7 +200,7 @@ def _head_logprobs(head: OutputHead, hidden: torch.Tensor, targets: torch.Tensor
     return token_logprobs(head(hidden), targets)
 
 
-def causal_sequence_logprobs(model: torch.nn.Module, batch: CausalBatch, chunk: int | None = None) -> torch.Tensor:
+def causal_sequence_logprobs(model: PreTrainedModel, batch: CausalBatch, chunk: int | None = None) -> torch.Tensor:
     """``sum_t log pi(y_t | x, y_<t)`` over response tokens, one value per row: shape [B]."""
     attention = batch.attention_mask
     # Positions count real tokens only, so left padding gives the same result as right padding.
@@ -210,7 +212,7 @@ def causal_sequence_logprobs(model: torch.nn.Module, batch: CausalBatch, chunk: 
     )
 
 
-def seq2seq_sequence_logprobs(model: torch.nn.Module, batch: Seq2SeqBatch, chunk: int | None = None) -> torch.Tensor:
+def seq2seq_sequence_logprobs(model: PreTrainedModel, batch: Seq2SeqBatch, chunk: int | None = None) -> torch.Tensor:
     """``sum_t log pi(y_t | x, y_<t)`` for an encoder-decoder model: shape [B]."""
     encoded = model.get_encoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
     hidden = decoder_hidden(model, encoded.last_hidden_state, batch.attention_mask, batch.labels, batch.labels_mask)
@@ -218,7 +220,7 @@ def seq2seq_sequence_logprobs(model: torch.nn.Module, batch: Seq2SeqBatch, chunk
 
 
 def decoder_hidden(
-    model: torch.nn.Module,
+    model: PreTrainedModel,
     encoded: torch.Tensor,
     encoder_mask: torch.Tensor,
     labels: torch.Tensor,
@@ -226,7 +228,9 @@ def decoder_hidden(
 ) -> torch.Tensor:
     """The decoder's last hidden states under teacher forcing: it reads the labels shifted right
     (start token first) and attends to the encoded prompt."""
-    decoder_input_ids = model.prepare_decoder_input_ids_from_labels(labels=labels.masked_fill(labels_mask == 0, -100))
+    # Declared by encoder-decoder models only (PreTrainedModel does not): looked up by name.
+    shift_right: Callable[..., torch.Tensor] = getattr(model, "prepare_decoder_input_ids_from_labels")  # noqa: B009
+    decoder_input_ids = shift_right(labels=labels.masked_fill(labels_mask == 0, -100))
     return model.get_decoder()(
         input_ids=decoder_input_ids,
         attention_mask=labels_mask,
@@ -237,7 +241,7 @@ def decoder_hidden(
 
 
 def sequence_logprobs(
-    model: torch.nn.Module, batch: CausalBatch | Seq2SeqBatch, chunk: int | None = None
+    model: PreTrainedModel, batch: CausalBatch | Seq2SeqBatch, chunk: int | None = None
 ) -> torch.Tensor:
     """Dispatch on the batch kind; ``chunk`` bounds the logits held at once (:func:`scored_logprob_sums`)."""
     if isinstance(batch, Seq2SeqBatch):

@@ -85,6 +85,12 @@ def load_model(folder: str | Path, dtype: torch.dtype = torch.float32) -> PreTra
     return loader.from_pretrained(folder, dtype=dtype)
 
 
+def on_device(model: PreTrainedModel, device: torch.device) -> PreTrainedModel:
+    """``model.to(device)``, typed: transformers wraps ``to`` with ``functools.wraps``, whose typing
+    mypy cannot bind to an instance."""
+    return model.to(device)  # type: ignore[arg-type]
+
+
 def model_digest(folder: str | Path) -> str:
     """Hash of a model folder's weights and configuration files (names and bytes)."""
     folder = Path(folder)

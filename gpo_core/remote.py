@@ -18,7 +18,7 @@ URI_MARK = "://"
 
 
 def is_uri(value: str | None) -> bool:
-    return bool(value) and URI_MARK in value
+    return value is not None and URI_MARK in value
 
 
 def normalized(uri: str) -> str | None:

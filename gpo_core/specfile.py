@@ -6,7 +6,9 @@ from __future__ import annotations
 import difflib
 import re
 import typing
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -88,7 +90,7 @@ def unknown_field_hint(model: type[BaseModel], location: list) -> str:
     return f"unknown field (fields here: {', '.join(here)})"
 
 
-def problem_message(problem: dict, model: type[BaseModel] | None = None) -> str:
+def problem_message(problem: Mapping[str, Any], model: type[BaseModel] | None = None) -> str:
     """pydantic's message for one error, with a hint for an unknown field when ``model`` is given."""
     if model is not None and problem.get("type") == "extra_forbidden" and problem.get("loc"):
         return unknown_field_hint(model, list(problem["loc"]))

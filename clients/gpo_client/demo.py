@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from gpo_core.losses import BUILTIN_LOSSES
+
+if TYPE_CHECKING:
+    from gpo_client.sdk import JobView
 
 
 def demo_spec(size: str = "small", steps: int = 100, workers: int = 1) -> dict:
@@ -33,7 +37,9 @@ def demo_spec(size: str = "small", steps: int = 100, workers: int = 1) -> dict:
     }
 
 
-def run_demo(out: Path, size: str, steps: int, workers: int, stack_dir: Path | None, say) -> tuple[dict, Path, float]:
+def run_demo(
+    out: Path, size: str, steps: int, workers: int, stack_dir: Path | None, say
+) -> tuple[JobView, Path | None, float]:
     """Returns (final job, report path, wall seconds)."""
     from gpo_client.sdk import Client
     from gpo_client.stack import start_stack

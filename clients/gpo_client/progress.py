@@ -6,7 +6,7 @@ train``), a sweep's events (``gpo run``) or a job's server-sent events (``gpo wa
 from __future__ import annotations
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 
 def data_summary(record: dict) -> str:
@@ -31,7 +31,7 @@ class RunProgress:
             TimeElapsedColumn(),
             console=console or Console(stderr=True),
         )
-        self.bars: dict[str, int] = {}
+        self.bars: dict[str, TaskID] = {}
 
     def __enter__(self) -> RunProgress:
         self.progress.start()

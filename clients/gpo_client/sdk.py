@@ -9,6 +9,7 @@ client.download_report(job.id, "report.html")
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 from collections.abc import AsyncIterator, Iterator
@@ -158,7 +159,7 @@ class Client:
         return JobView.model_validate(_check(self.http.get(f"/jobs/{job_id}")).json())
 
     def list(self, state: str | None = None, offset: int = 0, limit: int = 20) -> JobPage:
-        params = {"offset": offset, "limit": limit, **({"state": state} if state else {})}
+        params: dict[str, str | int] = {"offset": offset, "limit": limit, **({"state": state} if state else {})}
         return JobPage.model_validate(_check(self.http.get("/jobs", params=params)).json())
 
     def cancel(self, job_id: str) -> JobView:
@@ -217,7 +218,7 @@ class Client:
                                      headers={"Content-Type": "application/octet-stream"}, timeout=None)  # fmt: skip
         return _check(response).json()
 
-    def uploads(self) -> list[dict]:
+    def uploads(self) -> builtins.list[dict]:
         """This tenant's uploads: name, kind, bytes, sha256, records, reference (data:NAME)."""
         return _check(self.http.get("/data")).json()
 
@@ -243,7 +244,7 @@ class Client:
                                      headers={"Content-Type": "application/x-tar"})  # fmt: skip
         return _check(response).json()
 
-    def models(self) -> list[dict]:
+    def models(self) -> builtins.list[dict]:
         """This tenant's models: name, bytes, sha256, files, model_type, parameters, reference."""
         return _check(self.http.get("/models")).json()
 
@@ -290,7 +291,7 @@ class AsyncClient:
         return JobView.model_validate(_check(await self.http.get(f"/jobs/{job_id}")).json())
 
     async def list(self, state: str | None = None, offset: int = 0, limit: int = 20) -> JobPage:
-        params = {"offset": offset, "limit": limit, **({"state": state} if state else {})}
+        params: dict[str, str | int] = {"offset": offset, "limit": limit, **({"state": state} if state else {})}
         return JobPage.model_validate(_check(await self.http.get("/jobs", params=params)).json())
 
     async def cancel(self, job_id: str) -> JobView:

@@ -55,7 +55,7 @@ def run_bandit(
     theta = torch.zeros(3, dtype=torch.float64, requires_grad=True)
     log_ref = torch.full((3,), 1 / 3, dtype=torch.float64).log()
     optimizer = torch.optim.Adam([theta], lr=lr)
-    trajectory = []
+    trajectory: list[dict] = []
 
     def record(step: int) -> None:
         with torch.no_grad():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -24,7 +25,7 @@ def _save(fig, path: str | Path) -> Path:
     return path
 
 
-def plot_losses(losses: list[str | LossFunction], path: str | Path) -> Path:
+def plot_losses(losses: Sequence[str | LossFunction], path: str | Path) -> Path:
     """Fig. 1/2: f(x); -f'(x) (case I tails never reach 0, case II do); and each f rescaled by
     its Taylor coefficients, (f(x) - f(0)) / |f'(0)| against -x + ratio * x^2 / 2."""
     x = torch.linspace(-3, 4, 701, dtype=torch.float64, requires_grad=True)

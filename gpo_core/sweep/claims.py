@@ -40,9 +40,9 @@ EQUIVALENCE_MARGIN = 0.1
 ALPHA = 0.05
 
 
-def _ranks(values: Sequence[float]) -> np.ndarray:
+def _ranks(sample: Sequence[float] | np.ndarray) -> np.ndarray:
     """Ranks from 1, ties given their average rank."""
-    values = np.asarray(values, dtype=float)
+    values = np.asarray(sample, dtype=float)
     order = values.argsort(kind="stable")
     ranks = np.empty(len(values))
     ranks[order] = np.arange(1, len(values) + 1)
@@ -52,7 +52,7 @@ def _ranks(values: Sequence[float]) -> np.ndarray:
     return ranks
 
 
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+def spearman(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:
     rx, ry = _ranks(x), _ranks(y)
     if rx.std() == 0 or ry.std() == 0:
         return 0.0
@@ -68,9 +68,9 @@ def spearman_test(x: Sequence[float], y: Sequence[float], seed: int = 0) -> tupl
     else:
         rng = np.random.default_rng(seed)
         permuted = [spearman(x, rng.permutation(y)) for _ in range(20_000)]
-    permuted = np.array(permuted)
+    null = np.array(permuted)
     tolerance = 1e-12
-    return rho, float((permuted >= rho - tolerance).mean()), float((permuted <= rho + tolerance).mean())
+    return rho, float((null >= rho - tolerance).mean()), float((null <= rho + tolerance).mean())
 
 
 def sign_test(wins: int, trials: int) -> tuple[float, float]:
@@ -150,6 +150,13 @@ def _final(run: dict, key: str) -> float | None:
     return values[-1] if values else None
 
 
+def _traced(run: dict, key: str) -> float:
+    """The last traced ``key`` of a run known to have one."""
+    value = _final(run, key)
+    assert value is not None, f"{run.get('name')} has no {key} trace"
+    return value
+
+
 def _converged(runs: Sequence[dict]) -> list[dict]:
     """Runs that did not diverge: a diverged run's last trace is from before it blew up, not an end."""
     return [r for r in runs if not r.get("diverged")]
@@ -169,7 +176,7 @@ def c3_regularization(runs: Sequence[dict]) -> dict:
         rows = {"loss": loss}
         parts = []
         for key in ("kl", "square_loss"):
-            rho, p_up, p_down = spearman_test(betas, [_final(r, key) for r in group])
+            rho, p_up, p_down = spearman_test(betas, [_traced(r, key) for r in group])
             rows[f"rho_beta_{key}"], rows[f"p_{key}"] = rho, p_down
             parts.append(HOLDS if p_down < ALPHA else FAILS if p_up < ALPHA else UNRESOLVED)
         rows["verdict"] = _overall(parts)
@@ -177,7 +184,8 @@ def c3_regularization(runs: Sequence[dict]) -> dict:
         verdicts.append(rows["verdict"])
     cross = None
     if len(traced) >= 3:
-        rho, p_up, p_down = spearman_test([_final(r, "kl") for r in traced], [_final(r, "square_loss") for r in traced])
+        kl, square = [_traced(r, "kl") for r in traced], [_traced(r, "square_loss") for r in traced]
+        rho, p_up, p_down = spearman_test(kl, square)
         cross = {"rho_kl_square_loss": rho, "p": p_up}
         verdicts.append(HOLDS if p_up < ALPHA else FAILS if p_down < ALPHA else UNRESOLVED)
     return {
@@ -195,10 +203,11 @@ def c4_case_two_closer(runs: Sequence[dict], tail_of: Mapping[str, str]) -> dict
     runs = _converged(runs)
     per_beta = []
     for beta in sorted({r["beta"] for r in runs}):
-        kls = {"I": [], "II": []}
+        kls: dict[str, list[float]] = {"I": [], "II": []}
         for r in runs:
-            if r["beta"] == beta and _final(r, "kl") is not None:
-                kls[tail_of[r["loss"]]].append(_final(r, "kl"))
+            kl = _final(r, "kl")
+            if r["beta"] == beta and kl is not None:
+                kls[tail_of[r["loss"]]].append(kl)
         if kls["I"] and kls["II"]:
             per_beta.append(
                 {"beta": beta, "kl_case_I": float(np.mean(kls["I"])), "kl_case_II": float(np.mean(kls["II"]))}

@@ -23,6 +23,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import overload
 
 from gpo_core.data import load_prompts, write_json, write_jsonl
 from gpo_core.generate import SamplingSettings, VLLMEngine, cached_responses, generate_responses, load_responses
@@ -74,6 +75,8 @@ def resolve_inputs(
             eval_prompts=artifacts.eval_prompts,
             task_root=artifacts.root,
         )
+    # JobSpec's validator requires these when there is no built-in task.
+    assert spec.policy is not None and spec.dataset is not None and spec.eval_prompts is not None
     return Inputs(
         policy=local_copy(spec.policy),
         reference=local_copy(spec.reference or spec.policy),
@@ -84,9 +87,13 @@ def resolve_inputs(
     )
 
 
+@overload
+def local_copy(path: str) -> str: ...
+@overload
+def local_copy(path: None) -> None: ...
 def local_copy(path: str | None) -> str | None:
     """``path`` itself, or for an object-store URI its copy in the cache (fetched when it changed)."""
-    if not is_uri(path):
+    if path is None or not is_uri(path):
         return path
     return str(materialize(path, cache_root()))
 
@@ -163,7 +170,7 @@ def train_stage(
     job_dir: Path,
     run: str,
     sink: MetricsSink | None = None,
-    stop_requested: Callable[[], bool] = lambda: False,
+    stop_requested: StopCheck | None = None,
 ) -> dict:
     """Train one run (resuming from its last checkpoint). Returns the result; ``stopped`` is true
     when a stop was requested, and then no result file is written (the run is not done).
@@ -176,7 +183,7 @@ def train_stage(
         return json.loads(done.read_text())
     inputs = resolve_inputs(spec, should_stop=stop_requested)
     training = training_spec(spec, inputs, job_dir, run)
-    result = run_training(training, sink, stop_requested)
+    result = run_training(training, sink, stop_requested or (lambda: False))
     summary = {
         "steps": result.steps,
         # relative to the run's folder: records a tenant downloads carry no server paths
@@ -268,20 +275,27 @@ def make_judge(spec: JobSpec, inputs: Inputs):
     if settings.kind == "oracle":
         from gpo_core.task.build import BuiltTask
 
+        assert inputs.task_root is not None  # JobSpec allows the oracle only with the built-in task
         return judging.OracleTaskJudge(BuiltTask(inputs.task_root), settings.mode)
     # The default template depends on the prompts' kind: read them only when it is needed.
     conversational = settings.template is None and is_conversation(load_prompts(inputs.eval_prompts)[0]["prompt"])
     template = judging.template_text(settings.template, conversational)
-    labels = tuple(settings.labels)
+    labels = (settings.labels[0], settings.labels[1])
     if settings.kind == "local":
+        assert settings.model_dir is not None  # JudgeSettings requires it for a local judge
         return judging.LogprobJudge(local_copy(settings.model_dir), template, labels)
+    # JudgeSettings requires both for endpoint judges, and checks each kind's verdicts.
+    assert settings.base_url is not None and settings.model is not None
+    verdict = settings.verdict
     if settings.kind == "chat":
         from gpo_core.chat_judge import ChatJudge
 
+        assert verdict != "choice"
         key = os.environ.get(settings.api_key_env) if settings.api_key_env else None
-        return ChatJudge(settings.base_url, settings.model, template, labels, settings.verdict, api_key=key,
+        return ChatJudge(settings.base_url, settings.model, template, labels, verdict, api_key=key,
                          prices=settings.price_per_million)  # fmt: skip
-    return judging.OpenAIJudge(settings.base_url, settings.model, template, labels, verdict=settings.verdict)
+    assert verdict in ("logprobs", "choice")
+    return judging.OpenAIJudge(settings.base_url, settings.model, template, labels, verdict=verdict)
 
 
 def _judge(spec: JobSpec, inputs: Inputs, job_dir: Path, items: list[dict], should_stop: StopCheck | None):
@@ -332,13 +346,14 @@ def judge_eval_stage(spec: JobSpec, job_dir: Path, should_stop: StopCheck | None
     from gpo_core.judge_eval import evaluate_judge
 
     out = job_dir / "judge_eval.json"
-    if spec.judge.evaluate_on is None:
+    evaluate_on = spec.judge.evaluate_on
+    if evaluate_on is None:
         return None
     if out.exists():
         return json.loads(out.read_text())
     check(should_stop)
     inputs = resolve_inputs(spec, should_stop=should_stop)
-    pairs = load_preferences(local_copy(spec.judge.evaluate_on))
+    pairs = load_preferences(local_copy(evaluate_on))
     concurrency = spec.judge.concurrency if spec.judge.calls_endpoint else 1
     cache = VerdictCache(job_dir / "verdicts.jsonl")
     figures = evaluate_judge(make_judge(spec, inputs), pairs, cache, spec.judge.retries, concurrency)

@@ -263,7 +263,12 @@ def _build(
 
     return TaskArtifacts(
         root=str(final),
-        **{key: str(final / name) for key, name in ARTIFACT_FILES.items()},
+        model_dir=str(final / ARTIFACT_FILES["model_dir"]),
+        tokenizer_dir=str(final / ARTIFACT_FILES["tokenizer_dir"]),
+        train_pairs=str(final / ARTIFACT_FILES["train_pairs"]),
+        eval_pairs=str(final / ARTIFACT_FILES["eval_pairs"]),
+        eval_prompts=str(final / ARTIFACT_FILES["eval_prompts"]),
+        documents=str(final / ARTIFACT_FILES["documents"]),
         ref_mean_reward=mean_reward(sampled),
         random_mean_reward=mean_reward(random_summaries),
         gold_mean_reward=mean_reward([d.reference_summary for d in eval_docs]),

@@ -56,19 +56,20 @@ def make_model(settings: ModelSettings, tokenizer: PreTrainedTokenizerFast, seed
         )
         return LlamaForCausalLM(config)
     if settings.architecture == "t5":
-        config = T5Config(
+        t5 = T5Config(
             d_model=settings.hidden,
             d_kv=settings.hidden // settings.heads,
             d_ff=settings.intermediate,
             num_layers=settings.layers,
             num_decoder_layers=settings.layers,
             num_heads=settings.heads,
-            decoder_start_token_id=tokenizer.pad_token_id,
             feed_forward_proj="gated-gelu",
-            tie_word_embeddings=True,
             **common,
         )
-        return T5ForConditionalGeneration(config)
+        # Generic config fields T5Config's signature does not list (it takes them as extra keywords).
+        t5.decoder_start_token_id = tokenizer.pad_token_id
+        t5.tie_word_embeddings = True
+        return T5ForConditionalGeneration(t5)
     raise ValueError(f"architecture must be 'llama' or 't5', got {settings.architecture!r}")
 
 

@@ -29,7 +29,7 @@ def add_adapters(model: torch.nn.Module, options: LoraOptions) -> PeftModel:
     """New LoRA adapters on ``model`` (B = 0: the policy starts equal to the base); the base frozen."""
     config = LoraConfig(
         r=options.r,
-        lora_alpha=options.alpha,
+        lora_alpha=options.alpha,  # type: ignore[arg-type]  # peft annotates int; a float scales the same
         lora_dropout=options.dropout,
         target_modules=options.target_modules,
         task_type="SEQ_2_SEQ_LM" if getattr(model.config, "is_encoder_decoder", False) else "CAUSAL_LM",
@@ -51,7 +51,7 @@ def save_final(peft_model: PeftModel, folder: Path, base: Path) -> None:
     go on, for a vLLM engine that serves them unmerged), then the merged model in ``folder`` (for
     every stage that reads a model folder). Merging is in place, without a second copy of the
     weights: call it last, when the run is over."""
-    peft_model.save_pretrained(folder / ADAPTER)
+    peft_model.save_pretrained(str(folder / ADAPTER))
     write_adapter_base(folder / ADAPTER, base)
     peft_model.merge_and_unload().save_pretrained(folder)
 

@@ -20,7 +20,6 @@ from gpo_core.train.loop import (
     RunContext,
     RunResult,
     TrainingError,
-    diverged_result,
     record_divergence,
     train,
 )
@@ -131,8 +130,7 @@ def _run(spec: TrainingSpec, sink: MetricsSink | None, stop_requested: Callable[
         try:
             return _finished(spec, train(spec, both, RunContext(should_stop=stop_requested)))
         except NonFiniteLossError as err:
-            record_divergence(spec.output_dir, err, both)
-            return _finished(spec, diverged_result(spec.output_dir))
+            return _finished(spec, record_divergence(spec.output_dir, err, both))
         finally:
             metrics.close()
 

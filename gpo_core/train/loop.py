@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch.distributed.tensor import DTensor
@@ -27,7 +28,7 @@ from gpo_core.conversation import ChatFormat, ConversationError, Prompt
 from gpo_core.data import load_preferences, load_prompts, write_json
 from gpo_core.logprobs import output_head
 from gpo_core.losses import gpo_loss, resolve_loss
-from gpo_core.models import cache_root, config_folder, is_adapter, is_encoder_decoder, load_model
+from gpo_core.models import cache_root, config_folder, is_adapter, is_encoder_decoder, load_model, on_device
 from gpo_core.preference import SUMS, TIE_TOLERANCE, log_ratio_difference, metrics_from_sums, preference_sums
 from gpo_core.regularization import kl_from_samples, mu_weighted_square_loss
 from gpo_core.train import sharding
@@ -103,13 +104,14 @@ class RunResult:
     diverged: str | None = None  # why the run stopped on a non-finite loss or gradient, and at which step
 
 
-def record_divergence(output_dir: str | Path, err: NonFiniteLossError, sink: MetricsSink) -> None:
+def record_divergence(output_dir: str | Path, err: NonFiniteLossError, sink: MetricsSink) -> RunResult:
     """A run that diverged ends with a ``diverged`` metrics record and :data:`DIVERGED` in its folder
     (what a Ray driver reads: the workers end normally, so Ray does not retry a deterministic
-    overflow from its last checkpoint)."""
+    overflow from its last checkpoint); its result, as :func:`diverged_result` reads it back."""
     record = {"kind": "diverged", "step": err.step, "message": str(err)}
     sink.emit(record)
     write_json(Path(output_dir) / DIVERGED, record)
+    return _diverged(record)
 
 
 def diverged_result(output_dir: str | Path) -> RunResult | None:
@@ -117,7 +119,10 @@ def diverged_result(output_dir: str | Path) -> RunResult | None:
     path = Path(output_dir) / DIVERGED
     if not path.exists():
         return None
-    record = json.loads(path.read_text())
+    return _diverged(json.loads(path.read_text()))
+
+
+def _diverged(record: dict) -> RunResult:
     return RunResult(steps=record["step"] - 1, final_model_dir=None, last_metrics={}, reference_cache="unknown",
                      stopped=False, padded_fraction=0.0, diverged=record["message"])  # fmt: skip
 
@@ -187,6 +192,7 @@ def total_steps(spec: TrainingSpec, n_pairs: int, world_size: int) -> int:
     if spec.steps is not None:
         return spec.steps
     per_step = spec.batch_size * spec.grad_accumulation * world_size
+    assert spec.epochs is not None  # the spec gives exactly one of steps and epochs
     return max(1, math.ceil(spec.epochs * n_pairs / per_step))
 
 
@@ -279,11 +285,12 @@ class ReferenceModel:
     """pi_ref, loaded only when needed: for a reference cache miss, or to score KL trace samples."""
 
     def __init__(self, folder: str, device: torch.device, dtype: torch.dtype = torch.float32):
-        self.folder, self.device, self.dtype, self.model = folder, device, dtype, None
+        self.folder, self.device, self.dtype = folder, device, dtype
+        self.model: PreTrainedModel | None = None
 
     def get(self) -> PreTrainedModel:
         if self.model is None:
-            self.model = load_model(self.folder, self.dtype).to(self.device).eval()
+            self.model = on_device(load_model(self.folder, self.dtype), self.device).eval()
             self.model.requires_grad_(False)
         return self.model
 
@@ -354,21 +361,25 @@ def load_policy(
         if loaded is not None and not resume:
             policy = loaded
         else:
-            policy = load_model(resume if resume else spec.policy, weights_dtype(spec)).to(context.device)
+            policy = on_device(load_model(resume if resume else spec.policy, weights_dtype(spec)), context.device)
         if spec.disable_dropout:
             disable_dropout(policy)
     else:  # the base model with adapters: the checkpoint's, the policy folder's (trained further), or new
         base = loaded if loaded is not None else load_model(config_folder(spec.policy), weights_dtype(spec))
-        base = base.to(context.device)
+        base = on_device(base, context.device)
         if spec.disable_dropout:
             disable_dropout(base)  # the model's own dropout; LoRA's (lora.dropout) is added after, as asked
         start = resume or (Path(spec.policy) if is_adapter(spec.policy) else None)
-        adapters = load_adapters(base, start) if start else add_adapters(base, spec.lora)
-        policy = adapters.get_base_model()  # the transformers model, the adapters inside its layers
+        if start:
+            adapters = load_adapters(base, start)
+        else:
+            assert spec.lora is not None  # a policy that is no adapter gets adapters only when asked
+            adapters = add_adapters(base, spec.lora)
+        policy = cast(PreTrainedModel, adapters.get_base_model())  # the adapters are inside its layers
     if spec.gradient_checkpointing:
         enable_gradient_checkpointing(policy)
     output_head(policy)  # checked on the whole model, before any sharding
-    forward = _PairForward(policy, spec.logprob_chunk)
+    forward: torch.nn.Module = _PairForward(policy, spec.logprob_chunk)
     if spec.strategy == "fsdp":
         forward = sharding.shard(forward, policy, context.device, context.world_size)
     else:
@@ -420,6 +431,7 @@ def trace(
             pc, pr = compute_reference_logprobs(
                 policy, pairs, data.pad_id, data.encoder_decoder, width, profile, autocast_dtype, spec.logprob_chunk
             )
+            assert ref.eval is not None  # held-out pairs have their reference log-probs
             rho = log_ratio_difference(pc, pr, *ref.eval)
             square = mu_weighted_square_loss(rho)
             record.update(
@@ -469,13 +481,14 @@ def train(spec: TrainingSpec, sink: MetricsSink | None = None, context: RunConte
     f, beta, autocast_dtype = resolve_loss(spec.loss), spec.effective_beta, _autocast_dtype(spec)
 
     data = load_training_data(spec)
-    reference = ReferenceModel(spec.reference_path, device, weights_dtype(spec))
-    ref = reference_logprobs(spec, data, reference, context, profile)
+    reference_model = ReferenceModel(spec.reference_path, device, weights_dtype(spec))
+    ref = reference_logprobs(spec, data, reference_model, context, profile)
     starting_weights = None
     if not data.trace_prompts:  # only the KL trace needs pi_ref itself; its log-probs are cached
         if spec.reference is None and not is_adapter(spec.policy):  # pi_ref is the policy's start
-            starting_weights = reference.hand_over()  # loaded for a cache miss: not read twice
-        reference.release()
+            starting_weights = reference_model.hand_over()  # loaded for a cache miss: not read twice
+        reference_model.release()
+    reference: ReferenceModel | AdapterDisabledReference = reference_model
 
     steps = total_steps(spec, len(data.pairs), context.world_size)
     policy, adapters, forward, optimizer, scheduler, step = load_policy(spec, context, steps, sink, starting_weights)

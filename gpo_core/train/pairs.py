@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from transformers import PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 from transformers.modeling_layers import GradientCheckpointingLayer
 
@@ -84,7 +85,7 @@ def collate_pairs(
 
 
 def pair_logprobs(
-    model: torch.nn.Module, batch: PairBatch, chunk: int | None = None
+    model: PreTrainedModel, batch: PairBatch, chunk: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(log pi(chosen | prompt), log pi(rejected | prompt))``, each [B], prompts processed once;
     ``chunk`` bounds the positions whose logits exist at once (:func:`scored_logprob_sums`)."""
@@ -101,7 +102,8 @@ class _ReplayableLayer(DynamicLayer):
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         super().lazy_initialization(key_states, value_states)
-        self.prefix = (self.keys, self.values)
+        assert self.keys is not None and self.values is not None
+        self.prefix: tuple[torch.Tensor, torch.Tensor] = (self.keys, self.values)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
@@ -122,7 +124,8 @@ class ReplayableCache(DynamicCache):
         attend to. This cache stays as it is, so a replay of the prompt pass sees what it saw."""
         cache = ReplayableCache()
         for layer in self.layers:
-            keys, values = (t.repeat_interleave(repeats, dim=0) for t in (layer.keys, layer.values))
+            assert isinstance(layer, _ReplayableLayer)  # the only layers this cache makes
+            keys, values = (t.repeat_interleave(repeats, dim=0) for t in layer.prefix)
             follower = _ReplayableLayer()
             follower.lazy_initialization(keys, values)
             follower.keys, follower.values = follower.prefix = (keys, values)
@@ -152,7 +155,7 @@ def disable_dropout(model: torch.nn.Module) -> int:
     return changed
 
 
-def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
     """Recompute each transformer layer's activations in the backward pass instead of keeping
     them (transformers' non-reentrant checkpointing). transformers drops the key/value cache of a
     checkpointed layer, since a replayed layer would update it twice; the shared-prompt forward
@@ -165,7 +168,7 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
                 module._can_checkpoint_with_cache = True
 
 
-def _causal_shared(model: torch.nn.Module, batch: PairBatch, chunk: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _causal_shared(model: PreTrainedModel, batch: PairBatch, chunk: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     body = model.base_model  # the transformer without its output head: hidden states, no logits
     prompt_mask = batch.prompt_mask
     prompt_positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
@@ -197,7 +200,7 @@ def _causal_shared(model: torch.nn.Module, batch: PairBatch, chunk: int | None) 
     return per_row[0::2], per_row[1::2]
 
 
-def _seq2seq_shared(model: torch.nn.Module, batch: PairBatch, chunk: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _seq2seq_shared(model: PreTrainedModel, batch: PairBatch, chunk: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     encoded = model.get_encoder()(input_ids=batch.prompt_ids, attention_mask=batch.prompt_mask)
     hidden = decoder_hidden(
         model,
@@ -211,7 +214,7 @@ def _seq2seq_shared(model: torch.nn.Module, batch: PairBatch, chunk: int | None)
 
 
 def pair_logprobs_naive(
-    model: torch.nn.Module, batch: PairBatch, chunk: int | None = None
+    model: PreTrainedModel, batch: PairBatch, chunk: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The same quantities by concatenating each prompt with each response (the prompt twice).
 

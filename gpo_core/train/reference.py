@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from transformers import PreTrainedModel
 
 from gpo_core.models import model_digest
 from gpo_core.train.data import TokenizedPairs
@@ -23,7 +24,7 @@ def cache_key(reference_folder: str | Path, pairs: TokenizedPairs, precision: st
 
 @torch.no_grad()
 def compute_reference_logprobs(
-    model: torch.nn.Module,
+    model: PreTrainedModel,
     pairs: TokenizedPairs,
     pad_id: int,
     encoder_decoder: bool,

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -57,6 +58,7 @@ def gathered(forward: torch.nn.Module) -> Iterator[None]:
     collective: the KL trace samples on the main worker only. Collective on entry and exit."""
     # FSDP decides which unit is the root on the first forward it sees; the trace at step 0 comes
     # before any training forward, and calling a block first would make that block a root.
+    assert isinstance(forward, FSDPModule), "gathered() takes a sharded forward"
     forward._get_fsdp_state()._lazy_init()
     units = [module for module in forward.modules() if isinstance(module, FSDPModule)]
     blocks = [unit for unit in units if unit is not forward]  # the root never frees after forward
@@ -83,7 +85,7 @@ def save(folder: Path, forward: torch.nn.Module, optimizer: torch.optim.Optimize
 def load(folder: Path, forward: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """The inverse of :func:`save`: each worker reads its shards back, exactly."""
     model_state, optimizer_state = get_state_dict(forward, optimizer)
-    state = {"model": model_state, "optimizer": optimizer_state}
+    state: dict[str, Any] = {"model": model_state, "optimizer": optimizer_state}
     dcp.load(state, checkpoint_id=str(folder / SHARDED))
     set_state_dict(forward, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
 
@@ -99,4 +101,5 @@ def full_weights(forward: torch.nn.Module, model: torch.nn.Module, prefix: str =
     for name, parameter in model.named_parameters(remove_duplicate=False):
         if first_name.setdefault(id(parameter), name) != name:
             tied.add(name)
-    return {name.removeprefix(prefix): t for name, t in state.items() if name.removeprefix(prefix) not in tied}
+    kept = {name.removeprefix(prefix): t for name, t in state.items() if name.removeprefix(prefix) not in tied}
+    return cast(dict[str, torch.Tensor], kept)  # a full state dict of a module: tensors only

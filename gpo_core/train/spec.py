@@ -183,6 +183,7 @@ class TrainingSpec(TrainingOptions):
         """beta in the loss's own units (converted from beta_ipo when that was given)."""
         if self.beta is not None:
             return self.beta
+        assert self.beta_ipo is not None  # the spec gives exactly one of them
         return beta_from_ipo_equivalent(self.beta_ipo, self.loss)
 
     @property

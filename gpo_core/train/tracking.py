@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from gpo_core.train.metrics import MetricsSink
@@ -103,7 +104,7 @@ class MLflowSink:
         self.client.set_terminated(self.run_id, status="FINISHED" if self.finished else "KILLED")
 
 
-def tracking_sinks(report_to: list[str], output_dir: str | Path, run_name: str, params: dict) -> list[MetricsSink]:
+def tracking_sinks(report_to: Sequence[str], output_dir: str | Path, run_name: str, params: dict) -> list[MetricsSink]:
     """One sink per tracker named in ``report_to``."""
     sinks: list[MetricsSink] = []
     for name in report_to:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -97,7 +97,7 @@ def gaussians(
         from gpo_core.paper.plots import plot_gaussians
 
         plot_gaussians(curves, plot)
-    payload = {
+    payload: dict[str, Any] = {
         "seed": curves.seed,
         "mu_means": curves.mu_means,
         "c": curves.c,

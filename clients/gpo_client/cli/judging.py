@@ -132,7 +132,9 @@ def judge_command(
         raise fail(f"every comparison was invalid ({result.invalid})")
     w, lc = result.win_rate, result.length_controlled
     console.print(f"A over B: win rate {w.rate:.3f} [{w.low:.3f}, {w.high:.3f}] over {w.comparisons} comparisons")
-    console.print(f"length-controlled: {lc.rate:.3f} [{lc.low:.3f}, {lc.high:.3f}]; flip rate {result.flip_rate:.3f}")
+    if lc is not None:
+        console.print(f"length-controlled: {lc.rate:.3f} [{lc.low:.3f}, {lc.high:.3f}]")
+    console.print(f"flip rate {result.flip_rate:.3f}")
     console.print(f"invalid: {result.invalid}; judge calls: {result.judge_calls}")
     if result.usage:
         console.print(f"tokens: {result.usage['prompt_tokens']} prompt, {result.usage['completion_tokens']} completion")

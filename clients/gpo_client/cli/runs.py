@@ -27,7 +27,7 @@ def train_command(
     from gpo_core.train.loop import TrainingError
     from gpo_core.train.spec import SpecError, load_spec
 
-    overrides = {k: v for k, v in {"workers": workers, "steps": steps}.items() if v is not None}
+    overrides: dict[str, int | None] = {k: v for k, v in {"workers": workers, "steps": steps}.items() if v is not None}
     if "steps" in overrides:
         overrides["epochs"] = None
     try:

@@ -147,6 +147,8 @@ class Settings(BaseSettings):
     @classmethod
     def _split_remote_roots(cls, value: object) -> object:
         parts = [part.strip() for part in value.split(",")] if isinstance(value, str) else value
+        if not isinstance(parts, list):
+            return parts  # pydantic says what is wrong with it
         roots = [part for part in parts if part]
         for root in roots:
             if normalized(root) is None:
@@ -157,6 +159,8 @@ class Settings(BaseSettings):
     @classmethod
     def _split_endpoints(cls, value: object) -> object:
         parts = [part.strip() for part in value.split(",")] if isinstance(value, str) else value
+        if not isinstance(parts, list):
+            return parts  # pydantic says what is wrong with it
         try:
             return [endpoint_url(part) for part in parts if part]
         except ValueError as err:

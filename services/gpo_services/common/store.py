@@ -18,6 +18,7 @@ Keys::
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import time
@@ -259,7 +260,9 @@ class JobStore:
 
     # -- events ---------------------------------------------------------------------------------
 
-    def events(self, job_id: str, after: str = "0", block_ms: int | None = None) -> list[tuple[str, str, dict, float]]:
+    def events(
+        self, job_id: str, after: str = "0", block_ms: int | None = None
+    ) -> builtins.list[tuple[str, str, dict, float]]:
         """(id, type, data, timestamp) of the events after ``after``; blocks up to ``block_ms``."""
         reply = self.r.xread({events_key(job_id): after}, count=500, block=block_ms)
         out = []

@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import gc
 import time
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import redis
 from fastapi import FastAPI, Header
@@ -16,7 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gpo_core.sweep.spec import JobSpec
 from gpo_core.sweep.views import ErrorBody
@@ -50,7 +51,7 @@ class BodyLimit:
         headers = dict(scope["headers"])
         prefix = next((p for p in self.upload_limits if scope["path"].startswith(p)), None)
         upload = prefix is not None
-        limit = self.upload_limits[prefix] if upload else self.limit
+        limit = self.upload_limits[prefix] if prefix is not None else self.limit
         declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             await self._too_large(limit, scope, receive, send)
@@ -80,7 +81,7 @@ class BodyLimit:
             return
         replayed = False
 
-        async def replay() -> dict:
+        async def replay() -> Message:
             nonlocal replayed
             if not replayed:
                 replayed = True
@@ -92,7 +93,7 @@ class BodyLimit:
     def _each_chunk_in_time(self, receive: Receive) -> Receive:
         finished = False
 
-        async def bounded() -> dict:
+        async def bounded() -> Message:
             nonlocal finished
             if finished:  # the body is in: what follows is a wait for the disconnect, not bounded
                 return await receive()
@@ -128,7 +129,7 @@ class RequestMetrics:
         started = time.perf_counter()
         status = 500
 
-        async def record_status(message: dict) -> None:
+        async def record_status(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
@@ -182,16 +183,21 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
     app.state.store = store
     app.state.async_store = AsyncJobStore(connect_async(settings))
     app.state.formula_sandbox = FormulaSandbox(settings.formula_timeout_s)
-    app.openapi = lambda: _openapi_with_job_spec(app)
+    app.openapi = lambda: _openapi_with_job_spec(app)  # type: ignore[method-assign]  # FastAPI's documented way
     app.include_router(jobs_router)
     app.include_router(data_router)
     app.include_router(models_router)
-    app.add_exception_handler(errors.ApiError, errors.api_error)
-    app.add_exception_handler(errors.BodyTimeout, errors.body_timeout)
-    app.add_exception_handler(RequestValidationError, errors.validation_error)
-    app.add_exception_handler(StarletteHTTPException, errors.http_error)
-    app.add_exception_handler(redis.RedisError, errors.redis_error)
-    app.add_exception_handler(Exception, errors.unexpected_error)
+    # Each handler takes its own exception type (Starlette's annotation wants Exception itself).
+    handlers: list[tuple[type[Exception], Callable[..., Any]]] = [
+        (errors.ApiError, errors.api_error),
+        (errors.BodyTimeout, errors.body_timeout),
+        (RequestValidationError, errors.validation_error),
+        (StarletteHTTPException, errors.http_error),
+        (redis.RedisError, errors.redis_error),
+        (Exception, errors.unexpected_error),
+    ]
+    for exception, handler in handlers:
+        app.add_exception_handler(exception, handler)
     registry = CollectorRegistry()
     registry.register(_QueueDepth(client))
     uploads = {"/data/": settings.max_upload_bytes, "/models/": settings.max_model_upload_bytes}

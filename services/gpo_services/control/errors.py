@@ -37,7 +37,7 @@ async def api_error(request: Request, exc: ApiError) -> JSONResponse:
 
 def invalid(problems: list[dict], code: str = "invalid_request") -> ApiError:
     """A 422 naming each bad field, from pydantic's errors (``loc``, ``msg``)."""
-    details = []
+    details: list[dict[str, str | None]] = []
     for problem in problems:
         if problem.get("type") == "json_invalid":  # its location is a byte offset, not a field
             reason = (problem.get("ctx") or {}).get("error", "invalid JSON")
@@ -53,7 +53,7 @@ def invalid(problems: list[dict], code: str = "invalid_request") -> ApiError:
             location = location[1:] if location[0] == "body" else location
         message = str(problem.get("msg", "invalid")).removeprefix("Value error, ")
         details.append({"field": ".".join(location) or None, "message": message})
-    summary = "; ".join(f"{d['field']}: {d['message']}" if d["field"] else d["message"] for d in details[:5])
+    summary = "; ".join(f"{d['field']}: {d['message']}" if d["field"] else str(d["message"]) for d in details[:5])
     return ApiError(422, code, summary or "invalid request", details)
 
 

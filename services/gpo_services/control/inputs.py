@@ -52,7 +52,9 @@ def resolve_path(value: str, tenant: str, settings: Settings) -> str | None:
 def resolve_spec_paths(spec: JobSpec, tenant: str, settings: Settings) -> JobSpec:
     """``spec`` with every path resolved (see the module's docstring), or a 422 naming each field;
     an endpoint judge must be one of the operator's (``GPO_JUDGE_ENDPOINTS``)."""
-    updates, judge_updates, details = {}, {}, []
+    updates: dict[str, object] = {}
+    judge_updates: dict[str, object] = {}
+    details: list[dict] = []
     if spec.judge.calls_endpoint and not settings.allows_judge_endpoint(spec.judge.base_url or ""):
         allowed = ", ".join(settings.judge_endpoints) or "none (an operator sets GPO_JUDGE_ENDPOINTS)"
         details.append({"field": "judge.base_url", "message": f"not a judge endpoint of this deployment; "
@@ -74,6 +76,5 @@ def resolve_spec_paths(spec: JobSpec, tenant: str, settings: Settings) -> JobSpe
             updates[field] = resolved
     if details:
         raise ApiError(422, "invalid_spec", "; ".join(f"{d['field']}: {d['message']}" for d in details), details)
-    if judge_updates:
-        updates["judge"] = spec.judge.model_copy(update=judge_updates)
-    return spec.model_copy(update=updates)
+    judge = spec.judge.model_copy(update=judge_updates) if judge_updates else spec.judge
+    return spec.model_copy(update={**updates, "judge": judge})

@@ -22,7 +22,7 @@ from gpo_services.control.security import artifact_path
 from gpo_services.control.validation import SpecInvalid, formulas_in, validate_here
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
-ERRORS = {
+ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "Missing or wrong API key"},
     404: {"model": ErrorBody, "description": "No such job for this tenant"},
     422: {"model": ErrorBody, "description": "Invalid parameters; details name each one"},
@@ -141,7 +141,7 @@ def cancel_job(job_id: str, store: StoreDep, tenant: TenantDep) -> JobView:
         store.request_cancel(job_id)
     except Conflict as err:
         raise ApiError(409, "conflict", str(err)) from None
-    return store.get(job_id)
+    return _found(store.get(job_id), job_id)
 
 
 @router.delete(

