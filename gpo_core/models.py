@@ -26,9 +26,26 @@ def is_adapter(folder: str | Path) -> bool:
     return (Path(folder) / ADAPTER_CONFIG).is_file()
 
 
+FINAL_ADAPTER = "adapter"  # a LoRA run's final folder keeps its adapters alone here
+# In an adapter folder, written by this platform only (training; the control service at upload,
+# which refuses an upload that carries one): the base model's folder and content digest.
+ADAPTER_BASE_RECORD = "gpo_base.json"
+
+
 def adapter_base(folder: str | Path) -> Path:
-    """The base model folder an adapter folder names (``base_model_name_or_path``; a relative path
-    is taken from the adapter's folder); an error that says so when it is not a model folder."""
+    """The base model folder of an adapter folder. Where the platform recorded it
+    (:data:`ADAPTER_BASE_RECORD`), that record alone decides, and the base must still have the
+    recorded content; ``base_model_name_or_path`` in the adapter's own config (a relative path taken
+    from the adapter's folder) is read only for a peft folder made elsewhere, on the user's own
+    machine: the control service never admits an adapter without a record, so no path inside a
+    tenant's file is followed."""
+    record_path = Path(folder) / ADAPTER_BASE_RECORD
+    record = json.loads(record_path.read_text(encoding="utf-8")) if record_path.is_file() else {}
+    if record.get("base_model_path"):
+        base = Path(record["base_model_path"])
+        if not (base / "config.json").is_file() or model_digest(base) != record.get("base_model_digest"):
+            raise FileNotFoundError(f"{folder}: the adapter's base model is gone or has changed since it was recorded")
+        return base
     config = json.loads((Path(folder) / ADAPTER_CONFIG).read_text(encoding="utf-8"))
     named = config.get("base_model_name_or_path") or ""
     base = (Path(folder) / named).resolve() if named and not Path(named).is_absolute() else Path(named)
@@ -40,14 +57,11 @@ def adapter_base(folder: str | Path) -> Path:
     return base
 
 
-FINAL_ADAPTER = "adapter"  # a LoRA run's final folder keeps its adapters alone here
-ADAPTER_BASE_RECORD = "gpo_base.json"  # in a trained run's adapter folder: the base it goes on
-
-
 def write_adapter_base(folder: str | Path, base: str | Path) -> None:
-    """Record in an adapter folder the content digest of the base model its weights go on, so a
-    generation engine serving that base can tell the adapters are its own, wherever it found them."""
-    record = {"base_model_digest": model_digest(base)}
+    """Record in an adapter folder the base model its weights go on, by folder and content digest:
+    :func:`adapter_base` reads it instead of the adapter's config, and a generation engine serving
+    that base can tell the adapters are its own, wherever it found them."""
+    record = {"base_model_path": str(Path(base).resolve()), "base_model_digest": model_digest(base)}
     (Path(folder) / ADAPTER_BASE_RECORD).write_text(json.dumps(record), encoding="utf-8")
 
 

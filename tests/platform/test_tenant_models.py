@@ -112,8 +112,8 @@ def test_hostile_or_broken_archives_are_refused_naming_the_member(service, files
     response = put(url, "bad", archive(files, links))
     assert response.status_code == 422, response.text
     assert message in response.json()["message"]
-    leftovers = [p for p in (settings.artifacts / ".uploads").rglob("*") if p.is_file()]
-    assert leftovers == []  # nothing kept of a refused upload
+    leftovers = [p for p in (settings.artifacts / ".uploads").rglob("*") if p.is_file() and p.parent.name != ".tenants"]
+    assert leftovers == []  # nothing kept of a refused upload (only the tenant's folder index)
     assert not any(p.name == "evil.json" for p in settings.artifacts.parent.rglob("evil.json"))
 
 
@@ -126,3 +126,78 @@ def test_archives_that_are_not_tar_or_too_large_are_refused(service) -> None:
     with pytest.raises(ApiError) as refused:
         Client(url, KEY_A).delete_model("never")
     assert refused.value.status == 404
+
+
+def _adapter(base_folder, out, base_named: str):
+    """A real peft LoRA adapter on ``base_folder``, whose config names its base as ``base_named``
+    (what the tenant's file says), with the base's config.json beside it."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(load_model(base_folder), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    model.save_pretrained(out)
+    config = json.loads((out / "adapter_config.json").read_text())
+    (out / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": base_named}))
+    shutil.copy(base_folder / "config.json", out / "config.json")
+    return out
+
+
+def test_an_adapter_never_reaches_another_tenants_model_through_its_config(service, model_folder, tmp_path) -> None:
+    """Issue 27, finding 1: A's adapter named B's private model as its base by a relative path (upload
+    folders were named by a hash of the tenant) and a 1-step job gave A B's weights. The base is now
+    resolved with the uploader's rights at upload and recorded by the platform; the adapter's own
+    config is never followed, and a base A may not read answers as a missing one."""
+    from gpo_core.models import ADAPTER_BASE_RECORD, adapter_base, model_digest
+
+    url, settings = service
+    with Client(url, KEY_A) as a, Client(url, KEY_B) as b:
+        b.upload_model(model_folder, "secret-model")
+        bobs = next(p for p in (settings.artifacts / ".uploads").rglob("secret-model") if p.is_dir())
+        relative = "../../../" + bobs.relative_to(settings.artifacts / ".uploads").as_posix()
+        answers = []
+        for base in (relative, str(bobs), "model:secret-model", "model:no-such-model", "/etc"):
+            evil = _adapter(model_folder, tmp_path / f"evil-{len(answers)}", base)
+            with pytest.raises(ApiError) as refused:
+                a.upload_model(evil, "evil")
+            assert refused.value.status == 422
+            answers.append(str(refused.value).replace(repr(base), "BASE"))
+        assert len(set(answers)) == 1, answers  # forbidden and missing alike: no oracle
+        assert "base_model_name_or_path must name one of your models" in answers[0]
+        assert a.models() == []
+
+        a.upload_model(model_folder, "mine")
+        record = a.upload_model(_adapter(model_folder, tmp_path / "good", "model:mine"), "good")
+        assert record["reference"] == "model:good"
+        good = next(p for p in (settings.artifacts / ".uploads").rglob("good") if p.is_dir())
+        mine = next(p for p in (settings.artifacts / ".uploads").rglob("mine") if p.is_dir())
+        recorded = json.loads((good / ADAPTER_BASE_RECORD).read_text())
+        assert recorded == {"base_model_path": str(mine.resolve()), "base_model_digest": model_digest(mine)}
+        # The file still says what the tenant wrote; workers read the platform's record instead.
+        (good / "adapter_config.json").write_text(
+            json.dumps({**json.loads((good / "adapter_config.json").read_text()), "base_model_name_or_path": str(bobs)})
+        )
+        assert adapter_base(good) == mine.resolve()
+        assert load_model(good) is not None
+
+        planted = _adapter(model_folder, tmp_path / "planted", "model:mine")
+        (planted / ADAPTER_BASE_RECORD).write_text(json.dumps({"base_model_path": str(bobs)}))
+        with pytest.raises(ApiError, match="a file name this platform keeps for itself"):
+            a.upload_model(planted, "planted")
+
+
+def test_paths_inside_an_uploads_json_files_are_dropped(service, model_folder) -> None:
+    url, settings = service
+    tokenizer = json.loads((model_folder / "tokenizer_config.json").read_text())
+    (model_folder / "tokenizer_config.json").write_text(
+        json.dumps({**tokenizer, "tokenizer_file": "/etc/passwd", "vocab_file": "../../x/vocab.json"})
+    )
+    config = json.loads((model_folder / "config.json").read_text())
+    (model_folder / "config.json").write_text(json.dumps({**config, "_name_or_path": "/srv/other-tenant/model"}))
+    with Client(url, KEY_A) as a:
+        a.upload_model(model_folder, "tidy")
+    stored = next(p for p in (settings.artifacts / ".uploads").rglob("tidy") if p.is_dir())
+    kept = json.loads((stored / "tokenizer_config.json").read_text())
+    assert "tokenizer_file" not in kept and "vocab_file" not in kept
+    assert "_name_or_path" not in json.loads((stored / "config.json").read_text())
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(stored)("post").input_ids  # still a working tokenizer

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import re
 import time
 import uuid
 from pathlib import Path
@@ -25,10 +24,17 @@ from gpo_core.sweep.views import ErrorBody
 from gpo_services.common.settings import Settings
 from gpo_services.control.deps import SettingsDep, TenantDep
 from gpo_services.control.errors import ApiError
-from gpo_services.control.storage import UPLOADS, ensure_room, stored_records, tenant_folder
+from gpo_services.control.storage import (
+    DATA_NAME_PATTERN,
+    UPLOADS,
+    ensure_room,
+    stored_records,
+    tenant_folder,
+    uploaded_file,
+)
 
 router = APIRouter(prefix="/data", tags=["data"])
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}\.(jsonl|parquet)$"
+NAME_PATTERN = DATA_NAME_PATTERN
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "Missing or wrong API key"},
     403: {"model": ErrorBody, "description": "The tenant holds its storage quota (GPO_STORAGE_QUOTA_BYTES)"},
@@ -68,14 +74,6 @@ async def stream_to_file(request: Request, path: Path, limit: int, settings: Set
             digest.update(chunk)
             await asyncio.to_thread(handle.write, chunk)
     return size, digest.hexdigest()
-
-
-def uploaded_file(settings: Settings, tenant: str, name: str) -> Path | None:
-    """The tenant's upload ``name`` (a plain file, no link), or None."""
-    if not re.fullmatch(NAME_PATTERN, name):
-        return None
-    path = tenant_folder(settings, tenant) / name
-    return path if path.is_file() and not path.is_symlink() else None
 
 
 def upload_records(settings: Settings, path: str) -> int | None:

@@ -19,9 +19,8 @@ from gpo_core import remote
 from gpo_core.remote import is_uri
 from gpo_core.sweep.spec import JobSpec
 from gpo_services.common.settings import Settings
-from gpo_services.control.data import uploaded_file
 from gpo_services.control.errors import ApiError
-from gpo_services.control.models import uploaded_model
+from gpo_services.control.storage import uploaded_file, uploaded_model
 
 PATH_FIELDS = ("policy", "reference", "dataset", "eval_pairs", "eval_prompts")
 UPLOAD_PREFIX = "data:"

@@ -14,12 +14,14 @@ models, checked, and only then renamed into place.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
-import re
+import os
 import shutil
 import tarfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
 
@@ -27,15 +29,24 @@ from fastapi import APIRouter, Request, Response
 from fastapi import Path as PathParam
 from pydantic import BaseModel
 
+from gpo_core.models import ADAPTER_BASE_RECORD, write_adapter_base
+from gpo_core.specfile import ADAPTER_CONFIG
 from gpo_core.sweep.views import ErrorBody
 from gpo_services.common.settings import Settings
 from gpo_services.control.data import stream_to_file
 from gpo_services.control.deps import SettingsDep, TenantDep
 from gpo_services.control.errors import ApiError
-from gpo_services.control.storage import ensure_room, stored_records, tenant_folder
+from gpo_services.control.inputs import MODEL_PREFIX, resolve_path
+from gpo_services.control.storage import (
+    MODEL_NAME_PATTERN,
+    ensure_room,
+    models_folder,
+    stored_records,
+    uploaded_model,
+)
 
 router = APIRouter(prefix="/models", tags=["models"])
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+NAME_PATTERN = MODEL_NAME_PATTERN
 MAX_MEMBERS = 1000
 ALLOWED_SUFFIXES = {".safetensors", ".json", ".txt", ".model", ".jinja", ".md"}
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -58,21 +69,6 @@ class Model(BaseModel):
     parameters: int  # counted from the safetensors headers
     uploaded_at: float
     reference: str  # what a job spec names it by: model:NAME
-
-
-def models_folder(settings: Settings, tenant: str) -> Path:
-    return tenant_folder(settings, tenant) / "models"
-
-
-def uploaded_model(settings: Settings, tenant: str, name: str) -> Path | None:
-    """The tenant's model folder ``name`` (complete: its record exists), or None."""
-    if not re.fullmatch(NAME_PATTERN, name):
-        return None
-    folder = models_folder(settings, tenant)
-    path = folder / name
-    if path.is_dir() and not path.is_symlink() and (folder / f".{name}.json").is_file():
-        return path
-    return None
 
 
 def _refuse(message: str) -> ApiError:
@@ -125,7 +121,44 @@ def _parameters(path: Path) -> int:
     return count
 
 
-def _unpack(archive_path: Path, work: Path, name: str, limit: int) -> tuple[list[str], str, int]:
+PATH_KEYS = ("_name_or_path", "name_or_path")  # where a model's files came from on its author's machine
+
+
+def _no_path_followed(work: Path, resolve_base: Callable[[str], Path | None]) -> None:
+    """No path inside the upload is ever followed. Path-valued fields of its JSON files (a config's
+    ``_name_or_path``, a tokenizer's ``*_file``) are dropped: every file is read from the folder
+    itself. An adapter's base (``base_model_name_or_path``) is resolved with this tenant's rights
+    (``model:NAME`` or a path under the operator's read roots) and recorded by the platform in
+    :data:`ADAPTER_BASE_RECORD`, which workers read instead; an upload that carries that file, or
+    names a base it may not read, is refused (a missing and a forbidden base get the same answer)."""
+    for path in sorted(work.rglob("*.json")):
+        member = path.relative_to(work)
+        if path.name == ADAPTER_BASE_RECORD:
+            raise _refuse(f"{member}: a file name this platform keeps for itself")
+        try:
+            content = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise _refuse(f"{member}: not valid JSON ({err})") from None
+        if not isinstance(content, dict) or path.name == ADAPTER_CONFIG:
+            continue
+        paths = [k for k, v in content.items() if k in PATH_KEYS or (k.endswith("_file") and isinstance(v, str))]
+        if paths:
+            kept = {k: v for k, v in content.items() if k not in paths}
+            path.write_text(json.dumps(kept, indent=2), encoding="utf-8")
+    adapter = work / ADAPTER_CONFIG
+    if not adapter.is_file():
+        return
+    named = json.loads(adapter.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    base = resolve_base(named) if isinstance(named, str) else None
+    if base is None:
+        raise _refuse(f"{ADAPTER_CONFIG}: base_model_name_or_path must name one of your models (model:NAME) or a "
+                      f"model under the operator's read roots; {str(named)[:200]!r} is not one")  # fmt: skip
+    write_adapter_base(work, base)
+
+
+def _unpack(
+    archive_path: Path, work: Path, name: str, limit: int, resolve_base: Callable[[str], Path | None]
+) -> tuple[list[str], str, int]:
     """Extract the checked archive into ``work`` and check the model there: (files, type, params)."""
     try:
         with tarfile.open(archive_path, mode="r:*") as archive:
@@ -149,6 +182,7 @@ def _unpack(archive_path: Path, work: Path, name: str, limit: int) -> tuple[list
         raise _refuse("config.json: no model_type (not a transformers model config)")
     if "auto_map" in config:
         raise _refuse("config.json: auto_map asks for the model's own code, which is not run here")
+    _no_path_followed(work, resolve_base)
     weights = sorted(work.rglob("*.safetensors"))
     if not weights:
         raise _refuse("no .safetensors weights in the archive")
@@ -189,7 +223,8 @@ async def upload_model(name: ModelName, request: Request, settings: SettingsDep,
         extracted = 2 * settings.max_model_upload_bytes  # a tar bomb stops here
         if settings.storage_quota_bytes:
             extracted = min(extracted, settings.storage_quota_bytes - held - size)
-        files, model_type, parameters = await asyncio.to_thread(_unpack, archive, work, name, extracted)
+        base = functools.partial(adapter_base_for, tenant=tenant, settings=settings)
+        files, model_type, parameters = await asyncio.to_thread(_unpack, archive, work, name, extracted, base)
         record = Model(name=name, bytes=size, sha256=sha256, files=files, model_type=model_type,
                        parameters=parameters, uploaded_at=time.time(), reference=f"model:{name}")  # fmt: skip
         await asyncio.to_thread(_install, folder, work, name, record)
@@ -197,6 +232,14 @@ async def upload_model(name: ModelName, request: Request, settings: SettingsDep,
     finally:
         archive.unlink(missing_ok=True)
         await asyncio.to_thread(shutil.rmtree, work, True)
+
+
+def adapter_base_for(value: str, tenant: str, settings: Settings) -> Path | None:
+    """The model folder an uploaded adapter's base names, read with ``tenant``'s rights, or None."""
+    if not (value.startswith(MODEL_PREFIX) or os.path.isabs(value)):
+        return None
+    found = resolve_path(value, tenant, settings)
+    return Path(found) if found is not None and (Path(found) / "config.json").is_file() else None
 
 
 def _install(folder: Path, work: Path, name: str, record: Model) -> None:

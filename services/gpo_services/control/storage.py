@@ -10,6 +10,8 @@ import hashlib
 import json
 import logging
 import os
+import re
+import secrets
 import shutil
 import time
 from collections.abc import Callable
@@ -30,9 +32,55 @@ RETENTION_LOCK = "gpo:retention:lock"
 UPLOADS = ".uploads"  # inside the artifact root (a volume every service shares); job ids are hex
 
 
+TENANT_INDEX = ".tenants"  # in the uploads folder: tenant (by hash) -> the random name of its folder
+DATA_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}\.(jsonl|parquet)$"
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+
+
 def tenant_folder(settings: Settings, tenant: str) -> Path:
-    """The tenant's upload folder; named by a hash, so no tenant name ever becomes a path."""
-    return settings.artifacts / UPLOADS / hashlib.sha256(tenant.encode()).hexdigest()[:24]
+    """The tenant's upload folder, named by a random id that an index file maps the tenant to: no
+    tenant name ever becomes a path, and no folder name can be worked out from a tenant's name.
+    (A folder made before random ids, named by the tenant's hash, stays where it is.)"""
+    root = settings.artifacts / UPLOADS
+    hashed = hashlib.sha256(tenant.encode()).hexdigest()
+    index = root / TENANT_INDEX / hashed
+    if index.is_file():
+        return root / index.read_text(encoding="utf-8").strip()
+    index.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    legacy = hashed[:24]
+    name = legacy if (root / legacy).is_dir() else secrets.token_hex(16)
+    staged = index.with_name(f".{hashed}.{secrets.token_hex(4)}")
+    staged.write_text(name, encoding="utf-8")
+    try:
+        os.link(staged, index)  # atomic: of two processes naming a new tenant, the first one wins
+    except FileExistsError:
+        name = index.read_text(encoding="utf-8").strip()
+    finally:
+        staged.unlink(missing_ok=True)
+    return root / name
+
+
+def uploaded_file(settings: Settings, tenant: str, name: str) -> Path | None:
+    """The tenant's data upload ``name`` (a plain file, no link), or None."""
+    if not re.fullmatch(DATA_NAME_PATTERN, name):
+        return None
+    path = tenant_folder(settings, tenant) / name
+    return path if path.is_file() and not path.is_symlink() else None
+
+
+def models_folder(settings: Settings, tenant: str) -> Path:
+    return tenant_folder(settings, tenant) / "models"
+
+
+def uploaded_model(settings: Settings, tenant: str, name: str) -> Path | None:
+    """The tenant's model folder ``name`` (complete: its record exists), or None."""
+    if not re.fullmatch(MODEL_NAME_PATTERN, name):
+        return None
+    folder = models_folder(settings, tenant)
+    path = folder / name
+    if path.is_dir() and not path.is_symlink() and (folder / f".{name}.json").is_file():
+        return path
+    return None
 
 
 def stored_records(folder: Path, record_type: type[T], present: Callable[[str], bool]) -> list[T]:
