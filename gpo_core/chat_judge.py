@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 import threading
 from dataclasses import dataclass, field
@@ -107,7 +106,7 @@ class ChatJudge:
         if not all(self.labels) or self.labels[0] == self.labels[1]:
             raise ValueError(f"the labels {labels} must be two different, non-blank texts")
         http = httpx.Client(follow_redirects=False, timeout=timeout)  # an allowed endpoint may not redirect us
-        self._key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
+        self._key = api_key or "EMPTY"  # never read from the environment: see the caller's choice of key
         self.max_retries = max_retries
         self.client = OpenAI(
             base_url=base_url,

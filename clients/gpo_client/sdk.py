@@ -251,6 +251,18 @@ class Client:
     def delete_model(self, name: str) -> None:
         _check(self.http.delete(f"/models/{name}"))
 
+    def set_secret(self, name: str, value: str) -> None:
+        """Store this tenant's secret ``name`` (an endpoint judge's API key); specs name it as
+        ``judge.api_key_secret``. Write-only: the server never sends it back."""
+        _check(self.http.put(f"/secrets/{name}", content=value.encode(), headers={"Content-Type": "text/plain"}))
+
+    def secrets(self) -> builtins.list[str]:
+        """The names of this tenant's secrets."""
+        return _check(self.http.get("/secrets")).json()
+
+    def delete_secret(self, name: str) -> None:
+        _check(self.http.delete(f"/secrets/{name}"))
+
     def download_report(self, job_id: str, dest: str | Path) -> Path:
         """The HTML report (self-contained) and report.json beside it."""
         dest = Path(dest)

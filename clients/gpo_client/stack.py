@@ -84,6 +84,16 @@ def running_stack(directory: Path | None = None) -> dict | None:
     return None
 
 
+PRIVATE_UMASK = 0o077  # files 0600, folders 0700
+
+
+def _private_log(path: Path):
+    """A log file, appended to, readable by its owner only (made so if it exists already)."""
+    handle = open(path, "a", opener=lambda name, flags: os.open(name, flags, 0o600))  # noqa: SIM115
+    os.fchmod(handle.fileno(), 0o600)
+    return handle
+
+
 def _write_private(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` readable by its owner only (it holds the API key or a password)."""
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -121,6 +131,10 @@ def start_stack(
     logs = directory / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     (directory / "redis").mkdir(exist_ok=True)
+    # Everything the stack keeps (uploads, artifacts, Redis's append-only file, logs) is its
+    # owner's alone: the folder is 0700 and every process it starts creates files 0600/0700.
+    for folder in (directory, logs, directory / "redis"):
+        folder.chmod(0o700)
     api_key = os.environ.get("GPO_API_KEY") or secrets.token_urlsafe(24)
     redis_password = secrets.token_urlsafe(24)  # other local users can reach a loopback port too
     redis_port, port = free_port(), port or free_port()
@@ -133,12 +147,14 @@ def start_stack(
         "pids": {},
     }
     processes = stack["pids"]
-    with (logs / "redis.log").open("a") as log:
+    with _private_log(logs / "redis.log") as log:
         config = directory / "redis" / "redis.conf"  # the password in a private file, not on a command line
         _write_private(config, f"requirepass {redis_password}\n")
         redis_command = [redis_server, str(config), "--port", str(redis_port), "--bind", "127.0.0.1",
                          "--dir", str(directory / "redis"), "--appendonly", "yes", "--save", ""]  # fmt: skip
-        processes["redis"] = subprocess.Popen(redis_command, stdout=log, stderr=log, start_new_session=True).pid
+        processes["redis"] = subprocess.Popen(
+            redis_command, stdout=log, stderr=log, start_new_session=True, umask=PRIVATE_UMASK
+        ).pid
     service_env = {
         **os.environ,
         "GPO_REDIS_URL": stack["redis_url"],
@@ -153,10 +169,10 @@ def start_stack(
         **(env or {}),
     }
     for name in ("control", *workers):
-        with (logs / f"{name}.log").open("a") as log:
+        with _private_log(logs / f"{name}.log") as log:
             command = [sys.executable, "-m", SERVICES[name]]
             processes[name] = subprocess.Popen(
-                command, stdout=log, stderr=log, env=service_env, start_new_session=True
+                command, stdout=log, stderr=log, env=service_env, start_new_session=True, umask=PRIVATE_UMASK
             ).pid
     _write_private(directory / "stack.json", json.dumps(stack, indent=1))
     _pointer().parent.mkdir(parents=True, exist_ok=True)

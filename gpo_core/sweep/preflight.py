@@ -57,7 +57,9 @@ def check_data(spec: JobSpec, inputs) -> tuple[list[dict], list[dict]]:
     return pairs, prompts
 
 
-def check_judge(spec: JobSpec, inputs, prompt: Prompt, should_stop: StopCheck | None = None) -> None:
+def check_judge(
+    spec: JobSpec, inputs, prompt: Prompt, should_stop: StopCheck | None = None, api_key: str | None = None
+) -> None:
     """One verdict on a probe comparison (a stop request is seen while the call is out). An
     unreachable endpoint raises the judge's own :class:`JudgeEndpointError` (it may come back: a
     service retries the task later)."""
@@ -69,7 +71,7 @@ def check_judge(spec: JobSpec, inputs, prompt: Prompt, should_stop: StopCheck | 
         settings.kind, "the built-in oracle"
     )
     try:
-        judge = make_judge(spec, inputs)
+        judge = make_judge(spec, inputs, api_key)
     except (OSError, ValueError) as err:
         raise PreflightError(f"judge: {where}: {_first_line(err)}") from None
     first, second = "A short answer.", "Another short answer."
@@ -91,9 +93,10 @@ def preflight(
     inputs,
     progress: Callable[[str], None] = lambda message: None,
     should_stop: StopCheck | None = None,
+    api_key: str | None = None,
 ) -> None:
-    """Every check above; raises :class:`PreflightError` (or a :class:`DatasetError`, which names
-    the record) at the first problem."""
+    """Every check above (``api_key``: what an endpoint judge sends); raises :class:`PreflightError`
+    (or a :class:`DatasetError`, which names the record) at the first problem."""
     _, prompts = check_data(spec, inputs)
-    check_judge(spec, inputs, prompts[0]["prompt"], should_stop)
+    check_judge(spec, inputs, prompts[0]["prompt"], should_stop, api_key)
     progress("preflight: data, tokenizer and judge checked")

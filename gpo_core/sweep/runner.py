@@ -53,7 +53,8 @@ def run_job(
     stage("job", "prepare", "running")
     inputs = stages.resolve_inputs(spec, progress=lambda message: emit({"kind": "log", "message": message}))
     stage("job", "prepare", "done")
-    preflight(spec, inputs, lambda message: emit({"kind": "log", "message": message}))
+    api_key = stages.embedded_api_key(spec)
+    preflight(spec, inputs, lambda message: emit({"kind": "log", "message": message}), api_key=api_key)
     engine, note = start_engine(inputs.reference, spec.generation.backend, stages.lora_rank(spec))
     if note:
         emit({"kind": "log", "message": note})
@@ -76,18 +77,18 @@ def run_job(
             stages.generate_stage(spec, job_dir, run, cache_dir, engine, backend=backend)
             stage(run, "generate", "done")
             stage(run, "judge", "running")
-            summary = stages.judge_stage(spec, job_dir, run)
+            summary = stages.judge_stage(spec, job_dir, run, api_key=api_key)
             stage(run, "judge", "done", win_rate=summary.get("win_rate"))
     finally:
         if engine is not None:
             engine.close()
     if spec.judge.evaluate_on is not None:
         stage("job", "judge-eval", "running")
-        stages.judge_eval_stage(spec, job_dir)
+        stages.judge_eval_stage(spec, job_dir, api_key=api_key)
         stage("job", "judge-eval", "done")
     if spec.comparisons.pairwise_beta is not None:
         stage("job", "pairwise", "running")
-        stages.pairwise_stage(spec, job_dir)
+        stages.pairwise_stage(spec, job_dir, api_key=api_key)
         stage("job", "pairwise", "done")
     report = build_report(job_dir)
     stage("job", "report", "done", path=str(report))

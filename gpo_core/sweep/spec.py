@@ -123,8 +123,14 @@ class JudgeSettings(BaseModel):
         None,
         pattern=r"^[A-Z_][A-Z0-9_]*$",
         max_length=100,
-        description="The environment variable of the worker holding the endpoint's key (default OPENAI_API_KEY); "
-        "keys are never part of a spec.",
+        description="Embedded runs only (gpo run, on your own machine): the environment variable holding the "
+        "endpoint's key (default OPENAI_API_KEY). The services refuse it: there the key is the operator's for "
+        "the endpoint, or your stored secret (api_key_secret). Keys are never part of a spec.",
+    )
+    api_key_secret: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$",
+        description="Through the services: the name of your secret (PUT /secrets/NAME) holding the endpoint's key.",
     )
     model_dir: str | None = Field(None, description="Local causal LM folder (kind=local).")
     verdict: Literal["logprobs", "choice", "rationale", "json"] = Field(

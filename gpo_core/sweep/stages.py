@@ -267,7 +267,10 @@ def generate_stage(
     return write_jsonl(out, records)
 
 
-def make_judge(spec: JobSpec, inputs: Inputs):
+def make_judge(spec: JobSpec, inputs: Inputs, api_key: str | None = None):
+    """The judge of ``spec``. An endpoint judge sends ``api_key`` and nothing else: no key is
+    read from the environment here (whose it is, is the caller's to decide: the services' worker,
+    :mod:`gpo_services.common.credentials`; the embedded runner, :func:`embedded_api_key`)."""
     from gpo_core import judge as judging
     from gpo_core.conversation import is_conversation
 
@@ -291,17 +294,28 @@ def make_judge(spec: JobSpec, inputs: Inputs):
         from gpo_core.chat_judge import ChatJudge
 
         assert verdict != "choice"
-        key = os.environ.get(settings.api_key_env) if settings.api_key_env else None
-        return ChatJudge(settings.base_url, settings.model, template, labels, verdict, api_key=key,
+        return ChatJudge(settings.base_url, settings.model, template, labels, verdict, api_key=api_key,
                          prices=settings.price_per_million)  # fmt: skip
     assert verdict in ("logprobs", "choice")
-    return judging.OpenAIJudge(settings.base_url, settings.model, template, labels, verdict=verdict)
+    return judging.OpenAIJudge(
+        settings.base_url, settings.model, template, labels, api_key=api_key or "EMPTY", verdict=verdict
+    )
 
 
-def _judge(spec: JobSpec, inputs: Inputs, job_dir: Path, items: list[dict], should_stop: StopCheck | None):
+def embedded_api_key(spec: JobSpec) -> str | None:
+    """An endpoint judge's key in an embedded run (your own machine): your variable
+    ``judge.api_key_env``, default OPENAI_API_KEY."""
+    if not spec.judge.calls_endpoint:
+        return None
+    return os.environ.get(spec.judge.api_key_env or "OPENAI_API_KEY")
+
+
+def _judge(
+    spec: JobSpec, inputs: Inputs, job_dir: Path, items: list[dict], should_stop: StopCheck | None, api_key: str | None
+):
     from gpo_core.judge import VerdictCache, side_by_side
 
-    judge = make_judge(spec, inputs)
+    judge = make_judge(spec, inputs, api_key)
     cache = VerdictCache(job_dir / "verdicts.jsonl")
     settings = spec.judge
     # Many comparisons in flight only where each waits on the network: the oracle and a local
@@ -313,7 +327,9 @@ def _judge(spec: JobSpec, inputs: Inputs, job_dir: Path, items: list[dict], shou
     return result, judge
 
 
-def judge_stage(spec: JobSpec, job_dir: Path, run: str, should_stop: StopCheck | None = None) -> dict:
+def judge_stage(
+    spec: JobSpec, job_dir: Path, run: str, should_stop: StopCheck | None = None, api_key: str | None = None
+) -> dict:
     """``run``'s responses against the reference's, both orders; the summary goes to
     ``judgement.json`` and the per-comparison records beside it."""
     out = run_dir(job_dir, run) / "judgement.json"
@@ -323,7 +339,7 @@ def judge_stage(spec: JobSpec, job_dir: Path, run: str, should_stop: StopCheck |
     ours = load_responses(run_dir(job_dir, run) / "responses.jsonl")
     theirs = load_responses(run_dir(job_dir, REFERENCE) / "responses.jsonl")
     items = pair_responses(ours, theirs)
-    result, judge = _judge(spec, inputs, job_dir, items, should_stop)
+    result, judge = _judge(spec, inputs, job_dir, items, should_stop, api_key)
     summary = {"run": run, "against": REFERENCE, "judge": judge.key, **result.to_dict()}
     if inputs.task_root is not None:  # the built-in task knows the true reward: report it too
         from gpo_core.task.build import BuiltTask
@@ -338,7 +354,9 @@ def judge_stage(spec: JobSpec, job_dir: Path, run: str, should_stop: StopCheck |
     return summary
 
 
-def judge_eval_stage(spec: JobSpec, job_dir: Path, should_stop: StopCheck | None = None) -> dict | None:
+def judge_eval_stage(
+    spec: JobSpec, job_dir: Path, should_stop: StopCheck | None = None, api_key: str | None = None
+) -> dict | None:
     """The judge's own accuracy on ``judge.evaluate_on`` (labelled pairs), once per job, in
     ``JOB/judge_eval.json`` (see :mod:`gpo_core.judge_eval`)."""
     from gpo_core.data import load_preferences
@@ -356,7 +374,7 @@ def judge_eval_stage(spec: JobSpec, job_dir: Path, should_stop: StopCheck | None
     pairs = load_preferences(local_copy(evaluate_on))
     concurrency = spec.judge.concurrency if spec.judge.calls_endpoint else 1
     cache = VerdictCache(job_dir / "verdicts.jsonl")
-    figures = evaluate_judge(make_judge(spec, inputs), pairs, cache, spec.judge.retries, concurrency)
+    figures = evaluate_judge(make_judge(spec, inputs, api_key), pairs, cache, spec.judge.retries, concurrency)
     write_json(out, figures)
     return figures
 
@@ -374,7 +392,9 @@ def pairwise_runs(spec: JobSpec, job_dir: Path) -> list[str]:
     return [run for run in runs if not diverged(job_dir, run)]
 
 
-def pairwise_stage(spec: JobSpec, job_dir: Path, should_stop: StopCheck | None = None) -> dict | None:
+def pairwise_stage(
+    spec: JobSpec, job_dir: Path, should_stop: StopCheck | None = None, api_key: str | None = None
+) -> dict | None:
     """Every pair of runs at ``comparisons.pairwise_beta`` side by side (both orders), the win-rate
     matrix and Bradley-Terry strengths with bootstrap intervals (Fig. 9)."""
     from gpo_core.stats import bradley_terry_strengths
@@ -392,7 +412,7 @@ def pairwise_stage(spec: JobSpec, job_dir: Path, should_stop: StopCheck | None =
     for i in range(len(runs)):
         for j in range(i + 1, len(runs)):
             items = pair_responses(responses[i], responses[j])
-            result, _ = _judge(spec, inputs, job_dir, items, should_stop)
+            result, _ = _judge(spec, inputs, job_dir, items, should_stop, api_key)
             if result.win_rate is not None:
                 matrix[i][j] = result.win_rate.rate
                 matrix[j][i] = 1 - result.win_rate.rate

@@ -45,6 +45,11 @@ def test_up_submit_watch_status_report_down(tmp_path) -> None:
         assert submitted.returncode == 0, submitted.stderr
         job_id = submitted.stdout.split()[0]
         assert "succeeded" in submitted.stdout and "r00-hinge-b1" in submitted.stdout
+        # Issue 27, finding 11: uploads, Redis's append-only file and logs were world-readable.
+        kept = [p for p in (tmp_path / "stack").rglob("*") if not p.is_symlink()]
+        assert (tmp_path / "stack").stat().st_mode & 0o777 == 0o700
+        assert [p for p in kept if p.stat().st_mode & 0o077] == []  # files 0600, folders 0700
+        assert any("appendonly" in p.name for p in kept) and any(p.name == "job.json" for p in kept)
         listed = gpo("list", env=env, cwd=tmp_path)
         assert job_id in listed.stdout and "1/1" in listed.stdout
         status = gpo("status", job_id, env=env, cwd=tmp_path)

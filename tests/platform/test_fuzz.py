@@ -29,7 +29,7 @@ def test_fuzzed_requests_get_documented_answers_and_never_a_5xx(api) -> None:
     headers = {"Authorization": f"Bearer {next(iter(TENANT_KEYS))}"}
     cases = 0
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 18  # 12 job and health endpoints, 3 for uploads, 3 for models
+    assert len(operations) == 21  # 12 job and health endpoints, 3 each for uploads, models and secrets
 
     for operation in operations:
 

@@ -76,7 +76,7 @@ def test_another_tenants_data_and_server_paths_are_refused_alike(service, shared
     with Client(url, KEY_A) as a:
         a.upload(jsonl(tmp_path / "secret.jsonl", PROMPTS), kind="prompts")
         a_job = a.submit({"task": {"size": "small"}, "losses": ["logistic"], "betas": [0.1]})
-    a_upload = next((settings.artifacts / ".uploads").iterdir()) / "secret.jsonl"
+    a_upload = next(p for p in (settings.artifacts / ".uploads").iterdir() if p.name != ".tenants") / "secret.jsonl"
     a_job_folder = settings.artifacts / a_job.id
     a_job_folder.mkdir(parents=True, exist_ok=True)
     (shared / "escape").symlink_to(a_upload)  # a link inside the read root pointing at tenant data
@@ -116,7 +116,7 @@ def test_uploads_are_validated_bounded_and_leave_nothing_when_refused(service, t
             a.upload(big)
         assert too_large.value.status == 413
         assert a.uploads() == []
-    folder = next((settings.artifacts / ".uploads").iterdir())
+    folder = next(p for p in (settings.artifacts / ".uploads").iterdir() if p.name != ".tenants")
     assert os.listdir(folder) == []  # no partial file left behind
 
 
@@ -133,3 +133,47 @@ def test_a_read_root_may_not_hold_tenant_data(tmp_path) -> None:
     with pytest.raises(ValueError, match="GPO_READ_ROOTS"):
         Settings(artifacts=tmp_path / "artifacts", read_roots=[tmp_path / "artifacts" / "job"])
     assert Settings(artifacts=tmp_path / "artifacts", read_roots=[tmp_path / "models"]).read_roots
+
+
+def test_a_parquet_bomb_is_refused_in_a_child_while_the_service_answers_others(settings, redis_client, tmp_path):
+    """Issue 27, finding 5: a 127 KB Parquet upload took the control process from 357 MiB to 1,777 MiB
+    and stalled other tenants' requests for seconds. It is read in a limited child now: a 422, the
+    serving process does not grow, and another tenant's requests keep answering."""
+    import threading
+    import time
+
+    import psutil
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = 1_000_000
+    text = pa.DictionaryArray.from_arrays(pa.array([0] * rows, pa.int32()), pa.array(["x" * 2000]))  # one value
+    bomb = tmp_path / "bomb.parquet"
+    pq.write_table(pa.table({"prompt": text, "chosen": text, "rejected": text}), bomb, compression="zstd")
+    assert bomb.stat().st_size < 1_000_000  # under a megabyte that reads as 6 GB of text
+    limited = settings.model_copy(update={"upload_check_memory_bytes": 512 * 2**20, "rate_limit_per_minute": 0})
+    with serving(limited) as url:
+        before = psutil.Process().memory_info().rss
+        latencies: list[float] = []
+        done = threading.Event()
+
+        def other_tenant() -> None:
+            while not done.is_set():
+                started = time.perf_counter()
+                assert httpx.get(f"{url}/jobs", headers={"Authorization": f"Bearer {KEY_B}"}).status_code == 200
+                latencies.append(time.perf_counter() - started)
+                time.sleep(0.05)
+
+        watcher = threading.Thread(target=other_tenant)
+        watcher.start()
+        try:
+            response = httpx.put(f"{url}/data/bomb.parquet", content=bomb.read_bytes(),
+                                 headers={"Authorization": f"Bearer {KEY_A}"}, timeout=300)  # fmt: skip
+        finally:
+            done.set()
+            watcher.join()
+        assert response.status_code == 422, response.text
+        assert "bomb.parquet" in response.json()["message"] and "memory" in response.json()["message"]
+        assert psutil.Process().memory_info().rss - before < 300 * 2**20
+        latencies.sort()
+        assert latencies and latencies[int(0.99 * (len(latencies) - 1))] < 1.0, latencies[-5:]

@@ -21,6 +21,7 @@ class Script:
     def __init__(self, reply: Reply, delay_s: float = 0.0):
         self.reply, self.delay_s = reply, delay_s
         self.bodies: list[dict] = []
+        self.authorizations: list[str | None] = []  # each request's Authorization header
         self.in_flight = self.most_in_flight = 0
         self.lock = threading.Lock()
 
@@ -39,6 +40,7 @@ def json_server(script: Script) -> Iterator[str]:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             with script.lock:
                 script.bodies.append(body)
+                script.authorizations.append(self.headers.get("Authorization"))
                 number = len(script.bodies)
                 script.in_flight += 1
                 script.most_in_flight = max(script.most_in_flight, script.in_flight)

@@ -181,3 +181,34 @@ def data_remove(name: str, server: ServerOption = None, api_key: KeyOption = Non
     """Delete one of your uploads."""
     api_call(sdk_client(server, api_key).delete_upload, name)
     console.print(f"deleted data:{name}", highlight=False)
+
+
+def secret_set(
+    name: Annotated[str, typer.Argument(help="The secret's name; a job spec gives it as judge.api_key_secret.")],
+    from_env: Annotated[
+        str | None, typer.Option(help="Read the value from this variable of your environment (else from stdin).")
+    ] = None,
+    server: ServerOption = None,
+    api_key: KeyOption = None,
+) -> None:
+    """Store one of your secrets (a judge API's key) on the control service; it is never shown again."""
+    import os
+    import sys
+
+    value = os.environ.get(from_env, "") if from_env else sys.stdin.readline()
+    if not value.strip():
+        raise fail(f"no value: {'$' + from_env + ' is empty' if from_env else 'give it on stdin, or --from-env VAR'}")
+    api_call(sdk_client(server, api_key).set_secret, name, value.strip())
+    console.print(f"stored secret {name}", highlight=False)
+
+
+def secret_list(server: ServerOption = None, api_key: KeyOption = None) -> None:
+    """The names of your secrets."""
+    for name in api_call(sdk_client(server, api_key).secrets):
+        console.print(name, highlight=False)
+
+
+def secret_remove(name: str, server: ServerOption = None, api_key: KeyOption = None) -> None:
+    """Delete one of your secrets."""
+    api_call(sdk_client(server, api_key).delete_secret, name)
+    console.print(f"deleted secret {name}", highlight=False)

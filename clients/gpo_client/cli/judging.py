@@ -71,7 +71,7 @@ def build_judge(task, local, endpoint, chat, model, template, labels, verdict, k
             from gpo_core.chat_judge import ChatJudge
 
             return ChatJudge(chat, model, text, labels, verdict, api_key=os.environ.get(key_env))
-        return OpenAIJudge(endpoint, model, text, labels, verdict=verdict)
+        return OpenAIJudge(endpoint, model, text, labels, api_key=os.environ.get(key_env) or "EMPTY", verdict=verdict)
     except (FileNotFoundError, ValueError) as err:
         raise fail(str(err)) from None
 

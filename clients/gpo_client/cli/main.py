@@ -42,6 +42,11 @@ model_app.command("push")(data.model_push)
 model_app.command("ls")(data.model_list)
 model_app.command("rm")(data.model_remove)
 app.add_typer(model_app, name="model")
+secret_app = typer.Typer(help="Your secrets on the control service (an endpoint judge's API key).")
+secret_app.command("set")(data.secret_set)
+secret_app.command("ls")(data.secret_list)
+secret_app.command("rm")(data.secret_remove)
+app.add_typer(secret_app, name="secret")
 
 # Work in this process, no services.
 app.command("train")(runs.train_command)

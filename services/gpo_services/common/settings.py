@@ -6,6 +6,7 @@ the deployment files and docs are checked against that list."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Annotated
@@ -15,6 +16,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gpo_core.judge import endpoint_url
 from gpo_core.remote import normalized
+from gpo_services.common.sandbox import Limits
 
 
 class Settings(BaseSettings):
@@ -40,8 +42,9 @@ class Settings(BaseSettings):
     )
     judge_endpoints: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Judge endpoints (OpenAI-compatible base URLs, http(s)) jobs may use, comma-separated; "
-        "none: endpoint judges are refused.",
+        description="Judge endpoints (OpenAI-compatible base URLs, http(s)) jobs may use, comma-separated, each "
+        "as URL or URL=VARIABLE: the environment variable of the judge worker that holds that endpoint's key "
+        "(sent to that endpoint only); none: endpoint judges are refused.",
     )
     remote_roots: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -108,11 +111,34 @@ class Settings(BaseSettings):
     formula_timeout_s: float = Field(
         2.0, gt=0, le=60, description="Wall (and CPU) seconds to check a job spec's loss formulas, in a child process."
     )
+    upload_check_timeout_s: float = Field(
+        120.0, gt=0, le=3600, description="Wall (and CPU) seconds to read and check one dataset upload, in a child."
+    )
+    upload_check_memory_bytes: int = Field(
+        1 * 2**30, ge=64 * 2**20, description="Memory a dataset upload's check may add, in its child process."
+    )
     task_deadline_s: float = Field(
         86_400.0,
         gt=0,
         description="Longest one task (a run's training, sampling or judging) may run; then the run fails.",
     )
+    task_stop_grace_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="Seconds a task has to stop when asked (cancel, deadline, shutdown: a run checkpoints) "
+        "before its process group is ended with SIGTERM, then SIGKILL.",
+    )
+    task_memory_bytes: int = Field(
+        default_factory=lambda: int(0.8 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")),
+        ge=0,
+        description="Data memory (heap and private mappings, RLIMIT_DATA) of one task's process; "
+        "0: no limit. Default: 80% of this machine's memory.",
+    )
+    task_cpu_s: int = Field(
+        0, ge=0, description="CPU seconds (all threads) of one task's process; 0: the deadline x the CPU count."
+    )
+    task_open_files: int = Field(16_384, ge=64, description="Open files of one task's process.")
     max_attempts: int = Field(
         3, ge=1, le=100, description="Attempts per task before it goes to the dead-letter stream."
     )
@@ -161,18 +187,37 @@ class Settings(BaseSettings):
         parts = [part.strip() for part in value.split(",")] if isinstance(value, str) else value
         if not isinstance(parts, list):
             return parts  # pydantic says what is wrong with it
-        try:
-            return [endpoint_url(part) for part in parts if part]
-        except ValueError as err:
-            raise ValueError(f"GPO_JUDGE_ENDPOINTS: {err}") from None
+        entries = []
+        for part in filter(None, parts):
+            url, _, variable = str(part).partition("=")
+            if variable and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", variable):
+                raise ValueError(f"GPO_JUDGE_ENDPOINTS: {variable!r} is not an environment variable's name")
+            try:
+                entries.append(endpoint_url(url) + (f"={variable}" if variable else ""))
+            except ValueError as err:
+                raise ValueError(f"GPO_JUDGE_ENDPOINTS: {err}") from None
+        return entries
+
+    def task_limits(self) -> Limits:
+        """What one task's child process may use (see :mod:`gpo_services.common.sandbox`)."""
+        cpu = self.task_cpu_s or int(min(self.task_deadline_s * (os.cpu_count() or 1), 2**31 - 1))
+        return Limits(cpu, self.task_memory_bytes, self.task_open_files, self.task_stop_grace_s)
 
     def allows_judge_endpoint(self, url: str) -> bool:
         """Is ``url`` one of the operator's judge endpoints? (Compared after normalizing, so a
         tenant cannot reach any other host, port or path: the judge worker is no network scanner.)"""
         try:
-            return endpoint_url(url) in self.judge_endpoints
+            return endpoint_url(url) in self.judge_endpoint_urls()
         except ValueError:
             return False
+
+    def judge_endpoint_urls(self) -> list[str]:
+        return [entry.partition("=")[0] for entry in self.judge_endpoints]
+
+    def judge_key_variable(self, url: str) -> str | None:
+        """The variable holding the operator's key for judge endpoint ``url``, if the operator gave one."""
+        wanted = endpoint_url(url)
+        return next((v for u, _, v in (e.partition("=") for e in self.judge_endpoints) if u == wanted and v), None)
 
     @model_validator(mode="after")
     def _roots_hold_no_tenant_data(self) -> Settings:

@@ -68,6 +68,10 @@ end
 """
 
 
+def secrets_key(tenant: str) -> str:
+    return f"gpo:tenant:{tenant}:secrets"
+
+
 def job_key(job_id: str) -> str:
     return f"gpo:job:{job_id}"
 
@@ -116,6 +120,20 @@ class JobStore:
 
     def tenant(self, job_id: str) -> str | None:
         return self.r.hget(job_key(job_id), "tenant")
+
+    # -- tenants' secrets (write-only through the API: only a judge worker reads one back) --------
+
+    def set_secret(self, tenant: str, name: str, value: str) -> None:
+        self.r.hset(secrets_key(tenant), name, value)
+
+    def secret(self, tenant: str, name: str) -> str | None:
+        return self.r.hget(secrets_key(tenant), name)
+
+    def secret_names(self, tenant: str) -> builtins.list[str]:
+        return sorted(self.r.hkeys(secrets_key(tenant)))
+
+    def delete_secret(self, tenant: str, name: str) -> bool:
+        return bool(self.r.hdel(secrets_key(tenant), name))
 
     def cancel_requested(self, job_id: str) -> bool:
         return self.r.hget(job_key(job_id), "cancel") == "1"
@@ -246,6 +264,11 @@ class JobStore:
             pipe.zrem(f"gpo:tenant:{tenant}:jobs", job_id)
             pipe.eval(LEAVE_ACTIVE, 2, active_key(tenant), active_runs_key(tenant), job_id)
         pipe.execute()
+
+    def purge(self, job_id: str) -> None:
+        """Every key left of a deleted job (written by a task that was still ending when it went)."""
+        keys = [job_key(job_id), *self.r.scan_iter(f"{job_key(job_id)}:*", count=1000)]
+        self.r.delete(*keys)
 
     def progress(self, job_id: str, run: str, record: dict) -> None:
         """A training record: the run's step, and a metrics event (no state change)."""

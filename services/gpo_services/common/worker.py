@@ -2,22 +2,27 @@
 heartbeat, then acknowledge, retry later, dead-letter or hand back; reconnect to Redis with
 backoff; stop gracefully on SIGTERM; signal liveness.
 
-Every task can be stopped part-way: its handler passes ``context.should_stop`` to the long loops
-(task builds, training steps, sampling batches, comparisons), which raise
-:class:`~gpo_core.stopping.Stopped`. Then the run is cancelled (the job was), fails (the task ran
-past ``GPO_TASK_DEADLINE_S``) or the task goes back to the queue (this worker is stopping; a
+A handler keeps the books (Redis: the run's state, events, the next task) and runs the work itself,
+everything that reads tenant content, in a child process through ``context.run_task``
+(:mod:`gpo_services.common.sandbox`): scrubbed environment, its own limits, ended whatever it is
+doing. Every task can be stopped part-way: the child is asked first (its long loops check
+``should_stop``: task builds, training steps, sampling batches, comparisons), then ended. The run is
+then cancelled (the job was), dropped (the job was deleted: its folder goes too), fails (the task
+ran past ``GPO_TASK_DEADLINE_S``) or the task goes back to the queue (this worker is stopping; a
 training run has checkpointed)."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import signal
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -34,6 +39,7 @@ from gpo_core.train.spec import SpecError
 from gpo_services.common.connection import connect
 from gpo_services.common.logs import log, service_logger
 from gpo_services.common.queue import Message, TaskQueue, enqueue
+from gpo_services.common.sandbox import Sandbox, TaskFailed
 from gpo_services.common.settings import Settings
 from gpo_services.common.store import JobStore
 
@@ -61,10 +67,28 @@ class TaskContext:
     client: redis.Redis
     stopping: Callable[[], bool]
     logger: logging.Logger
+    sandbox: Sandbox
     should_stop: StopWatch | None = None  # this task's: see StopWatch
 
     def job_dir(self, job_id: str) -> Path:
         return self.settings.artifacts / job_id
+
+    def run_task(self, target: str, payload: dict, job_id: str, run: str | None = None) -> Any:
+        """``target`` (``"module:function"``) on ``payload`` in this worker's task child: progress
+        records become the run's events, log lines the job's; its result is returned (see
+        :meth:`Sandbox.run` for what it raises)."""
+        watch = self.should_stop
+        assert watch is not None
+        progress = ProgressSink(self, job_id, run) if run is not None else None
+
+        def relay(event: dict) -> None:
+            with contextlib.suppress(redis.RedisError):  # best effort: the run's files have everything
+                if "progress" in event and progress is not None:
+                    progress.emit(event["progress"])
+                elif "log" in event:
+                    self.store.log(job_id, str(event["log"]))
+
+        return self.sandbox.run(target, payload, watch, relay, stop_now=lambda: watch.reason == "deleted")
 
     def enqueue(self, stage: str, job_id: str, run: str) -> None:
         """The job's next task, on its tenant's stream of ``stage`` (none if the job was deleted)."""
@@ -94,7 +118,11 @@ Handler = Callable[[dict, TaskContext], None]
 
 
 class Worker:
-    def __init__(self, stage: str, service: str, handler: Handler, settings: Settings | None = None):
+    def __init__(
+        self, stage: str, service: str, handler: Handler, settings: Settings | None = None, keep_child: bool = False
+    ):
+        """``keep_child``: one task child serves task after task (the generator's warm engine lives
+        there); it is started again after a task that had to be stopped."""
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()  # progress goes to the job's events, not the log
@@ -111,6 +139,9 @@ class Worker:
         )
         self.handler, self.service = handler, service
         self.stop_event = threading.Event()
+        self.sandbox = Sandbox(
+            self.settings.task_limits(), keep_child, lambda line: log(self.logger, logging.WARNING, line)
+        )
 
     def request_stop(self, signum=None, frame=None) -> None:
         if not self.stop_event.is_set():
@@ -138,6 +169,7 @@ class Worker:
                 log(self.logger, logging.WARNING, "redis unreachable; retrying", error=str(err), retry_in_s=backoff)
                 self.stop_event.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
+        self.sandbox.close()
         log(self.logger, logging.INFO, "stopped")
 
     def _alive(self) -> None:
@@ -169,7 +201,7 @@ class Worker:
         done = threading.Event()
         beat = threading.Thread(target=self._heartbeat, args=(message, done), daemon=True)
         beat.start()
-        context = TaskContext(self.store, self.settings, self.client, self.stop_event.is_set, self.logger)
+        context = TaskContext(self.store, self.settings, self.client, self.stop_event.is_set, self.logger, self.sandbox)
         context.should_stop = StopWatch(context, message.task["job"], self.settings.task_deadline_s)
         started = time.perf_counter()
         try:
@@ -177,20 +209,19 @@ class Worker:
             self.handler(message.task, context)
         except Stopped:
             self._stopped(message, context.should_stop, fields)
+        except TaskFailed as err:
+            if err.permanent:
+                log(self.logger, logging.ERROR, "task failed (not retried)", error=str(err), **fields)
+                self._fail(message, str(err))
+            else:
+                self._retry_or_fail(message, str(err), fields)
         except PERMANENT_ERRORS as err:
             log(self.logger, logging.ERROR, "task failed (not retried)", error=str(err), **fields)
             self._fail(message, str(err))
         except (redis.ConnectionError, redis.TimeoutError):
             raise  # not the task's fault: the loop reconnects and the task is redelivered
         except Exception as err:
-            reason = f"{type(err).__name__}: {err}"
-            if message.attempt < self.settings.max_attempts:
-                delay = self.queue.retry_later(message, reason)
-                log(self.logger, logging.WARNING, "task failed; retrying", error=reason, retry_in_s=delay, **fields)
-                self.store.log(message.task["job"], f"{message.task.get('run')}: {reason}; retrying in {delay:.0f} s")
-            else:
-                log(self.logger, logging.ERROR, "task failed; dead-lettered", error=reason, **fields)
-                self._fail(message, f"{reason} (after {message.attempt} attempts)")
+            self._retry_or_fail(message, f"{type(err).__name__}: {err}", fields)
         else:
             self.queue.ack(message)
             log(self.logger, logging.INFO, "task done", seconds=round(time.perf_counter() - started, 2), **fields)
@@ -198,8 +229,23 @@ class Worker:
             done.set()
             beat.join()
 
+    def _retry_or_fail(self, message: Message, reason: str, fields: dict) -> None:
+        if message.attempt < self.settings.max_attempts:
+            delay = self.queue.retry_later(message, reason)
+            log(self.logger, logging.WARNING, "task failed; retrying", error=reason, retry_in_s=delay, **fields)
+            self.store.log(message.task["job"], f"{message.task.get('run')}: {reason}; retrying in {delay:.0f} s")
+        else:
+            log(self.logger, logging.ERROR, "task failed; dead-lettered", error=reason, **fields)
+            self._fail(message, f"{reason} (after {message.attempt} attempts)")
+
     def _stopped(self, message: Message, watch: StopWatch, fields: dict) -> None:
-        if watch.reason == "deadline":
+        if watch.reason == "deleted":
+            self.queue.ack(message)
+            job_dir = self.settings.artifacts / message.task["job"]
+            shutil.rmtree(job_dir, ignore_errors=True)  # what the task wrote before it was ended
+            self.store.purge(message.task["job"])  # and what its last events wrote
+            log(self.logger, logging.INFO, "task ended: the job was deleted", **fields)
+        elif watch.reason == "deadline":
             reason = f"stopped at the task deadline, {self.settings.task_deadline_s:g} s (GPO_TASK_DEADLINE_S)"
             log(self.logger, logging.ERROR, "task past its deadline", **fields)
             self._fail(message, reason)
@@ -224,7 +270,8 @@ class Worker:
 class StopWatch:
     """``should_stop`` for one task: true once the worker is stopping, the job was cancelled (Redis
     asked at most once a second, so loops may call it at every step) or the task has run for
-    ``deadline_s``; ``reason`` says which ("stopping", "cancelled" or "deadline")."""
+    ``deadline_s``, or the job was deleted; ``reason`` says which ("stopping", "cancelled", "deadline"
+    or "deleted")."""
 
     def __init__(self, context: TaskContext, job_id: str, deadline_s: float, interval_s: float = 1.0):
         self.context, self.job_id, self.interval_s = context, job_id, interval_s
@@ -242,7 +289,9 @@ class StopWatch:
             elif now - self._checked >= self.interval_s:
                 self._checked = now
                 with contextlib.suppress(redis.RedisError):  # Redis away for a moment: ask again later
-                    if self.context.store.cancel_requested(self.job_id):
+                    if not self.context.store.exists(self.job_id):
+                        self.reason = "deleted"
+                    elif self.context.store.cancel_requested(self.job_id):
                         self.reason = "cancelled"
         return self.reason is not None
 

@@ -29,9 +29,10 @@ from gpo_services.control import errors, processes, storage
 from gpo_services.control.data import router as data_router
 from gpo_services.control.jobs import router as jobs_router
 from gpo_services.control.models import router as models_router
+from gpo_services.control.secrets import router as secrets_router
 from gpo_services.control.security import tenant_for
 from gpo_services.control.server import server_config
-from gpo_services.control.validation import FormulaSandbox
+from gpo_services.control.validation import TenantChecks
 
 
 class BodyLimit:
@@ -182,11 +183,12 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
     app.state.settings = settings
     app.state.store = store
     app.state.async_store = AsyncJobStore(connect_async(settings))
-    app.state.formula_sandbox = FormulaSandbox(settings.formula_timeout_s)
+    app.state.tenant_checks = TenantChecks(settings.formula_timeout_s)
     app.openapi = lambda: _openapi_with_job_spec(app)  # type: ignore[method-assign]  # FastAPI's documented way
     app.include_router(jobs_router)
     app.include_router(data_router)
     app.include_router(models_router)
+    app.include_router(secrets_router)
     # Each handler takes its own exception type (Starlette's annotation wants Exception itself).
     handlers: list[tuple[type[Exception], Callable[..., Any]]] = [
         (errors.ApiError, errors.api_error),
@@ -256,7 +258,7 @@ def serving_app() -> FastAPI:
     this, each full collection walked them all and stalled requests (up to 256 ms with ~420k),
     which set the p99 latency under load (docs/reliability.md)."""
     app = create_app()
-    app.state.formula_sandbox.warm_up()  # the forkserver imports torch once, now, not on a request
+    app.state.tenant_checks.warm_up()  # the forkserver imports torch once, now, not on a request
     gc.freeze()
     return app
 

@@ -86,21 +86,6 @@ def upload_records(settings: Settings, path: str) -> int | None:
     return Upload.model_validate_json(meta.read_text(encoding="utf-8")).records
 
 
-def _validate(path: Path, kind: str, name: str) -> int:
-    """Records in the file, or a 422 whose message names the upload (not the server path)."""
-    from gpo_core.data import DatasetError, load_preferences, load_prompts
-
-    try:
-        records = load_preferences(path) if kind == "pairs" else load_prompts(path)
-    except DatasetError as err:
-        raise ApiError(422, "invalid_data", str(err).replace(str(path), name)) from None
-    if kind == "prompts":
-        missing = next((i for i, r in enumerate(records, start=1) if "id" not in r), None)
-        if missing is not None:
-            raise ApiError(422, "invalid_data", f"{name}: record {missing}: field 'id' is missing")
-    return len(records)
-
-
 @router.put(
     "/{name}",
     status_code=201,
@@ -130,7 +115,12 @@ async def upload(
         size, sha256 = await stream_to_file(request, partial, settings.max_upload_bytes, settings, held)
         if size == 0:
             raise ApiError(422, "invalid_data", f"{name}: the upload is empty")
-        records = await asyncio.to_thread(_validate, partial, kind, name)
+        try:  # read in a limited child: a small Parquet file can inflate to gigabytes
+            records = await request.app.state.tenant_checks.count_upload(
+                str(partial), kind, name, tenant, settings.upload_check_timeout_s, settings.upload_check_memory_bytes
+            )
+        except ValueError as err:
+            raise ApiError(422, "invalid_data", str(err)) from None
         record = Upload(name=name, kind=kind, bytes=size, sha256=sha256, records=records,
                         uploaded_at=time.time(), reference=f"data:{name}")  # fmt: skip
         os.replace(partial, folder / name)

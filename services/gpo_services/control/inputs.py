@@ -54,8 +54,12 @@ def resolve_spec_paths(spec: JobSpec, tenant: str, settings: Settings) -> JobSpe
     updates: dict[str, object] = {}
     judge_updates: dict[str, object] = {}
     details: list[dict] = []
+    if spec.judge.api_key_env is not None:
+        details.append({"field": "judge.api_key_env", "message": "a worker's environment is not a job's to name: "
+                        "the operator's key for the endpoint is used, or store your own (PUT /secrets/NAME, "
+                        "gpo secret set NAME) and give judge.api_key_secret: NAME"})  # fmt: skip
     if spec.judge.calls_endpoint and not settings.allows_judge_endpoint(spec.judge.base_url or ""):
-        allowed = ", ".join(settings.judge_endpoints) or "none (an operator sets GPO_JUDGE_ENDPOINTS)"
+        allowed = ", ".join(settings.judge_endpoint_urls()) or "none (an operator sets GPO_JUDGE_ENDPOINTS)"
         details.append({"field": "judge.base_url", "message": f"not a judge endpoint of this deployment; "
                         f"allowed: {allowed}"})  # fmt: skip
     named = [(name, getattr(spec, name)) for name in PATH_FIELDS if getattr(spec, name)]

@@ -82,7 +82,7 @@ async def submit_job(
     it names must be the tenant's uploads (data:NAME) or under the shared read-only roots."""
     try:
         if formulas_in(body):
-            spec = await request.app.state.formula_sandbox.validate(body)
+            spec = await request.app.state.tenant_checks.validate(body, tenant)
         else:
             spec = validate_here(body)
     except SpecInvalid as err:

@@ -1,12 +1,13 @@
-"""Validating a submitted job spec without letting it stall the service.
+"""Checking what a tenant sends without letting it stall the service.
 
 A spec whose losses are all registry names is validated in the request (microseconds). A spec
-with a formula of the tenant's own is validated in a child process with CPU, memory and wall
-limits: parsing and analysing a formula is symbolic work whose cost a short text can blow up, and
-the event loop that runs it answers nobody else meanwhile. The child is forked from a forkserver
-that has the spec module imported, so it starts in milliseconds; what it returns is the validated
-spec itself (unpickling runs no validator) or the field errors, so each formula is parsed once per
-request and never in the serving process.
+with a formula of the tenant's own, and every dataset upload, is checked in a child process with
+CPU, memory and wall limits: parsing and analysing a formula is symbolic work whose cost a short
+text can blow up, a 127 KB Parquet file can inflate to gigabytes when read, and the event loop
+that would run them answers nobody else meanwhile. The children are forked from a forkserver that
+has the spec and data modules imported, so they start in milliseconds; what a child returns is the
+validated spec itself (unpickling runs no validator), a record count, or what is wrong, so nothing
+of the tenant's is parsed in the serving process. Each tenant has one check at a time.
 """
 
 from __future__ import annotations
@@ -54,33 +55,60 @@ def validate_here(body: dict[str, Any]) -> JobSpec:
         raise SpecInvalid(_errors(err)) from None
 
 
-def _child(body: dict[str, Any], connection, cpu_seconds: int) -> None:
-    """In the child: limit CPU time and memory, validate, send the spec or the errors back."""
+def _child(function, args: tuple, connection, cpu_seconds: int, memory_headroom: int) -> None:
+    """In the child: limit CPU time and memory, run ``function(*args)``, send its answer back."""
     resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 1))
     with open("/proc/self/statm") as handle:  # Linux; elsewhere the wall limit still holds
         size = int(handle.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-    resource.setrlimit(resource.RLIMIT_AS, (size + MEMORY_HEADROOM, size + MEMORY_HEADROOM))
+    resource.setrlimit(resource.RLIMIT_AS, (size + memory_headroom, size + memory_headroom))
     try:
-        connection.send(("ok", JobSpec.model_validate(body)))
-    except ValidationError as err:
-        connection.send(("invalid", _errors(err)))
+        connection.send(function(*args))
     except MemoryError:
-        connection.send(("invalid", [{"loc": ["losses"], "msg": "checking the formula needs too much memory"}]))
+        connection.send(("too_large", None))
     except Exception as err:  # a bug of ours, not the tenant's: the parent answers 500 and logs it
         connection.send(("error", f"{type(err).__name__}: {err}"))
     finally:
         connection.close()
 
 
-class FormulaSandbox:
-    """Runs :func:`JobSpec.model_validate` in limited child processes, at most ``parallel`` at once
-    per serving process (others wait their turn; the event loop never does)."""
+def _validate_spec(body: dict[str, Any]) -> tuple[str, Any]:
+    try:
+        return "ok", JobSpec.model_validate(body)
+    except ValidationError as err:
+        return "invalid", _errors(err)
+
+
+def _count_upload(path: str, kind: str, name: str) -> tuple[str, Any]:
+    """Records of an uploaded file, or what is wrong with it, naming the upload (never the server path)."""
+    from gpo_core.data import DatasetError, load_preferences, load_prompts
+
+    try:
+        records = load_preferences(path) if kind == "pairs" else load_prompts(path)
+    except DatasetError as err:
+        return "invalid", str(err).replace(str(path), name)
+    if kind == "prompts":
+        missing = next((i for i, r in enumerate(records, start=1) if "id" not in r), None)
+        if missing is not None:
+            return "invalid", f"{name}: record {missing}: field 'id' is missing"
+    return "ok", len(records)
+
+
+class TooSlow(Exception):
+    """A check ran past its time or memory in its child."""
+
+
+class TenantChecks:
+    """Work on a tenant's bytes that a short input can blow up (a loss formula's symbolic analysis,
+    a Parquet file that inflates a thousandfold) runs in forked children with CPU, memory and wall
+    limits, never in the serving process: at most ``parallel`` at once per serving process, and one
+    at a time per tenant, so one tenant's flood waits its own turn while the others go on."""
 
     def __init__(self, timeout_s: float = 2.0, parallel: int = 2):
         self.timeout_s = timeout_s
         self.context = multiprocessing.get_context("forkserver")
-        self.context.set_forkserver_preload(["gpo_core.sweep.spec"])
+        self.context.set_forkserver_preload(["gpo_core.sweep.spec", "gpo_core.data"])
         self.slots = asyncio.Semaphore(parallel)
+        self.tenant_slots: dict[str, asyncio.Semaphore] = {}
 
     def warm_up(self) -> None:
         """Start the forkserver now (it imports torch and sympy: seconds), not on the first formula."""
@@ -88,33 +116,60 @@ class FormulaSandbox:
         process.start()
         process.join()
 
-    async def validate(self, body: dict[str, Any]) -> JobSpec:
-        async with self.slots:
-            return await asyncio.to_thread(self._run, body)
-
-    def _run(self, body: dict[str, Any]) -> JobSpec:
-        receive, send = self.context.Pipe(duplex=False)
-        process = self.context.Process(
-            target=_child, args=(body, send, max(1, int(self.timeout_s + 0.999))), name="gpo-spec-check", daemon=True
-        )
-        process.start()  # the clock starts once the child exists
-        send.close()
+    async def validate(self, body: dict[str, Any], tenant: str = "") -> JobSpec:
+        """The spec, validated in a child; :class:`SpecInvalid` with the field errors."""
         try:
-            if not receive.poll(self.timeout_s):
-                raise SpecInvalid([{"loc": ["losses"], "msg": self._too_slow()}])
-            try:
-                verdict, payload = receive.recv()
-            except EOFError:  # killed by its CPU or memory limit
-                raise SpecInvalid([{"loc": ["losses"], "msg": self._too_slow()}]) from None
-        finally:
-            process.kill()
-            process.join()
-            receive.close()
+            verdict, payload = await self._run(tenant, _validate_spec, (body,), self.timeout_s, MEMORY_HEADROOM)
+        except TooSlow:
+            raise SpecInvalid([{"loc": ["losses"], "msg": self._too_slow()}]) from None
+        if verdict == "too_large":
+            raise SpecInvalid([{"loc": ["losses"], "msg": "checking the formula needs too much memory"}])
         if verdict == "invalid":
             raise SpecInvalid(payload)
         if verdict == "error":
             raise RuntimeError(f"validating a job spec failed in its child process: {payload}")
         return payload
+
+    async def count_upload(self, path: str, kind: str, name: str, tenant: str, timeout_s: float, memory: int) -> int:
+        """Records in an uploaded file, read in a child; ValueError saying what is wrong with it."""
+        try:
+            verdict, payload = await self._run(tenant, _count_upload, (path, kind, name), timeout_s, memory)
+        except TooSlow:
+            raise ValueError(f"{name}: reading it took longer than {timeout_s:g} s or more than "
+                             f"{memory // 2**20} MiB of memory (a file that inflates when read)") from None  # fmt: skip
+        if verdict == "too_large":
+            raise ValueError(f"{name}: reading it needs more than {memory // 2**20} MiB of memory "
+                             "(a file that inflates when read)")  # fmt: skip
+        if verdict == "invalid":
+            raise ValueError(payload)
+        if verdict == "error":
+            raise RuntimeError(f"reading an upload failed in its child process: {payload}")
+        return payload
+
+    async def _run(self, tenant: str, function, args: tuple, timeout_s: float, memory: int) -> tuple[str, Any]:
+        own = self.tenant_slots.setdefault(tenant, asyncio.Semaphore(1))
+        async with own, self.slots:
+            return await asyncio.to_thread(self._in_child, function, args, timeout_s, memory)
+
+    def _in_child(self, function, args: tuple, timeout_s: float, memory: int) -> tuple[str, Any]:
+        receive, send = self.context.Pipe(duplex=False)
+        cpu = max(1, int(timeout_s + 0.999))
+        process = self.context.Process(
+            target=_child, args=(function, args, send, cpu, memory), name="gpo-tenant-check", daemon=True
+        )
+        process.start()  # the clock starts once the child exists
+        send.close()
+        try:
+            if not receive.poll(timeout_s):
+                raise TooSlow
+            try:
+                return receive.recv()
+            except EOFError:  # killed by its CPU or memory limit
+                raise TooSlow from None
+        finally:
+            process.kill()
+            process.join()
+            receive.close()
 
     def _too_slow(self) -> str:
         return f"checking the loss formula took longer than {self.timeout_s:g} s; write a simpler formula"

@@ -1,21 +1,30 @@
 """The generator service: consumes generate tasks and samples each run's final model (and, once
-per job, the reference policy, from the content-keyed cache) on the evaluation prompts. vLLM
-when installed and able to serve the model, transformers otherwise; one engine is kept across
-tasks. A model family vLLM cannot serve is remembered, so it is tried once, not per task."""
+per job, the reference policy, from the content-keyed cache) on the evaluation prompts, in a task
+child that serves task after task: vLLM when installed and able to serve the model, transformers
+otherwise; one engine is kept across tasks in that child. A model family vLLM cannot serve is
+remembered, so it is tried once, not per task."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from gpo_core.generate import VLLMEngine, lora_capacity, model_family, start_engine
 from gpo_core.models import cache_root
+from gpo_core.stopping import StopCheck
 from gpo_core.sweep import stages
+from gpo_core.sweep.spec import JobSpec
+from gpo_services.common.sandbox import Emit
 from gpo_services.common.worker import TaskContext, Worker
+
+GENERATE = "gpo_services.generator.service:generate"
 
 
 class Generator:
+    """The task child's engines: one warm vLLM engine, moved from checkpoint to checkpoint."""
+
     def __init__(self):
-        self.engine = None  # a warm vLLM engine, moved from checkpoint to checkpoint
+        self.engine: VLLMEngine | None = None
         self.unservable: dict[str, str] = {}  # model family -> why vLLM cannot serve it
 
     def engine_for(
@@ -44,29 +53,34 @@ class Generator:
             self.unservable[family] = note
         return self.engine, note
 
-    def handle(self, task: dict, context: TaskContext) -> None:
-        job_id, run = task["job"], task["run"]
-        if context.skip_if_over(job_id, run):
-            return
-        spec = context.store.spec(job_id)
-        context.store.transition(job_id, run, state="running", stage="generate")
-        cache = cache_root()
-        reference = stages.resolve_inputs(spec).reference
-        engine, note = self.engine_for(reference, spec.generation.backend, stages.lora_rank(spec))
-        if note:
-            context.store.log(job_id, note)
-        backend = "vllm" if engine is not None else "transformers"
-        job_dir = context.job_dir(job_id)
-        stages.generate_stage(spec, job_dir, stages.REFERENCE, cache, engine, context.should_stop, backend)
-        stages.generate_stage(spec, job_dir, run, cache, engine, context.should_stop, backend)
-        context.store.transition(job_id, run, state="queued", stage="judge")
-        context.enqueue("judge", job_id, run)
+
+_GENERATOR = Generator()  # in the task child, which serves task after task
+
+
+def handle(task: dict, context: TaskContext) -> None:
+    job_id, run = task["job"], task["run"]
+    if context.skip_if_over(job_id, run):
+        return
+    spec = context.store.spec(job_id)
+    context.store.transition(job_id, run, state="running", stage="generate")
+    payload = {"spec": spec.model_dump_json(), "job_dir": str(context.job_dir(job_id)), "run": run}
+    context.run_task(GENERATE, payload, job_id)
+    context.store.transition(job_id, run, state="queued", stage="judge")
+    context.enqueue("judge", job_id, run)
+
+
+def generate(payload: dict, emit: Emit, should_stop: StopCheck) -> None:
+    """In the task child: the reference's samples (cached) and the run's."""
+    spec, job_dir, run = JobSpec.model_validate_json(payload["spec"]), Path(payload["job_dir"]), payload["run"]
+    cache = cache_root()
+    reference = stages.resolve_inputs(spec).reference
+    engine, note = _GENERATOR.engine_for(reference, spec.generation.backend, stages.lora_rank(spec))
+    if note:
+        emit({"log": note})
+    backend = "vllm" if engine is not None else "transformers"
+    stages.generate_stage(spec, job_dir, stages.REFERENCE, cache, engine, should_stop, backend)
+    stages.generate_stage(spec, job_dir, run, cache, engine, should_stop, backend)
 
 
 def main() -> None:
-    generator = Generator()
-    try:
-        Worker("generate", "generator", generator.handle).run()
-    finally:
-        if generator.engine is not None:
-            generator.engine.close()
+    Worker("generate", "generator", handle, keep_child=True).run()

@@ -1,16 +1,23 @@
 """The judge service: consumes judge tasks, compares a run's responses with the reference's (both
-orders, cached verdicts), records the win rate; when every run of a job is judged (or diverged), makes the
-pairwise comparisons, the judge's own accuracy (``judge.evaluate_on``) and the report (one
-finalize task per job)."""
+orders, cached verdicts), records the win rate; when every run of a job is judged (or diverged),
+makes the pairwise comparisons, the judge's own accuracy (``judge.evaluate_on``) and the report
+(one finalize task per job). Comparisons run in a task child; the judge's key (the operator's for
+its endpoint, or the tenant's stored secret) reaches it in the task, never in its environment."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+from gpo_core.stopping import StopCheck
 from gpo_core.sweep import stages
-from gpo_core.sweep.report import build_report
 from gpo_core.sweep.spec import JobSpec, JobSpecError
+from gpo_services.common.credentials import judge_api_key
+from gpo_services.common.sandbox import Emit
 from gpo_services.common.worker import FINALIZE, TaskContext, Worker
+
+JUDGE = "gpo_services.judge.service:judge"
+REPORT = "gpo_services.judge.service:report"
 
 
 def handle(task: dict, context: TaskContext) -> None:
@@ -23,7 +30,7 @@ def handle(task: dict, context: TaskContext) -> None:
     spec = context.store.spec(job_id)
     check_endpoint(spec, context)
     context.store.transition(job_id, run, state="running", stage="judge")
-    summary = stages.judge_stage(spec, context.job_dir(job_id), run, context.should_stop)
+    summary = context.run_task(JUDGE, _payload(spec, job_id, context, run), job_id)
     if usage := summary.get("usage"):
         cost = f", cost {usage['cost']:.4f}" if usage.get("cost") is not None else ""
         context.store.log(job_id, f"{run}: the judge made {usage['requests']} requests, {usage['prompt_tokens']} "
@@ -44,11 +51,30 @@ def finalize(job_id: str, context: TaskContext) -> None:
         return
     spec = context.store.spec(job_id)
     check_endpoint(spec, context)
-    job_dir = context.job_dir(job_id)
-    stages.judge_eval_stage(spec, job_dir, context.should_stop)
-    stages.pairwise_stage(spec, job_dir, context.should_stop)
-    page = build_report(job_dir)
-    context.store.transition(job_id, job_fields={"report": str(page.relative_to(job_dir))})
+    page = context.run_task(REPORT, _payload(spec, job_id, context), job_id)
+    context.store.transition(job_id, job_fields={"report": page})
+
+
+def _payload(spec: JobSpec, job_id: str, context: TaskContext, run: str | None = None) -> dict:
+    return {"spec": spec.model_dump_json(), "job_dir": str(context.job_dir(job_id)), "run": run,
+            "api_key": judge_api_key(spec, job_id, context)}  # fmt: skip
+
+
+def judge(payload: dict, emit: Emit, should_stop: StopCheck) -> dict:
+    """In the task child: one run's comparisons with the reference."""
+    spec, job_dir = JobSpec.model_validate_json(payload["spec"]), Path(payload["job_dir"])
+    return stages.judge_stage(spec, job_dir, payload["run"], should_stop, api_key=payload["api_key"])
+
+
+def report(payload: dict, emit: Emit, should_stop: StopCheck) -> str:
+    """In the task child: the judge's own accuracy, the pairwise comparisons and the report; the
+    report page's path in the job folder."""
+    from gpo_core.sweep.report import build_report
+
+    spec, job_dir = JobSpec.model_validate_json(payload["spec"]), Path(payload["job_dir"])
+    stages.judge_eval_stage(spec, job_dir, should_stop, api_key=payload["api_key"])
+    stages.pairwise_stage(spec, job_dir, should_stop, api_key=payload["api_key"])
+    return str(build_report(job_dir).relative_to(job_dir))
 
 
 def main() -> None:

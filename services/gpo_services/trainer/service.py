@@ -1,15 +1,23 @@
-"""The trainer service: consumes train tasks and runs the training engine (in this process, or on
-Ray Train when the job asks for workers: a Ray driver connected to ``RAY_ADDRESS`` or to a Ray
-it starts locally). Cancellation, a deadline and SIGTERM stop a run at its next step, after a
-checkpoint (or a build of the built-in task at its next step); a redelivered task resumes from
-that checkpoint. A run whose loss diverges is recorded as ``diverged`` and the job goes on."""
+"""The trainer service: consumes train tasks and runs the training engine in a task child (in
+that process, or on Ray Train when the job asks for workers: a Ray driver connected to
+``RAY_ADDRESS`` or to a Ray it starts locally). Cancellation, a deadline and SIGTERM stop a run at
+its next step, after a checkpoint (or a build of the built-in task at its next step); a
+redelivered task resumes from that checkpoint. A run whose loss diverges is recorded as
+``diverged`` and the job goes on."""
 
 from __future__ import annotations
 
-from gpo_core.stopping import Stopped
+from pathlib import Path
+
+from gpo_core.stopping import StopCheck
 from gpo_core.sweep import stages
 from gpo_core.sweep.preflight import preflight
-from gpo_services.common.worker import ProgressSink, TaskContext, Worker
+from gpo_core.sweep.spec import JobSpec
+from gpo_services.common.credentials import judge_api_key
+from gpo_services.common.sandbox import Emit, ProgressEvents
+from gpo_services.common.worker import TaskContext, Worker
+
+TRAIN = "gpo_services.trainer.service:train"
 
 
 def handle(task: dict, context: TaskContext) -> None:
@@ -17,17 +25,10 @@ def handle(task: dict, context: TaskContext) -> None:
     if context.skip_if_over(job_id, run):
         return
     spec = context.store.spec(job_id)
-    job_dir = context.job_dir(job_id)
     context.store.transition(job_id, run, state="running", stage="train")
-    if not (job_dir / "job.json").exists():  # the job folder starts with the job's first task
-        # Before any training: data, tokenizer and judge can do their part (a PreflightError
-        # fails the job at once; an unreachable judge endpoint is retried later).
-        inputs = stages.resolve_inputs(spec, should_stop=context.should_stop)
-        preflight(spec, inputs, should_stop=context.should_stop)
-        stages.write_job_file(spec, job_dir)
-    result = stages.train_stage(spec, job_dir, run, ProgressSink(context, job_id, run), context.should_stop)
-    if result["stopped"]:
-        raise Stopped  # the worker decides: hand back, cancelled or past the deadline
+    payload = {"spec": spec.model_dump_json(), "job_dir": str(context.job_dir(job_id)), "run": run,
+               "judge_api_key": judge_api_key(spec, job_id, context)}  # fmt: skip
+    result = context.run_task(TRAIN, payload, job_id, run)
     if result.get("diverged"):  # done, with no model: the job goes on without this run
         context.store.transition(job_id, run, state="diverged", stage="done", step=result["steps"],
                                  reason=result["diverged"])  # fmt: skip
@@ -35,6 +36,24 @@ def handle(task: dict, context: TaskContext) -> None:
         return
     context.store.transition(job_id, run, state="queued", stage="generate", step=result["steps"])
     context.enqueue("generate", job_id, run)
+
+
+def train(payload: dict, emit: Emit, should_stop: StopCheck) -> dict:
+    """In the task child: the job folder's start (the built-in task, preflight) on its first task,
+    then the run's training."""
+    from gpo_core.stopping import Stopped
+
+    spec, job_dir = JobSpec.model_validate_json(payload["spec"]), Path(payload["job_dir"])
+    if not (job_dir / "job.json").exists():  # the job folder starts with the job's first task
+        # Before any training: data, tokenizer and judge can do their part (a PreflightError
+        # fails the job at once; an unreachable judge endpoint is retried later).
+        inputs = stages.resolve_inputs(spec, should_stop=should_stop)
+        preflight(spec, inputs, should_stop=should_stop, api_key=payload["judge_api_key"])
+        stages.write_job_file(spec, job_dir)
+    result = stages.train_stage(spec, job_dir, payload["run"], ProgressEvents(emit), should_stop)
+    if result["stopped"]:
+        raise Stopped  # the worker decides: hand back, cancelled or past the deadline
+    return result
 
 
 def main() -> None:
