@@ -3,7 +3,9 @@ runs (429 with Retry-After), what a spec may ask of the deployment (422 by field
 the artifact volume (403 until the tenant deletes), retention of finished jobs; each per tenant:
 the other tenant keeps working."""
 
+import json
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -84,7 +86,7 @@ def test_a_spec_asking_more_than_the_deployment_gives_is_refused_by_field(small_
     assert field in details and message in details[field], details
 
 
-def test_the_sampling_budget_counts_an_uploads_prompts(small_deployment) -> None:
+def test_the_sampling_budget_counts_an_uploads_prompts(small_deployment, redis_client) -> None:
     prompts = b"".join(b'{"id": "p%d", "prompt": "post %d"}\n' % (i, i) for i in range(3))
     with Client(small_deployment, KEY_A) as client:
         httpx.put(small_deployment + "/data/prompts.jsonl", params={"kind": "prompts"}, content=prompts,
@@ -99,6 +101,19 @@ def test_the_sampling_budget_counts_an_uploads_prompts(small_deployment) -> None
         assert client.submit(fits).state == "queued"
         with pytest.raises(InvalidSpec, match="2 models x 3 prompts x n 1 x max_new_tokens 2000 = 12,000"):
             client.submit({**spec, "generation": {"max_new_tokens": 2000}})
+
+        # Issue 27, finding 6: the budget was counted from the upload, but the job read the file at
+        # run time, so replacing it after submission sampled 30 prompts where 1 was counted. A job
+        # reads the bytes it was admitted with.
+        job = client.submit({**fits, "name": "admitted"})
+        admitted = Path(json.loads(redis_client.hget(f"gpo:job:{job.id}", "spec"))["eval_prompts"])
+        more = b"".join(b'{"id": "p%d", "prompt": "post %d"}\n' % (i, i) for i in range(30))
+        httpx.put(small_deployment + "/data/prompts.jsonl", params={"kind": "prompts"}, content=more,
+                  headers={"Authorization": f"Bearer {KEY_A}"}).raise_for_status()  # fmt: skip
+        assert admitted.read_bytes() == prompts and ".admitted" in admitted.parts
+        client.cancel(job.id)
+        client.delete(job.id)
+        assert admitted.exists()  # still named by the first job
 
 
 @pytest.fixture

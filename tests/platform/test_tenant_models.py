@@ -7,6 +7,7 @@ import io
 import json
 import shutil
 import tarfile
+from pathlib import Path
 
 import httpx
 import pytest
@@ -71,7 +72,11 @@ def test_a_model_is_uploaded_checked_listed_used_and_deleted(service, model_fold
                   headers={"Authorization": f"Bearer {KEY_A}"})  # fmt: skip
         job = a.submit(spec("model:tiny"))
         saved = json.loads(redis_client.hget(f"gpo:job:{job.id}", "spec"))
-        assert saved["policy"] == str(folder) and saved["judge"]["model_dir"] == str(folder)
+        # The job reads the model as it was admitted: its files, linked under the tenant's folder.
+        admitted = Path(saved["policy"])
+        assert saved["judge"]["model_dir"] == saved["policy"] and ".admitted" in admitted.parts
+        assert sorted(p.name for p in admitted.iterdir()) == sorted(p.name for p in folder.iterdir())
+        assert (admitted / "model.safetensors").stat().st_ino == (folder / "model.safetensors").stat().st_ino
 
         with pytest.raises(InvalidSpec) as theirs:  # another tenant's model: as if it did not exist
             b.submit({**spec("model:tiny"), "dataset": "data:pairs.jsonl"})

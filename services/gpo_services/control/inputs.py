@@ -20,21 +20,22 @@ from gpo_core.remote import is_uri
 from gpo_core.sweep.spec import JobSpec
 from gpo_services.common.settings import Settings
 from gpo_services.control.errors import ApiError
-from gpo_services.control.storage import uploaded_file, uploaded_model
+from gpo_services.control.storage import admitted, uploaded_file, uploaded_model
 
 PATH_FIELDS = ("policy", "reference", "dataset", "eval_pairs", "eval_prompts")
 UPLOAD_PREFIX = "data:"
 MODEL_PREFIX = "model:"
 
 
-def resolve_path(value: str, tenant: str, settings: Settings) -> str | None:
-    """The real path ``value`` may be read at, or None if it is not this tenant's to read."""
-    if value.startswith(UPLOAD_PREFIX):
-        found = uploaded_file(settings, tenant, value.removeprefix(UPLOAD_PREFIX))
-        return str(found) if found is not None else None
-    if value.startswith(MODEL_PREFIX):
-        found = uploaded_model(settings, tenant, value.removeprefix(MODEL_PREFIX))
-        return str(found) if found is not None else None
+def resolve_path(value: str, tenant: str, settings: Settings, admit: bool = False) -> str | None:
+    """The real path ``value`` may be read at, or None if it is not this tenant's to read. With
+    ``admit``, an upload's bytes as they are now (:func:`admitted`): what a job submitted now reads."""
+    if value.startswith((UPLOAD_PREFIX, MODEL_PREFIX)):
+        name = value.partition(":")[2]
+        found = (uploaded_file if value.startswith(UPLOAD_PREFIX) else uploaded_model)(settings, tenant, name)
+        if found is None:
+            return None
+        return str(admitted(settings, tenant, found) if admit else found)
     if is_uri(value):  # an object store: under a prefix the operator enabled, and there
         if settings.remote_roots and remote.under(value, settings.remote_roots) and remote.exists(value):
             return remote.normalized(value)
@@ -68,7 +69,7 @@ def resolve_spec_paths(spec: JobSpec, tenant: str, settings: Settings) -> JobSpe
     if spec.judge.evaluate_on:
         named.append(("judge.evaluate_on", spec.judge.evaluate_on))
     for field, value in named:
-        resolved = resolve_path(value, tenant, settings)
+        resolved = resolve_path(value, tenant, settings, admit=True)
         if resolved is None:
             details.append({"field": field, "message": f"{value!r} is not among your uploads (data:NAME, see "
                             "GET /data; model:NAME, see GET /models) or the deployment's shared read-only "

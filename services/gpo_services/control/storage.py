@@ -93,9 +93,67 @@ def stored_records(folder: Path, record_type: type[T], present: Callable[[str], 
     return records
 
 
+ADMITTED = ".admitted"  # in a tenant's folder: the upload bytes each job was admitted with
+
+
+def admitted(settings: Settings, tenant: str, path: Path) -> Path:
+    """Upload ``path`` (a data file or a model folder) as a job admitted now will read it, whatever
+    happens to the upload later: its files hard-linked under the tenant's ``.admitted`` folder,
+    named by the upload's content digest. A later upload of the same name replaces the files, not
+    their bytes, so a queued job reads exactly what it was admitted (and counted) with; links
+    take no space twice (``folder_bytes`` counts a file once)."""
+    record = path.parent / f".{path.name}.json"
+    for _ in range(5):  # an upload of the same name may land meanwhile: link again
+        before = path.stat().st_ino
+        digest = json.loads(record.read_text(encoding="utf-8"))["sha256"]
+        folder = tenant_folder(settings, tenant) / ADMITTED
+        folder.mkdir(exist_ok=True)
+        staged = folder / f".staged-{secrets.token_hex(8)}"
+        try:
+            if path.is_dir():
+                for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.is_symlink()):
+                    (staged / file.relative_to(path)).parent.mkdir(parents=True, exist_ok=True)
+                    os.link(file, staged / file.relative_to(path))
+            else:
+                os.link(path, staged)
+            if path.stat().st_ino != before:
+                continue
+            final = folder / (digest[:32] + path.suffix if path.is_file() else f"model-{digest[:32]}")
+            if not final.exists():
+                os.replace(staged, final) if path.is_file() else staged.rename(final)
+            return final
+        finally:
+            shutil.rmtree(staged, ignore_errors=True) if staged.is_dir() else staged.unlink(missing_ok=True)
+    raise ApiError(409, "conflict", f"{path.name} is being replaced again and again: submit once it is uploaded")
+
+
+def release_admitted(settings: Settings, store: JobStore, tenant: str, paths: list[str]) -> None:
+    """Remove the admitted copies among ``paths`` that no job of ``tenant`` names any more."""
+    folder = tenant_folder(settings, tenant) / ADMITTED
+    mine = [Path(p) for p in paths if Path(p).parent == folder]
+    if not mine:
+        return
+    named = set()
+    for job_id in store.r.zrange(f"gpo:tenant:{tenant}:jobs", 0, -1):
+        if (spec := store.r.hget(f"gpo:job:{job_id}", "spec")) is not None:
+            named.update(spec_paths(json.loads(spec)))
+    for path in mine:
+        if str(path) not in named:
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+def spec_paths(spec: dict) -> list[str]:
+    """Every path a stored job spec names."""
+    judge = spec.get("judge") or {}
+    values = [spec.get(f) for f in ("policy", "reference", "dataset", "eval_pairs", "eval_prompts")]
+    values += [judge.get("model_dir"), judge.get("evaluate_on")]
+    return [v for v in values if isinstance(v, str)]
+
+
 def folder_bytes(path: Path) -> int:
-    """Bytes of the regular files under ``path`` (links not followed)."""
-    total, folders = 0, [path]
+    """Bytes of the regular files under ``path`` (links not followed; a file with several hard
+    links counted once)."""
+    total, folders, seen = 0, [path], set()
     while folders:
         try:
             entries = list(os.scandir(folders.pop()))
@@ -105,7 +163,12 @@ def folder_bytes(path: Path) -> int:
             if entry.is_dir(follow_symlinks=False):
                 folders.append(Path(entry.path))
             elif entry.is_file(follow_symlinks=False):
-                total += entry.stat(follow_symlinks=False).st_size
+                stat = entry.stat(follow_symlinks=False)
+                if stat.st_nlink > 1:
+                    if (stat.st_dev, stat.st_ino) in seen:
+                        continue
+                    seen.add((stat.st_dev, stat.st_ino))
+                total += stat.st_size
     return total
 
 
@@ -130,9 +193,13 @@ async def ensure_room(settings: Settings, store: JobStore, tenant: str) -> int:
 
 
 def delete_job(settings: Settings, store: JobStore, job_id: str) -> None:
-    """A finished job's folder, then its records (so a crash in between leaves a record to retry)."""
+    """A finished job's folder, then its records (so a crash in between leaves a record to retry),
+    then the admitted uploads no other job of its tenant names."""
+    tenant, spec = store.tenant(job_id), store.r.hget(f"gpo:job:{job_id}", "spec")
     shutil.rmtree(settings.artifacts / job_id, ignore_errors=True)
     store.delete(job_id)
+    if tenant is not None and spec is not None:
+        release_admitted(settings, store, tenant, spec_paths(json.loads(spec)))
 
 
 def expire_finished_jobs(settings: Settings, store: JobStore, now: float | None = None) -> list[str]:
