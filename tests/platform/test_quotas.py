@@ -174,3 +174,24 @@ def test_the_control_service_sweeps_expired_jobs_when_it_starts(settings, redis_
     redis_client.hset(f"gpo:job:{job.id}", "updated_at", long_ago)
     with serving(settings.model_copy(update={"retention_days": 7})):
         wait_until(lambda: not redis_client.exists(f"gpo:job:{job.id}"), 10, "the sweep")
+
+
+def test_parallel_uploads_cannot_pass_the_storage_quota_together(quota_of_4_kib) -> None:
+    """Issue 27, finding 7: four parallel 80 MiB uploads stored 321 MiB against a 200 MiB quota, each
+    measured against the same room. A tenant's uploads take turns; each is checked as it arrives."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, settings = quota_of_4_kib
+    line = b'{"prompt": "p", "chosen": "a", "rejected": "b"}\n'  # 48 bytes
+    body = line * 30  # 1,440 bytes: two fit in 4 KiB, three do not
+
+    def upload(number: int) -> int:
+        return httpx.put(f"{url}/data/part{number}.jsonl", content=body,
+                         headers={"Authorization": f"Bearer {KEY_A}"}, timeout=60).status_code  # fmt: skip
+
+    with ThreadPoolExecutor(6) as pool:
+        statuses = list(pool.map(upload, range(6)))
+    assert sorted(statuses) == [201, 201, 403, 403, 403, 403], statuses
+    with Client(url, KEY_A) as client:
+        stored = sum(u["bytes"] for u in client.uploads())
+    assert stored <= 4096

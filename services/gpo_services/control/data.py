@@ -27,9 +27,9 @@ from gpo_services.control.errors import ApiError
 from gpo_services.control.storage import (
     DATA_NAME_PATTERN,
     UPLOADS,
-    ensure_room,
     stored_records,
     tenant_folder,
+    upload_room,
     uploaded_file,
 )
 
@@ -107,27 +107,32 @@ async def upload(
 ) -> Upload:
     """Store the request body (the file's bytes) as this tenant's upload ``name``, replacing an
     earlier one of that name once the new one is valid."""
-    held = await ensure_room(settings, request.app.state.store, tenant)
-    folder = tenant_folder(settings, tenant)
-    await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
-    partial = folder / f".part-{uuid.uuid4().hex}-{name}"  # the suffix tells the format
-    try:
-        size, sha256 = await stream_to_file(request, partial, settings.max_upload_bytes, settings, held)
-        if size == 0:
-            raise ApiError(422, "invalid_data", f"{name}: the upload is empty")
-        try:  # read in a limited child: a small Parquet file can inflate to gigabytes
-            records = await request.app.state.tenant_checks.count_upload(
-                str(partial), kind, name, tenant, settings.upload_check_timeout_s, settings.upload_check_memory_bytes
-            )
-        except ValueError as err:
-            raise ApiError(422, "invalid_data", str(err)) from None
-        record = Upload(name=name, kind=kind, bytes=size, sha256=sha256, records=records,
-                        uploaded_at=time.time(), reference=f"data:{name}")  # fmt: skip
-        os.replace(partial, folder / name)
-        (folder / f".{name}.json").write_text(record.model_dump_json(), encoding="utf-8")
-        return record
-    finally:
-        partial.unlink(missing_ok=True)
+    async with upload_room(settings, request.app.state.store, tenant) as held:
+        folder = tenant_folder(settings, tenant)
+        await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
+        partial = folder / f".part-{uuid.uuid4().hex}-{name}"  # the suffix tells the format
+        try:
+            size, sha256 = await stream_to_file(request, partial, settings.max_upload_bytes, settings, held)
+            if size == 0:
+                raise ApiError(422, "invalid_data", f"{name}: the upload is empty")
+            try:  # read in a limited child: a small Parquet file can inflate to gigabytes
+                records = await request.app.state.tenant_checks.count_upload(
+                    str(partial),
+                    kind,
+                    name,
+                    tenant,
+                    settings.upload_check_timeout_s,
+                    settings.upload_check_memory_bytes,
+                )
+            except ValueError as err:
+                raise ApiError(422, "invalid_data", str(err)) from None
+            record = Upload(name=name, kind=kind, bytes=size, sha256=sha256, records=records,
+                            uploaded_at=time.time(), reference=f"data:{name}")  # fmt: skip
+            os.replace(partial, folder / name)
+            (folder / f".{name}.json").write_text(record.model_dump_json(), encoding="utf-8")
+            return record
+        finally:
+            partial.unlink(missing_ok=True)
 
 
 @router.get("", response_model=list[Upload], responses={401: ERRORS[401], 429: ERRORS[429]})

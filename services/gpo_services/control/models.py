@@ -39,9 +39,9 @@ from gpo_services.control.errors import ApiError
 from gpo_services.control.inputs import MODEL_PREFIX, resolve_path
 from gpo_services.control.storage import (
     MODEL_NAME_PATTERN,
-    ensure_room,
     models_folder,
     stored_records,
+    upload_room,
     uploaded_model,
 )
 
@@ -211,27 +211,27 @@ def _unpack(
 async def upload_model(name: ModelName, request: Request, settings: SettingsDep, tenant: TenantDep) -> Model:
     """Store the request body, a tar archive (gzipped or not) of a transformers model folder, as
     this tenant's model ``name``, replacing an earlier one of that name once the new one is valid."""
-    held = await ensure_room(settings, request.app.state.store, tenant)
-    folder = models_folder(settings, tenant)
-    await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
-    token = uuid.uuid4().hex
-    archive, work = folder / f".part-{token}.tar", folder / f".work-{token}"
-    try:
-        size, sha256 = await stream_to_file(request, archive, settings.max_model_upload_bytes, settings, held)
-        if size == 0:
-            raise _refuse(f"{name}: the upload is empty")
-        extracted = 2 * settings.max_model_upload_bytes  # a tar bomb stops here
-        if settings.storage_quota_bytes:
-            extracted = min(extracted, settings.storage_quota_bytes - held - size)
-        base = functools.partial(adapter_base_for, tenant=tenant, settings=settings)
-        files, model_type, parameters = await asyncio.to_thread(_unpack, archive, work, name, extracted, base)
-        record = Model(name=name, bytes=size, sha256=sha256, files=files, model_type=model_type,
-                       parameters=parameters, uploaded_at=time.time(), reference=f"model:{name}")  # fmt: skip
-        await asyncio.to_thread(_install, folder, work, name, record)
-        return record
-    finally:
-        archive.unlink(missing_ok=True)
-        await asyncio.to_thread(shutil.rmtree, work, True)
+    async with upload_room(settings, request.app.state.store, tenant) as held:
+        folder = models_folder(settings, tenant)
+        await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
+        token = uuid.uuid4().hex
+        archive, work = folder / f".part-{token}.tar", folder / f".work-{token}"
+        try:
+            size, sha256 = await stream_to_file(request, archive, settings.max_model_upload_bytes, settings, held)
+            if size == 0:
+                raise _refuse(f"{name}: the upload is empty")
+            extracted = 2 * settings.max_model_upload_bytes  # a tar bomb stops here
+            if settings.storage_quota_bytes:
+                extracted = min(extracted, settings.storage_quota_bytes - held - size)
+            base = functools.partial(adapter_base_for, tenant=tenant, settings=settings)
+            files, model_type, parameters = await asyncio.to_thread(_unpack, archive, work, name, extracted, base)
+            record = Model(name=name, bytes=size, sha256=sha256, files=files, model_type=model_type,
+                           parameters=parameters, uploaded_at=time.time(), reference=f"model:{name}")  # fmt: skip
+            await asyncio.to_thread(_install, folder, work, name, record)
+            return record
+        finally:
+            archive.unlink(missing_ok=True)
+            await asyncio.to_thread(shutil.rmtree, work, True)
 
 
 def adapter_base_for(value: str, tenant: str, settings: Settings) -> Path | None:

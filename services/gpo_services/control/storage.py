@@ -6,6 +6,7 @@ submit until it has made room (``DELETE /jobs/{id}``, ``DELETE /data/{name}``)."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -14,7 +15,7 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -190,6 +191,41 @@ async def ensure_room(settings: Settings, store: JobStore, tenant: str) -> int:
                    "(GPO_STORAGE_QUOTA_BYTES): delete finished jobs or uploads to make room")  # fmt: skip
         raise ApiError(403, "storage_quota", message)
     return held
+
+
+RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+LOCK_S = 30  # the upload lock's lease, renewed every third of it while the upload lasts
+
+
+@contextlib.asynccontextmanager
+async def upload_room(settings: Settings, store: JobStore, tenant: str) -> AsyncIterator[int]:
+    """The bytes the tenant holds (see :func:`ensure_room`), for one of its uploads at a time when a
+    storage quota is set: concurrent uploads of a tenant take turns (a lease in Redis, shared by
+    every control process), so two of them cannot both fit in the same room, and each is checked
+    against the quota as its bytes arrive. A 429 when another upload of the tenant holds the turn
+    for longer than ``GPO_BODY_TIMEOUT_S``."""
+    if not settings.storage_quota_bytes:
+        yield 0
+        return
+    key, token = f"gpo:tenant:{tenant}:upload-turn", secrets.token_hex(8)
+    deadline = time.monotonic() + settings.body_timeout_s
+    while not await asyncio.to_thread(store.r.set, key, token, nx=True, ex=LOCK_S):
+        if time.monotonic() > deadline:
+            raise ApiError(429, "busy", "another upload of yours is still arriving; retry when it is done",
+                           headers={"Retry-After": "5"})  # fmt: skip
+        await asyncio.sleep(0.1)
+
+    async def renew() -> None:
+        while True:
+            await asyncio.sleep(LOCK_S / 3)
+            await asyncio.to_thread(store.r.expire, key, LOCK_S)
+
+    renewing = asyncio.create_task(renew())
+    try:
+        yield await ensure_room(settings, store, tenant)
+    finally:
+        renewing.cancel()
+        await asyncio.to_thread(store.r.eval, RELEASE, 1, key, token)
 
 
 def delete_job(settings: Settings, store: JobStore, job_id: str) -> None:
