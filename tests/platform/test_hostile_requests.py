@@ -137,3 +137,37 @@ def test_a_hard_link_planted_in_a_job_folder_is_not_served(service, settings, tm
     assert httpx.get(url + "own.txt", headers=HEADERS_A).text == "yours"
     response = httpx.get(url + "planted.txt", headers=HEADERS_A)
     assert response.status_code == 404 and b"not yours" not in response.content
+
+
+def test_a_tenants_many_event_streams_neither_pass_its_limit_nor_slow_the_others(service) -> None:
+    """Issue 27, finding 8: 100 SSE streams of one tenant slowed the others' list, cancel and report
+    from 8 ms to about 4 s (each stream held a thread and a connection of the shared Redis pool),
+    and new ones got 503. Streams now wait on the event loop, on a pool of their own, at most
+    GPO_MAX_EVENT_STREAMS (8) per tenant and process: the ninth is a 429."""
+    job = httpx.post(service + "/jobs", json=SPEC, headers=HEADERS_A).json()["id"]  # queued: its stream stays open
+    with contextlib.ExitStack() as open_streams:
+        clients = [open_streams.enter_context(httpx.Client(timeout=30)) for _ in range(8)]
+        readers = []  # kept: a line iterator that is dropped closes its response
+        for client in clients:
+            response = open_streams.enter_context(
+                client.stream("GET", f"{service}/jobs/{job}/events", headers=HEADERS_A)
+            )
+            assert response.status_code == 200
+            readers.append(response.iter_lines())
+            next(readers[-1])  # the stream is open (its retry line)
+        ninth = httpx.get(f"{service}/jobs/{job}/events", headers=HEADERS_A, timeout=10)
+        assert ninth.status_code == 429 and ninth.json()["error"] == "too_many_streams"
+        other = {"Authorization": f"Bearer {KEY_B}"}
+        theirs = httpx.post(service + "/jobs", json=SPEC, headers=other).json()["id"]
+        latencies = []
+        for _ in range(20):
+            started = time.perf_counter()
+            assert httpx.get(service + "/jobs", headers=other).status_code == 200
+            assert httpx.get(f"{service}/jobs/{theirs}", headers=other).status_code == 200
+            latencies.append(time.perf_counter() - started)
+        assert max(latencies) < 1.0, latencies
+        with httpx.stream("GET", f"{service}/jobs/{theirs}/events", headers=other, timeout=10) as response:
+            assert response.status_code == 200  # the other tenant's own streams are its own count
+    # Closed streams free their places.
+    with httpx.stream("GET", f"{service}/jobs/{job}/events", headers=HEADERS_A, timeout=10) as response:
+        assert response.status_code == 200

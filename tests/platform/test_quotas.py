@@ -181,7 +181,7 @@ def test_parallel_uploads_cannot_pass_the_storage_quota_together(quota_of_4_kib)
     measured against the same room. A tenant's uploads take turns; each is checked as it arrives."""
     from concurrent.futures import ThreadPoolExecutor
 
-    url, settings = quota_of_4_kib
+    url, _ = quota_of_4_kib
     line = b'{"prompt": "p", "chosen": "a", "rejected": "b"}\n'  # 48 bytes
     body = line * 30  # 1,440 bytes: two fit in 4 KiB, three do not
 

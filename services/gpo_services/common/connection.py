@@ -31,5 +31,12 @@ def connect(settings: Settings) -> redis.Redis:
     return redis.Redis.from_url(settings.redis_url, retry=Retry(_backoff(), 3), **REDIS_OPTIONS)
 
 
-def connect_async(settings: Settings) -> redis.asyncio.Redis:
-    return redis.asyncio.Redis.from_url(settings.redis_url, retry=AsyncRetry(_backoff(), 3), **REDIS_OPTIONS)
+def connect_async(settings: Settings, max_connections: int | None = None) -> redis.asyncio.Redis:
+    """An asyncio client with a pool of its own (``max_connections``: when all are out, a call
+    waits for one instead of failing)."""
+    if max_connections is None:
+        return redis.asyncio.Redis.from_url(settings.redis_url, retry=AsyncRetry(_backoff(), 3), **REDIS_OPTIONS)
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        settings.redis_url, max_connections=max_connections, timeout=30, **REDIS_OPTIONS
+    )
+    return redis.asyncio.Redis(connection_pool=pool, retry=AsyncRetry(_backoff(), 3))

@@ -38,10 +38,10 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import IO, Any
 
 from gpo_core.stopping import Stopped
+from gpo_services.common.settings import Limits
 
 # Variables a task's child inherits, by name or prefix; then any name that looks like a credential
 # is dropped all the same (HF_TOKEN, VLLM_API_KEY, AWS_SECRET_ACCESS_KEY, ...).
@@ -91,16 +91,6 @@ def task_environment(environ: dict[str, str]) -> dict[str, str]:
         own_cluster = "RAY_ADDRESS" in environ and "RAY_AUTH_TOKEN" in environ
         kept["RAY_AUTH_TOKEN"] = environ["RAY_AUTH_TOKEN"] if own_cluster else secrets.token_hex(32)
     return kept
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one task's child may use."""
-
-    cpu_seconds: int  # CPU time (all threads) before the kernel ends it (SIGXCPU, then SIGKILL)
-    data_bytes: int  # heap and private anonymous mappings (RLIMIT_DATA); 0: no limit
-    open_files: int
-    stop_grace_s: float  # from "stop" to SIGTERM, and again to SIGKILL
 
 
 class TaskFailed(Exception):
@@ -154,14 +144,14 @@ class Sandbox:
             elif event:
                 on_event(event)
             if stop_now():
-                self.close()
+                self.close(polite=False)
                 raise Stopped
             if stop_asked_at is None and should_stop():
                 stop_asked_at = time.monotonic()
                 self._send("stop")
             if stop_asked_at is not None and time.monotonic() - stop_asked_at > self.limits.stop_grace_s:
                 self.log(f"the task did not stop within {self.limits.stop_grace_s:g} s of being asked: ended")
-                self.close()
+                self.close(polite=False)
                 raise Stopped
         if outcome is None or stop_asked_at is not None or not self.keep_alive:
             code = self.close()
@@ -175,15 +165,16 @@ class Sandbox:
             raise TaskFailed(outcome["error"], bool(outcome.get("permanent")))
         return outcome.get("result")
 
-    def close(self) -> int | None:
-        """End the child and its whole process group (SIGTERM, a grace period, SIGKILL); its exit code."""
+    def close(self, polite: bool = True) -> int | None:
+        """End the child and its whole process group; its exit code. ``polite``: its input closes and
+        it has a grace period to exit by itself (its own clean-up runs: a local Ray shut down);
+        then, or at once when not polite, SIGTERM, and SIGKILL to whatever is left of the group."""
         child, self.child = self.child, None
         if child is None:
             return None
         with contextlib.suppress(OSError):
             child.stdin.close() if child.stdin else None
-        code = _end_group(child, min(self.limits.stop_grace_s, 10.0))
-        return code
+        return _end_group(child, min(self.limits.stop_grace_s, 10.0) if polite else 0.0)
 
     def _child(self) -> subprocess.Popen:
         if self.child is not None and self.child.poll() is None:
@@ -219,12 +210,16 @@ def _read_events(stream: IO[str], events: queue.Queue[dict | None]) -> None:
     events.put(None)
 
 
-def _end_group(child: subprocess.Popen, grace_s: float) -> int | None:
-    """SIGTERM to the child's group, SIGKILL after ``grace_s``; always SIGKILL what is left of it."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(child.pid, signal.SIGTERM)
+def _end_group(child: subprocess.Popen, exit_s: float) -> int | None:
+    """Up to ``exit_s`` for the child to exit by itself, then SIGTERM to its group and SIGKILL
+    a few seconds later; always SIGKILL what is left of the group."""
     with contextlib.suppress(subprocess.TimeoutExpired):
-        child.wait(timeout=grace_s)
+        child.wait(timeout=exit_s)
+    if child.poll() is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=5)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(child.pid, signal.SIGKILL)  # the child and anything it started (Ray, vLLM's engine)
     with contextlib.suppress(subprocess.TimeoutExpired):
@@ -283,7 +278,7 @@ def _limit_self(limits: dict) -> None:
 
 
 def _classify(err: BaseException) -> dict:
-    from gpo_services.common.worker import PERMANENT_ERRORS
+    from gpo_services.common.failures import PERMANENT_ERRORS
 
     if isinstance(err, Stopped):
         return {"stopped": True}
@@ -317,7 +312,6 @@ def main() -> None:
         tasks.put(None)
 
     threading.Thread(target=read_stdin, daemon=True).start()
-    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     while (task := tasks.get()) is not None:
         module, name = task["target"].split(":")
         try:
@@ -328,8 +322,9 @@ def main() -> None:
             if outcome.get("permanent") is False:
                 traceback.print_exc()  # an unexpected error: its traceback goes to the worker's log
         emit({"outcome": outcome})
-        if stop.is_set():
-            break
+        if stop.is_set():  # what a stopped task left running (a call on a thread) is abandoned
+            channel.flush()
+            os._exit(0)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -16,7 +17,16 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gpo_core.judge import endpoint_url
 from gpo_core.remote import normalized
-from gpo_services.common.sandbox import Limits
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one task's child may use."""
+
+    cpu_seconds: int  # CPU time (all threads) before the kernel ends it (SIGXCPU, then SIGKILL)
+    data_bytes: int  # heap and private anonymous mappings (RLIMIT_DATA); 0: no limit
+    open_files: int
+    stop_grace_s: float  # from "stop" to SIGTERM, and again to SIGKILL
 
 
 class Settings(BaseSettings):
@@ -72,6 +82,15 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address the control service listens on.")
     port: int = Field(8700, ge=1, le=65535, description="Port the control service listens on.")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body the control service accepts.")
+    max_event_streams: int = Field(
+        8,
+        ge=1,
+        le=10_000,
+        description="Event streams (GET /jobs/ID/events) one tenant may hold open per control process.",
+    )
+    event_stream_connections: int = Field(
+        256, ge=1, description="Redis connections the event streams of one control process share (apart from the rest)."
+    )
     max_active_runs: int = Field(
         256, ge=1, le=1_000_000, description="Runs one tenant may have queued or running at once (429 beyond)."
     )

@@ -23,7 +23,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import redis
 import redis.asyncio
@@ -410,6 +410,24 @@ class AsyncJobStore:
         if existing is None:  # stored with its key, so only gone if deleted by hand
             raise Conflict(f"the job this Idempotency-Key created ({first_id}) no longer exists")
         return existing, False
+
+    async def follow(
+        self, job_id: str, after: str = "0", block_ms: int = 1000
+    ) -> AsyncIterator[tuple[str, str, dict, float] | None]:
+        """As :meth:`JobStore.follow`, on the event loop: a stream that waits holds no thread."""
+        while True:
+            reply = await self.r.xread({events_key(job_id): after}, count=500, block=block_ms)
+            batch = [(event_id, fields["type"], json.loads(fields["data"]), float(fields["ts"]))
+                     for _, entries in reply or [] for event_id, fields in entries]  # fmt: skip
+            for event in batch:
+                after = event[0]
+                yield event
+            if not batch:
+                if await self.r.hget(job_key(job_id), "state") in TERMINAL and not await self.r.xread(
+                    {events_key(job_id): after}, count=1
+                ):
+                    return
+                yield None
 
     async def get(self, job_id: str, tenant: str | None = None) -> JobView | None:
         """As :meth:`JobStore.get`."""

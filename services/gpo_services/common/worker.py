@@ -26,17 +26,10 @@ from typing import Any
 
 import redis
 
-from gpo_core.data import DatasetError
-from gpo_core.generate import GenerationError
-from gpo_core.identity import DifferentSpec
-from gpo_core.judge import JudgeEndpointRefused
 from gpo_core.stopping import Stopped
-from gpo_core.sweep.preflight import PreflightError
-from gpo_core.sweep.spec import JobSpecError
 from gpo_core.sweep.views import RUN_DONE, TERMINAL
-from gpo_core.train.loop import TrainingError
-from gpo_core.train.spec import SpecError
 from gpo_services.common.connection import connect
+from gpo_services.common.failures import PERMANENT_ERRORS
 from gpo_services.common.logs import log, service_logger
 from gpo_services.common.queue import Message, TaskQueue, enqueue
 from gpo_services.common.sandbox import Sandbox, TaskFailed
@@ -45,19 +38,6 @@ from gpo_services.common.store import JobStore
 
 FINALIZE = "*finalize*"  # the judge task that makes the pairwise comparisons and the report
 FINALIZE_TTL_S = 7 * 24 * 3600
-# Errors that another attempt cannot fix: bad data, a bad spec, a run that cannot train, a judge
-# endpoint that refuses the request. (A run whose loss diverges is not an error: it is recorded as
-# diverged and its job goes on.)
-PERMANENT_ERRORS = (
-    DatasetError,
-    DifferentSpec,
-    GenerationError,
-    JobSpecError,
-    JudgeEndpointRefused,
-    PreflightError,
-    SpecError,
-    TrainingError,
-)
 
 
 @dataclass

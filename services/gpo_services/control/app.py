@@ -183,6 +183,10 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
     app.state.settings = settings
     app.state.store = store
     app.state.async_store = AsyncJobStore(connect_async(settings))
+    # Event streams block on Redis for seconds at a time: a pool of their own, so a tenant's many
+    # open streams never take the connections every other call needs.
+    app.state.event_store = AsyncJobStore(connect_async(settings, settings.event_stream_connections))
+    app.state.event_streams = {}  # tenant -> streams open in this process
     app.state.tenant_checks = TenantChecks(settings.formula_timeout_s)
     app.openapi = lambda: _openapi_with_job_spec(app)  # type: ignore[method-assign]  # FastAPI's documented way
     app.include_router(jobs_router)

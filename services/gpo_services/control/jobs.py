@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import mimetypes
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -163,25 +164,39 @@ async def delete_job(job_id: str, store: StoreDep, tenant: TenantDep, settings: 
     "/{job_id}/events",
     responses={**ERRORS, 200: {"content": {"text/event-stream": {}}, "description": "Server-sent events"}},
 )
-def job_events(
+async def job_events(
     job_id: str,
-    store: StoreDep,
+    request: Request,
+    store: AsyncStoreDep,
     tenant: TenantDep,
+    settings: SettingsDep,
     last_event_id: Annotated[str | None, Header(max_length=64)] = None,
 ) -> StreamingResponse:
     """Server-sent events: ``job_state``, ``run_state``, ``metrics`` and ``log``, each with its
-    stream id (send it back as Last-Event-ID to resume). The stream ends when the job is over."""
-    _job_or_404(store, job_id, tenant)
+    stream id (send it back as Last-Event-ID to resume). The stream ends when the job is over.
+    Streams wait on the event loop, on Redis connections of their own (never the pool the other
+    calls use), at most ``GPO_MAX_EVENT_STREAMS`` open per tenant and control process (429 beyond)."""
+    if await store.get(job_id, tenant) is None:
+        raise ApiError(404, "not_found", f"no job {job_id}")
+    streams = request.app.state.event_streams
+    if streams.get(tenant, 0) >= settings.max_event_streams:
+        raise ApiError(429, "too_many_streams", f"at most {settings.max_event_streams} event streams open at once; "
+                       "close one", headers={"Retry-After": "5"})  # fmt: skip
     after = last_event_id if last_event_id and _is_stream_id(last_event_id) else "0"
+    events = request.app.state.event_store
+    streams[tenant] = streams.get(tenant, 0) + 1
 
-    def stream():
-        yield "retry: 2000\n\n"
-        for event in store.follow(job_id, after, block_ms=1000):
-            if event is None:
-                yield ": keep-alive\n\n"
-                continue
-            event_id, kind, data, ts = event
-            yield f"id: {event_id}\nevent: {kind}\ndata: {json.dumps({**data, 'ts': ts})}\n\n"
+    async def stream() -> AsyncIterator[str]:
+        try:
+            yield "retry: 2000\n\n"
+            async for event in events.follow(job_id, after, block_ms=1000):
+                if event is None:
+                    yield ": keep-alive\n\n"
+                    continue
+                event_id, kind, data, ts = event
+                yield f"id: {event_id}\nevent: {kind}\ndata: {json.dumps({**data, 'ts': ts})}\n\n"
+        finally:
+            streams[tenant] -= 1
 
     return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
