@@ -21,7 +21,8 @@ SPEC = {"task": {"size": "small"}, "losses": ["logistic"], "betas": [0.1]}
 
 @pytest.fixture
 def service(settings, redis_client):
-    with serving(settings.model_copy(update={"body_timeout_s": 1.0, "max_header_bytes": 16_384})) as url:
+    limits = {"body_timeout_s": 1.0, "max_header_bytes": 16_384, "header_timeout_s": 2.0}
+    with serving(settings.model_copy(update=limits)) as url:
         yield url
 
 
@@ -55,6 +56,40 @@ def test_a_huge_request_head_is_refused_early_with_431(service) -> None:
     assert b'"error": "too_large"' in answer
     response = httpx.get(service + "/jobs", headers={**HEADERS_A, "X-Fine": "a" * 8000})
     assert response.status_code == 200  # heads under the limit pass
+    _healthy_for_the_other_tenant(service)
+
+
+def test_a_head_just_over_the_cap_in_one_read_is_refused_too(service) -> None:
+    """Issue 27, finding 9: a head just over the cap was accepted when it arrived in one read."""
+    over = f"GET /jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY_A}\r\nX-Pad: {'a' * 16_400}\r\n\r\n"
+    answer, _ = _raw(service, over.encode())
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:100]
+    under = f"GET /jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY_A}\r\nConnection: close\r\n\r\n"
+    assert _raw(service, under.encode())[0].startswith(b"HTTP/1.1 200")
+
+
+def test_idle_and_trickling_connections_are_closed(service) -> None:
+    """Issue 27, finding 9: idle and trickled connections were never closed (3,000 held). A
+    connection gets GPO_HEADER_TIMEOUT_S (2 s here) to deliver a whole head."""
+    port = int(service.rsplit(":", 1)[1])
+    started = time.monotonic()
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(50)]
+    trickling = socket.create_connection(("127.0.0.1", port), timeout=10)
+    with contextlib.ExitStack() as stack:
+        for sock in [*idle, trickling]:
+            stack.enter_context(sock)
+        answer = b""
+        for byte in b"GET /jobs HTTP/1.1\r\nHost: x\r\n":  # a byte every 0.2 s: never a whole head in time
+            try:
+                trickling.sendall(bytes([byte]))
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            time.sleep(0.2)
+        with contextlib.suppress(ConnectionResetError):
+            answer = trickling.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
+        assert all(sock.recv(4096).startswith(b"HTTP/1.1 408") for sock in idle)  # each answered and closed
+    assert time.monotonic() - started < 10
     _healthy_for_the_other_tenant(service)
 
 

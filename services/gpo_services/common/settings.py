@@ -118,6 +118,13 @@ class Settings(BaseSettings):
     max_header_bytes: int = Field(
         65_536, ge=4096, le=2**24, description="Largest request head (request line and headers): 431 beyond."
     )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="Seconds a connection has to deliver a request head (from opening, or from "
+        "the head's first byte): 408 and closed beyond.",
+    )
     body_timeout_s: float = Field(
         30.0,
         gt=0,
