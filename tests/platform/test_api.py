@@ -4,13 +4,14 @@ validation, idempotency, cancel, events, reports and artifacts, health, metrics,
 import json
 import os
 import threading
+import time
 
 import httpx
 import pytest
 
 from gpo_client import Client, Conflict, NotFound, Unauthorized
 from gpo_services.common.queue import stream_key
-from tests.platform.conftest import METRICS_KEY, TENANT_KEYS
+from tests.platform.conftest import METRICS_KEY, TENANT_KEYS, serving
 
 KEY_A, KEY_B = list(TENANT_KEYS)
 SPEC = {"task": {"size": "small"}, "losses": ["logistic", "hinge"], "betas": [0.1, 1.0]}
@@ -221,3 +222,25 @@ def test_the_async_client_speaks_the_same_api(api) -> None:
                 await stranger.list()
 
     asyncio.run(scenario())
+
+
+def test_metrics_and_readiness_are_as_strict_as_the_tenant_endpoints(api) -> None:
+    """Issue 27, low items: /metrics took the first of two Authorization headers and a key without
+    Bearer; /readyz named Redis's address to anyone; /docs loaded third-party JavaScript; reports
+    had no Content-Security-Policy."""
+    assert httpx.get(api + "/metrics", headers={"Authorization": METRICS_KEY}).status_code == 401
+    twice = [("Authorization", f"Bearer {METRICS_KEY}"), ("Authorization", f"Bearer {KEY_A}")]
+    assert httpx.get(api + "/metrics", headers=twice).status_code == 400
+    assert httpx.get(api + "/metrics", headers={"Authorization": f"bearer {METRICS_KEY}"}).status_code == 200
+    assert httpx.get(api + "/docs").status_code == 404 and httpx.get(api + "/redoc").status_code == 404
+    answer = httpx.get(api + "/healthz")
+    assert "default-src 'none'" in answer.headers["content-security-policy"]
+    assert answer.headers["x-content-type-options"] == "nosniff"
+
+
+def test_readiness_names_no_address_and_answers_while_redis_is_gone(settings, redis_client) -> None:
+    with serving(settings.model_copy(update={"redis_url": "redis://127.0.0.1:9/0"})) as url:
+        started = time.monotonic()
+        answer = httpx.get(url + "/readyz", timeout=10)
+        assert answer.status_code == 503 and "127.0.0.1" not in answer.text and ":9" not in answer.text
+        assert time.monotonic() - started < 5

@@ -79,6 +79,9 @@ class Settings(BaseSettings):
         repr=False,
         description="Bearer token for GET /metrics (the operator's scraper, not a tenant); unset: /metrics is off.",
     )
+    api_docs: bool = Field(
+        False, description="Serve /docs and /redoc (their JavaScript comes from a CDN); /openapi.json is always served."
+    )
     host: str = Field("127.0.0.1", description="Address the control service listens on.")
     port: int = Field(8700, ge=1, le=65535, description="Port the control service listens on.")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body the control service accepts.")

@@ -7,10 +7,10 @@ import contextlib
 import gc
 import time
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Any
 
 import redis
-from fastapi import FastAPI, Header
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
@@ -27,6 +27,7 @@ from gpo_services.common.settings import Settings
 from gpo_services.common.store import AsyncJobStore, JobStore
 from gpo_services.control import errors, processes, storage
 from gpo_services.control.data import router as data_router
+from gpo_services.control.deps import bearer_key
 from gpo_services.control.jobs import router as jobs_router
 from gpo_services.control.models import router as models_router
 from gpo_services.control.secrets import router as secrets_router
@@ -114,6 +115,36 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
+# Every answer: a report page (HTML written from a tenant's job) may show its inline styles and
+# data: images, and nothing else: no script, no request elsewhere, no framing; no type sniffing.
+SECURITY_HEADERS = [
+    (
+        b"content-security-policy",
+        b"default-src 'none'; img-src data:; style-src 'unsafe-inline'; frame-ancestors 'none'",
+    ),
+    (b"x-content-type-options", b"nosniff"),
+]
+
+
+class SecurityHeaders:
+    """Adds :data:`SECURITY_HEADERS` to every response (a plain ASGI middleware)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
 class RequestMetrics:
     """Requests by method, route and status, and their latency (a plain ASGI middleware: no
     per-request task or body buffering)."""
@@ -174,11 +205,15 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
         if sweeper is not None:
             sweeper.cancel()
 
+    # /docs and /redoc load their JavaScript from a CDN: off unless the operator asks (GPO_API_DOCS);
+    # the document itself is always at /openapi.json.
     app = FastAPI(
         title="GPO control service",
         version="0.1.0",
         description="Submit loss x beta sweeps of Generalized Preference Optimization, follow them, read reports.",
         lifespan=lifespan,
+        docs_url="/docs" if settings.api_docs else None,
+        redoc_url="/redoc" if settings.api_docs else None,
     )
     app.state.settings = settings
     app.state.store = store
@@ -210,6 +245,7 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes, upload_limits=uploads,
                        timeout_s=settings.body_timeout_s)  # fmt: skip
     app.add_middleware(RequestMetrics, registry=registry)
+    app.add_middleware(SecurityHeaders)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict:
@@ -217,12 +253,14 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["health"], responses={503: {"model": ErrorBody}})
-    def readyz():
-        """Redis is reachable (readiness)."""
+    async def readyz():
+        """Redis is reachable (readiness): answered within 2 s whatever Redis does, and naming no
+        address (anyone may ask)."""
         try:
-            client.ping()
-        except redis.RedisError as err:
-            return errors.error_response(503, "not_ready", f"redis unreachable: {err}")
+            async with asyncio.timeout(2):
+                await app.state.async_store.r.ping()
+        except (redis.RedisError, TimeoutError):
+            return errors.error_response(503, "not_ready", "redis unreachable")
         return JSONResponse({"status": "ready"})
 
     @app.get(
@@ -231,12 +269,13 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
         response_class=Response,
         responses={401: {"model": ErrorBody}, 404: {"model": ErrorBody, "description": "Metrics are off"}},
     )
-    def metrics(authorization: Annotated[str | None, Header()] = None) -> Response:
+    def metrics(request: Request) -> Response:
         """Prometheus metrics: requests, latency, queue depths. For the operator's scraper only
-        (``Authorization: Bearer`` the ``GPO_METRICS_KEY``): the figures span every tenant."""
+        (``Authorization: Bearer`` the ``GPO_METRICS_KEY``, as strictly as a tenant's key: one
+        header, the Bearer scheme): the figures span every tenant."""
         if settings.metrics_key is None:
             raise errors.ApiError(404, "not_found", "metrics are off; an operator sets GPO_METRICS_KEY")
-        if tenant_for({settings.metrics_key: "metrics"}, (authorization or "").removeprefix("Bearer ")) is None:
+        if tenant_for({settings.metrics_key: "metrics"}, bearer_key(request)) is None:
             raise errors.ApiError(401, "unauthorized", "the metrics key is required: Authorization: Bearer <key>")
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 

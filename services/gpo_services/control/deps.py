@@ -25,13 +25,20 @@ async def get_store(request: Request) -> JobStore:
     return request.app.state.store
 
 
+def bearer_key(request: Request) -> str:
+    """The key of the request's one ``Authorization: Bearer KEY`` header ("" without one); a 400
+    for several (which one would count is ambiguous)."""
+    headers = request.headers.getlist("authorization")
+    if len(headers) > 1:
+        raise ApiError(400, "bad_request", "send one Authorization header, not several")
+    scheme, _, key = (headers[0] if headers else "").partition(" ")
+    return key.strip() if scheme.lower() == "bearer" else ""
+
+
 async def get_tenant(
     request: Request, authorization: Annotated[str | None, Header(description="Bearer API key")] = None
 ) -> str:
-    if len(request.headers.getlist("authorization")) > 1:  # which one would count is ambiguous
-        raise ApiError(400, "bad_request", "send one Authorization header, not several")
-    scheme, _, key = (authorization or "").partition(" ")
-    tenant = tenant_for(request.app.state.settings.api_keys, key.strip()) if scheme.lower() == "bearer" else None
+    tenant = tenant_for(request.app.state.settings.api_keys, bearer_key(request))
     if tenant is None:
         raise ApiError(401, "unauthorized", "a valid API key is required: Authorization: Bearer <key>")
     await _within_rate(request, tenant)
