@@ -74,6 +74,7 @@ class Stack:
         self.project = f"gpo-smoke-{os.getpid()}"
         self.port = free_port()
         self.key = secrets.token_hex(16)
+        self.redis_password = secrets.token_hex(16)
         compose = shutil.which("docker-compose") or str(Path(sys.executable).parent / "docker-compose")
         self.compose = [compose, "-p", self.project, "-f", str(ROOT / "docker-compose.yml"), "--profile", "cpu"]
         self.workers = workers
@@ -82,6 +83,7 @@ class Stack:
             "GPO_IMAGE": image,
             "GPO_REDIS_IMAGE": redis_image,
             "GPO_API_KEYS": f"{self.key}:{TENANT}",
+            "GPO_REDIS_PASSWORD": self.redis_password,
             "GPO_PUBLISHED_ADDRESS": "127.0.0.1",
             "GPO_PUBLISHED_PORT": str(self.port),
             "GPO_MAX_TRAIN_WORKERS": str(workers),
@@ -120,7 +122,8 @@ class Stack:
         return int(out.strip().splitlines()[-1])
 
     def redis(self, *command: str) -> str:
-        return self.docker("exec", self.container("redis"), "redis-cli", *command).strip()
+        password = ["-a", self.redis_password, "--no-auth-warning"]
+        return self.docker("exec", self.container("redis"), "redis-cli", *password, *command).strip()
 
     def logs(self) -> str:
         return self.run("logs", "--no-color", "--tail", "80", check_rc=False)

@@ -203,7 +203,7 @@ def test_environment_and_ports_agree_with_what_the_services_read() -> None:
             if container["name"] != "redis":
                 assert container.get("envFrom") == [{"configMapRef": {"name": "gpo-config"}}], container["name"]
     control = _find(documents, "Deployment", "gpo-control")["spec"]["template"]["spec"]["containers"][0]
-    port = {e["name"]: e["value"] for e in control["env"]}["GPO_PORT"]
+    port = {e["name"]: e.get("value") for e in control["env"]}["GPO_PORT"]
     assert control["ports"][0]["containerPort"] == int(port) == Settings().port
     service = _find(documents, "Service", "gpo-control")
     assert service["spec"]["ports"][0]["targetPort"] == control["ports"][0]["name"]
@@ -229,3 +229,35 @@ def test_settings_read_the_environment_and_never_echo_a_bad_key(monkeypatch) -> 
     with pytest.raises(ValueError, match="at least 16 characters") as caught:
         Settings.from_env()
     assert "too-short-key" not in str(caught.value)
+
+
+def test_the_deployment_files_carry_the_walls() -> None:
+    """Issue 27, finding 11: compose and Kubernetes ran Redis without a password and Ray without a
+    token, Ray's dashboard (job submission) was reachable from every pod, and one example key was
+    shared. Redis wants the password of a Secret (or .env), Ray pods a token, only Ray pods reach
+    Ray, and the services refuse the examples' placeholders."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert "--requirepass" in compose["services"]["redis"]["command"]
+    assert "GPO_REDIS_PASSWORD" in compose["x-gpo-environment"]
+    documents = manifests(K8S) + manifests(K8S / "gpu")
+    redis_container = _find(documents, "StatefulSet", "gpo-redis")["spec"]["template"]["spec"]["containers"][0]
+    assert "--requirepass" in redis_container["args"]
+    for _, document in documents:
+        for container in _containers(document):
+            secrets = {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in container.get("env", [])
+                       if "valueFrom" in e}  # fmt: skip
+            if container["name"] in ("control", "generator", "judge", "ray-head"):
+                assert secrets.get("GPO_REDIS_PASSWORD") == "gpo-redis", container["name"]
+            if container["name"].startswith("ray-"):
+                assert secrets.get("RAY_AUTH_TOKEN") == "gpo-ray", container["name"]
+    policies = {d["metadata"]["name"]: d["spec"] for _, d in documents if d["kind"] == "NetworkPolicy"}
+    ray_only = {"matchExpressions": [{"key": "ray.io/cluster", "operator": "Exists"}]}
+    assert policies["gpo-ray-internal"]["podSelector"] == ray_only
+    assert policies["gpo-ray-internal"]["ingress"] == [{"from": [{"podSelector": ray_only}]}]
+    assert policies["gpo-internal-only"]["podSelector"]["matchExpressions"][0]["operator"] == "DoesNotExist"
+    example = dict(line.split("=", 1) for line in (ROOT / ".env.example").read_text().splitlines()
+                   if line and line[0] != "#")  # fmt: skip
+    with pytest.raises(ValueError, match="example key everyone has read"):
+        Settings(api_keys=example["GPO_API_KEYS"])
+    with pytest.raises(ValueError, match="example everyone has read"):
+        Settings(redis_password=example["GPO_REDIS_PASSWORD"])

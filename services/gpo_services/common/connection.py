@@ -27,16 +27,21 @@ def _backoff() -> ExponentialBackoff:
     return ExponentialBackoff(cap=1.0, base=0.05)
 
 
+def _options(settings: Settings) -> dict:
+    """The clients' options, with Redis's password when it is given apart from the URL."""
+    return {**REDIS_OPTIONS, **({"password": settings.redis_password} if settings.redis_password else {})}
+
+
 def connect(settings: Settings) -> redis.Redis:
-    return redis.Redis.from_url(settings.redis_url, retry=Retry(_backoff(), 3), **REDIS_OPTIONS)
+    return redis.Redis.from_url(settings.redis_url, retry=Retry(_backoff(), 3), **_options(settings))
 
 
 def connect_async(settings: Settings, max_connections: int | None = None) -> redis.asyncio.Redis:
     """An asyncio client with a pool of its own (``max_connections``: when all are out, a call
     waits for one instead of failing)."""
     if max_connections is None:
-        return redis.asyncio.Redis.from_url(settings.redis_url, retry=AsyncRetry(_backoff(), 3), **REDIS_OPTIONS)
+        return redis.asyncio.Redis.from_url(settings.redis_url, retry=AsyncRetry(_backoff(), 3), **_options(settings))
     pool = redis.asyncio.BlockingConnectionPool.from_url(
-        settings.redis_url, max_connections=max_connections, timeout=30, **REDIS_OPTIONS
+        settings.redis_url, max_connections=max_connections, timeout=30, **_options(settings)
     )
     return redis.asyncio.Redis(connection_pool=pool, retry=AsyncRetry(_backoff(), 3))

@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     redis_url: str = Field(
         "redis://127.0.0.1:6379/0", description="Redis URL for job records, events and the task queues."
     )
+    redis_password: str | None = Field(
+        None,
+        repr=False,
+        description="Redis's password, kept apart from GPO_REDIS_URL (a Secret in Kubernetes, .env in compose).",
+    )
     artifacts: Path = Field(
         Path("outputs/artifacts"),
         description="Artifact root: one folder per job (a shared volume when services run on several hosts).",
@@ -187,11 +192,29 @@ class Settings(BaseSettings):
         validation_alias="RAY_ADDRESS",
         description="Ray cluster the trainer connects to (default: it starts Ray locally).",
     )
+    ray_auth_mode: str | None = Field(
+        None,
+        validation_alias="RAY_AUTH_MODE",
+        description="Ray's own: 'token' makes a Ray cluster (and a task's local Ray) want a token from every client.",
+    )
+    ray_auth_token: str | None = Field(
+        None,
+        repr=False,
+        validation_alias="RAY_AUTH_TOKEN",
+        description="Ray's own: the cluster's token (a Secret); a task that drives the cluster gets it, nothing else.",
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod
     def _parse_keys(cls, value: object) -> object:
         return parse_api_keys(value, "GPO_API_KEYS") if isinstance(value, str) else value
+
+    @field_validator("redis_password")
+    @classmethod
+    def _own_password(cls, value: str | None) -> str | None:
+        if value is not None and value.startswith(EXAMPLE_PREFIX):
+            raise ValueError(f"GPO_REDIS_PASSWORD is the example everyone has read: {MAKE_ONE}")
+        return value
 
     @field_validator("read_roots", mode="before")
     @classmethod
@@ -283,6 +306,10 @@ def environment_name(field: str) -> str:
 
 
 # Every variable a service reads, with its meaning (docs and deployment files are checked against it).
+# .env.example and deploy/k8s/secret.example.yaml hold placeholders starting so: never accepted.
+EXAMPLE_PREFIX = "change-me"
+MAKE_ONE = "make your own (python -c 'import secrets; print(secrets.token_urlsafe(24))')"
+
 ENVIRONMENT = {environment_name(name): info.description for name, info in Settings.model_fields.items()}
 
 
@@ -298,5 +325,7 @@ def parse_api_keys(text: str, source: str) -> dict[str, str]:
             raise ValueError(f"{source}: entry {number} is not 'key:tenant'")  # the key itself is never echoed
         if len(key.strip()) < 16:
             raise ValueError(f"{source}: entry {number}: API keys must be at least 16 characters")
+        if key.strip().startswith(EXAMPLE_PREFIX):
+            raise ValueError(f"{source}: entry {number} is the example key everyone has read: {MAKE_ONE}")
         keys[key.strip()] = tenant.strip()
     return keys
