@@ -206,3 +206,15 @@ def test_paths_inside_an_uploads_json_files_are_dropped(service, model_folder) -
     from transformers import AutoTokenizer
 
     assert AutoTokenizer.from_pretrained(stored)("post").input_ids  # still a working tokenizer
+
+
+def test_a_gzip_bomb_is_refused_as_it_inflates(service) -> None:
+    """Issue 27, finding 12: a 147 KB archive stored 145 MiB (with no storage quota, one upload could
+    expand to the 64 GiB limit). An archive may unpack to 20x its size (at least 64 MiB)."""
+    import gzip
+
+    body = gzip.compress(archive({"config.json": CONFIG, "model.safetensors": b"\x00" * (145 * 2**20)}), 9)
+    assert len(body) < 200_000
+    response = put(service[0], "bomb", body)
+    assert response.status_code == 422, response.text
+    assert "once extracted" in response.json()["message"]

@@ -48,6 +48,7 @@ from gpo_services.control.storage import (
 router = APIRouter(prefix="/models", tags=["models"])
 NAME_PATTERN = MODEL_NAME_PATTERN
 MAX_MEMBERS = 1000
+INFLATION, MIN_UNPACKED = 20, 64 * 2**20
 ALLOWED_SUFFIXES = {".safetensors", ".json", ".txt", ".model", ".jinja", ".md"}
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "Missing or wrong API key"},
@@ -220,7 +221,9 @@ async def upload_model(name: ModelName, request: Request, settings: SettingsDep,
             size, sha256 = await stream_to_file(request, archive, settings.max_model_upload_bytes, settings, held)
             if size == 0:
                 raise _refuse(f"{name}: the upload is empty")
-            extracted = 2 * settings.max_model_upload_bytes  # a tar bomb stops here
+            # A tar bomb stops here: weights barely compress (safetensors ~1.1x, tokenizer files ~5x), so
+            # an archive may unpack to 20x its size (at least 64 MiB), within twice the upload limit.
+            extracted = min(2 * settings.max_model_upload_bytes, max(MIN_UNPACKED, INFLATION * size))
             if settings.storage_quota_bytes:
                 extracted = min(extracted, settings.storage_quota_bytes - held - size)
             base = functools.partial(adapter_base_for, tenant=tenant, settings=settings)
