@@ -318,30 +318,51 @@ class ReferenceLogprobs:
     hit: bool  # the training pairs' log-probs came from the cache
 
 
+def visited_pairs(spec: TrainingSpec, pairs: TokenizedPairs, steps: int, world_size: int) -> list[int]:
+    """The pairs a run of ``steps`` steps will see, over all its workers (the data order is fixed
+    by the seed: :func:`_batches`)."""
+    seen: set[int] = set()
+    left, epoch = steps * spec.grad_accumulation * world_size, 0
+    while left > 0 and len(seen) < len(pairs):
+        for batch in length_grouped_batches(pairs, spec.batch_size, spec.seed, epoch):
+            seen.update(batch)
+            left -= 1
+            if left == 0:
+                break
+        epoch += 1
+    return sorted(seen)
+
+
 def reference_logprobs(
-    spec: TrainingSpec, data: TrainingData, reference: ReferenceModel, context: RunContext, profile: DeviceProfile
+    spec: TrainingSpec,
+    data: TrainingData,
+    reference: ReferenceModel,
+    context: RunContext,
+    profile: DeviceProfile,
+    steps: int,
 ) -> ReferenceLogprobs:
-    """log pi_ref of every response, from the shared cache or one pass by the main worker (the
-    others wait at a barrier, then read the cache)."""
+    """log pi_ref of the responses the run will see (and of every held-out pair), from the shared
+    cache or one pass by the main worker over what the cache lacks (the others wait at a barrier,
+    then read the cache)."""
     cache_dir = Path(spec.cache_dir) if spec.cache_dir else cache_root()
 
-    def cached(pairs: TokenizedPairs) -> tuple[torch.Tensor, torch.Tensor, bool]:
-        def compute():
+    def cached(pairs: TokenizedPairs, needed: list[int] | None) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        def compute(missing: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
             return compute_reference_logprobs(
                 reference.get(), pairs, data.pad_id, data.encoder_decoder, spec.batch_size * 2, profile,
-                _autocast_dtype(spec), spec.logprob_chunk,
+                _autocast_dtype(spec), spec.logprob_chunk, missing,
             )  # fmt: skip
 
         if context.rank != 0:
             context.barrier()  # wait for the main worker to fill the cache
         key = cache_key(spec.reference_path, pairs, spec.precision)
-        chosen, rejected, hit = load_or_compute(cache_dir, key, compute)
+        chosen, rejected, hit = load_or_compute(cache_dir, key, compute, len(pairs), needed)
         if context.rank == 0:
             context.barrier()
         return chosen, rejected, hit
 
-    chosen, rejected, hit = cached(data.pairs)
-    held_out = cached(data.eval_pairs)[:2] if data.eval_pairs is not None else None
+    chosen, rejected, hit = cached(data.pairs, visited_pairs(spec, data.pairs, steps, context.world_size))
+    held_out = cached(data.eval_pairs, None)[:2] if data.eval_pairs is not None else None
     return ReferenceLogprobs(chosen, rejected, held_out, hit)
 
 
@@ -482,7 +503,8 @@ def train(spec: TrainingSpec, sink: MetricsSink | None = None, context: RunConte
 
     data = load_training_data(spec)
     reference_model = ReferenceModel(spec.reference_path, device, weights_dtype(spec))
-    ref = reference_logprobs(spec, data, reference_model, context, profile)
+    steps = total_steps(spec, len(data.pairs), context.world_size)
+    ref = reference_logprobs(spec, data, reference_model, context, profile, steps)
     starting_weights = None
     if not data.trace_prompts:  # only the KL trace needs pi_ref itself; its log-probs are cached
         if spec.reference is None and not is_adapter(spec.policy):  # pi_ref is the policy's start
@@ -490,7 +512,6 @@ def train(spec: TrainingSpec, sink: MetricsSink | None = None, context: RunConte
         reference_model.release()
     reference: ReferenceModel | AdapterDisabledReference = reference_model
 
-    steps = total_steps(spec, len(data.pairs), context.world_size)
     policy, adapters, forward, optimizer, scheduler, step = load_policy(spec, context, steps, sink, starting_weights)
     del starting_weights
     if adapters is not None and spec.reference is None and not is_adapter(spec.policy):

@@ -125,7 +125,8 @@ class ReplayableCache(DynamicCache):
         cache = ReplayableCache()
         for layer in self.layers:
             assert isinstance(layer, _ReplayableLayer)  # the only layers this cache makes
-            keys, values = (t.repeat_interleave(repeats, dim=0) for t in layer.prefix)
+            assert layer.keys is not None and layer.values is not None  # the prompt pass filled them
+            keys, values = (t.repeat_interleave(repeats, dim=0) for t in (layer.keys, layer.values))
             follower = _ReplayableLayer()
             follower.lazy_initialization(keys, values)
             follower.keys, follower.values = follower.prefix = (keys, values)

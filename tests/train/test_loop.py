@@ -75,18 +75,54 @@ def test_reference_pass_is_shared_by_a_sweep(small_task, tmp_path, cache_dir) ->
 
 
 def test_cached_reference_logprobs_match_an_independent_computation(small_task, tmp_path, cache_dir) -> None:
-    train(make_spec(small_task, tmp_path, cache_dir, steps=1), ListSink())
+    spec = make_spec(small_task, tmp_path, cache_dir, steps=1)
+    train(spec, ListSink())
     (stored,) = (cache_dir / "reference-logprobs").glob("*.pt")
     cached = torch.load(stored)
     tokenizer = small_task.tokenizer()
     model = small_task.reference_model().eval()
     records = load_preferences(small_task.artifacts.train_pairs)
-    for i in (0, 7, len(records) - 1):
+    scored = torch.isfinite(cached["chosen"]).nonzero().flatten().tolist()  # the pairs this run saw
+    checked = 0
+    for i in scored:
         prompt = tokenizer(records[i]["prompt"])["input_ids"]
         chosen = tokenizer(records[i]["chosen"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        if len(prompt) > spec.max_prompt_length or len(chosen) > spec.max_response_length:
+            continue  # truncated for training: not what this independent computation scores
+        checked += 1
         with torch.no_grad():
             expected = sequence_logprobs(model, collate_causal([prompt], [chosen], tokenizer.pad_token_id))
         assert float(cached["chosen"][i]) == pytest.approx(float(expected[0]), abs=1e-4)
+    assert checked >= 3
+
+
+def test_the_reference_pass_covers_the_pairs_a_run_sees_and_grows_as_runs_need_more(
+    small_task, tmp_path, cache_dir
+) -> None:
+    """Issue 28, item 6: the up-front reference pass scored every pair of the file where a short
+    run uses a few; it scores the pairs the run will see, and later runs extend the shared cache."""
+    from gpo_core.train.loop import load_training_data, total_steps, visited_pairs
+
+    def stored() -> torch.Tensor:
+        (path,) = (cache_dir / "reference-logprobs").glob("*.pt")
+        return torch.load(path)["chosen"]
+
+    short = make_spec(small_task, tmp_path / "short", cache_dir, steps=1)
+    assert train(short, ListSink()).reference_cache == "miss"
+    data = load_training_data(short)
+    first = stored()
+    assert torch.isfinite(first).nonzero().flatten().tolist() == visited_pairs(short, data.pairs, 1, 1)
+    assert int(torch.isfinite(first).sum()) == 8 < len(data.pairs)
+
+    longer = make_spec(small_task, tmp_path / "longer", cache_dir, steps=6)
+    assert train(longer, ListSink()).reference_cache == "miss"  # the pairs it adds are computed
+    grown = stored()
+    seen = visited_pairs(longer, data.pairs, total_steps(longer, len(data.pairs), 1), 1)
+    assert torch.isfinite(grown).nonzero().flatten().tolist() == seen and len(seen) > 8
+    kept = torch.isfinite(first)
+    assert torch.equal(grown[kept], first[kept])  # what was there stays as it was
+    again = make_spec(small_task, tmp_path / "again", cache_dir, steps=3)
+    assert train(again, ListSink()).reference_cache == "hit"  # its pairs are among those
 
 
 def test_stop_then_resume_ends_with_exactly_the_requested_steps(small_task, tmp_path, cache_dir) -> None:
