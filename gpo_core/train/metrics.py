@@ -51,7 +51,7 @@ class StdoutSink:
 class ListSink:
     """Keeps records in memory (notebooks, the CLI's progress bar, tests)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.records: list[dict] = []
 
     def emit(self, record: dict) -> None:

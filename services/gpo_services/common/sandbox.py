@@ -17,8 +17,9 @@ stdin; events (progress records, log lines) and the outcome go out as JSON lines
 stdout. Everything else the child prints goes to its stderr, the worker's log. The child knows no
 Redis: the worker turns events into job events and the outcome into the run's next state.
 
-A worker may keep one child for its tasks (``keep_alive``: the generator's warm vLLM engine
-lives there), started again after any task that had to be stopped.
+A worker keeps one child for task after task (``keep_alive``: imports take seconds, and the
+generator's warm vLLM engine lives there), started again after any task that had to be stopped
+or whose process died.
 """
 
 from __future__ import annotations
@@ -153,7 +154,7 @@ class Sandbox:
                 self.log(f"the task did not stop within {self.limits.stop_grace_s:g} s of being asked: ended")
                 self.close(polite=False)
                 raise Stopped
-        if outcome is None or stop_asked_at is not None or not self.keep_alive:
+        if outcome is None or stop_asked_at is not None or not self.keep_alive or "error" in outcome:
             code = self.close()
             if outcome is None:
                 if stop_asked_at is not None:

@@ -23,7 +23,7 @@ GENERATE = "gpo_services.generator.service:generate"
 class Generator:
     """The task child's engines: one warm vLLM engine, moved from checkpoint to checkpoint."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.engine: VLLMEngine | None = None
         self.unservable: dict[str, str] = {}  # model family -> why vLLM cannot serve it
 

@@ -78,4 +78,4 @@ def report(payload: dict, emit: Emit, should_stop: StopCheck) -> str:
 
 
 def main() -> None:
-    Worker("judge", "judge", handle).run()
+    Worker("judge", "judge", handle, keep_child=True).run()

@@ -57,4 +57,4 @@ def train(payload: dict, emit: Emit, should_stop: StopCheck) -> dict:
 
 
 def main() -> None:
-    Worker("train", "trainer", handle).run()
+    Worker("train", "trainer", handle, keep_child=True).run()
