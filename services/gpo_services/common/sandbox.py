@@ -184,7 +184,7 @@ class Sandbox:
         self._events = queue.Queue()
         limits = json.dumps(vars(self.limits))
         self.child = subprocess.Popen(
-            [sys.executable, "-m", "gpo_services.common.sandbox", limits],
+            [sys.executable, "-m", "gpo_services.common.sandbox", limits, str(os.getpid())],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=task_environment(dict(os.environ)),
@@ -259,11 +259,12 @@ class ProgressEvents:
 PR_SET_PDEATHSIG = 1
 
 
-def _limit_self(limits: dict) -> None:
-    """Limits of this process, set before any task content is read; and death with the worker."""
+def _limit_self(limits: dict, worker: int) -> None:
+    """Limits of this process, set before any task content is read; and death with the worker
+    (``worker``: its pid, which is 1 in a container)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() == 1:  # the worker died before the line above
+    if os.getppid() != worker:  # the worker died before the line above
         os._exit(1)
     caps = {
         resource.RLIMIT_CPU: limits["cpu_seconds"],
@@ -290,7 +291,7 @@ def _classify(err: BaseException) -> dict:
 
 def main() -> None:
     limits = json.loads(sys.argv[1])
-    _limit_self(limits)
+    _limit_self(limits, int(sys.argv[2]))
     channel = os.fdopen(os.dup(1), "w", buffering=1)  # events; what the task prints goes to stderr
     os.dup2(2, 1)
     lock = threading.Lock()
