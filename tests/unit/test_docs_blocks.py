@@ -72,7 +72,7 @@ def test_python_blocks_compile(where, text) -> None:
 def test_every_gpo_command_line_names_real_commands_and_options() -> None:
     lines = gpo_lines()
     assert len(lines) >= 30
-    groups = {"task", "data", "model"}
+    groups = {"task", "data", "model", "secret"}
     for where, words in lines:
         command = words[1:3] if len(words) > 2 and words[1] in groups else words[1:2]
         command = [w for w in command if not w.startswith("-")]  # `gpo --version`: the top level
