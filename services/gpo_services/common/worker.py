@@ -27,6 +27,7 @@ from typing import Any
 import redis
 
 from gpo_core.stopping import Stopped
+from gpo_core.sweep.spec import JobSpec
 from gpo_core.sweep.views import RUN_DONE, TERMINAL
 from gpo_services.common.connection import connect
 from gpo_services.common.failures import PERMANENT_ERRORS
@@ -75,6 +76,17 @@ class TaskContext:
         tenant = self.store.tenant(job_id)
         if tenant is not None:
             enqueue(self.client, stage, tenant, {"job": job_id, "run": run, "attempt": 1})
+
+    def start_stage(self, task: dict, stage: str) -> tuple[JobSpec, dict] | None:
+        """The run of ``task`` marked running at ``stage``: the job's spec, and the payload its task
+        child gets (the spec, the job's folder, the run); None when the job is over (the run is
+        then cancelled)."""
+        job_id, run = task["job"], task["run"]
+        if self.skip_if_over(job_id, run):
+            return None
+        spec = self.store.spec(job_id)
+        self.store.transition(job_id, run, state="running", stage=stage)
+        return spec, {"spec": spec.model_dump_json(), "job_dir": str(self.job_dir(job_id)), "run": run}
 
     def finalize_when_all_done(self, job_id: str) -> None:
         """Once every run is judged or diverged, exactly one finalize task for the job, whichever

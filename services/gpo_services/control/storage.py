@@ -22,6 +22,7 @@ from typing import TypeVar
 import redis
 from pydantic import BaseModel
 
+from gpo_core.sweep.spec import PATH_FIELDS
 from gpo_core.sweep.views import TERMINAL
 from gpo_services.common.logs import log, service_logger
 from gpo_services.common.settings import Settings
@@ -144,10 +145,11 @@ def release_admitted(settings: Settings, store: JobStore, tenant: str, paths: li
 
 
 def spec_paths(spec: dict) -> list[str]:
-    """Every path a stored job spec names."""
-    judge = spec.get("judge") or {}
-    values = [spec.get(f) for f in ("policy", "reference", "dataset", "eval_pairs", "eval_prompts")]
-    values += [judge.get("model_dir"), judge.get("evaluate_on")]
+    """Every path a stored job spec names (the job spec's ``PATH_FIELDS``)."""
+    values = []
+    for field in PATH_FIELDS:
+        holder, _, name = field.rpartition(".")
+        values.append((spec.get(holder) or {} if holder else spec).get(name))
     return [v for v in values if isinstance(v, str)]
 
 

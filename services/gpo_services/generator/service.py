@@ -59,12 +59,10 @@ _GENERATOR = Generator()  # in the task child, which serves task after task
 
 def handle(task: dict, context: TaskContext) -> None:
     job_id, run = task["job"], task["run"]
-    if context.skip_if_over(job_id, run):
+    started = context.start_stage(task, "generate")
+    if started is None:
         return
-    spec = context.store.spec(job_id)
-    context.store.transition(job_id, run, state="running", stage="generate")
-    payload = {"spec": spec.model_dump_json(), "job_dir": str(context.job_dir(job_id)), "run": run}
-    context.run_task(GENERATE, payload, job_id)
+    context.run_task(GENERATE, started[1], job_id)
     context.store.transition(job_id, run, state="queued", stage="judge")
     context.enqueue("judge", job_id, run)
 

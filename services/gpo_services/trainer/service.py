@@ -22,12 +22,11 @@ TRAIN = "gpo_services.trainer.service:train"
 
 def handle(task: dict, context: TaskContext) -> None:
     job_id, run = task["job"], task["run"]
-    if context.skip_if_over(job_id, run):
+    started = context.start_stage(task, "train")
+    if started is None:
         return
-    spec = context.store.spec(job_id)
-    context.store.transition(job_id, run, state="running", stage="train")
-    payload = {"spec": spec.model_dump_json(), "job_dir": str(context.job_dir(job_id)), "run": run,
-               "judge_api_key": judge_api_key(spec, job_id, context)}  # fmt: skip
+    spec, payload = started
+    payload["judge_api_key"] = judge_api_key(spec, job_id, context)  # for the preflight's probe
     result = context.run_task(TRAIN, payload, job_id, run)
     if result.get("diverged"):  # done, with no model: the job goes on without this run
         context.store.transition(job_id, run, state="diverged", stage="done", step=result["steps"],
