@@ -33,10 +33,12 @@ def main() -> None:
     parser.add_argument("--verdict", default="logprobs", choices=["logprobs", "rationale", "json"])
     args = parser.parse_args()
 
-    from gpo_core.chat_judge import ChatJudge
     from gpo_core.data import load_preferences
-    from gpo_core.judge import DIALOGUE_TEMPLATE, LogprobJudge, OracleTaskJudge, side_by_side
-    from gpo_core.judge_eval import evaluate_judge
+    from gpo_core.judging.chat import ChatJudge
+    from gpo_core.judging.comparison import side_by_side
+    from gpo_core.judging.evaluation import evaluate_judge
+    from gpo_core.judging.judges import LogprobJudge, OracleTaskJudge
+    from gpo_core.judging.templates import DIALOGUE_TEMPLATE
     from gpo_core.task.build import BuiltTask, build_task, task_settings
     from tests.support.chat_model import build_chat_model
     from tests.unit.test_chat_judge import COMPACT_JSON

@@ -18,11 +18,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from gpo_core.errors import InputError
+
 Prompt = str | list[dict]
 ROLES = ("system", "user", "assistant", "tool")
 
 
-class ConversationError(ValueError):
+class ConversationError(InputError):
     """A conversation the tokenizer or the template cannot render; the message says why."""
 
 

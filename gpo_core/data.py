@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import TextIO
 
 from gpo_core.conversation import ConversationError, message_problem, split_implicit
+from gpo_core.errors import InputError
 
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
 PROMPT_FIELDS = ("prompt",)
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError):
     """A dataset that cannot be used; the message names the file, line or row, and field."""
 
 

@@ -16,6 +16,8 @@ import sympy as sp
 import torch
 import torch.nn.functional as F
 
+from gpo_core.errors import InputError
+
 X = sp.Symbol("x", real=True)
 
 MAX_FORMULA_CHARS = 500
@@ -26,7 +28,7 @@ MAX_CONSTANT_EXPONENT = 64
 MAX_CONSTANT_MAGNITUDE = 1e6
 
 
-class FormulaError(ValueError):
+class FormulaError(InputError):
     """A formula that cannot be accepted; the message says what is wrong and where."""
 
 

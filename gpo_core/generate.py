@@ -29,6 +29,7 @@ from transformers import AutoTokenizer
 
 from gpo_core.conversation import ChatFormat, Prompt
 from gpo_core.data import write_jsonl
+from gpo_core.errors import PermanentError
 from gpo_core.logprobs import pad_rows
 from gpo_core.models import (
     ADAPTER_CONFIG,
@@ -153,7 +154,7 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-class GenerationError(RuntimeError):
+class GenerationError(PermanentError):
     """A generation backend that cannot serve a model: retrying cannot help."""
 
 

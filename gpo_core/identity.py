@@ -19,6 +19,7 @@ from pathlib import Path
 
 from gpo_core.cache import cache_root
 from gpo_core.data import write_json
+from gpo_core.errors import InputError
 
 MEMO = "digests"
 
@@ -99,7 +100,7 @@ def flatten(value: object, prefix: str = "") -> dict:
     return {prefix.rstrip("."): value}
 
 
-class DifferentSpec(ValueError):
+class DifferentSpec(InputError):
     """A folder that holds results of another spec; the message names what changed."""
 
 

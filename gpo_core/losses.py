@@ -23,12 +23,13 @@ import sympy as sp
 import torch
 import torch.nn.functional as F
 
+from gpo_core.errors import InputError
 from gpo_core.formula import FormulaError, X, compile_to_torch, float_value, kink_at_zero, parse_formula
 
 TorchFn = Callable[[torch.Tensor], torch.Tensor]
 
 
-class LossSpecError(ValueError):
+class LossSpecError(InputError):
     """A loss name or formula that cannot be used for GPO; the message says why."""
 
 

@@ -15,12 +15,14 @@ from collections.abc import Callable
 
 from gpo_core.conversation import ChatFormat, ConversationError, Prompt
 from gpo_core.data import load_preferences, load_prompts
-from gpo_core.judge import JudgeEndpointRefused, JudgeOutputError
+from gpo_core.errors import InputError
+from gpo_core.judging.comparison import JudgeOutputError
+from gpo_core.judging.endpoints import JudgeEndpointRefused
 from gpo_core.stopping import StopCheck
 from gpo_core.sweep.spec import JobSpec
 
 
-class PreflightError(ValueError):
+class PreflightError(InputError):
     """A stage of the sweep cannot run; the message names the field, file or URL. Retrying
     cannot help."""
 
@@ -63,7 +65,7 @@ def check_judge(
     """One verdict on a probe comparison (a stop request is seen while the call is out). An
     unreachable endpoint raises the judge's own :class:`JudgeEndpointError` (it may come back: a
     service retries the task later)."""
-    from gpo_core.judge import call_until_stopped
+    from gpo_core.judging.comparison import call_until_stopped
     from gpo_core.sweep.stages import make_judge
 
     settings = spec.judge

@@ -28,7 +28,7 @@ from typing import overload
 from gpo_core.data import load_prompts, write_json, write_jsonl
 from gpo_core.generate import SamplingSettings, VLLMEngine, cached_responses, generate_responses, load_responses
 from gpo_core.identity import DifferentSpec, claim, content_digest, flatten
-from gpo_core.judge import pair_responses
+from gpo_core.judging.comparison import Judge, pair_responses
 from gpo_core.models import cache_root
 from gpo_core.remote import is_uri, materialize
 from gpo_core.stopping import StopCheck, check
@@ -267,38 +267,21 @@ def generate_stage(
     return write_jsonl(out, records)
 
 
-def make_judge(spec: JobSpec, inputs: Inputs, api_key: str | None = None):
-    """The judge of ``spec``. An endpoint judge sends ``api_key`` and nothing else: no key is
-    read from the environment here (whose it is, is the caller's to decide: the services' worker,
-    :mod:`gpo_services.common.credentials`; the embedded runner, :func:`embedded_api_key`)."""
-    from gpo_core import judge as judging
+def make_judge(spec: JobSpec, inputs: Inputs, api_key: str | None = None) -> Judge:
+    """The judge of ``spec`` (:func:`gpo_core.judging.factory.build_judge`), with this job's inputs:
+    the built-in task, the local judge's copy here, and its evaluation prompts' kind. Whose
+    ``api_key`` an endpoint judge sends is the caller's to decide (the services' worker:
+    :mod:`gpo_services.common.credentials`; the embedded runner: :func:`embedded_api_key`)."""
     from gpo_core.conversation import is_conversation
+    from gpo_core.judging.factory import build_judge
 
-    settings = spec.judge
-    if settings.kind == "oracle":
-        from gpo_core.task.build import BuiltTask
-
-        assert inputs.task_root is not None  # JobSpec allows the oracle only with the built-in task
-        return judging.OracleTaskJudge(BuiltTask(inputs.task_root), settings.mode)
-    # The default template depends on the prompts' kind: read them only when it is needed.
-    conversational = settings.template is None and is_conversation(load_prompts(inputs.eval_prompts)[0]["prompt"])
-    template = judging.template_text(settings.template, conversational)
-    labels = (settings.labels[0], settings.labels[1])
-    if settings.kind == "local":
-        assert settings.model_dir is not None  # JudgeSettings requires it for a local judge
-        return judging.LogprobJudge(local_copy(settings.model_dir), template, labels)
-    # JudgeSettings requires both for endpoint judges, and checks each kind's verdicts.
-    assert settings.base_url is not None and settings.model is not None
-    verdict = settings.verdict
-    if settings.kind == "chat":
-        from gpo_core.chat_judge import ChatJudge
-
-        assert verdict != "choice"
-        return ChatJudge(settings.base_url, settings.model, template, labels, verdict, api_key=api_key,
-                         prices=settings.price_per_million)  # fmt: skip
-    assert verdict in ("logprobs", "choice")
-    return judging.OpenAIJudge(
-        settings.base_url, settings.model, template, labels, api_key=api_key or "EMPTY", verdict=verdict
+    model_dir = local_copy(spec.judge.model_dir)
+    return build_judge(
+        spec.judge,
+        api_key=api_key,
+        task_root=None if inputs.task_root is None else Path(inputs.task_root),
+        model_dir=None if model_dir is None else Path(model_dir),
+        conversational=lambda: is_conversation(load_prompts(inputs.eval_prompts)[0]["prompt"]),
     )
 
 
@@ -313,7 +296,7 @@ def embedded_api_key(spec: JobSpec) -> str | None:
 def _judge(
     spec: JobSpec, inputs: Inputs, job_dir: Path, items: list[dict], should_stop: StopCheck | None, api_key: str | None
 ):
-    from gpo_core.judge import VerdictCache, side_by_side
+    from gpo_core.judging.comparison import VerdictCache, side_by_side
 
     judge = make_judge(spec, inputs, api_key)
     cache = VerdictCache(job_dir / "verdicts.jsonl")
@@ -360,8 +343,8 @@ def judge_eval_stage(
     """The judge's own accuracy on ``judge.evaluate_on`` (labelled pairs), once per job, in
     ``JOB/judge_eval.json`` (see :mod:`gpo_core.judge_eval`)."""
     from gpo_core.data import load_preferences
-    from gpo_core.judge import VerdictCache
-    from gpo_core.judge_eval import evaluate_judge
+    from gpo_core.judging.comparison import VerdictCache
+    from gpo_core.judging.evaluation import evaluate_judge
 
     out = job_dir / "judge_eval.json"
     evaluate_on = spec.judge.evaluate_on

@@ -9,7 +9,8 @@ from transformers import AutoTokenizer
 
 from gpo_core.data import load_prompts
 from gpo_core.generate import sample_texts
-from gpo_core.judge import OracleTaskJudge, SideBySide, side_by_side
+from gpo_core.judging.comparison import SideBySide, side_by_side
+from gpo_core.judging.judges import OracleTaskJudge
 from gpo_core.models import load_model
 from gpo_core.task.build import BuiltTask
 from gpo_core.task.model import MAX_SUMMARY_TOKENS

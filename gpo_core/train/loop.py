@@ -26,6 +26,7 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from gpo_core.conversation import ChatFormat, ConversationError, Prompt
 from gpo_core.data import load_preferences, load_prompts, write_json
+from gpo_core.errors import PermanentError
 from gpo_core.logprobs import output_head
 from gpo_core.losses import gpo_loss, resolve_loss
 from gpo_core.models import cache_root, config_folder, is_adapter, is_encoder_decoder, load_model, on_device
@@ -57,7 +58,7 @@ DIVERGED = "diverged.json"  # written where a run stopped on a non-finite loss (
 KEEP_CHECKPOINTS = 2
 
 
-class TrainingError(RuntimeError):
+class TrainingError(PermanentError):
     """A run that cannot go on; the message says why and where."""
 
 

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gpo_core.analysis import beta_from_ipo_equivalent
+from gpo_core.errors import InputError
 from gpo_core.losses import LossSpecError, resolve_loss
 from gpo_core.specfile import ADAPTER_CONFIG, format_errors, missing_paths, read_mapping, resolve_paths
 
@@ -195,7 +196,7 @@ class TrainingSpec(TrainingOptions):
         return self.tokenizer or self.policy
 
 
-class SpecError(ValueError):
+class SpecError(InputError):
     """A spec file that cannot be used; the message names the file and each bad field."""
 
 

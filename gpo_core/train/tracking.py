@@ -19,13 +19,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from gpo_core.errors import GPOError
 from gpo_core.train.metrics import MetricsSink
 
 PREFIXES = {"step": "train", "trace": "trace", "data": "data"}
 SKIPPED = {"kind", "step", "steps", "pid", "world_size"}
 
 
-class TrackingError(RuntimeError):
+class TrackingError(GPOError):
     """A tracker that cannot be used (its package missing, its store unreachable)."""
 
 

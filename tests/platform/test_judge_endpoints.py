@@ -10,14 +10,9 @@ import threading
 import httpx
 import pytest
 
-from gpo_core.judge import (
-    JudgeEndpointError,
-    JudgeEndpointRefused,
-    OpenAIJudge,
-    check_template,
-    endpoint_url,
-    render_template,
-)
+from gpo_core.judging.endpoints import JudgeEndpointError, JudgeEndpointRefused, endpoint_url
+from gpo_core.judging.judges import OpenAIJudge
+from gpo_core.judging.templates import check_template, render_template
 from gpo_services.common.settings import Settings
 from tests.platform.conftest import TENANT_KEYS, serving
 

@@ -7,8 +7,10 @@ import time
 
 import pytest
 
-from gpo_core.chat_judge import ChatJudge
-from gpo_core.judge import DIALOGUE_TEMPLATE, JudgeEndpointRefused, JudgeOutputError, side_by_side
+from gpo_core.judging.chat import ChatJudge
+from gpo_core.judging.comparison import JudgeOutputError, side_by_side
+from gpo_core.judging.endpoints import JudgeEndpointRefused
+from gpo_core.judging.templates import DIALOGUE_TEMPLATE
 from tests.support.json_server import Script, chat_completion, json_server
 
 # A random model under a JSON schema would spend its tokens on the whitespace the grammar allows.
@@ -173,3 +175,31 @@ def test_a_real_vllm_chat_server_in_each_mode(small_task, tmp_path_factory) -> N
             assert len(result.records) == 6 and judge.usage.requests == 12 and judge.usage.prompt_tokens > 0
             if verdict == "json":  # structured output: a random model still answers in the schema
                 assert result.invalid == 0, result.records
+
+
+def test_gpo_judge_builds_the_same_chat_judge_as_a_job(server, tmp_path) -> None:
+    """``gpo judge --chat`` goes through the jobs' judge factory: the key from --api-key-env is sent,
+    --price gives the judging's cost, and a bad option is one line naming the field."""
+    import json
+    import os
+    import subprocess
+
+    from tests.unit.test_cli import GPO
+
+    answers = iter(['{"verdict": "A"}', '{"verdict": "B"}'] * 4)
+    script = Script(lambda body, n: (200, {}, chat_completion(next(answers))))
+    url = server(script)
+    for name, text in (("a", "first answer"), ("b", "second answer")):
+        records = [{"prompt_id": i, "prompt": "hi", "response": f"{text} {i}", "sample": 0} for i in range(2)]
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    base = [GPO, "judge", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"), "--chat", url, "--model", "judge"]
+    shown = subprocess.run([*base, "--verdict", "json", "--api-key-env", "MY_JUDGE_KEY", "--price", "2.5", "10",
+                            "--json"], capture_output=True, text=True, env={**os.environ, "MY_JUDGE_KEY": "k-123"},
+                           timeout=120)  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    usage = json.loads(shown.stdout)["usage"]
+    assert usage["requests"] == 4 and usage["cost"] == pytest.approx((400 * 2.5 + 28 * 10.0) / 1e6)
+    assert set(script.authorizations) == {"Bearer k-123"}
+    refused = subprocess.run([*base, "--verdict", "choice"], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "a chat judge's verdict is one of logprobs, rationale, json, not choice" in refused.stderr

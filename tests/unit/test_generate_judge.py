@@ -9,7 +9,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from gpo_core.data import load_prompts
 from gpo_core.generate import SamplingSettings, cached_responses, generate_responses, load_responses
-from gpo_core.judge import JudgeOutputError, LogprobJudge, OracleTaskJudge, VerdictCache, side_by_side
+from gpo_core.judging.comparison import JudgeOutputError, VerdictCache, side_by_side
+from gpo_core.judging.judges import LogprobJudge, OracleTaskJudge
 from gpo_core.models import load_model
 from gpo_core.task.tokenizer import word_level_tokenizer
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from gpo_core.data import load_preferences
-from gpo_core.judge import OracleTaskJudge
-from gpo_core.judge_eval import evaluate_judge
+from gpo_core.judging.evaluation import evaluate_judge
+from gpo_core.judging.judges import OracleTaskJudge
 
 
 class AlwaysFirst:

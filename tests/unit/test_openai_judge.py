@@ -12,7 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gpo_core.judge import LogprobJudge, OpenAIJudge, side_by_side
+from gpo_core.judging.comparison import side_by_side
+from gpo_core.judging.judges import LogprobJudge, OpenAIJudge
 
 pytestmark = pytest.mark.slow
 LABELS = (" POST:", " TL;DR:")  # two single tokens of the task's vocabulary

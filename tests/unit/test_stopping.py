@@ -8,7 +8,7 @@ import time
 import pytest
 
 from gpo_core.generate import SamplingSettings, generate_responses
-from gpo_core.judge import VerdictCache, side_by_side
+from gpo_core.judging.comparison import VerdictCache, side_by_side
 from gpo_core.stopping import Stopped
 from gpo_core.task.build import build_task, task_settings
 

@@ -129,3 +129,18 @@ def test_every_package_folder_is_a_regular_package() -> None:
     folders = {path.parent for path in MODULES.values()}
     missing = [str(f.relative_to(ROOT)) for f in sorted(folders) if not (f / "__init__.py").exists()]
     assert not missing
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["gpo_services.common.settings", "gpo_core.judging.settings", "gpo_core.errors", "gpo_client.cli.main"],
+)
+def test_settings_errors_and_the_cli_load_without_torch(module: str) -> None:
+    """The services read their settings, and ``gpo --help`` starts, without importing torch (seconds
+    and hundreds of MB each time)."""
+    import subprocess
+    import sys
+
+    code = f"import sys, {module}; print('torch' in sys.modules)"
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert shown.stdout.strip() == "False"

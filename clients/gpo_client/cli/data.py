@@ -54,12 +54,7 @@ SkipInvalid = Annotated[
 
 
 def _converted(convert, source: Path, destination: Path, **options) -> None:
-    from gpo_core.data import DatasetError
-
-    try:
-        report = convert(source, destination, **options)
-    except DatasetError as err:
-        raise fail(str(err)) from None
+    report = convert(source, destination, **options)
     console.print(f"wrote {report.written} pairs to {destination}", highlight=False)
     if report.skipped:
         errors.print(f"skipped {len(report.skipped)} malformed lines:", highlight=False)
@@ -106,12 +101,9 @@ def data_convert_ultrafeedback(
 def data_check(path: Annotated[Path, typer.Argument(help="JSONL, Parquet or a saved datasets folder.")]) -> None:
     """Validate a preference dataset; the first bad record is reported with file, line and field,
     and pairs whose chosen and rejected responses are the same are listed (they carry no signal)."""
-    from gpo_core.data import DatasetError, load_preferences
+    from gpo_core.data import load_preferences
 
-    try:
-        records = load_preferences(path)
-    except DatasetError as err:
-        raise fail(str(err)) from None
+    records = load_preferences(path)
     console.print(f"{path}: {len(records)} valid preference pairs", highlight=False)
     same = [i for i, r in enumerate(records, start=1) if r["chosen"].strip() == r["rejected"].strip()]
     if same:

@@ -69,13 +69,8 @@ def submit_command(
 ) -> None:
     """Submit a sweep to the control service; prints the job id. With --watch, follows it and exits
     0 only when it succeeded (1 when it failed or was cancelled, 2 on an error here)."""
-    from gpo_core.sweep.spec import JobSpecError
-
     client = sdk_client(server, api_key)
-    try:
-        job = api_call(client.submit, spec_file, idempotency_key)
-    except JobSpecError as err:
-        raise fail(str(err)) from None
+    job = api_call(client.submit, spec_file, idempotency_key)
     console.print(job.id)
     if watch:
         job = api_call(lambda: client.wait(job.id, progress=True))

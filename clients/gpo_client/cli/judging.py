@@ -32,6 +32,12 @@ ConcurrencyOption = Annotated[int, typer.Option(min=1, max=64, help="Comparisons
 CacheOption = Annotated[Path | None, typer.Option(help="Verdict cache file (JSONL).")]
 
 
+PriceOption = Annotated[
+    tuple[float, float] | None,
+    typer.Option(help="Price of a million prompt and completion tokens (--chat): the judging's cost is printed."),
+]
+
+
 def check_choice(task, local, endpoint, chat, model) -> None:
     """Exactly one judge, and a model for an endpoint: checked before anything is read."""
     chosen = [option for option in (task, local, endpoint, chat) if option is not None]
@@ -41,39 +47,36 @@ def check_choice(task, local, endpoint, chat, model) -> None:
         raise fail("--endpoint and --chat need --model")
 
 
-def build_judge(task, local, endpoint, chat, model, template, labels, verdict, key_env, conversational: bool):
-    """The judge the options name (exactly one of task, local, endpoint, chat); a bad option ends
-    the command with one line."""
+def options_judge(task, local, endpoint, chat, model, template, labels, verdict, key_env, price,
+                  conversational: bool):  # fmt: skip
+    """The judge the options name (exactly one of task, local, endpoint, chat), made by the same
+    factory as a job's judge (:func:`gpo_core.judging.factory.build_judge`) from the same settings."""
     import os
 
-    from gpo_core.judge import TEMPLATES, LogprobJudge, OpenAIJudge, OracleTaskJudge, check_template, template_text
+    from pydantic import ValidationError
+
+    from gpo_core.judging.factory import build_judge
+    from gpo_core.judging.settings import JudgeSettings
+    from gpo_core.judging.templates import TEMPLATES
 
     check_choice(task, local, endpoint, chat, model)
     if template is not None and template not in TEMPLATES:
         if not Path(template).is_file():
             raise fail(f"--template: {template} is neither summary, dialogue nor a file")
         template = Path(template).read_text(encoding="utf-8")
-        try:
-            check_template(template)
-        except ValueError as err:
-            raise fail(f"--template: {err}") from None
-    text = template_text(template, conversational)
+    kind = "oracle" if task else "local" if local else "chat" if chat else "endpoint"
+    options = {"kind": kind, "template": template, "labels": labels, "price_per_million": price}
+    if kind in ("endpoint", "chat"):
+        options |= {"base_url": endpoint or chat, "model": model, "verdict": verdict}
+    if kind == "local":
+        options["model_dir"] = str(local)
     try:
-        if task is not None:
-            from gpo_core.task.build import BuiltTask
-
-            return OracleTaskJudge(BuiltTask(task))
-        if local is not None:
-            if not (local / "config.json").is_file():
-                raise fail(f"--local: {local} is not a transformers model folder (no config.json)")
-            return LogprobJudge(local, text, labels)
-        if chat is not None:
-            from gpo_core.chat_judge import ChatJudge
-
-            return ChatJudge(chat, model, text, labels, verdict, api_key=os.environ.get(key_env))
-        return OpenAIJudge(endpoint, model, text, labels, api_key=os.environ.get(key_env) or "EMPTY", verdict=verdict)
-    except (FileNotFoundError, ValueError) as err:
-        raise fail(str(err)) from None
+        settings = JudgeSettings(**options)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'judge'}: {e['msg']}" for e in err.errors())
+        raise fail(problems.replace("Value error, ", "")) from None
+    api_key = os.environ.get(key_env) if settings.calls_endpoint else None
+    return build_judge(settings, api_key=api_key, task_root=task, conversational=lambda: conversational)
 
 
 def judge_command(
@@ -88,6 +91,7 @@ def judge_command(
     labels: LabelsOption = (" A", " B"),
     verdict: VerdictOption = "logprobs",
     api_key_env: KeyEnvOption = "OPENAI_API_KEY",
+    price: PriceOption = None,
     concurrency: ConcurrencyOption = 8,
     cache: CacheOption = None,
     as_json: JsonFlag = False,
@@ -95,7 +99,7 @@ def judge_command(
     """Judge A against B side by side (both orders): win rate, length-controlled win rate, flips."""
     from gpo_core.conversation import is_conversation
     from gpo_core.generate import load_responses
-    from gpo_core.judge import JudgeEndpointError, JudgeEndpointRefused, VerdictCache, pair_responses, side_by_side
+    from gpo_core.judging.comparison import VerdictCache, pair_responses, side_by_side
 
     check_choice(task, local, endpoint, chat, model)
     try:
@@ -106,14 +110,12 @@ def judge_command(
     if not items:
         raise fail(f"{responses_a} and {responses_b} share no (prompt_id, sample)")
     conversational = is_conversation(a[0]["prompt"])
-    judge = build_judge(task, local, endpoint, chat, model, template, labels, verdict, api_key_env, conversational)
-    try:
-        with console.status(f"judging {len(items)} pairs in both orders"):
-            cached = VerdictCache(cache) if cache else None
-            in_flight = concurrency if (endpoint or chat) else 1  # the oracle and local models compute
-            result = side_by_side(judge, items, cache=cached, concurrency=in_flight)
-    except (JudgeEndpointError, JudgeEndpointRefused) as err:
-        raise fail(str(err)) from None
+    judge = options_judge(task, local, endpoint, chat, model, template, labels, verdict, api_key_env, price,
+                          conversational)  # fmt: skip
+    with console.status(f"judging {len(items)} pairs in both orders"):
+        cached = VerdictCache(cache) if cache else None
+        in_flight = concurrency if (endpoint or chat) else 1  # the oracle and local models compute
+        result = side_by_side(judge, items, cache=cached, concurrency=in_flight)
     payload = {
         "compared": len(items),
         "unmatched": len(a) - len(items),
@@ -137,7 +139,9 @@ def judge_command(
     console.print(f"flip rate {result.flip_rate:.3f}")
     console.print(f"invalid: {result.invalid}; judge calls: {result.judge_calls}")
     if result.usage:
-        console.print(f"tokens: {result.usage['prompt_tokens']} prompt, {result.usage['completion_tokens']} completion")
+        cost = f"; cost {result.usage['cost']:.4f}" if result.usage.get("cost") is not None else ""
+        console.print(f"tokens: {result.usage['prompt_tokens']} prompt, {result.usage['completion_tokens']} completion"
+                      f"{cost}")  # fmt: skip
 
 
 def judge_eval_command(
@@ -151,6 +155,7 @@ def judge_eval_command(
     labels: LabelsOption = (" A", " B"),
     verdict: VerdictOption = "logprobs",
     api_key_env: KeyEnvOption = "OPENAI_API_KEY",
+    price: PriceOption = None,
     concurrency: ConcurrencyOption = 8,
     limit: Annotated[int | None, typer.Option(min=1, help="Judge the first N pairs only.")] = None,
     cache: CacheOption = None,
@@ -159,23 +164,18 @@ def judge_eval_command(
     """A judge's own accuracy: agreement with the labels (and the gold reward when the pairs carry
     one), position bias, tie and invalid rates, each pair judged in both orders."""
     from gpo_core.conversation import is_conversation
-    from gpo_core.data import DatasetError, load_preferences
-    from gpo_core.judge import JudgeEndpointError, JudgeEndpointRefused, VerdictCache
-    from gpo_core.judge_eval import evaluate_judge
+    from gpo_core.data import load_preferences
+    from gpo_core.judging.comparison import VerdictCache
+    from gpo_core.judging.evaluation import evaluate_judge
 
     check_choice(task, local, endpoint, chat, model)
-    try:
-        records = load_preferences(pairs)[:limit]
-    except DatasetError as err:
-        raise fail(str(err)) from None
+    records = load_preferences(pairs)[:limit]
     conversational = is_conversation(records[0]["prompt"])
-    judge = build_judge(task, local, endpoint, chat, model, template, labels, verdict, api_key_env, conversational)
-    try:
-        with console.status(f"judging {len(records)} labelled pairs in both orders"):
-            in_flight = concurrency if (endpoint or chat) else 1  # the oracle and local models compute
-            figures = evaluate_judge(judge, records, VerdictCache(cache) if cache else None, concurrency=in_flight)
-    except (JudgeEndpointError, JudgeEndpointRefused) as err:
-        raise fail(str(err)) from None
+    judge = options_judge(task, local, endpoint, chat, model, template, labels, verdict, api_key_env, price,
+                          conversational)  # fmt: skip
+    with console.status(f"judging {len(records)} labelled pairs in both orders"):
+        in_flight = concurrency if (endpoint or chat) else 1  # the oracle and local models compute
+        figures = evaluate_judge(judge, records, VerdictCache(cache) if cache else None, concurrency=in_flight)
     if as_json:
         emit_json(figures)
         return

@@ -4,12 +4,32 @@ when they run, not when ``gpo`` starts."""
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
 
 from gpo_client.cli import analysis, data, jobs, judging, runs, stack
+from gpo_client.cli.output import fail
+from gpo_core.errors import GPOError
+
+
+def command(group: typer.Typer, name: str, function: Callable[..., None]) -> None:
+    """Register ``function`` as ``gpo [group] name``. An error the platform raises on purpose
+    (``GPOError``: its message names the field, line, file or URL) ends the command with that one
+    line and exit code 2, never a traceback: the one place the CLI catches errors for its commands."""
+
+    @functools.wraps(function)
+    def reporting(*args, **kwargs) -> None:
+        try:
+            function(*args, **kwargs)
+        except GPOError as err:
+            raise fail(str(err)) from None
+
+    group.command(name)(reporting)
+
 
 app = typer.Typer(
     help="Generalized Preference Optimization: losses, analyses, training, sweeps and the platform's jobs.",
@@ -19,57 +39,57 @@ app = typer.Typer(
 )
 
 # The paper's analyses (computed here).
-app.command("losses")(analysis.losses)
-app.command("bandit")(analysis.bandit)
-app.command("gaussians")(analysis.gaussians)
-app.command("paper")(analysis.paper)
+command(app, "losses", analysis.losses)
+command(app, "bandit", analysis.bandit)
+command(app, "gaussians", analysis.gaussians)
+command(app, "paper", analysis.paper)
 
 # The built-in task and datasets.
 task_app = typer.Typer(help="The built-in summarization task (offline data, gold reward, SFT reference).")
-task_app.command("build")(data.task_build)
+command(task_app, "build", data.task_build)
 app.add_typer(task_app, name="task")
 data_app = typer.Typer(help="Preference datasets: conversion, validation, uploads to the control service.")
-data_app.command("convert-tldr")(data.data_convert_tldr)
-data_app.command("convert-hh")(data.data_convert_hh)
-data_app.command("convert-ultrafeedback")(data.data_convert_ultrafeedback)
-data_app.command("check")(data.data_check)
-data_app.command("push")(data.data_push)
-data_app.command("ls")(data.data_list)
-data_app.command("rm")(data.data_remove)
+command(data_app, "convert-tldr", data.data_convert_tldr)
+command(data_app, "convert-hh", data.data_convert_hh)
+command(data_app, "convert-ultrafeedback", data.data_convert_ultrafeedback)
+command(data_app, "check", data.data_check)
+command(data_app, "push", data.data_push)
+command(data_app, "ls", data.data_list)
+command(data_app, "rm", data.data_remove)
 app.add_typer(data_app, name="data")
 model_app = typer.Typer(help="Models uploaded to the control service (safetensors folders).")
-model_app.command("push")(data.model_push)
-model_app.command("ls")(data.model_list)
-model_app.command("rm")(data.model_remove)
+command(model_app, "push", data.model_push)
+command(model_app, "ls", data.model_list)
+command(model_app, "rm", data.model_remove)
 app.add_typer(model_app, name="model")
 secret_app = typer.Typer(help="Your secrets on the control service (an endpoint judge's API key).")
-secret_app.command("set")(data.secret_set)
-secret_app.command("ls")(data.secret_list)
-secret_app.command("rm")(data.secret_remove)
+command(secret_app, "set", data.secret_set)
+command(secret_app, "ls", data.secret_list)
+command(secret_app, "rm", data.secret_remove)
 app.add_typer(secret_app, name="secret")
 
 # Work in this process, no services.
-app.command("train")(runs.train_command)
-app.command("plan")(runs.plan_command)
-app.command("generate")(runs.generate_command)
-app.command("judge")(judging.judge_command)
-app.command("judge-eval")(judging.judge_eval_command)
-app.command("run")(runs.run_command)
-app.command("reproduce")(runs.reproduce_command)
+command(app, "train", runs.train_command)
+command(app, "plan", runs.plan_command)
+command(app, "generate", runs.generate_command)
+command(app, "judge", judging.judge_command)
+command(app, "judge-eval", judging.judge_eval_command)
+command(app, "run", runs.run_command)
+command(app, "reproduce", runs.reproduce_command)
 
 # Jobs on the control service (HTTP).
-app.command("submit")(jobs.submit_command)
-app.command("list")(jobs.list_command)
-app.command("status")(jobs.status_command)
-app.command("watch")(jobs.watch_command)
-app.command("cancel")(jobs.cancel_command)
-app.command("delete")(jobs.delete_command)
-app.command("report")(jobs.report_command)
+command(app, "submit", jobs.submit_command)
+command(app, "list", jobs.list_command)
+command(app, "status", jobs.status_command)
+command(app, "watch", jobs.watch_command)
+command(app, "cancel", jobs.cancel_command)
+command(app, "delete", jobs.delete_command)
+command(app, "report", jobs.report_command)
 
 # The local stack and the demo.
-app.command("up")(stack.up_command)
-app.command("down")(stack.down_command)
-app.command("demo")(stack.demo_command)
+command(app, "up", stack.up_command)
+command(app, "down", stack.down_command)
+command(app, "demo", stack.demo_command)
 
 
 def version_callback(value: bool) -> None:

@@ -22,18 +22,13 @@ def train_command(
     """Run one GPO training from a spec, with a progress bar; Ctrl-C stops at the next step and
     keeps a checkpoint, and running it again resumes. Metrics go to OUTPUT_DIR/metrics.jsonl."""
     from gpo_client.progress import RunProgress
-    from gpo_core.data import DatasetError
     from gpo_core.train.launch import metrics_path, run_training
-    from gpo_core.train.loop import TrainingError
-    from gpo_core.train.spec import SpecError, load_spec
+    from gpo_core.train.spec import load_spec
 
     overrides: dict[str, int | None] = {k: v for k, v in {"workers": workers, "steps": steps}.items() if v is not None}
     if "steps" in overrides:
         overrides["epochs"] = None
-    try:
-        spec = load_spec(spec_file, **overrides)
-    except SpecError as err:
-        raise fail(str(err)) from None
+    spec = load_spec(spec_file, **overrides)
     from gpo_core.losses import alias_note
 
     if note := alias_note(spec.loss):
@@ -48,12 +43,9 @@ def train_command(
         def close(self) -> None:
             pass
 
-    try:
-        with RunProgress(console) as display:
-            display.add(label, spec.steps, info="")
-            result = run_training(spec, ToDisplay(), stop.is_set)
-    except (DatasetError, TrainingError) as err:
-        raise fail(str(err)) from None
+    with RunProgress(console) as display:
+        display.add(label, spec.steps, info="")
+        result = run_training(spec, ToDisplay(), stop.is_set)
     if result.diverged:
         raise fail(f"training diverged: {result.diverged}; metrics: {metrics_path(spec)} (a smaller beta or lr "
                    "may train; give another output_dir, this one holds the diverged run)")  # fmt: skip
@@ -74,13 +66,13 @@ def plan_command(
     logits), FLOPs per step, and whether it fits; at the spec's length limits. Exits 1 when it
     does not fit."""
     from gpo_core.train.plan import parse_size, plan, worker_memory
-    from gpo_core.train.spec import SpecError, load_spec
+    from gpo_core.train.spec import load_spec
 
     try:
         spec = load_spec(spec_file)
         available, source = (parse_size(memory), "--memory") if memory else worker_memory(spec)
         result = plan(spec)
-    except (SpecError, ValueError, OSError) as err:
+    except (ValueError, OSError) as err:
         raise fail(str(err)) from None
     fits = result.fits(available)
     if as_json:
@@ -131,7 +123,7 @@ def generate_command(
 ) -> None:
     """Sample responses from a checkpoint for evaluation prompts."""
     from gpo_core.data import DatasetError, load_prompts, write_jsonl
-    from gpo_core.generate import GenerationError, SamplingSettings, generate_responses, start_engine
+    from gpo_core.generate import SamplingSettings, generate_responses, start_engine
 
     if not (model_dir / "config.json").is_file():
         raise fail(f"{model_dir}: not a transformers model folder (no config.json)")
@@ -151,7 +143,7 @@ def generate_command(
         finally:
             if engine is not None:
                 engine.close()
-    except (DatasetError, GenerationError, ValueError) as err:
+    except ValueError as err:  # the sampling settings' own checks
         raise fail(str(err)) from None
     write_jsonl(out, responses)
     console.print(f"wrote {len(responses)} responses ({responses[0]['backend']}) to {out}", highlight=False)
@@ -164,12 +156,9 @@ def run_command(
     """Run a whole sweep in this process (the embedded default: no Redis, no services): train
     every run, sample it, judge it against the reference, compare runs pairwise, write the report.
     Ctrl-C stops at the next training step; running it again resumes."""
-    from gpo_core.sweep.spec import JobSpecError, load_job_spec, missing_inputs
+    from gpo_core.sweep.spec import load_job_spec, missing_inputs
 
-    try:
-        spec = load_job_spec(spec_file)
-    except JobSpecError as err:
-        raise fail(str(err)) from None
+    spec = load_job_spec(spec_file)
     problems = missing_inputs(spec)
     if problems:
         raise fail(f"{spec_file}: " + "; ".join(problems) + " (relative paths are taken from the spec file's folder)")
@@ -191,17 +180,14 @@ def reproduce_command(
 
     import yaml
 
-    from gpo_core.sweep.spec import JobSpecError, parse_job_spec
+    from gpo_core.sweep.spec import parse_job_spec
 
     name = "reproduce-gpu.yaml" if gpu else "reproduce.yaml"
     data = yaml.safe_load(files("gpo_core.sweep").joinpath("specs", name).read_text(encoding="utf-8"))
     if architecture is not None:
         data["task"] = {**data["task"], "architecture": architecture}
         data["name"] = f"{data['name']}-{architecture}"
-    try:
-        spec = parse_job_spec(data, name)
-    except JobSpecError as err:
-        raise fail(str(err)) from None
+    spec = parse_job_spec(data, name)
     if print_spec:
         console.print(yaml.safe_dump(data, sort_keys=False).rstrip(), highlight=False, markup=False)
         return
@@ -212,14 +198,8 @@ def reproduce_command(
 def run_sweep(spec, out: Path | None, command: str) -> None:
     """Run ``spec`` in this process with progress bars, then print the run table and the claims."""
     from gpo_client.progress import RunProgress
-    from gpo_core.data import DatasetError
-    from gpo_core.generate import GenerationError
-    from gpo_core.identity import DifferentSpec
-    from gpo_core.judge import JudgeEndpointError
     from gpo_core.losses import alias_note
-    from gpo_core.sweep.preflight import PreflightError
     from gpo_core.sweep.runner import run_job
-    from gpo_core.train.loop import TrainingError
 
     for note in dict.fromkeys(filter(None, (alias_note(run.loss) for run in spec.run_list()))):
         errors.print(f"note: {note}", highlight=False)
@@ -230,8 +210,7 @@ def run_sweep(spec, out: Path | None, command: str) -> None:
             for run in spec.run_ids():
                 display.add(run, spec.training.steps)
             report = run_job(spec, job_dir, events=display.sweep_event, stop_requested=stop.is_set)
-    except (DatasetError, DifferentSpec, GenerationError, JudgeEndpointError, PreflightError, TrainingError,
-            FileNotFoundError) as err:  # fmt: skip
+    except FileNotFoundError as err:  # an input deleted since the spec was checked
         raise fail(str(err)) from None
     if report is None:
         console.print(f"stopped; run again to resume: {command} --out {job_dir}")

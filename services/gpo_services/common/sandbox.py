@@ -41,6 +41,7 @@ import traceback
 from collections.abc import Callable
 from typing import IO, Any
 
+from gpo_core.errors import PermanentError
 from gpo_core.stopping import Stopped
 from gpo_services.common.settings import Limits
 
@@ -280,11 +281,9 @@ def _limit_self(limits: dict, worker: int) -> None:
 
 
 def _classify(err: BaseException) -> dict:
-    from gpo_services.common.failures import PERMANENT_ERRORS
-
     if isinstance(err, Stopped):
         return {"stopped": True}
-    if isinstance(err, PERMANENT_ERRORS):
+    if isinstance(err, PermanentError):
         return {"error": str(err), "permanent": True}
     return {"error": f"{type(err).__name__}: {err}", "permanent": False}
 

@@ -15,7 +15,7 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from gpo_core.judge import endpoint_url
+from gpo_core.judging.endpoints import endpoint_url
 from gpo_core.remote import normalized
 
 

@@ -26,11 +26,11 @@ from typing import Any
 
 import redis
 
+from gpo_core.errors import PermanentError
 from gpo_core.stopping import Stopped
 from gpo_core.sweep.spec import JobSpec
 from gpo_core.sweep.views import RUN_DONE, TERMINAL
 from gpo_services.common.connection import connect
-from gpo_services.common.failures import PERMANENT_ERRORS
 from gpo_services.common.logs import log, service_logger
 from gpo_services.common.queue import Message, TaskQueue, enqueue
 from gpo_services.common.sandbox import Sandbox, TaskFailed
@@ -207,7 +207,7 @@ class Worker:
                 self._fail(message, str(err))
             else:
                 self._retry_or_fail(message, str(err), fields)
-        except PERMANENT_ERRORS as err:
+        except PermanentError as err:
             log(self.logger, logging.ERROR, "task failed (not retried)", error=str(err), **fields)
             self._fail(message, str(err))
         except (redis.ConnectionError, redis.TimeoutError):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gpo_core.judge import Judge, VerdictCache, side_by_side
+from gpo_core.judging.comparison import Judge, VerdictCache, side_by_side
 
 
 def response_text(value: str | list[dict]) -> str:

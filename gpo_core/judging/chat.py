@@ -27,13 +27,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from gpo_core.conversation import Prompt
-from gpo_core.judge import (
-    JudgeOutputError,
-    OrderVerdict,
-    check_template,
-    endpoint_errors,
-    render_template,
-)
+from gpo_core.judging.comparison import JudgeOutputError, OrderVerdict
+from gpo_core.judging.endpoints import endpoint_errors
+from gpo_core.judging.templates import check_template, render_template
 
 ChatVerdict = Literal["logprobs", "rationale", "json"]
 INSTRUCTIONS = {
