@@ -116,7 +116,8 @@ def main() -> None:
     args = parser.parse_args()
     SHAPE["num_hidden_layers"] = args.layers
 
-    from gpo_core.train.loop import RunContext, train
+    from gpo_core.train.loop import train
+    from gpo_core.train.run import RunContext
     from gpo_core.train.spec import TrainingSpec
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

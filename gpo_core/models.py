@@ -14,7 +14,6 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, PretrainedConfig, PreTrainedModel
 
-from gpo_core.cache import cache_root  # noqa: F401  (re-exported: the cache's users import it from here)
 from gpo_core.identity import file_digest
 from gpo_core.specfile import ADAPTER_CONFIG
 

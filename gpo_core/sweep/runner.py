@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from gpo_core.cache import cache_root
 from gpo_core.generate import start_engine
-from gpo_core.models import cache_root
 from gpo_core.sweep import stages
 from gpo_core.sweep.preflight import preflight
 from gpo_core.sweep.report import build_report

@@ -25,16 +25,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import overload
 
+from gpo_core.cache import cache_root
 from gpo_core.data import load_prompts, write_json, write_jsonl
 from gpo_core.generate import SamplingSettings, VLLMEngine, cached_responses, generate_responses, load_responses
 from gpo_core.identity import DifferentSpec, claim, content_digest, flatten
 from gpo_core.judging.comparison import Judge, pair_responses
-from gpo_core.models import cache_root
 from gpo_core.remote import is_uri, materialize
 from gpo_core.stopping import StopCheck, check
 from gpo_core.sweep.spec import JobSpec, RunSpec
-from gpo_core.train.loop import TrainingError
 from gpo_core.train.metrics import MetricsSink
+from gpo_core.train.run import TrainingError
 from gpo_core.train.spec import TrainingSpec
 
 REFERENCE = "reference"

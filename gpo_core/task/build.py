@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedTokenizerFast
 
+from gpo_core.cache import cache_root
 from gpo_core.data import load_records, write_jsonl
 from gpo_core.generate import sample_texts
-from gpo_core.models import cache_root
 from gpo_core.stopping import StopCheck, check
 from gpo_core.task.corpus import CorpusSettings, Document, make_documents, make_vocabulary
 from gpo_core.task.model import (

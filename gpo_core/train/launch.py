@@ -12,8 +12,10 @@ from pathlib import Path
 
 from gpo_core.data import write_json
 from gpo_core.identity import DifferentSpec, claim, content_digest
-from gpo_core.train.loop import (
-    CHECKPOINTS,
+from gpo_core.train.checkpoints import CHECKPOINTS
+from gpo_core.train.loop import train
+from gpo_core.train.metrics import FanOut, JsonlSink, ListSink, MetricsSink, follow_jsonl, jsonl_end
+from gpo_core.train.run import (
     DIVERGED,
     METRICS_FILE,
     NonFiniteLossError,
@@ -21,9 +23,7 @@ from gpo_core.train.loop import (
     RunResult,
     TrainingError,
     record_divergence,
-    train,
 )
-from gpo_core.train.metrics import FanOut, JsonlSink, ListSink, MetricsSink, follow_jsonl, jsonl_end
 from gpo_core.train.spec import TrainingSpec
 from gpo_core.train.tracking import TrackingError, tracking_sinks
 

@@ -16,16 +16,9 @@ from pathlib import Path
 
 import torch
 
-from gpo_core.train.loop import (
-    DIVERGED,
-    NonFiniteLossError,
-    RunContext,
-    RunResult,
-    diverged_result,
-    record_divergence,
-    train,
-)
+from gpo_core.train.loop import train
 from gpo_core.train.metrics import JsonlSink, ListSink
+from gpo_core.train.run import DIVERGED, NonFiniteLossError, RunContext, RunResult, diverged_result, record_divergence
 from gpo_core.train.spec import TrainingSpec
 
 STOP_FILE = "STOP"

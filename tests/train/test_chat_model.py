@@ -9,8 +9,8 @@ from transformers import AutoTokenizer
 from gpo_core.data import load_preferences, load_prompts
 from gpo_core.generate import SamplingSettings, generate_responses
 from gpo_core.train.launch import run_training
-from gpo_core.train.loop import TrainingError
 from gpo_core.train.metrics import ListSink
+from gpo_core.train.run import TrainingError
 from gpo_core.train.spec import TrainingSpec
 from tests.support.chat_model import build_chat_model
 

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from gpo_core.train.device import PEAK_BF16_FLOPS, DeviceProfile, describe_device, peak_flops_of, process_peak_rss
-from gpo_core.train.loop import RunContext, train
+from gpo_core.train.loop import train
 from gpo_core.train.metrics import ListSink
+from gpo_core.train.run import RunContext
 from tests.train.test_loop import make_spec
 
 

@@ -11,8 +11,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from gpo_core.data import DatasetError, load_preferences, write_jsonl
 from gpo_core.logprobs import collate_causal, sequence_logprobs
-from gpo_core.train.loop import NonFiniteLossError, RunContext, TrainingError, train
+from gpo_core.train.loop import train
 from gpo_core.train.metrics import JsonlSink, ListSink
+from gpo_core.train.run import NonFiniteLossError, RunContext, TrainingError
 from gpo_core.train.spec import TrainingSpec
 
 STEP_KEYS = {
@@ -101,7 +102,8 @@ def test_the_reference_pass_covers_the_pairs_a_run_sees_and_grows_as_runs_need_m
 ) -> None:
     """Issue 28, item 6: the up-front reference pass scored every pair of the file where a short
     run uses a few; it scores the pairs the run will see, and later runs extend the shared cache."""
-    from gpo_core.train.loop import load_training_data, total_steps, visited_pairs
+    from gpo_core.train.data import load_training_data, total_steps
+    from gpo_core.train.reference import visited_pairs
 
     def stored() -> torch.Tensor:
         (path,) = (cache_dir / "reference-logprobs").glob("*.pt")

@@ -12,8 +12,9 @@ from transformers import AutoModelForCausalLM
 
 from gpo_core.logprobs import collate_causal, sequence_logprobs
 from gpo_core.train.adapters import AdapterDisabledReference, add_adapters
-from gpo_core.train.loop import RunContext, train
+from gpo_core.train.loop import train
 from gpo_core.train.metrics import ListSink
+from gpo_core.train.run import RunContext
 from gpo_core.train.spec import LoraOptions, TrainingSpec
 
 LORA = {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}

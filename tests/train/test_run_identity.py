@@ -13,8 +13,8 @@ from gpo_core.identity import DifferentSpec, changes
 from gpo_core.sweep import stages
 from gpo_core.sweep.spec import parse_job_spec
 from gpo_core.train.launch import run_training
-from gpo_core.train.loop import TrainingError
 from gpo_core.train.metrics import ListSink, rewind_jsonl
+from gpo_core.train.run import TrainingError
 from tests.train.test_loop import make_spec
 
 

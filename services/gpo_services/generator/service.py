@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from gpo_core.cache import cache_root
 from gpo_core.generate import VLLMEngine, lora_capacity, model_family, start_engine
-from gpo_core.models import cache_root
 from gpo_core.stopping import StopCheck
 from gpo_core.sweep import stages
 from gpo_core.sweep.spec import JobSpec
