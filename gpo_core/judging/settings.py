@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gpo_core.inputs import path_field
 from gpo_core.judging.endpoints import endpoint_url
 from gpo_core.judging.templates import TEMPLATES, check_template
 
@@ -37,7 +38,7 @@ class JudgeSettings(BaseModel):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$",
         description="Through the services: the name of your secret (PUT /secrets/NAME) holding the endpoint's key.",
     )
-    model_dir: str | None = Field(None, description="Local causal LM folder (kind=local).")
+    model_dir: str | None = path_field("model", "Local causal LM folder (kind=local).")
     verdict: Literal["logprobs", "choice", "rationale", "json"] = Field(
         "logprobs",
         description="endpoint: logprobs or choice; chat: logprobs (answer-token probabilities), rationale "
@@ -57,10 +58,9 @@ class JudgeSettings(BaseModel):
     price_per_million: tuple[float, float] | None = Field(
         None, description="Price of a million prompt and completion tokens: the job's judge cost is reported."
     )
-    evaluate_on: str | None = Field(
-        None,
-        max_length=4096,
-        description="Labelled pairs (chosen preferred) to measure this judge's own accuracy on; the report "
+    evaluate_on: str | None = path_field(
+        "data",
+        "Labelled pairs (chosen preferred) to measure this judge's own accuracy on; the report "
         "shows its agreement and position bias.",
     )
 

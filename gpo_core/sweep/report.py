@@ -217,7 +217,7 @@ def settings_table(data: dict) -> list[dict]:
         text = value if isinstance(value, str) else json.dumps(value)
         return text if len(text) <= 80 else text[:77] + "..."
 
-    top = [name for name in PATH_FIELDS if not name.startswith("judge.")]
+    top = [name for name in PATH_FIELDS if "." not in name]
     rows = [{"setting": key, "value": shown(spec[key])} for key in ("task", *top) if spec.get(key)]
     for block in ("training", "generation", "judge"):
         rows += [{"setting": f"{block}.{key}", "value": shown(value)} for key, value in (spec.get(block) or {}).items()]

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from gpo_core.analysis import beta_from_ipo_equivalent
 from gpo_core.errors import InputError
+from gpo_core.inputs import RunInputs, named_paths, path_fields
 from gpo_core.judging.settings import JudgeSettings
 from gpo_core.losses import LossSpecError, registry_name
 from gpo_core.specfile import format_errors, missing_paths, read_mapping, resolve_paths
@@ -114,26 +115,14 @@ class Comparisons(BaseModel):
     pairwise_beta: float | None = Field(None, description="Judge all runs at this beta against each other (Fig. 9).")
 
 
-class JobSpec(BaseModel):
-    """A sweep: models and data (or the built-in task), a grid of losses x betas (or explicit runs)
-    and the settings of each stage."""
+class JobSpec(RunInputs):
+    """A sweep: models and data (:class:`RunInputs`, or the built-in task), a grid of losses x
+    betas (or explicit runs) and the settings of each stage."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field("sweep", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._ -]*$")
     task: BuiltinTask | None = None
-    policy: str | None = Field(None, max_length=4096)
-    reference: str | None = Field(None, max_length=4096)
-    dataset: str | None = Field(None, max_length=4096)
-    eval_pairs: str | None = Field(None, max_length=4096)
-    eval_prompts: str | None = Field(None, max_length=4096)
-    dataset_split: str = Field("train", max_length=100, description="Split of a saved DatasetDict folder.")
-    dataset_columns: dict[str, str] = Field(
-        default_factory=dict, max_length=3, description="Our field -> the data's column, e.g. {prompt: question}."
-    )
-    chat_template: str | None = Field(
-        None, max_length=50_000, description="Jinja chat template for conversations; default: the tokenizer's."
-    )
 
     losses: list[Loss] = Field(default_factory=list, max_length=32)
     betas: list[Beta] = Field(default_factory=list, max_length=32)
@@ -207,7 +196,7 @@ def parse_job_spec(data: object, source: str = "spec") -> JobSpec:
         raise JobSpecError(format_errors(err, source, "job spec", JobSpec)) from None
 
 
-PATH_FIELDS = ("policy", "reference", "dataset", "eval_pairs", "eval_prompts", "judge.model_dir", "judge.evaluate_on")
+PATH_FIELDS = path_fields(JobSpec)  # its inputs, the judge's included: taken relative to the spec file
 
 
 def load_job_spec(path: str | Path) -> JobSpec:
@@ -220,7 +209,4 @@ def load_job_spec(path: str | Path) -> JobSpec:
 def missing_inputs(spec: JobSpec) -> list[str]:
     """The local inputs a spec names that are not there, one line each (for a run in this process;
     a service checks paths against its own roots)."""
-    named = {name: getattr(spec, name) for name in PATH_FIELDS if not name.startswith("judge.")}
-    named["judge.model_dir"] = spec.judge.model_dir
-    named["judge.evaluate_on"] = spec.judge.evaluate_on
-    return missing_paths(named, ("policy", "reference", "judge.model_dir"))
+    return missing_paths(named_paths(spec), path_fields(JobSpec, ("model",)))

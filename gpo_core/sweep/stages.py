@@ -29,6 +29,7 @@ from gpo_core.cache import cache_root
 from gpo_core.data import load_prompts, write_json, write_jsonl
 from gpo_core.generate import SamplingSettings, VLLMEngine, cached_responses, generate_responses, load_responses
 from gpo_core.identity import DifferentSpec, claim, content_digest, flatten
+from gpo_core.inputs import named_paths
 from gpo_core.judging.comparison import Judge, pair_responses
 from gpo_core.remote import is_uri, materialize
 from gpo_core.stopping import StopCheck, check
@@ -114,16 +115,7 @@ def job_identity(spec: JobSpec) -> dict:
     input it names (an object-store input is named by its URI; each training run checks the
     content of its local copy itself)."""
     identity = flatten(spec.model_dump(mode="json", exclude={"name"}))
-    named = {
-        "policy": spec.policy,
-        "reference": spec.reference,
-        "dataset": spec.dataset,
-        "eval_pairs": spec.eval_pairs,
-        "eval_prompts": spec.eval_prompts,
-        "judge.model_dir": spec.judge.model_dir,
-        "judge.evaluate_on": spec.judge.evaluate_on,
-    }
-    for name, path in named.items():
+    for name, path in named_paths(spec).items():
         if path is not None and not is_uri(path):
             try:
                 identity[f"{name}.content"] = content_digest(path)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from gpo_core.data import write_json
 from gpo_core.identity import DifferentSpec, claim, content_digest
+from gpo_core.inputs import path_fields
 from gpo_core.train.checkpoints import CHECKPOINTS
 from gpo_core.train.loop import train
 from gpo_core.train.metrics import FanOut, JsonlSink, ListSink, MetricsSink, follow_jsonl, jsonl_end
@@ -41,7 +42,7 @@ NOT_DETERMINING = {
     "logprob_chunk",
     "gradient_checkpointing",
 }
-INPUTS = ("policy", "reference", "tokenizer", "dataset", "eval_pairs", "eval_prompts")
+INPUTS = path_fields(TrainingSpec)  # read by content for the run's identity
 
 
 def metrics_path(spec: TrainingSpec) -> Path:

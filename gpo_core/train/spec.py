@@ -10,6 +10,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from gpo_core.analysis import beta_from_ipo_equivalent
 from gpo_core.errors import InputError
+from gpo_core.inputs import RunInputs, named_paths, path_field, path_fields, required
 from gpo_core.losses import LossSpecError, resolve_loss
 from gpo_core.specfile import ADAPTER_CONFIG, format_errors, missing_paths, read_mapping, resolve_paths
 
@@ -136,30 +137,21 @@ class TrainingOptions(BaseModel):
         return self
 
 
-class TrainingSpec(TrainingOptions):
-    """One GPO fine-tuning run: the models and data, the loss and beta, the output folder, and the
-    training options. Paths are model folders (transformers) and datasets in the common format
-    (JSONL, Parquet or a saved ``datasets`` folder)."""
+class TrainingSpec(TrainingOptions, RunInputs):
+    """One GPO fine-tuning run: the models and data (:class:`RunInputs`), the loss and beta, the
+    output folder, and the training options. Paths are model folders (transformers) and datasets in
+    the common format (JSONL, Parquet or a saved ``datasets`` folder)."""
 
-    policy: str = Field(description="Model folder to fine-tune (transformers, causal or encoder-decoder).")
-    reference: str | None = Field(None, description="Reference model folder; default: the policy's starting weights.")
-    tokenizer: str | None = Field(None, description="Tokenizer folder; default: the policy folder.")
-    dataset: str = Field(description="Training pairs {prompt, chosen, rejected}: texts or lists of messages.")
-    dataset_split: str = Field("train", max_length=100, description="Split of a saved DatasetDict folder.")
-    dataset_columns: dict[str, str] = Field(
-        default_factory=dict, description="Our field -> the data's column, e.g. {prompt: question}."
-    )
-    chat_template: str | None = Field(
-        None, max_length=50_000, description="Jinja chat template for conversations; default: the tokenizer's."
-    )
-    eval_pairs: str | None = Field(None, description="Held-out pairs for the mu-weighted square loss trace.")
-    eval_prompts: str | None = Field(None, description="Prompts whose samples estimate KL(pi_theta || pi_ref).")
-    output_dir: str = Field(description="Run folder: checkpoints, metrics.jsonl, final model.")
+    # One run has no built-in task to take them from: its policy and dataset are required.
+    policy: str = required(RunInputs, "policy")
+    dataset: str = required(RunInputs, "dataset")
+    tokenizer: str | None = path_field("model", "Tokenizer folder; default: the policy folder.")
+    output_dir: str = path_field("output", "Run folder: checkpoints, metrics.jsonl, final model.", default=...)
 
     loss: Loss = Field("logistic", description="Registry name (logistic, hinge, square, ...) or a formula in x.")
     beta: Beta | None = Field(None, description="beta in the loss's own units.")
     beta_ipo: Beta | None = Field(None, description="beta in IPO-equivalent units, converted per loss.")
-    cache_dir: str | None = Field(None, description="Reference log-prob cache; default $GPO_CACHE_DIR or ~/.cache/gpo.")
+    cache_dir: str | None = path_field("output", "Reference log-prob cache; default $GPO_CACHE_DIR or ~/.cache/gpo.")
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainingSpec:
@@ -200,8 +192,7 @@ class SpecError(InputError):
     """A spec file that cannot be used; the message names the file and each bad field."""
 
 
-PATH_FIELDS = ("policy", "reference", "tokenizer", "dataset", "eval_pairs", "eval_prompts", "output_dir", "cache_dir")
-MODEL_FIELDS = ("policy", "reference", "tokenizer")
+PATH_FIELDS = path_fields(TrainingSpec, ("model", "data", "output"))  # taken relative to the spec file
 
 
 def load_spec(path: str | Path, **overrides) -> TrainingSpec:
@@ -212,8 +203,7 @@ def load_spec(path: str | Path, **overrides) -> TrainingSpec:
         spec = TrainingSpec(**{**data, **overrides})
     except ValidationError as err:
         raise SpecError(format_errors(err, str(path), "training spec", TrainingSpec)) from None
-    named = spec.model_dump(include=set(PATH_FIELDS) - {"output_dir", "cache_dir"})
-    problems = missing_paths(named, MODEL_FIELDS)
+    problems = missing_paths(named_paths(spec), path_fields(TrainingSpec, ("model",)))
     if problems:
         relative = " (relative paths are taken from the spec file's folder)"
         raise SpecError(f"{path}: " + "; ".join(problems) + relative)

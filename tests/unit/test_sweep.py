@@ -37,7 +37,7 @@ def grid(**overrides) -> dict:
         ({"generation": {"max_new_tokens": 0}}, "generation.max_new_tokens", "greater than or equal to 1"),
         ({"judge": {"kind": "endpoint"}}, "judge", "base_url and model"),
         ({"name": "../etc"}, "name", "pattern"),
-        ({"bogus": 1}, "bogus", "unknown field (fields here: name, task, policy"),
+        ({"bogus": 1}, "bogus", "unknown field (fields here: policy, reference, dataset"),
         ({"learning_rate": 1e-3}, "learning_rate", "TRL's 'learning_rate' is 'training.lr' here"),
         ({"loss_type": "ipo"}, "loss_type", "TRL's 'loss_type' is 'losses' here"),
         ({"training": {"learning_rate": 1e-3}}, "training.learning_rate", "is 'training.lr' here"),

@@ -16,13 +16,13 @@ import os
 from pathlib import Path
 
 from gpo_core import remote
+from gpo_core.inputs import named_paths
 from gpo_core.remote import is_uri
 from gpo_core.sweep.spec import JobSpec
 from gpo_services.common.settings import Settings
 from gpo_services.control.errors import ApiError
 from gpo_services.control.storage import admitted, uploaded_file, uploaded_model
 
-PATH_FIELDS = ("policy", "reference", "dataset", "eval_pairs", "eval_prompts")
 UPLOAD_PREFIX = "data:"
 MODEL_PREFIX = "model:"
 
@@ -63,12 +63,10 @@ def resolve_spec_paths(spec: JobSpec, tenant: str, settings: Settings) -> JobSpe
         allowed = ", ".join(settings.judge_endpoint_urls()) or "none (an operator sets GPO_JUDGE_ENDPOINTS)"
         details.append({"field": "judge.base_url", "message": f"not a judge endpoint of this deployment; "
                         f"allowed: {allowed}"})  # fmt: skip
-    named = [(name, getattr(spec, name)) for name in PATH_FIELDS if getattr(spec, name)]
-    if spec.judge.kind == "local" and spec.judge.model_dir:
-        named.append(("judge.model_dir", spec.judge.model_dir))
-    if spec.judge.evaluate_on:
-        named.append(("judge.evaluate_on", spec.judge.evaluate_on))
-    for field, value in named:
+    named = {name: value for name, value in named_paths(spec).items() if value}
+    if spec.judge.kind != "local":
+        named.pop("judge.model_dir", None)  # read by a local judge only
+    for field, value in named.items():
         resolved = resolve_path(value, tenant, settings, admit=True)
         if resolved is None:
             details.append({"field": field, "message": f"{value!r} is not among your uploads (data:NAME, see "
