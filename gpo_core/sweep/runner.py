@@ -1,9 +1,10 @@
 """The embedded runner: a whole sweep in this process, no Redis and no services (``gpo run``).
 
-The stages are the services' stages, called in order: the reference's samples, then per run
-train -> generate -> judge (a run that diverges in training stops there, recorded as such), then
-the pairwise comparisons and the report. Every stage skips work
-already on disk, so running the same spec into the same folder again resumes where it stopped.
+The stages are the services' stages, in the order of a run's lifecycle
+(:mod:`gpo_core.sweep.pipeline`): the reference's samples, then each run's stages until it is over
+(a run that diverges in training ends there, recorded as such), then the job's finishing step
+(pairwise comparisons, the judge's own accuracy, the report). Every stage skips work already on
+disk, so running the same spec into the same folder again resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from pathlib import Path
 from gpo_core.cache import cache_root
 from gpo_core.generate import start_engine
 from gpo_core.sweep import stages
+from gpo_core.sweep.pipeline import FINISH, REFERENCE, STAGES, Outcome, Position, RunStage, next_step
 from gpo_core.sweep.preflight import preflight
-from gpo_core.sweep.report import build_report
 from gpo_core.sweep.spec import JobSpec
 
 Events = Callable[[dict], None]
@@ -34,6 +35,10 @@ class _RunSink:
         pass
 
 
+class _Stopped(Exception):
+    """A stop was asked for during training: the sweep ends here, resumable."""
+
+
 def run_job(
     spec: JobSpec,
     job_dir: str | Path,
@@ -43,7 +48,7 @@ def run_job(
 ) -> Path | None:
     """Run the sweep into ``job_dir``; returns the report's path, or None when stopped early."""
     job_dir = Path(job_dir)
-    cache_dir = Path(cache_dir) if cache_dir else cache_root()
+    cache = Path(cache_dir) if cache_dir else cache_root()
     emit = events or (lambda event: None)
 
     def stage(run: str, name: str, state: str, **extra) -> None:
@@ -59,37 +64,37 @@ def run_job(
     if note:
         emit({"kind": "log", "message": note})
     backend = "vllm" if engine is not None else "transformers"
-    try:
-        stage(stages.REFERENCE, "generate", "running")
-        stages.generate_stage(spec, job_dir, stages.REFERENCE, cache_dir, engine, backend=backend)
-        stage(stages.REFERENCE, "generate", "done")
-        for run in spec.run_ids():
-            stage(run, "train", "running")
+
+    def run_stage(name: RunStage, run: str) -> tuple[Outcome, dict]:
+        """One stage of ``run``: its outcome, and what its event tells."""
+        if name == "train":
             result = stages.train_stage(spec, job_dir, run, _RunSink(run, emit), stop_requested)
             if result["stopped"]:
                 stage(run, "train", "stopped", step=result["steps"])
-                return None
-            if result.get("diverged"):  # recorded, not fatal: the sweep goes on without it
-                stage(run, "train", "diverged", step=result["steps"], reason=result["diverged"])
-                continue
-            stage(run, "train", "done", step=result["steps"])
-            stage(run, "generate", "running")
-            stages.generate_stage(spec, job_dir, run, cache_dir, engine, backend=backend)
-            stage(run, "generate", "done")
-            stage(run, "judge", "running")
-            summary = stages.judge_stage(spec, job_dir, run, api_key=api_key)
-            stage(run, "judge", "done", win_rate=summary.get("win_rate"))
+                raise _Stopped
+            return stages.training_outcome(result)
+        if name == "generate":
+            stages.generate_stage(spec, job_dir, run, cache, engine, backend=backend)
+            return "done", {}
+        summary = stages.judge_stage(spec, job_dir, run, api_key=api_key)
+        return "done", {"win_rate": summary.get("win_rate")}
+
+    try:
+        stage(REFERENCE, "generate", "running")
+        stages.generate_stage(spec, job_dir, REFERENCE, cache, engine, backend=backend)
+        stage(REFERENCE, "generate", "done")
+        for run in spec.run_ids():
+            position: Position = STAGES[0]
+            while position != "done":
+                stage(run, position, "running")
+                outcome, told = run_stage(position, run)
+                stage(run, position, outcome, **told)
+                position = next_step(position, outcome).stage
+    except _Stopped:
+        return None
     finally:
         if engine is not None:
             engine.close()
-    if spec.judge.evaluate_on is not None:
-        stage("job", "judge-eval", "running")
-        stages.judge_eval_stage(spec, job_dir, api_key=api_key)
-        stage("job", "judge-eval", "done")
-    if spec.comparisons.pairwise_beta is not None:
-        stage("job", "pairwise", "running")
-        stages.pairwise_stage(spec, job_dir, api_key=api_key)
-        stage("job", "pairwise", "done")
-    report = build_report(job_dir)
-    stage("job", "report", "done", path=str(report))
+    report = stages.finish_stage(spec, job_dir, api_key=api_key, progress=lambda step, state: stage("job", step, state))
+    stage("job", FINISH, "done", path=str(report))
     return report

@@ -33,12 +33,12 @@ from gpo_core.inputs import named_paths
 from gpo_core.judging.comparison import Judge, pair_responses
 from gpo_core.remote import is_uri, materialize
 from gpo_core.stopping import StopCheck, check
+from gpo_core.sweep.pipeline import REFERENCE, Outcome, marker, run_dir
 from gpo_core.sweep.spec import JobSpec, RunSpec
 from gpo_core.train.metrics import MetricsSink
 from gpo_core.train.run import TrainingError
 from gpo_core.train.spec import TrainingSpec
 
-REFERENCE = "reference"
 IDENTITY = "identity.json"
 
 
@@ -97,10 +97,6 @@ def local_copy(path: str | None) -> str | None:
     if path is None or not is_uri(path):
         return path
     return str(materialize(path, cache_root()))
-
-
-def run_dir(job_dir: Path, run: str) -> Path:
-    return job_dir / "runs" / run if run != REFERENCE else job_dir / REFERENCE
 
 
 def run_by_id(spec: JobSpec, run: str) -> RunSpec:
@@ -170,7 +166,7 @@ def train_stage(
     and the sweep goes on without it."""
     from gpo_core.train.launch import run_training
 
-    done = run_dir(job_dir, run) / "train.json"
+    done = marker(job_dir, run, "train")
     if done.exists():
         return json.loads(done.read_text())
     inputs = resolve_inputs(spec, should_stop=stop_requested)
@@ -190,6 +186,14 @@ def train_stage(
     if not result.stopped:
         write_json(done, summary)
     return summary
+
+
+def training_outcome(result: dict) -> tuple[Outcome, dict]:
+    """How a finished training stage (:func:`train_stage`, not stopped) ended, and what the run
+    records of it: its steps, and why when it diverged."""
+    if result.get("diverged"):  # over, with no model: the sweep goes on without this run
+        return "diverged", {"step": result["steps"], "reason": result["diverged"]}
+    return "done", {"step": result["steps"]}
 
 
 def sampling_settings(spec: JobSpec) -> SamplingSettings:
@@ -235,7 +239,7 @@ def generate_stage(
     reference's samples come from the content-keyed cache, so a sweep (or many) makes them once.
     ``backend``: the one the caller settled on (:func:`gpo_core.generate.start_engine`), else the
     spec's."""
-    out = run_dir(job_dir, run) / "responses.jsonl"
+    out = marker(job_dir, run, "generate")
     if out.exists():
         return out
     inputs = resolve_inputs(spec, should_stop=should_stop)
@@ -247,7 +251,7 @@ def generate_stage(
             inputs.reference, prompts, settings, cache_dir, backend, engine, REFERENCE, should_stop
         )
         return write_jsonl(out, load_responses(cached))  # atomic, even with two generators at once
-    trained = run_dir(job_dir, run) / "train.json"
+    trained = marker(job_dir, run, "train")
     if not trained.exists():
         raise FileNotFoundError(f"run {run} has no trained model yet ({trained} is missing)")
     result = json.loads(trained.read_text())
@@ -307,12 +311,12 @@ def judge_stage(
 ) -> dict:
     """``run``'s responses against the reference's, both orders; the summary goes to
     ``judgement.json`` and the per-comparison records beside it."""
-    out = run_dir(job_dir, run) / "judgement.json"
+    out = marker(job_dir, run, "judge")
     if out.exists():
         return json.loads(out.read_text())
     inputs = resolve_inputs(spec, should_stop=should_stop)
-    ours = load_responses(run_dir(job_dir, run) / "responses.jsonl")
-    theirs = load_responses(run_dir(job_dir, REFERENCE) / "responses.jsonl")
+    ours = load_responses(marker(job_dir, run, "generate"))
+    theirs = load_responses(marker(job_dir, REFERENCE, "generate"))
     items = pair_responses(ours, theirs)
     result, judge = _judge(spec, inputs, job_dir, items, should_stop, api_key)
     summary = {"run": run, "against": REFERENCE, "judge": judge.key, **result.to_dict()}
@@ -356,7 +360,7 @@ def judge_eval_stage(
 
 def diverged(job_dir: Path, run: str) -> str | None:
     """Why ``run`` diverged in training, or None (not diverged, or not trained yet)."""
-    trained = run_dir(job_dir, run) / "train.json"
+    trained = marker(job_dir, run, "train")
     return json.loads(trained.read_text()).get("diverged") if trained.exists() else None
 
 
@@ -381,7 +385,7 @@ def pairwise_stage(
         return json.loads(out.read_text())
     inputs = resolve_inputs(spec, should_stop=should_stop)
     runs = pairwise_runs(spec, job_dir)
-    responses = [load_responses(run_dir(job_dir, run) / "responses.jsonl") for run in runs]
+    responses = [load_responses(marker(job_dir, run, "generate")) for run in runs]
     matrix: list[list[float | None]] = [[None] * len(runs) for _ in runs]
     comparisons = []
     for i in range(len(runs)):
@@ -402,3 +406,26 @@ def pairwise_stage(
     }
     write_json(out, summary)
     return summary
+
+
+def finish_stage(
+    spec: JobSpec,
+    job_dir: Path,
+    should_stop: StopCheck | None = None,
+    api_key: str | None = None,
+    progress: Callable[[str, str], None] = lambda step, state: None,
+) -> Path:
+    """The job's finishing step (:data:`gpo_core.sweep.pipeline.FINISH`), once every run is over:
+    the judge's own accuracy, the pairwise comparisons (each when the spec asks for it) and the
+    report; the report page's path. ``progress(step, state)`` hears each part start and end."""
+    from gpo_core.sweep.report import build_report
+
+    if spec.judge.evaluate_on is not None:
+        progress("judge-eval", "running")
+        judge_eval_stage(spec, job_dir, should_stop, api_key)
+        progress("judge-eval", "done")
+    if spec.comparisons.pairwise_beta is not None:
+        progress("pairwise", "running")
+        pairwise_stage(spec, job_dir, should_stop, api_key)
+        progress("pairwise", "done")
+    return build_report(job_dir)

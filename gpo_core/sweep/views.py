@@ -7,13 +7,12 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from gpo_core.sweep.pipeline import Position, RunState
+
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-# A run that "diverged" stopped training on a non-finite loss: it is done, with no model, and its
-# job goes on without it (its report says so).
-RunState = Literal["queued", "running", "succeeded", "diverged", "failed", "cancelled"]
-Stage = Literal["train", "generate", "judge", "done"]
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})  # of a job
-RUN_DONE = frozenset({"succeeded", "diverged"})  # the run states a finished job's runs are in
+# A run's states and stages are its lifecycle's (gpo_core.sweep.pipeline): a run that "diverged"
+# stopped training on a non-finite loss, and its job goes on without it (its report says so).
 
 
 class RunView(BaseModel):
@@ -21,7 +20,7 @@ class RunView(BaseModel):
     loss: str
     beta: float
     state: RunState
-    stage: Stage
+    stage: Position
     step: int = 0
     steps: int = 0
     win_rate: dict | None = Field(None, description="Against the reference: rate, low, high, stderr, counts.")

@@ -39,11 +39,13 @@ def api_call(function, *args):
 
 
 def job_table(jobs) -> Table:
+    from gpo_core.sweep.pipeline import DONE
+
     table = Table()
     for column in ("job", "name", "state", "runs", "created"):
         table.add_column(column)
     for job in jobs:
-        done = sum(run.state in ("succeeded", "diverged") for run in job.runs)
+        done = sum(run.state in DONE for run in job.runs)
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.created_at))
         table.add_row(job.id, job.name, job.state, f"{done}/{len(job.runs)}", created)
     return table

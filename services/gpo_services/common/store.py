@@ -28,8 +28,9 @@ from collections.abc import AsyncIterator, Iterator
 import redis
 import redis.asyncio
 
+from gpo_core.sweep.pipeline import DONE
 from gpo_core.sweep.spec import JobSpec
-from gpo_core.sweep.views import RUN_DONE, TERMINAL, JobPage, JobView, RunView
+from gpo_core.sweep.views import TERMINAL, JobPage, JobView, RunView
 from gpo_services.common.queue import stream_key, streams_key
 
 EVENTS_MAXLEN = 5000
@@ -93,7 +94,7 @@ def _derive_state(job: dict, runs: list[dict]) -> tuple[str, str]:
     failed = [r for r in runs if r.get("state") == "failed"]
     if failed:
         return "failed", f"run {failed[0]['id']} failed at {failed[0].get('stage', '?')}: {failed[0].get('reason', '')}"
-    if job.get("report") and all(r.get("state") in RUN_DONE for r in runs):
+    if job.get("report") and all(r.get("state") in DONE for r in runs):
         return "succeeded", ""
     if all(r.get("state") == "queued" and r.get("stage") == "train" for r in runs):
         return "queued", ""

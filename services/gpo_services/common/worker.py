@@ -28,8 +28,9 @@ import redis
 
 from gpo_core.errors import PermanentError
 from gpo_core.stopping import Stopped
+from gpo_core.sweep.pipeline import DONE, Outcome, RunStage, next_step
 from gpo_core.sweep.spec import JobSpec
-from gpo_core.sweep.views import RUN_DONE, TERMINAL
+from gpo_core.sweep.views import TERMINAL
 from gpo_services.common.connection import connect
 from gpo_services.common.logs import log, service_logger
 from gpo_services.common.queue import Message, TaskQueue, enqueue
@@ -37,7 +38,9 @@ from gpo_services.common.sandbox import Sandbox, TaskFailed
 from gpo_services.common.settings import Settings
 from gpo_services.common.store import JobStore
 
-FINALIZE = "*finalize*"  # the judge task that makes the pairwise comparisons and the report
+# The job's finishing step (gpo_core.sweep.pipeline.FINISH: the pairwise comparisons, the judge's
+# own accuracy, the report) travels on the judge's queue as a task of this run id.
+FINALIZE = "*finalize*"
 FINALIZE_TTL_S = 7 * 24 * 3600
 
 
@@ -88,12 +91,19 @@ class TaskContext:
         self.store.transition(job_id, run, state="running", stage=stage)
         return spec, {"spec": spec.model_dump_json(), "job_dir": str(self.job_dir(job_id)), "run": run}
 
-    def finalize_when_all_done(self, job_id: str) -> None:
-        """Once every run is judged or diverged, exactly one finalize task for the job, whichever
-        worker saw the last run end."""
-        job = self.store.get(job_id)
-        if job is None or not all(run.state in RUN_DONE for run in job.runs):
+    def advance(self, job_id: str, run: str, stage: RunStage, outcome: Outcome, **fields: Any) -> None:
+        """``stage`` of ``run`` ended with ``outcome``: the run moves on as its lifecycle says
+        (:func:`gpo_core.sweep.pipeline.next_step`), with ``fields`` recorded: its next stage
+        queued, or the run over, and then, once every run is, the job's finishing step."""
+        step = next_step(stage, outcome)
+        self.store.transition(job_id, run, state=step.state, stage=step.stage, **fields)
+        if step.stage != "done":
+            self.enqueue(step.stage, job_id, run)
             return
+        job = self.store.get(job_id)
+        if job is None or not all(run.state in DONE for run in job.runs):
+            return
+        # Exactly one finishing task per job, whichever worker saw the last run end.
         if self.client.set(f"gpo:job:{job_id}:finalize", "1", nx=True, ex=FINALIZE_TTL_S):
             self.enqueue("judge", job_id, FINALIZE)
 

@@ -13,6 +13,7 @@ from gpo_core.cache import cache_root
 from gpo_core.generate import VLLMEngine, lora_capacity, model_family, start_engine
 from gpo_core.stopping import StopCheck
 from gpo_core.sweep import stages
+from gpo_core.sweep.pipeline import REFERENCE
 from gpo_core.sweep.spec import JobSpec
 from gpo_services.common.sandbox import Emit
 from gpo_services.common.worker import TaskContext, Worker
@@ -63,8 +64,7 @@ def handle(task: dict, context: TaskContext) -> None:
     if started is None:
         return
     context.run_task(GENERATE, started[1], job_id)
-    context.store.transition(job_id, run, state="queued", stage="judge")
-    context.enqueue("judge", job_id, run)
+    context.advance(job_id, run, "generate", "done")
 
 
 def generate(payload: dict, emit: Emit, should_stop: StopCheck) -> None:
@@ -76,7 +76,7 @@ def generate(payload: dict, emit: Emit, should_stop: StopCheck) -> None:
     if note:
         emit({"log": note})
     backend = "vllm" if engine is not None else "transformers"
-    stages.generate_stage(spec, job_dir, stages.REFERENCE, cache, engine, should_stop, backend)
+    stages.generate_stage(spec, job_dir, REFERENCE, cache, engine, should_stop, backend)
     stages.generate_stage(spec, job_dir, run, cache, engine, should_stop, backend)
 
 

@@ -35,8 +35,7 @@ def handle(task: dict, context: TaskContext) -> None:
         cost = f", cost {usage['cost']:.4f}" if usage.get("cost") is not None else ""
         context.store.log(job_id, f"{run}: the judge made {usage['requests']} requests, {usage['prompt_tokens']} "
                                   f"prompt and {usage['completion_tokens']} completion tokens{cost}")  # fmt: skip
-    context.store.transition(job_id, run, state="succeeded", stage="done", win_rate=json.dumps(summary.get("win_rate")))
-    context.finalize_when_all_done(job_id)
+    context.advance(job_id, run, "judge", "done", win_rate=json.dumps(summary.get("win_rate")))
 
 
 def check_endpoint(spec: JobSpec, context: TaskContext) -> None:
@@ -69,12 +68,8 @@ def judge(payload: dict, emit: Emit, should_stop: StopCheck) -> dict:
 def report(payload: dict, emit: Emit, should_stop: StopCheck) -> str:
     """In the task child: the judge's own accuracy, the pairwise comparisons and the report; the
     report page's path in the job folder."""
-    from gpo_core.sweep.report import build_report
-
     spec, job_dir = JobSpec.model_validate_json(payload["spec"]), Path(payload["job_dir"])
-    stages.judge_eval_stage(spec, job_dir, should_stop, api_key=payload["api_key"])
-    stages.pairwise_stage(spec, job_dir, should_stop, api_key=payload["api_key"])
-    return str(build_report(job_dir).relative_to(job_dir))
+    return str(stages.finish_stage(spec, job_dir, should_stop, payload["api_key"]).relative_to(job_dir))
 
 
 def main() -> None:

@@ -28,13 +28,8 @@ def handle(task: dict, context: TaskContext) -> None:
     spec, payload = started
     payload["judge_api_key"] = judge_api_key(spec, job_id, context)  # for the preflight's probe
     result = context.run_task(TRAIN, payload, job_id, run)
-    if result.get("diverged"):  # done, with no model: the job goes on without this run
-        context.store.transition(job_id, run, state="diverged", stage="done", step=result["steps"],
-                                 reason=result["diverged"])  # fmt: skip
-        context.finalize_when_all_done(job_id)
-        return
-    context.store.transition(job_id, run, state="queued", stage="generate", step=result["steps"])
-    context.enqueue("generate", job_id, run)
+    outcome, recorded = stages.training_outcome(result)
+    context.advance(job_id, run, "train", outcome, **recorded)
 
 
 def train(payload: dict, emit: Emit, should_stop: StopCheck) -> dict:
