@@ -41,8 +41,9 @@ def main() -> None:
     from gpo_core.judging.templates import DIALOGUE_TEMPLATE
     from gpo_core.task.build import BuiltTask, build_task, task_settings
     from tests.support.chat_model import build_chat_model
+    from tests.support.ports import free_port
     from tests.unit.test_chat_judge import COMPACT_JSON
-    from tests.unit.test_openai_judge import free_port, serve
+    from tests.unit.test_openai_judge import serve
 
     task = BuiltTask(build_task(None, task_settings("small", seed=3)).root)
     with tempfile.TemporaryDirectory() as folder:

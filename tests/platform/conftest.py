@@ -3,7 +3,6 @@ clean database per test, and the real control service over HTTP (uvicorn on loop
 
 import contextlib
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -15,15 +14,10 @@ import uvicorn
 from gpo_services.common.settings import Settings
 from gpo_services.control.app import create_app
 from gpo_services.control.server import server_config
+from tests.support.ports import free_port
 
 METRICS_KEY = "key-of-the-metrics-scraper-0123"
 TENANT_KEYS = {"key-of-tenant-a-0123456789": "tenant-a", "key-of-tenant-b-0123456789": "tenant-b"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until(check, timeout_s: float = 30.0, what: str = "condition", interval_s: float = 0.05) -> None:

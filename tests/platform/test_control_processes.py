@@ -12,7 +12,8 @@ import httpx
 import psutil
 import pytest
 
-from tests.platform.conftest import TENANT_KEYS, free_port, wait_until
+from tests.platform.conftest import TENANT_KEYS, wait_until
+from tests.support.ports import free_port
 
 KEY = next(iter(TENANT_KEYS))
 

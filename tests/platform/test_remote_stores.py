@@ -12,7 +12,8 @@ import pytest
 
 from gpo_core.models import load_model
 from gpo_core.remote import materialize, normalized, under
-from tests.platform.conftest import TENANT_KEYS, free_port, serving, wait_until
+from tests.platform.conftest import TENANT_KEYS, serving, wait_until
+from tests.support.ports import free_port
 
 KEY_A = next(iter(TENANT_KEYS))
 PAIRS = b'{"prompt": "post", "chosen": "good", "rejected": "bad"}\n'

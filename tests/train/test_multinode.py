@@ -4,7 +4,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -12,6 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -29,12 +30,6 @@ import json, ray
 ray.init(logging_config=ray.LoggingConfig(log_level="ERROR"))
 print(json.dumps([n["NodeID"] for n in ray.nodes() if n["Alive"]]))
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

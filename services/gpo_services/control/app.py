@@ -26,11 +26,11 @@ from gpo_services.common.queue import STAGES, TaskQueue
 from gpo_services.common.settings import Settings
 from gpo_services.common.store import AsyncJobStore, JobStore
 from gpo_services.control import errors, processes, storage
-from gpo_services.control.data import router as data_router
 from gpo_services.control.deps import bearer_key
-from gpo_services.control.jobs import router as jobs_router
-from gpo_services.control.models import router as models_router
-from gpo_services.control.secrets import router as secrets_router
+from gpo_services.control.routes.data import router as data_router
+from gpo_services.control.routes.jobs import router as jobs_router
+from gpo_services.control.routes.models import router as models_router
+from gpo_services.control.routes.secrets import router as secrets_router
 from gpo_services.control.security import tenant_for
 from gpo_services.control.server import server_config
 from gpo_services.control.validation import TenantChecks

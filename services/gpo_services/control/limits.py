@@ -9,8 +9,8 @@ from __future__ import annotations
 from gpo_core.data import count_records
 from gpo_core.sweep.spec import JobSpec
 from gpo_services.common.settings import Settings
-from gpo_services.control.data import upload_records
 from gpo_services.control.errors import ApiError
+from gpo_services.control.storage import upload_records
 
 
 def prompt_count(spec: JobSpec, settings: Settings) -> int:

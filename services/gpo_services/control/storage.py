@@ -15,11 +15,13 @@ import re
 import secrets
 import shutil
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TypeVar
 
 import redis
+from fastapi import Request
 from pydantic import BaseModel
 
 from gpo_core.sweep.spec import PATH_FIELDS
@@ -273,3 +275,42 @@ async def retention_loop(settings: Settings, store: JobStore, every_s: float = 3
         except redis.RedisError as err:
             log(logger, logging.WARNING, "retention sweep skipped: redis unreachable", error=str(err))
         await asyncio.sleep(every_s)
+
+
+async def stream_to_file(request: Request, path: Path, limit: int, settings: Settings, held: int) -> tuple[int, str]:
+    """The request body written to ``path`` as it arrives: (bytes, SHA-256). A 413 past ``limit``,
+    a 403 past the tenant's storage quota (``held`` bytes already); the caller removes ``path``."""
+    digest, size = hashlib.sha256(), 0
+    room = settings.storage_quota_bytes - held if settings.storage_quota_bytes else None
+    with path.open("wb") as handle:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, "too_large", f"uploads here are at most {limit} bytes")
+            if room is not None and size > room:
+                raise ApiError(403, "storage_quota", f"this upload would take you past your storage quota of "
+                               f"{settings.storage_quota_bytes:,} bytes (GPO_STORAGE_QUOTA_BYTES)")  # fmt: skip
+            digest.update(chunk)
+            await asyncio.to_thread(handle.write, chunk)
+    return size, digest.hexdigest()
+
+
+def upload_records(settings: Settings, path: str) -> int | None:
+    """The records of the upload at ``path``, as counted when it was validated (no re-reading of
+    the file); None when ``path`` is not an upload."""
+    file = Path(path)
+    meta = file.parent / f".{file.name}.json"
+    if not file.is_relative_to(settings.artifacts / UPLOADS) or not meta.is_file():
+        return None
+    return int(json.loads(meta.read_text(encoding="utf-8"))["records"])
+
+
+def install_model(folder: Path, work: Path, name: str, record: str) -> None:
+    """Put the checked model (``work``) in place of any earlier one of that name, then its record (JSON)."""
+    final, old = folder / name, folder / f".old-{uuid.uuid4().hex}"
+    (folder / f".{name}.json").unlink(missing_ok=True)  # an earlier one is no longer usable
+    if final.exists():
+        final.rename(old)
+    work.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    (folder / f".{name}.json").write_text(record, encoding="utf-8")

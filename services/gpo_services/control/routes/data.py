@@ -9,11 +9,9 @@ that is wrong), and only then renamed into place: a refused upload leaves nothin
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import time
 import uuid
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
@@ -21,13 +19,12 @@ from fastapi import Path as PathParam
 from pydantic import BaseModel
 
 from gpo_core.sweep.views import ErrorBody
-from gpo_services.common.settings import Settings
 from gpo_services.control.deps import SettingsDep, TenantDep
 from gpo_services.control.errors import ApiError
 from gpo_services.control.storage import (
     DATA_NAME_PATTERN,
-    UPLOADS,
     stored_records,
+    stream_to_file,
     tenant_folder,
     upload_room,
     uploaded_file,
@@ -56,34 +53,6 @@ class Upload(BaseModel):
     records: int
     uploaded_at: float
     reference: str  # what a job spec names it by: data:NAME
-
-
-async def stream_to_file(request: Request, path: Path, limit: int, settings: Settings, held: int) -> tuple[int, str]:
-    """The request body written to ``path`` as it arrives: (bytes, SHA-256). A 413 past ``limit``,
-    a 403 past the tenant's storage quota (``held`` bytes already); the caller removes ``path``."""
-    digest, size = hashlib.sha256(), 0
-    room = settings.storage_quota_bytes - held if settings.storage_quota_bytes else None
-    with path.open("wb") as handle:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise ApiError(413, "too_large", f"uploads here are at most {limit} bytes")
-            if room is not None and size > room:
-                raise ApiError(403, "storage_quota", f"this upload would take you past your storage quota of "
-                               f"{settings.storage_quota_bytes:,} bytes (GPO_STORAGE_QUOTA_BYTES)")  # fmt: skip
-            digest.update(chunk)
-            await asyncio.to_thread(handle.write, chunk)
-    return size, digest.hexdigest()
-
-
-def upload_records(settings: Settings, path: str) -> int | None:
-    """The records of the upload at ``path``, as counted when it was validated (no re-reading of
-    the file); None when ``path`` is not an upload."""
-    file = Path(path)
-    meta = file.parent / f".{file.name}.json"
-    if not file.is_relative_to(settings.artifacts / UPLOADS) or not meta.is_file():
-        return None
-    return Upload.model_validate_json(meta.read_text(encoding="utf-8")).records
 
 
 @router.put(
