@@ -185,7 +185,7 @@ def test_gpo_judge_builds_the_same_chat_judge_as_a_job(server, tmp_path) -> None
     import os
     import subprocess
 
-    from tests.unit.test_cli import GPO
+    from tests.e2e.test_cli import GPO
 
     answers = iter(['{"verdict": "A"}', '{"verdict": "B"}'] * 4)
     script = Script(lambda body, n: (200, {}, chat_completion(next(answers))))

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from gpo_client.cli import analysis, data, jobs, judging, runs, stack
+from gpo_client.cli import analysis, datasets, jobs, judging, runs, stack, uploads
 from gpo_client.cli.output import fail
 from gpo_core.errors import GPOError
 
@@ -46,26 +46,26 @@ command(app, "paper", analysis.paper)
 
 # The built-in task and datasets.
 task_app = typer.Typer(help="The built-in summarization task (offline data, gold reward, SFT reference).")
-command(task_app, "build", data.task_build)
+command(task_app, "build", datasets.task_build)
 app.add_typer(task_app, name="task")
 data_app = typer.Typer(help="Preference datasets: conversion, validation, uploads to the control service.")
-command(data_app, "convert-tldr", data.data_convert_tldr)
-command(data_app, "convert-hh", data.data_convert_hh)
-command(data_app, "convert-ultrafeedback", data.data_convert_ultrafeedback)
-command(data_app, "check", data.data_check)
-command(data_app, "push", data.data_push)
-command(data_app, "ls", data.data_list)
-command(data_app, "rm", data.data_remove)
+command(data_app, "convert-tldr", datasets.data_convert_tldr)
+command(data_app, "convert-hh", datasets.data_convert_hh)
+command(data_app, "convert-ultrafeedback", datasets.data_convert_ultrafeedback)
+command(data_app, "check", datasets.data_check)
+command(data_app, "push", uploads.data_push)
+command(data_app, "ls", uploads.data_list)
+command(data_app, "rm", uploads.data_remove)
 app.add_typer(data_app, name="data")
 model_app = typer.Typer(help="Models uploaded to the control service (safetensors folders).")
-command(model_app, "push", data.model_push)
-command(model_app, "ls", data.model_list)
-command(model_app, "rm", data.model_remove)
+command(model_app, "push", uploads.model_push)
+command(model_app, "ls", uploads.model_list)
+command(model_app, "rm", uploads.model_remove)
 app.add_typer(model_app, name="model")
 secret_app = typer.Typer(help="Your secrets on the control service (an endpoint judge's API key).")
-command(secret_app, "set", data.secret_set)
-command(secret_app, "ls", data.secret_list)
-command(secret_app, "rm", data.secret_remove)
+command(secret_app, "set", uploads.secret_set)
+command(secret_app, "ls", uploads.secret_list)
+command(secret_app, "rm", uploads.secret_remove)
 app.add_typer(secret_app, name="secret")
 
 # Work in this process, no services.
