@@ -17,11 +17,12 @@ Runs still in flight are reported with what they have so far.
 from __future__ import annotations
 
 import base64
-import html
+import functools
 import json
 import math
 from pathlib import Path
 
+import jinja2
 import matplotlib
 
 matplotlib.use("Agg")
@@ -473,105 +474,78 @@ def winrate_table(data: dict) -> list[dict]:
     return rows
 
 
-def _html_table(rows: list[dict]) -> str:
-    if not rows:
-        return "<p>No runs.</p>"
-    head = "".join(f"<th>{html.escape(str(k))}</th>" for k in rows[0])
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row.values()) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+@functools.cache
+def _templates() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("gpo_core.sweep", "templates"), autoescape=True, undefined=jinja2.StrictUndefined
+    )
 
 
-def _html(data: dict, figures: dict[str, Path]) -> str:
+def render_html(data: dict, figures: dict[str, Path]) -> str:
+    """The report page (``templates/report.html``, autoescaped: every text a tenant's data or spec
+    put there is escaped), with the figures inlined: one self-contained file."""
+
     reference_length = next(
         (r["judgement"]["mean_length"]["b"] for r in data["runs"] if r["judgement"] and r["judgement"]["mean_length"]),
         None,
     )
-    warnings = "".join(f"<div class='warning'>&#9888; {html.escape(w)}</div>" for w in data.get("warnings", []))
-    blocks = [
-        f"<h1>GPO sweep: {html.escape(data['name'])}</h1>",
-        warnings,
-        "<p>Win rates count ties as one half; intervals are 95% paired bootstraps over prompts. Every pair was "
-        "judged in both orders and a verdict that flipped with the order counts as a tie. The length-controlled "
-        "win rate is the predicted win rate at equal length (logistic regression on the length difference)."
-        + (f" Mean reference response length: {reference_length:.1f} words." if reference_length else "")
-        + "</p>",
-        "<h2>Runs</h2>",
-        _html_table(winrate_table(data)),
-    ]
-    diverged = [run for run in data["runs"] if run.get("diverged")]
-    if diverged:
-        items = "".join(f"<li>{html.escape(run['id'])}: {html.escape(run['diverged'])}</li>" for run in diverged)
-        blocks.append(
-            "<p>Diverged in training (a non-finite loss or gradient; no model, so no samples, win rate or "
-            f"final KL; the claims are decided on the other runs):</p><ul>{items}</ul>"
-        )
     measured = data.get("judge_eval")
+    judge_eval = None
     if measured:
         agreement = measured.get("agreement") or {}
-        row = {
+        judge_eval = [{
             "pairs": measured["pairs"],
             "agreement with labels": _interval(agreement) if agreement else "-",
             "agreement with gold": f"{measured['gold_agreement']:.3f}" if measured.get("gold_agreement") else "-",
             "position bias": f"{measured['position_bias']:.3f}",
             "ties": f"{measured['tie_rate']:.3f}",
             "invalid": f"{measured['invalid_rate']:.3f}",
+        }]  # fmt: skip
+    differences = [
+        {
+            beta_name(data): f"{d['beta']:g}",
+            "A": f"{d['a']} ({d['loss_a']})",
+            "B": f"{d['b']} ({d['loss_b']})",
+            "win rate A - B": f"{d['difference']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]",
+            "resolved": ("A better" if d["low"] > 0 else "B better") if d["resolved"] else "no",
         }
-        blocks += ["<h2>The judge's own accuracy (judge.evaluate_on)</h2>", _html_table([row])]
-    if data.get("claims"):
-        blocks += [
-            "<h2>The paper's claims</h2><p>Each decided by one figure of merit with its uncertainty, by rules "
-            "fixed in <code>gpo_core/sweep/claims.py</code>: holds, does not hold, or not resolved (the data "
-            "cannot tell). Betas are the spec's.</p>",
-            _html_table(claims_rows(data)),
-        ]
-    if data.get("differences"):
-        rows = [
-            {
-                beta_name(data): f"{d['beta']:g}",
-                "A": f"{d['a']} ({d['loss_a']})",
-                "B": f"{d['b']} ({d['loss_b']})",
-                "win rate A - B": f"{d['difference']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]",
-                "resolved": ("A better" if d["low"] > 0 else "B better") if d["resolved"] else "no",
-            }
-            for d in data["differences"]
-        ]
-        blocks += [
-            "<h2>Differences between runs at equal beta</h2><p>Win rate against the reference of A minus that "
-            "of B, on the prompts both were judged on; 95% paired bootstrap over prompts. Resolved: the "
-            "interval excludes 0.</p>",
-            _html_table(rows),
-        ]
-    pairwise = data["pairwise"]
-    if pairwise and pairwise.get("bradley_terry"):
+        for d in data.get("differences") or []
+    ]
+    pairwise = data["pairwise"] or {}
+    bradley_terry = []
+    if pairwise.get("bradley_terry"):
         bt = pairwise["bradley_terry"]
         columns = zip(pairwise["runs"], pairwise["losses"], bt["strength"], bt["low"], bt["high"], strict=True)
-        rows = [
+        bradley_terry = [
             {"run": run, "loss": loss, "strength": f"{s:.3f}", "95% interval": f"[{lo:.3f}, {hi:.3f}]"}
             for run, loss, s, lo, hi in columns
         ]
-        blocks += [f"<h2>Bradley-Terry strengths at beta = {pairwise['beta']:g}</h2>", _html_table(rows)]
-    for name, path in figures.items():
-        encoded = base64.b64encode(path.read_bytes()).decode("ascii")
-        blocks.append(f"<h2>{html.escape(FIGURES[name])}</h2><img alt='{name}' src='data:image/png;base64,{encoded}'>")
+    examples = []
     for example in data.get("examples", []):
         rows = [{"policy": "reference", "response": example["reference"]}]
         rows += [{"policy": run, "response": text} for run, text in example["runs"].items()]
-        blocks += [
-            f"<h2>Example: prompt {html.escape(str(example['prompt_id']))}</h2>",
-            f"<pre>{html.escape(example['prompt'][:2000])}</pre>",
-            _html_table(rows),
-        ]
-    blocks += ["<h2>Settings</h2>", _html_table(settings_table(data))]
-    style = (
-        "body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;"
-        "font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}"
-        "img{max-width:100%}pre{white-space:pre-wrap;background:#f7f7f7;padding:6px;font-size:12px}"
-        ".warning{background:#fff3cd;border:1px solid #e0b000;padding:8px 12px;margin:8px 0}"
-        "td:last-child{text-align:left}"
-    )
+        examples.append({"prompt_id": example["prompt_id"], "prompt": example["prompt"][:2000], "rows": rows})
     return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>GPO sweep {html.escape(data['name'])}</title>"
-        f"<style>{style}</style></head><body>{''.join(blocks)}</body></html>"
+        _templates()
+        .get_template("report.html")
+        .render(
+            name=data["name"],
+            warnings=data.get("warnings", []),
+            reference_length=reference_length,
+            runs=winrate_table(data),
+            diverged=[run for run in data["runs"] if run.get("diverged")],
+            judge_eval=judge_eval,
+            claims=claims_rows(data) if data.get("claims") else [],
+            differences=differences,
+            bradley_terry=bradley_terry,
+            bradley_terry_beta=f"{pairwise['beta']:g}" if bradley_terry else "",
+            figures=[
+                {"name": name, "title": FIGURES[name], "png": base64.b64encode(path.read_bytes()).decode("ascii")}
+                for name, path in figures.items()
+            ],
+            examples=examples,
+            settings=settings_table(data),
+        )
     )
 
 
@@ -593,6 +567,6 @@ def build_report(job_dir: str | Path) -> Path:
     write_json(out / "report.json", data)
     page = out / "report.html"
     tmp = page.with_suffix(".tmp")
-    tmp.write_text(_html(data, figures), encoding="utf-8")
+    tmp.write_text(render_html(data, figures), encoding="utf-8")
     tmp.replace(page)
     return page
