@@ -131,7 +131,11 @@ def write_job_file(spec: JobSpec, job_dir: Path) -> None:
     write_json(job_dir / "job.json", {"spec": spec.model_dump(mode="json"), "runs": spec.run_ids()})
 
 
-def training_spec(spec: JobSpec, inputs: Inputs, job_dir: Path, run: str) -> TrainingSpec:
+def training_spec(
+    spec: JobSpec, inputs: Inputs, job_dir: Path, run: str, cache_dir: Path | None = None
+) -> TrainingSpec:
+    """The training spec of ``run``; ``cache_dir``: the reference log-prob cache it shares (default
+    the cache root; the services give each tenant its own)."""
     settings = spec.training.model_dump(exclude={"beta_units"})
     target = run_by_id(spec, run)
     beta = {"beta_ipo": target.beta} if spec.training.beta_units == "ipo" else {"beta": target.beta}
@@ -148,6 +152,7 @@ def training_spec(spec: JobSpec, inputs: Inputs, job_dir: Path, run: str) -> Tra
         dataset_columns=spec.dataset_columns,
         chat_template=spec.chat_template,
         loss=target.loss,
+        cache_dir=None if cache_dir is None else str(cache_dir),
         **settings,
         **beta,
     )
@@ -159,8 +164,10 @@ def train_stage(
     run: str,
     sink: MetricsSink | None = None,
     stop_requested: StopCheck | None = None,
+    cache_dir: Path | None = None,
 ) -> dict:
-    """Train one run (resuming from its last checkpoint). Returns the result; ``stopped`` is true
+    """Train one run (resuming from its last checkpoint), its reference log-probs shared through
+    ``cache_dir`` (see :func:`training_spec`). Returns the result; ``stopped`` is true
     when a stop was requested, and then no result file is written (the run is not done).
     ``diverged`` says why a run ended on a non-finite loss: it is done, with no model to sample,
     and the sweep goes on without it."""
@@ -170,7 +177,7 @@ def train_stage(
     if done.exists():
         return json.loads(done.read_text())
     inputs = resolve_inputs(spec, should_stop=stop_requested)
-    training = training_spec(spec, inputs, job_dir, run)
+    training = training_spec(spec, inputs, job_dir, run, cache_dir)
     result = run_training(training, sink, stop_requested or (lambda: False))
     summary = {
         "steps": result.steps,

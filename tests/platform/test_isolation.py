@@ -154,3 +154,47 @@ def test_a_judge_key_is_the_operators_for_its_endpoint_or_the_tenants_own_secret
     assert set(script.authorizations) == {"Bearer sk-tenant-own-key-42"}
     logs = "".join(p.read_text() for p in (platform.directory / "logs").glob("*.log"))
     assert "sk-tenant-own-key-42" not in logs and WORKER_SECRETS["OPENAI_API_KEY"] not in logs
+
+
+def test_tenants_read_names_not_server_paths_and_share_no_cache(platform, judge_endpoint, tmp_path) -> None:
+    """Low findings: server paths in job reasons, events, job.json, identity.json, report.json and
+    metrics.jsonl; and the reference cache's hit or miss told a tenant whether anyone had trained
+    on a model and dataset. What leaves the API names uploads as data:NAME (and paths relative to
+    the job); each tenant's jobs share caches with each other only."""
+    for name in ("trainer", "generator", "judge"):
+        platform.start(name)
+    pairs, prompts = tmp_path / "same.jsonl", tmp_path / "prompts.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": f"post {i}", "chosen": "same", "rejected": "same"}) + "\n"
+                             for i in range(8)))  # fmt: skip
+    prompts.write_text("".join(json.dumps({"id": i, "prompt": f"post {i}"}) + "\n" for i in range(4)))
+    platform.client.upload(pairs, kind="pairs")
+    platform.client.upload(prompts, kind="prompts")
+    judge = {"kind": "chat", "base_url": judge_endpoint[0], "model": "judge", "verdict": "rationale"}
+    spec = {"name": "mine", "policy": str(platform.shared / "model"), "dataset": "data:same.jsonl",
+            "eval_prompts": "data:prompts.jsonl", "losses": ["logistic"], "betas": [0.1], "judge": judge,
+            "training": {"steps": 2, "batch_size": 4}}  # fmt: skip
+    failed = platform.wait_for_job(platform.client.submit(spec).id)
+    artifacts = platform.stack["artifacts"]
+    assert failed.state == "failed" and "data:same.jsonl" in failed.reason, failed
+    assert artifacts not in failed.reason and artifacts not in (failed.runs[0].reason or "")
+
+    first = platform.wait_for_job(platform.client.submit(small_job(steps=2)).id)
+    assert first.state == "succeeded", first
+    shown = [platform.client.artifact(first.id, path).decode() for path in
+             ("job.json", "identity.json", "runs/r00-logistic-b0.1/train/metrics.jsonl",
+              "runs/r00-logistic-b0.1/train.json", "report/report.json")]  # fmt: skip
+    shown += [json.dumps(event.data) for event in platform.client.events(first.id)]
+    leaks = [text for text in shown if artifacts in text or str(platform.env["GPO_CACHE_DIR"]) in text]
+    assert not leaks, leaks[0][:500]
+    assert json.loads(shown[3])["reference_cache"] == "miss"
+
+    other = Client(platform.stack["server"], KEY_B)
+    second = other.submit(small_job(steps=2))
+    wait_until(lambda: other.get(second.id).state in ("succeeded", "failed", "cancelled"), 240, "B's job")
+    assert other.get(second.id).state == "succeeded", other.get(second.id)
+    trained = json.loads(other.artifact(second.id, "runs/r00-logistic-b0.1/train.json"))
+    assert trained["reference_cache"] == "miss"  # tenant A's identical run is not B's cache hit
+    again = platform.wait_for_job(platform.client.submit({**small_job(steps=2), "name": "again"}).id)
+    assert (
+        json.loads(platform.client.artifact(again.id, "runs/r00-logistic-b0.1/train.json"))["reference_cache"] == "hit"
+    )

@@ -5,6 +5,7 @@ the deployment files and docs are checked against that list."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import socket
@@ -270,6 +271,12 @@ class Settings(BaseSettings):
         """The variable holding the operator's key for judge endpoint ``url``, if the operator gave one."""
         wanted = endpoint_url(url)
         return next((v for u, _, v in (e.partition("=") for e in self.judge_endpoints) if u == wanted and v), None)
+
+    def tenant_cache(self, tenant: str) -> Path:
+        """The caches a tenant's jobs share among themselves and with nobody else (reference
+        log-probs, the reference's samples): whether a cache hit, and how fast a run starts, tells
+        a tenant nothing about another tenant's jobs. The built-in task's build stays shared."""
+        return (self.cache_dir or _default_cache()) / "tenants" / hashlib.sha256(tenant.encode()).hexdigest()[:32]
 
     @model_validator(mode="after")
     def _roots_hold_no_tenant_data(self) -> Settings:

@@ -7,7 +7,7 @@ job's stream (trimmed), which feeds the SSE endpoint.
 
 Keys::
 
-    gpo:job:{id}              hash: id, tenant, name, spec, runs, state, reason, cancel, report, times
+    gpo:job:{id}              hash: id, tenant, name, spec, runs, names, state, reason, cancel, report, times
     gpo:job:{id}:run:{run}    hash: id, loss, beta, state, stage, step, steps, win_rate, reason, updated_at
     gpo:job:{id}:events       stream of {type, data, ts}
     gpo:tenant:{tenant}:jobs  sorted set of job ids by creation time
@@ -146,6 +146,10 @@ class JobStore:
             return None
         runs = self._runs(job_id, json.loads(job["runs"]))
         return self._view(job, runs)
+
+    def names(self, job_id: str) -> str | None:
+        """What the tenant named each resolved input of the job (JSON), as stored at submission."""
+        return self.r.hget(job_key(job_id), "names")
 
     def _runs(self, job_id: str, run_ids: list[str]) -> list[dict]:
         pipe = self.r.pipeline(transaction=False)
@@ -365,20 +369,26 @@ class AsyncJobStore:
         self._create = client.register_script(CREATE_JOB)
 
     async def create_job(
-        self, tenant: str, spec: JobSpec, idempotency_key: str | None = None, max_active_runs: int = 0
+        self,
+        tenant: str,
+        spec: JobSpec,
+        idempotency_key: str | None = None,
+        max_active_runs: int = 0,
+        names: dict[str, str] | None = None,
     ) -> tuple[JobView, bool]:
         """Store the job and its runs and queue one train task per run on the tenant's stream,
         atomically (one script): (the job, created). A repeated Idempotency-Key returns the first
         job (created=False); the same key with a different spec is a :class:`Conflict`. With
         ``max_active_runs``, a job that would take the tenant's queued and running runs past it
-        is refused (:class:`QuotaExceeded`)."""
+        is refused (:class:`QuotaExceeded`). ``names``: each resolved input path and what the tenant
+        named it (the API shows those names, not server paths)."""
         spec_json = spec.model_dump_json()
         spec_hash = hashlib.sha256(spec_json.encode()).hexdigest()
         job_id = uuid.uuid4().hex[:16]
         now = time.time()
         runs = spec.run_ids()
         job = {"id": job_id, "tenant": tenant, "name": spec.name, "spec": spec_json, "runs": json.dumps(runs),
-               "state": "queued", "created_at": now, "updated_at": now}  # fmt: skip
+               "names": json.dumps(names or {}), "state": "queued", "created_at": now, "updated_at": now}  # fmt: skip
         fresh = {"state": "queued", "stage": "train", "step": 0, "steps": spec.training.steps or 0, "updated_at": now}
         records = [
             {"id": run_id, "loss": run.loss, "beta": run.beta, **fresh}
@@ -429,6 +439,10 @@ class AsyncJobStore:
                 ):
                     return
                 yield None
+
+    async def names(self, job_id: str) -> str | None:
+        """As :meth:`JobStore.names`."""
+        return await self.r.hget(job_key(job_id), "names")
 
     async def get(self, job_id: str, tenant: str | None = None) -> JobView | None:
         """As :meth:`JobStore.get`."""

@@ -82,14 +82,16 @@ class TaskContext:
 
     def start_stage(self, task: dict, stage: str) -> tuple[JobSpec, dict] | None:
         """The run of ``task`` marked running at ``stage``: the job's spec, and the payload its task
-        child gets (the spec, the job's folder, the run); None when the job is over (the run is
-        then cancelled)."""
+        child gets (the spec, the job's folder, the run, its tenant's cache); None when the job is
+        over (the run is then cancelled)."""
         job_id, run = task["job"], task["run"]
         if self.skip_if_over(job_id, run):
             return None
         spec = self.store.spec(job_id)
         self.store.transition(job_id, run, state="running", stage=stage)
-        return spec, {"spec": spec.model_dump_json(), "job_dir": str(self.job_dir(job_id)), "run": run}
+        cache = self.settings.tenant_cache(self.store.tenant(job_id) or "")
+        return spec, {"spec": spec.model_dump_json(), "job_dir": str(self.job_dir(job_id)), "run": run,
+                      "cache_dir": str(cache)}  # fmt: skip
 
     def advance(self, job_id: str, run: str, stage: RunStage, outcome: Outcome, **fields: Any) -> None:
         """``stage`` of ``run`` ended with ``outcome``: the run moves on as its lifecycle says

@@ -49,11 +49,13 @@ def resolve_path(value: str, tenant: str, settings: Settings, admit: bool = Fals
     return None
 
 
-def resolve_spec_paths(spec: JobSpec, tenant: str, settings: Settings) -> JobSpec:
+def resolve_spec_paths(spec: JobSpec, tenant: str, settings: Settings) -> tuple[JobSpec, dict[str, str]]:
     """``spec`` with every path resolved (see the module's docstring), or a 422 naming each field;
-    an endpoint judge must be one of the operator's (``GPO_JUDGE_ENDPOINTS``)."""
+    an endpoint judge must be one of the operator's (``GPO_JUDGE_ENDPOINTS``). With it, each
+    resolved path and what the tenant named it (what the API shows instead of the server path)."""
     updates: dict[str, object] = {}
     judge_updates: dict[str, object] = {}
+    names: dict[str, str] = {}
     details: list[dict] = []
     if spec.judge.api_key_env is not None:
         details.append({"field": "judge.api_key_env", "message": "a worker's environment is not a job's to name: "
@@ -72,11 +74,13 @@ def resolve_spec_paths(spec: JobSpec, tenant: str, settings: Settings) -> JobSpe
             details.append({"field": field, "message": f"{value!r} is not among your uploads (data:NAME, see "
                             "GET /data; model:NAME, see GET /models) or the deployment's shared read-only "
                             "roots"})  # fmt: skip
-        elif field.startswith("judge."):
+            continue
+        names[resolved] = value
+        if field.startswith("judge."):
             judge_updates[field.removeprefix("judge.")] = resolved
         else:
             updates[field] = resolved
     if details:
         raise ApiError(422, "invalid_spec", "; ".join(f"{d['field']}: {d['message']}" for d in details), details)
     judge = spec.judge.model_copy(update=judge_updates) if judge_updates else spec.judge
-    return spec.model_copy(update={**updates, "judge": judge})
+    return spec.model_copy(update={**updates, "judge": judge}), names

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from gpo_core.cache import cache_root
 from gpo_core.generate import VLLMEngine, lora_capacity, model_family, start_engine
 from gpo_core.stopping import StopCheck
 from gpo_core.sweep import stages
@@ -70,7 +69,7 @@ def handle(task: dict, context: TaskContext) -> None:
 def generate(payload: dict, emit: Emit, should_stop: StopCheck) -> None:
     """In the task child: the reference's samples (cached) and the run's."""
     spec, job_dir, run = JobSpec.model_validate_json(payload["spec"]), Path(payload["job_dir"]), payload["run"]
-    cache = cache_root()
+    cache = Path(payload["cache_dir"])  # its tenant's: the reference's samples are shared by its jobs only
     reference = stages.resolve_inputs(spec).reference
     engine, note = _GENERATOR.engine_for(reference, spec.generation.backend, stages.lora_rank(spec))
     if note:

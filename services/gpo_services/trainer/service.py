@@ -44,7 +44,8 @@ def train(payload: dict, emit: Emit, should_stop: StopCheck) -> dict:
         inputs = stages.resolve_inputs(spec, should_stop=should_stop)
         preflight(spec, inputs, should_stop=should_stop, api_key=payload["judge_api_key"])
         stages.write_job_file(spec, job_dir)
-    result = stages.train_stage(spec, job_dir, payload["run"], ProgressEvents(emit), should_stop)
+    cache = Path(payload["cache_dir"])
+    result = stages.train_stage(spec, job_dir, payload["run"], ProgressEvents(emit), should_stop, cache)
     if result["stopped"]:
         raise Stopped  # the worker decides: hand back, cancelled or past the deadline
     return result

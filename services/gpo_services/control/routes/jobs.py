@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Query, Request, Response
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 
 from gpo_core.sweep.views import TERMINAL, ErrorBody, JobPage, JobState, JobView
 from gpo_services.common.store import Conflict, QuotaExceeded
@@ -19,6 +19,7 @@ from gpo_services.control.deps import AsyncStoreDep, SettingsDep, StoreDep, Tena
 from gpo_services.control.errors import ApiError, invalid
 from gpo_services.control.inputs import resolve_spec_paths
 from gpo_services.control.limits import check_capacity
+from gpo_services.control.redaction import TEXT_SUFFIXES, Redactor, job_redactor
 from gpo_services.control.security import artifact_path
 from gpo_services.control.validation import SpecInvalid, formulas_in, validate_here
 
@@ -41,6 +42,11 @@ def _found(job: JobView | None, job_id: str) -> JobView:
 
 def _job_or_404(store, job_id: str, tenant: str) -> JobView:
     return _found(store.get(job_id, tenant), job_id)
+
+
+def _shown(store, settings, job: JobView) -> JobView:
+    """``job`` as its tenant sees it: no server path in its reasons."""
+    return job_redactor(settings, job.id, store.names(job.id)).view(job)
 
 
 @router.post(
@@ -92,13 +98,13 @@ async def submit_job(
     # Only its uploads and the shared read-only roots. Reading a store or counting a file's prompts
     # is I/O that may take a while: off the event loop; the built-in task needs neither.
     if spec.task is None:
-        spec = await asyncio.to_thread(resolve_spec_paths, spec, tenant, settings)
+        spec, names = await asyncio.to_thread(resolve_spec_paths, spec, tenant, settings)
         await asyncio.to_thread(check_capacity, spec, settings)
     else:
-        spec = resolve_spec_paths(spec, tenant, settings)
+        spec, names = resolve_spec_paths(spec, tenant, settings)
         check_capacity(spec, settings)
     try:
-        job, created = await store.create_job(tenant, spec, idempotency_key, settings.max_active_runs)
+        job, created = await store.create_job(tenant, spec, idempotency_key, settings.max_active_runs, names)
     except Conflict as err:
         raise ApiError(409, "conflict", str(err)) from None
     except QuotaExceeded as err:
@@ -107,25 +113,28 @@ async def submit_job(
     if not created:
         response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"
-    return job
+    return job_redactor(settings, job.id, await store.names(job.id)).view(job)
 
 
 @router.get("", response_model=JobPage, responses={k: ERRORS[k] for k in (401, 422, 429, 503)})
 def list_jobs(
     store: StoreDep,
     tenant: TenantDep,
+    settings: SettingsDep,
     state: JobState | None = None,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> JobPage:
     """This tenant's jobs, newest first."""
-    return store.list(tenant, state, offset, limit)
+    page = store.list(tenant, state, offset, limit)
+    return page.model_copy(update={"jobs": [_shown(store, settings, job) for job in page.jobs]})
 
 
 @router.get("/{job_id}", response_model=JobView, responses=ERRORS)
-async def get_job(job_id: str, store: AsyncStoreDep, tenant: TenantDep) -> JobView:
+async def get_job(job_id: str, store: AsyncStoreDep, tenant: TenantDep, settings: SettingsDep) -> JobView:
     """State, each run's stage and progress, and the win rates so far."""
-    return _found(await store.get(job_id, tenant), job_id)
+    job = _found(await store.get(job_id, tenant), job_id)
+    return job_redactor(settings, job_id, await store.names(job_id)).view(job)
 
 
 @router.post(
@@ -134,7 +143,7 @@ async def get_job(job_id: str, store: AsyncStoreDep, tenant: TenantDep) -> JobVi
     response_model=JobView,
     responses={**ERRORS, 409: {"model": ErrorBody, "description": "The job has already finished"}},
 )
-def cancel_job(job_id: str, store: StoreDep, tenant: TenantDep) -> JobView:
+def cancel_job(job_id: str, store: StoreDep, tenant: TenantDep, settings: SettingsDep) -> JobView:
     """Cancel the job: a running training stops at its next step (a checkpoint is kept), queued
     tasks are skipped."""
     _job_or_404(store, job_id, tenant)
@@ -142,7 +151,7 @@ def cancel_job(job_id: str, store: StoreDep, tenant: TenantDep) -> JobView:
         store.request_cancel(job_id)
     except Conflict as err:
         raise ApiError(409, "conflict", str(err)) from None
-    return _found(store.get(job_id), job_id)
+    return _shown(store, settings, _found(store.get(job_id), job_id))
 
 
 @router.delete(
@@ -184,6 +193,7 @@ async def job_events(
                        "close one", headers={"Retry-After": "5"})  # fmt: skip
     after = last_event_id if last_event_id and _is_stream_id(last_event_id) else "0"
     events = request.app.state.event_store
+    redactor = job_redactor(settings, job_id, await store.names(job_id))
     streams[tenant] = streams.get(tenant, 0) + 1
 
     async def stream() -> AsyncIterator[str]:
@@ -194,7 +204,7 @@ async def job_events(
                     yield ": keep-alive\n\n"
                     continue
                 event_id, kind, data, ts = event
-                yield f"id: {event_id}\nevent: {kind}\ndata: {json.dumps({**data, 'ts': ts})}\n\n"
+                yield f"id: {event_id}\nevent: {kind}\ndata: {json.dumps({**redactor.data(data), 'ts': ts})}\n\n"
         finally:
             streams[tenant] -= 1
 
@@ -215,29 +225,44 @@ def _report_file(store, settings, job_id: str, tenant: str, name: str) -> Path:
 
 
 @router.get("/{job_id}/report", responses={**ERRORS, 200: {"content": {"text/html": {}}}})
-def job_report(job_id: str, store: StoreDep, tenant: TenantDep, settings: SettingsDep) -> FileResponse:
+def job_report(job_id: str, store: StoreDep, tenant: TenantDep, settings: SettingsDep) -> Response:
     """The self-contained HTML report (figures inlined)."""
-    return FileResponse(_report_file(store, settings, job_id, tenant, "report.html"), media_type="text/html")
+    path = _report_file(store, settings, job_id, tenant, "report.html")
+    return file_snapshot(path, job_redactor(settings, job_id, store.names(job_id)))
 
 
 @router.get("/{job_id}/report.json", responses={**ERRORS, 200: {"content": {"application/json": {}}}})
-def job_report_json(job_id: str, store: StoreDep, tenant: TenantDep, settings: SettingsDep) -> FileResponse:
+def job_report_json(job_id: str, store: StoreDep, tenant: TenantDep, settings: SettingsDep) -> Response:
     """Every number of the report."""
-    return FileResponse(_report_file(store, settings, job_id, tenant, "report.json"), media_type="application/json")
+    path = _report_file(store, settings, job_id, tenant, "report.json")
+    return file_snapshot(path, job_redactor(settings, job_id, store.names(job_id)))
 
 
 SNAPSHOT_BYTES = 8 * 2**20  # files up to this size are read whole: one consistent snapshot
 
 
-def file_snapshot(path: Path) -> Response:
-    """The file as it is when asked for. A running run's files change while they are served (a
-    metrics file grows; a resumed run cuts it back): a small one is read whole at once, a large one
-    streamed up to the size it had, so the body never disagrees with its Content-Length."""
+def file_snapshot(path: Path, redactor: Redactor) -> Response:
+    """The file as it is when asked for, a text file with no server path in it (see
+    :mod:`..redaction`). A running run's files change while they are served (a metrics file grows;
+    a resumed run cuts it back): a small one is read whole at once, a large one streamed up to the
+    size it had (line by line when it is text), so the body never disagrees with its length."""
     media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    text = path.suffix in TEXT_SUFFIXES
     size = path.stat().st_size
     if size <= SNAPSHOT_BYTES:
         with path.open("rb") as handle:
-            return Response(handle.read(SNAPSHOT_BYTES), media_type=media_type)
+            content = handle.read(SNAPSHOT_BYTES)
+        return Response(redactor.raw(content) if text else content, media_type=media_type)
+    if text:
+
+        def lines():
+            with path.open("rb") as handle:
+                left = size
+                while left > 0 and (line := handle.readline(min(2**20, left))):
+                    left -= len(line)
+                    yield redactor.raw(line)
+
+        return StreamingResponse(lines(), media_type=media_type)
 
     def chunks():
         with path.open("rb") as handle:
@@ -256,4 +281,4 @@ def job_artifact(job_id: str, path: str, store: StoreDep, tenant: TenantDep, set
     found = artifact_path(settings.artifacts / job_id, path)
     if found is None:
         raise ApiError(404, "not_found", f"no artifact {path!r} in job {job_id}")
-    return file_snapshot(found)
+    return file_snapshot(found, job_redactor(settings, job_id, store.names(job_id)))
