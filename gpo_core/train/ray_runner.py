@@ -105,11 +105,18 @@ def _worker(config: dict) -> None:
         sink.close()
 
 
+# A Ray of this process's own (no RAY_ADDRESS) listens on loopback only: by default Ray binds its
+# GCS, raylet, workers and autoscaler metrics (port 44217) to every interface, which a task's
+# private Ray has no use for. Read by Ray when it is first imported.
+LOCAL_RAY_ENVIRONMENT = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
 def ensure_ray(temp_dir: str | None = None) -> None:
+    local = os.environ.get("RAY_ADDRESS") is None
+    for key, value in {**RAY_ENVIRONMENT, **(LOCAL_RAY_ENVIRONMENT if local else {})}.items():
+        os.environ.setdefault(key, value)
     import ray
 
-    for key, value in RAY_ENVIRONMENT.items():
-        os.environ.setdefault(key, value)
     if not ray.is_initialized():
         ray.init(
             address=os.environ.get("RAY_ADDRESS", "local"),

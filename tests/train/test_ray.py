@@ -119,27 +119,36 @@ def test_stop_request_ends_a_ray_run_within_seconds(ray_session, small_task, tmp
 
 
 TOKEN_RUN = """
-import json, subprocess, sys
+import json, os, subprocess, sys
 from pathlib import Path
+import psutil
 from gpo_core.train.ray_runner import ensure_ray, train_on_ray
 from gpo_core.train.spec import TrainingSpec
-import ray
 
 spec = TrainingSpec(**json.loads(sys.argv[1]))
 ensure_ray(temp_dir=sys.argv[2])
+import ray
+
 gcs = ray.get_runtime_context().gcs_address
 result = train_on_ray(spec, Path(spec.output_dir) / "metrics.jsonl")
+ours = {os.getpid(), *(p.pid for p in psutil.Process().children(recursive=True))}
+listening = sorted({c.laddr.ip for c in psutil.net_connections("inet") if c.status == "LISTEN" and c.pid in ours})
 intruder = "import ray; ray.init(address=%r); print('INTRUDER CONNECTED')" % gcs
 env = {"PATH": "/usr/bin:/bin", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-seen = subprocess.run([sys.executable, "-c", intruder], env=env, capture_output=True, text=True, timeout=120)
-print(json.dumps({"steps": result.steps, "gcs": gcs, "intruder": seen.returncode, "out": seen.stdout[-200:]}))
+try:  # refused at once, or left retrying: either way never connected
+    seen = subprocess.run([sys.executable, "-c", intruder], env=env, capture_output=True, text=True, timeout=30)
+    code, out = seen.returncode, seen.stdout[-200:]
+except subprocess.TimeoutExpired as waited:
+    code, out = "timed out", (waited.stdout or b"").decode()[-200:]
+print(json.dumps({"steps": result.steps, "gcs": gcs, "intruder": code, "out": out, "listening": listening}))
 """
 
 
 def test_a_local_ray_with_a_token_trains_and_refuses_clients_without_it(small_task, tmp_path) -> None:
     """What `gpo up` runs: Ray started by the trainer with RAY_AUTH_MODE=token. Ray Train works under
-    the token; a client without it cannot join the cluster (so runs no code on it), although Ray's
-    ports listen on every interface."""
+    the token; a client without it cannot join the cluster (so runs no code on it); and a Ray of the
+    task's own listens on loopback only (by default Ray's ports, its autoscaler metrics included,
+    listen on every interface)."""
     import subprocess
     import sys
     import tempfile
@@ -154,6 +163,7 @@ def test_a_local_ray_with_a_token_trains_and_refuses_clients_without_it(small_ta
     outcome = json.loads(done.stdout.strip().splitlines()[-1])
     assert outcome["steps"] == 2
     assert outcome["intruder"] != 0 and "INTRUDER CONNECTED" not in outcome["out"]
+    assert outcome["listening"] and set(outcome["listening"]) <= {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
 
 
 def final_weights(result) -> dict:
