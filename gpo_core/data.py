@@ -63,6 +63,10 @@ def _raw_records(path: Path, split: str = "train") -> Iterator[tuple[str, dict |
                     yield f"{path}:{number}", json.loads(line)
                 except json.JSONDecodeError as err:
                     yield f"{path}:{number}", f"not valid JSON ({err.msg} at column {err.colno})"
+                except RecursionError:
+                    yield f"{path}:{number}", "JSON nested too deeply"
+                except ValueError as err:  # an integer of more digits than Python converts
+                    yield f"{path}:{number}", f"not usable JSON ({err})"
     else:
         raise DatasetError(f"{path}: unknown dataset format; use .jsonl, .parquet or a saved datasets folder")
 

@@ -110,6 +110,14 @@ def test_uploads_are_validated_bounded_and_leave_nothing_when_refused(service, t
             a.upload(bad)
         assert invalid.value.status == 422 and "bad.jsonl:3" in invalid.value.message
         assert str(settings.artifacts) not in invalid.value.message  # no server path in the answer
+        for line, message in (
+            (b"[" * 20_000 + b"]" * 20_000, "bad.jsonl:1: JSON nested too deeply"),
+            (b'{"prompt": ' + b"9" * 5_000 + b"}", "bad.jsonl:1: not usable JSON"),
+        ):
+            (tmp_path / "bad.jsonl").write_bytes(line + b"\n")  # each answered 500 before
+            with pytest.raises(ApiError) as crafted:
+                a.upload(tmp_path / "bad.jsonl")
+            assert crafted.value.status == 422 and message in crafted.value.message
         big = tmp_path / "big.jsonl"
         jsonl(big, PAIRS * 400)  # about 100 KB, over the 64 KiB limit of this service
         with pytest.raises(ApiError) as too_large:

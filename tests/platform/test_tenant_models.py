@@ -3,6 +3,7 @@ anything reads it, stored per tenant, named model:NAME in job specs and nowhere 
 would write outside the folder, carry links or pickles, or ask for remote code are refused with
 the member named; another tenant's model answers as a missing one."""
 
+import gzip
 import io
 import json
 import shutil
@@ -94,6 +95,7 @@ def test_a_model_is_uploaded_checked_listed_used_and_deleted(service, model_fold
 
 
 CONFIG = json.dumps({"model_type": "llama"}).encode()
+WEIGHTS = b"\x13\x00\x00\x00\x00\x00\x00\x00" + b'{"__metadata__":{}}'  # a safetensors file of no tensors
 
 
 @pytest.mark.parametrize(
@@ -110,6 +112,14 @@ CONFIG = json.dumps({"model_type": "llama"}).encode()
         ({"config.json": CONFIG, "model.safetensors": b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}"}, None,
          "model.safetensors: not a readable safetensors file"),
         ({"a/config.json": CONFIG, "b/config.json": CONFIG}, None, "exactly one config.json"),
+        # Crafted members that answered 500 (issue 27's low findings; found again by a probe):
+        ({"config.json": CONFIG, "model.safetensors": WEIGHTS, "tokenizer.json": b"[" * 100_000 + b"]" * 100_000},
+         None, "tokenizer.json: JSON nested too deeply"),
+        ({"config.json": b'{"model_type": "llama", "x": ' + b"9" * 100_000 + b"}", "model.safetensors": WEIGHTS},
+         None, "config.json: not usable JSON"),
+        ({"config.json": CONFIG, "model.safetensors": WEIGHTS, "adapter_config.json": b"[1]"}, None,
+         "adapter_config.json: base_model_name_or_path must name one of your models"),
+        ({"x.json": b"{}", "x.json/y.json": b"{}", "config.json": CONFIG}, None, "both a file and a folder"),
     ],
 )  # fmt: skip
 def test_hostile_or_broken_archives_are_refused_naming_the_member(service, files, links, message) -> None:
@@ -125,6 +135,8 @@ def test_hostile_or_broken_archives_are_refused_naming_the_member(service, files
 def test_archives_that_are_not_tar_or_too_large_are_refused(service) -> None:
     url, _ = service
     assert put(url, "junk", b"not a tar archive at all").status_code == 422
+    truncated = gzip.compress(archive({"config.json": CONFIG}))[:40]  # a gzip stream cut short: it answered 500
+    assert "not a readable tar archive" in put(url, "cut", truncated).json()["message"]
     big = put(url, "big", b"\x00" * (65 * 2**20))
     assert big.status_code == 413
     assert httpx.get(f"{url}/models", headers={"Authorization": f"Bearer {KEY_A}"}).json() == []

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import tarfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
@@ -22,6 +23,19 @@ ALLOWED_SUFFIXES = {".safetensors", ".json", ".txt", ".model", ".jinja", ".md"}
 
 def _refuse(message: str) -> ApiError:
     return ApiError(422, "invalid_model", message)
+
+
+def _read_json(path: Path, member: Path | str) -> object:
+    """A JSON file of the upload, or a 422 naming it: not text, not JSON, nested past the parser's
+    depth, or a number past Python's digit limit are all the tenant's to fix, never a 500."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise _refuse(f"{member}: not valid JSON ({err})") from None
+    except RecursionError:
+        raise _refuse(f"{member}: JSON nested too deeply") from None
+    except ValueError as err:  # an integer of more digits than Python converts
+        raise _refuse(f"{member}: not usable JSON ({err})") from None
 
 
 def _checked_members(archive: tarfile.TarFile, limit: int) -> list[tarfile.TarInfo]:
@@ -84,10 +98,7 @@ def _no_path_followed(work: Path, resolve_base: Callable[[str], Path | None]) ->
         member = path.relative_to(work)
         if path.name == ADAPTER_BASE_RECORD:
             raise _refuse(f"{member}: a file name this platform keeps for itself")
-        try:
-            content = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise _refuse(f"{member}: not valid JSON ({err})") from None
+        content = _read_json(path, member)
         if not isinstance(content, dict) or path.name == ADAPTER_CONFIG:
             continue
         paths = [k for k, v in content.items() if k in PATH_KEYS or (k.endswith("_file") and isinstance(v, str))]
@@ -97,7 +108,8 @@ def _no_path_followed(work: Path, resolve_base: Callable[[str], Path | None]) ->
     adapter = work / ADAPTER_CONFIG
     if not adapter.is_file():
         return
-    named = json.loads(adapter.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    adapter_config = _read_json(adapter, ADAPTER_CONFIG)
+    named = adapter_config.get("base_model_name_or_path") if isinstance(adapter_config, dict) else None
     base = resolve_base(named) if isinstance(named, str) else None
     if base is None:
         raise _refuse(f"{ADAPTER_CONFIG}: base_model_name_or_path must name one of your models (model:NAME) or a "
@@ -121,12 +133,11 @@ def unpack_model(
                 assert source is not None  # _checked_members keeps regular files only
                 with source, target.open("wb") as handle:
                     shutil.copyfileobj(source, handle)
-    except tarfile.TarError as err:
+    except (tarfile.TarError, EOFError, zlib.error) as err:  # EOFError, zlib.error: a damaged gzip stream
         raise _refuse(f"{name}: not a readable tar archive ({err})") from None
-    try:
-        config = json.loads((work / "config.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise _refuse(f"config.json: not valid JSON ({err})") from None
+    except (FileExistsError, NotADirectoryError, IsADirectoryError):
+        raise _refuse(f"{name}: a path in the archive is both a file and a folder") from None
+    config = _read_json(work / "config.json", "config.json")
     if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
         raise _refuse("config.json: no model_type (not a transformers model config)")
     if "auto_map" in config:
