@@ -140,6 +140,21 @@ class JobSpec(RunInputs):
             raise ValueError("a value is listed twice")
         return values
 
+    @field_validator("losses")
+    @classmethod
+    def _no_alias_repeats(cls, values: list[str]) -> list[str]:
+        """TRL's names are aliases (dpo and sigmoid are both logistic): one loss listed twice would
+        train the same runs twice under two names."""
+        seen: dict[str, str] = {}
+        for value in values:
+            name = registry_name(value) or value
+            if name in seen:
+                raise ValueError(
+                    f"{seen[name]!r} and {value!r} are the same loss (the registry's {name!r}); list it once"
+                )
+            seen[name] = value
+        return values
+
     @model_validator(mode="after")
     def _consistent(self) -> JobSpec:
         if self.task is None:

@@ -131,3 +131,22 @@ def test_the_claims_follow_the_run_table() -> None:
     with console.capture() as captured:
         print_claims(claims)
     assert captured.get() == "C4 not resolved: case-II losses keep the policy closer\n"
+
+
+def test_data_check_reads_trls_conversational_and_implicit_prompt_formats(tmp_path: Path) -> None:
+    """It crashed on lists of messages (AttributeError on .strip), which gpo data push accepts."""
+    user = {"role": "user", "content": "hi"}
+    records = [
+        {"prompt": [user], "chosen": [{"role": "assistant", "content": "hello"}],
+         "rejected": [{"role": "assistant", "content": "go away"}]},
+        {"chosen": [user, {"role": "assistant", "content": "hello"}], "rejected": [user, {"role": "assistant",
+         "content": "bye"}]},
+        {"prompt": [user], "chosen": [{"role": "assistant", "content": "same"}],
+         "rejected": [{"role": "assistant", "content": "same"}]},
+    ]  # fmt: skip
+    path = tmp_path / "conversations.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    result = gpo("data", "check", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "3 valid preference pairs (conversational)" in result.stdout
+    assert "1 pairs have chosen == rejected (records 3)" in result.stderr

@@ -38,6 +38,11 @@ def grid(**overrides) -> dict:
         ({"judge": {"kind": "endpoint"}}, "judge", "base_url and model"),
         ({"name": "../etc"}, "name", "pattern"),
         ({"bogus": 1}, "bogus", "unknown field (fields here: policy, reference, dataset"),
+        (
+            {"losses": ["dpo", "ipo", "sigmoid"]},
+            "losses",
+            "'dpo' and 'sigmoid' are the same loss (the registry's 'logistic')",
+        ),
         ({"learning_rate": 1e-3}, "learning_rate", "TRL's 'learning_rate' is 'training.lr' here"),
         ({"loss_type": "ipo"}, "loss_type", "TRL's 'loss_type' is 'losses' here"),
         ({"training": {"learning_rate": 1e-3}}, "training.learning_rate", "is 'training.lr' here"),

@@ -100,11 +100,14 @@ def data_convert_ultrafeedback(
 def data_check(path: Annotated[Path, typer.Argument(help="JSONL, Parquet or a saved datasets folder.")]) -> None:
     """Validate a preference dataset; the first bad record is reported with file, line and field,
     and pairs whose chosen and rejected responses are the same are listed (they carry no signal)."""
+    from gpo_core.conversation import as_text
     from gpo_core.data import load_preferences
 
     records = load_preferences(path)
-    console.print(f"{path}: {len(records)} valid preference pairs", highlight=False)
-    same = [i for i, r in enumerate(records, start=1) if r["chosen"].strip() == r["rejected"].strip()]
+    kind = "conversational" if any(not isinstance(r["prompt"], str) for r in records) else "text"
+    console.print(f"{path}: {len(records)} valid preference pairs ({kind})", highlight=False)
+    # Texts or lists of messages (TRL's conversational format): compared as the text a judge reads.
+    same = [i for i, r in enumerate(records, start=1) if as_text(r["chosen"]).strip() == as_text(r["rejected"]).strip()]
     if same:
         listed = ", ".join(map(str, same[:10])) + (f" and {len(same) - 10} more" if len(same) > 10 else "")
         errors.print(f"warning: {len(same)} pairs have chosen == rejected (records {listed}): no preference "

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from gpo_client.cli.output import console, fail, print_winrate_table
+from gpo_client.cli.output import console, errors, fail, print_winrate_table
 
 ServerOption = Annotated[str | None, typer.Option("--server", help="Control service URL.")]
 KeyOption = Annotated[str | None, typer.Option("--api-key", help="API key (default: $GPO_API_KEY).")]
@@ -71,7 +71,12 @@ def submit_command(
 ) -> None:
     """Submit a sweep to the control service; prints the job id. With --watch, follows it and exits
     0 only when it succeeded (1 when it failed or was cancelled, 2 on an error here)."""
+    from gpo_core.losses import alias_note
+    from gpo_core.sweep.spec import load_job_spec
+
     client = sdk_client(server, api_key)
+    for note in dict.fromkeys(filter(None, (alias_note(run.loss) for run in load_job_spec(spec_file).run_list()))):
+        errors.print(f"note: {note}", highlight=False)  # what `gpo run` says too: an alias is not TRL's loss
     job = api_call(client.submit, spec_file, idempotency_key)
     console.print(job.id)
     if watch:
