@@ -57,5 +57,7 @@ def run_demo(
         job = client.submit(spec)
         say(f"submitted job {job.id}: {len(job.runs)} runs (spec: {out / 'spec.yaml'})")
         job = client.wait(job.id, progress=True)
-        report = client.download_report(job.id, out / "report.html") if job.state == "succeeded" else None
+        report = (
+            client.download_report(job.id, out / "report.html") if job.state in ("succeeded", "inconclusive") else None
+        )
     return job, report, time.perf_counter() - started

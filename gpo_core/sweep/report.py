@@ -30,7 +30,7 @@ import matplotlib.pyplot as plt
 
 from gpo_core.data import write_json
 from gpo_core.stats import paired_difference
-from gpo_core.sweep.claims import claims
+from gpo_core.sweep.claims import UNRESOLVED, claims
 from gpo_core.sweep.spec import PATH_FIELDS, JobSpec
 
 FIGURES = {
@@ -127,16 +127,52 @@ def collect(job_dir: str | Path) -> dict:
                 },
             }
         )
+    judge_eval = _read_json(job_dir / "judge_eval.json")
+    found = differences(runs, outcomes)
+    why_not = inconclusive(runs, judge_eval)
+    wanted = spec.comparisons.claims if spec.comparisons.claims is not None else spec.task is not None
     return {
         "name": spec.name,
         "spec": job["spec"],
         "runs": runs,
-        "differences": (found := differences(runs, outcomes)),
-        "claims": claims(runs, outcomes, found),
+        "conclusive": why_not is None,
+        "inconclusive": why_not,
+        "differences": found,
+        "claims": undecided(claims(runs, outcomes, found), why_not) if wanted else [],
         "pairwise": _read_json(job_dir / "pairwise.json"),
-        "judge_eval": _read_json(job_dir / "judge_eval.json"),
+        "judge_eval": judge_eval,
         "examples": examples(job_dir, spec.run_ids()),
     }
+
+
+def inconclusive(runs: list[dict], judge_eval: dict | None) -> str | None:
+    """Why the sweep's win rates cannot decide anything, or None when they can: a judge that told
+    nothing apart (every comparison a tie, or no valid verdict), whose verdicts followed the slot
+    (a flip rate of at least one half in most runs: flips count as ties, so its win rates sit at
+    0.5 whatever the policies do), or whose position bias exceeded its signal on labelled pairs."""
+    if judge_eval and judge_eval.get("position_bias_exceeds_signal"):
+        bias, signal = judge_eval["position_bias"], judge_eval["signal"]
+        return f"on labelled pairs the judge's position bias ({bias:.2f}) exceeds its signal ({signal:.2f})"
+    judged = [r["judgement"] for r in runs if r["judgement"]]
+    if not judged:
+        return "no run was judged (every run diverged)" if runs and all(r.get("diverged") for r in runs) else None
+    rates = [j.get("win_rate") for j in judged]
+    if all(rate is None for rate in rates):
+        return "the judge gave no valid verdict"
+    flips = sorted(j["flip_rate"] for j in judged if j.get("flip_rate") is not None)
+    if flips and flips[len(flips) // 2] >= 0.5:  # the cause: its flips are counted as ties
+        return (f"the judge's verdict changed when the responses swapped places in {flips[len(flips) // 2]:.0%} of "
+                "the comparisons (median run): its win rates measure its position bias, not the runs")  # fmt: skip
+    if all(rate is None or rate["low"] == rate["high"] == 0.5 for rate in rates):
+        return "every comparison was a tie: the judge told no responses apart"
+    return None
+
+
+def undecided(found: list[dict], why_not: str | None) -> list[dict]:
+    """The claims as decided, or every one "not resolved" when the evidence cannot decide."""
+    if why_not is None:
+        return found
+    return [{**claim, "verdict": UNRESOLVED, "because": why_not} for claim in found]
 
 
 def _responses(path: Path) -> dict:
@@ -530,6 +566,7 @@ def render_html(data: dict, figures: dict[str, Path]) -> str:
         .get_template("report.html")
         .render(
             name=data["name"],
+            inconclusive=data.get("inconclusive"),
             warnings=data.get("warnings", []),
             reference_length=reference_length,
             runs=winrate_table(data),

@@ -113,6 +113,11 @@ class Comparisons(BaseModel):
     model_config = ConfigDict(extra="forbid")
     reference: bool = Field(True, description="Judge every run against the reference policy (Fig. 8).")
     pairwise_beta: float | None = Field(None, description="Judge all runs at this beta against each other (Fig. 9).")
+    claims: bool | None = Field(
+        None,
+        description="Decide the paper's claims C1-C4 in the report; default: on the built-in task only (on your own "
+        "data and grid they are seldom what the sweep tests).",
+    )
 
 
 class JobSpec(RunInputs):

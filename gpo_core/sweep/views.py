@@ -9,8 +9,11 @@ from pydantic import BaseModel, Field
 
 from gpo_core.sweep.pipeline import Position, RunState
 
-JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})  # of a job
+# A job whose runs are all over and whose report is written "succeeded", unless the report found
+# that its win rates cannot decide anything (a judge that told nothing apart): then "inconclusive",
+# with the reason. Either way the report is there to read.
+JobState = Literal["queued", "running", "succeeded", "inconclusive", "failed", "cancelled"]
+TERMINAL = frozenset({"succeeded", "inconclusive", "failed", "cancelled"})  # of a job
 # A run's states and stages are its lifecycle's (gpo_core.sweep.pipeline): a run that "diverged"
 # stopped training on a non-finite loss, and its job goes on without it (its report says so).
 

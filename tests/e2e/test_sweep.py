@@ -321,3 +321,40 @@ def test_a_lora_sweeps_runs_are_sampled_unmerged_by_the_reference_engine(
     auto = JobSpec(**grid(training={"lora": lora}))
     assert stages.lora_rank(auto) == (4 if torch.cuda.is_available() else None)
     assert stages.lora_rank(JobSpec(**grid())) is None
+
+
+def test_a_judge_that_tells_nothing_apart_makes_the_sweep_inconclusive() -> None:
+    """Issue 29: a job whose judge could not tell anything apart ended "succeeded" with a claim that
+    "holds". Such a sweep is inconclusive, says why, and decides no claim."""
+    from gpo_core.sweep.report import inconclusive, undecided
+
+    def run(flip_rate: float | None, rate: dict | None, diverged: str | None = None) -> dict:
+        judged = None if rate is None and flip_rate is None else {"flip_rate": flip_rate, "win_rate": rate}
+        return {"id": "r", "judgement": judged, "diverged": diverged}
+
+    tie = {"rate": 0.5, "low": 0.5, "high": 0.5}
+    decided = {"rate": 0.7, "low": 0.6, "high": 0.8}
+    assert "every comparison was a tie" in inconclusive([run(0.0, tie), run(0.1, tie)], None)
+    assert "position bias" in inconclusive([run(1.0, decided), run(0.9, decided), run(0.0, decided)], None)
+    assert "no valid verdict" in inconclusive([run(0.0, None)], None)
+    assert "every run diverged" in inconclusive([run(None, None, diverged="non-finite loss at step 2")], None)
+    biased = {"position_bias_exceeds_signal": True, "position_bias": 0.9, "signal": 0.1}
+    assert "position bias (0.90) exceeds its signal (0.10)" in inconclusive([run(0.0, decided)], biased)
+    assert inconclusive([run(0.1, decided), run(0.6, decided), run(0.0, tie)], None) is None
+    claims = [{"claim": "C2", "verdict": "holds"}]
+    assert undecided(claims, None) == claims
+    assert undecided(claims, "why")[0]["verdict"] == "not resolved" and undecided(claims, "why")[0]["because"] == "why"
+
+
+def test_claims_are_decided_on_the_built_in_task_or_when_asked(small_task, tmp_path) -> None:
+    own = JobSpec(**{**grid(losses=["hinge"], betas=[1.0]), "task": None, "policy": small_task.artifacts.model_dir,
+                     "dataset": small_task.artifacts.train_pairs, "eval_prompts": small_task.artifacts.eval_prompts,
+                     "judge": {"kind": "local", "model_dir": small_task.artifacts.model_dir}})  # fmt: skip
+    for spec, wanted in ((own, False), (JobSpec(**grid(losses=["hinge"], betas=[1.0])), True),
+                         (own.model_copy(update={"comparisons": own.comparisons.model_copy(update={"claims": True})}),
+                          True)):  # fmt: skip
+        folder = tmp_path / str(len(list(tmp_path.iterdir())))
+        stages.write_job_file(spec, folder)
+        build_report(folder)
+        data = json.loads((folder / "report" / "report.json").read_text())
+        assert bool(data["claims"]) is wanted

@@ -20,6 +20,7 @@ import redis
 
 from gpo_client import Client
 from gpo_client.stack import SERVICES, start_stack, stop_stack
+from gpo_core.sweep.views import TERMINAL
 from tests.platform.conftest import TENANT_KEYS, wait_until
 from tests.support.json_server import Script, json_server
 
@@ -56,7 +57,7 @@ class Platform:
         return Path(self.stack["artifacts"]) / job_id / "runs" / run
 
     def wait_for_job(self, job_id: str, timeout_s: float = 240):
-        wait_until(lambda: self.client.get(job_id).state in ("succeeded", "failed", "cancelled"), timeout_s, "the job")
+        wait_until(lambda: self.client.get(job_id).state in TERMINAL, timeout_s, "the job")
         return self.client.get(job_id)
 
     def close(self) -> None:

@@ -70,7 +70,8 @@ def submit_command(
     watch: Annotated[bool, typer.Option("--watch", help="Follow the job until it is over.")] = False,
 ) -> None:
     """Submit a sweep to the control service; prints the job id. With --watch, follows it and exits
-    0 only when it succeeded (1 when it failed or was cancelled, 2 on an error here)."""
+    0 only when it succeeded (1 when it failed, was cancelled or is inconclusive: its judge could
+    tell nothing apart; 2 on an error here)."""
     from gpo_core.losses import alias_note
     from gpo_core.sweep.spec import load_job_spec
 
@@ -81,9 +82,7 @@ def submit_command(
     console.print(job.id)
     if watch:
         job = api_call(lambda: client.wait(job.id, progress=True))
-        console.print(run_table(job))
-        if job.state != "succeeded":
-            raise typer.Exit(code=1)
+        finished(job)
 
 
 def list_command(
@@ -106,7 +105,17 @@ def watch_command(job_id: str, server: ServerOption = None, api_key: KeyOption =
     """Live progress bars per run and stage until the job is over; exits 0 only when it succeeded."""
     client = sdk_client(server, api_key)
     job = api_call(lambda: client.wait(job_id, progress=True))
+    finished(job)
+
+
+def finished(job) -> None:
+    """A job that is over: its runs, and how to read its report; exit 1 unless it succeeded."""
     console.print(run_table(job))
+    if job.state == "inconclusive":
+        errors.print(f"inconclusive: {job.reason}; no loss or beta can be chosen from these win rates",
+                     highlight=False)  # fmt: skip
+    if job.state in ("succeeded", "inconclusive"):
+        console.print(f"report: gpo report {job.id} --open", highlight=False)
     if job.state != "succeeded":
         raise typer.Exit(code=1)
 

@@ -31,6 +31,9 @@ def emit_json(payload: object) -> None:
 def print_winrate_table(report_json: Path) -> None:
     """A sweep report's run table, as a terminal table."""
     report = json.loads(report_json.read_text(encoding="utf-8"))
+    if report.get("inconclusive"):
+        errors.print(f"inconclusive: {report['inconclusive']}; no loss or beta can be chosen from these win rates",
+                     highlight=False)  # fmt: skip
     rows = report["table"]
     table = Table(title="Win rate against the reference (95% paired bootstrap over prompts)")
     columns = ("run", "win_rate", "length_controlled", "flip_rate", "gold_reward", "kl", "square_loss")

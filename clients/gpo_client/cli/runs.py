@@ -3,6 +3,7 @@ sweep, the embedded default)."""
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 from pathlib import Path
@@ -217,3 +218,5 @@ def run_sweep(spec, out: Path | None, command: str) -> None:
         raise typer.Exit(code=1)
     print_winrate_table(report.with_name("report.json"))
     console.print(f"report: {report}")
+    if json.loads(report.with_name("report.json").read_text(encoding="utf-8")).get("inconclusive"):
+        raise typer.Exit(code=1)  # the report is there, but it decides nothing: not a success

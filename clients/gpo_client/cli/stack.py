@@ -63,3 +63,5 @@ def demo_command(
         raise fail(f"the demo job ended {job.state}: {job.reason}")
     print_winrate_table(report.with_name("report.json"))
     console.print(f"report: {report}\ndemo wall time: {seconds:.0f} s (the stack keeps running: gpo down stops it)")
+    if job.state != "succeeded":
+        raise typer.Exit(code=1)  # inconclusive: the report says why

@@ -7,7 +7,8 @@ job's stream (trimmed), which feeds the SSE endpoint.
 
 Keys::
 
-    gpo:job:{id}              hash: id, tenant, name, spec, runs, names, state, reason, cancel, report, times
+    gpo:job:{id}              hash: id, tenant, name, spec, runs, names, state, reason, cancel, report,
+                              inconclusive (why the report cannot decide), times
     gpo:job:{id}:run:{run}    hash: id, loss, beta, state, stage, step, steps, win_rate, reason, updated_at
     gpo:job:{id}:events       stream of {type, data, ts}
     gpo:tenant:{tenant}:jobs  sorted set of job ids by creation time
@@ -95,7 +96,7 @@ def _derive_state(job: dict, runs: list[dict]) -> tuple[str, str]:
     if failed:
         return "failed", f"run {failed[0]['id']} failed at {failed[0].get('stage', '?')}: {failed[0].get('reason', '')}"
     if job.get("report") and all(r.get("state") in DONE for r in runs):
-        return "succeeded", ""
+        return ("inconclusive", job["inconclusive"]) if job.get("inconclusive") else ("succeeded", "")
     if all(r.get("state") == "queued" and r.get("stage") == "train" for r in runs):
         return "queued", ""
     return "running", ""

@@ -50,8 +50,11 @@ def finalize(job_id: str, context: TaskContext) -> None:
         return
     spec = context.store.spec(job_id)
     check_endpoint(spec, context)
-    page = context.run_task(REPORT, _payload(spec, job_id, context), job_id)
-    context.store.transition(job_id, job_fields={"report": page})
+    written = context.run_task(REPORT, _payload(spec, job_id, context), job_id)
+    # A report that cannot decide (a judge that told nothing apart) makes the job "inconclusive".
+    context.store.transition(
+        job_id, job_fields={"report": written["page"], "inconclusive": written["inconclusive"] or ""}
+    )
 
 
 def _payload(spec: JobSpec, job_id: str, context: TaskContext, run: str | None = None) -> dict:
@@ -65,11 +68,13 @@ def judge(payload: dict, emit: Emit, should_stop: StopCheck) -> dict:
     return stages.judge_stage(spec, job_dir, payload["run"], should_stop, api_key=payload["api_key"])
 
 
-def report(payload: dict, emit: Emit, should_stop: StopCheck) -> str:
+def report(payload: dict, emit: Emit, should_stop: StopCheck) -> dict:
     """In the task child: the judge's own accuracy, the pairwise comparisons and the report; the
-    report page's path in the job folder."""
+    report page's path in the job folder, and why its win rates cannot decide (or None)."""
     spec, job_dir = JobSpec.model_validate_json(payload["spec"]), Path(payload["job_dir"])
-    return str(stages.finish_stage(spec, job_dir, should_stop, payload["api_key"]).relative_to(job_dir))
+    page = stages.finish_stage(spec, job_dir, should_stop, payload["api_key"])
+    verdict = json.loads(page.with_name("report.json").read_text(encoding="utf-8"))
+    return {"page": str(page.relative_to(job_dir)), "inconclusive": verdict.get("inconclusive")}
 
 
 def main() -> None:
