@@ -92,7 +92,8 @@ def collect(job_dir: str | Path) -> dict:
     if job is None:
         raise FileNotFoundError(f"{job_dir}: not a job folder (no job.json)")
     spec = JobSpec(**job["spec"])
-    runs, outcomes = [], {}
+    runs: list[dict] = []
+    outcomes: dict[str, dict[str, list[str]]] = {}
     for run_id, run in zip(spec.run_ids(), spec.run_list(), strict=True):
         folder = job_dir / "runs" / run_id
         outcomes[run_id] = outcomes_by_prompt(folder / "verdicts.jsonl")
@@ -103,6 +104,7 @@ def collect(job_dir: str | Path) -> dict:
         trained = _read_json(folder / "train.json")
         runs.append(
             {
+                "flags": [],
                 "id": run_id,
                 "loss": run.loss,
                 "beta": run.beta,
@@ -127,6 +129,9 @@ def collect(job_dir: str | Path) -> dict:
                 },
             }
         )
+    for record in runs:
+        folder = job_dir / "runs" / record["id"]
+        record["flags"] = degenerate(record, folder / "responses.jsonl") if record["judgement"] else []
     judge_eval = _read_json(job_dir / "judge_eval.json")
     found = differences(runs, outcomes)
     why_not = inconclusive(runs, judge_eval)
@@ -142,7 +147,63 @@ def collect(job_dir: str | Path) -> dict:
         "pairwise": _read_json(job_dir / "pairwise.json"),
         "judge_eval": judge_eval,
         "examples": examples(job_dir, spec.run_ids()),
+        "headline": headline(runs, outcomes, why_not),
     }
+
+
+EMPTY_SHARE = 0.1  # a run with more empty responses than this is flagged
+COLLAPSE_RATIO = 0.5  # and one whose mean response is under half the reference's length
+
+
+def degenerate(run: dict, responses: Path) -> list[str]:
+    """What makes a run's win rate suspect whatever its number: empty responses, or responses
+    collapsed in length against the reference's (a judge may prefer them, or the reward may)."""
+    flags = []
+    texts = [r.get("response", "") for r in _read_metrics(responses)]
+    empty = sum(not str(text).strip() for text in texts) / len(texts) if texts else 0.0
+    if empty > EMPTY_SHARE:
+        flags.append(f"{empty:.0%} of its responses are empty")
+    lengths = (run["judgement"] or {}).get("mean_length") or {}
+    if lengths.get("b") and lengths.get("a") is not None and lengths["a"] < COLLAPSE_RATIO * lengths["b"]:
+        flags.append(f"its responses collapsed in length ({lengths['a']:.1f} words against the reference's "
+                     f"{lengths['b']:.1f})")  # fmt: skip
+    return flags
+
+
+def headline(runs: list[dict], outcomes: dict[str, dict[str, list[str]]], why_not: str | None) -> dict | None:
+    """The answer first: the run with the best win rate against the reference, the runs it beats
+    and those it cannot be told from (paired intervals over the prompts both were judged on), and
+    whether its edge survives length control. None when nothing was judged or nothing can decide."""
+    judged = [r for r in runs if (r["judgement"] or {}).get("win_rate") and outcomes.get(r["id"])]
+    if why_not is not None or not judged:
+        return None
+    best = max(judged, key=lambda r: r["judgement"]["win_rate"]["rate"])
+    beats: list[str] = []
+    level: list[str] = []
+    for other in judged:
+        if other is best or not set(outcomes[best["id"]]) & set(outcomes[other["id"]]):
+            continue
+        d = paired_difference(outcomes[best["id"]], outcomes[other["id"]])
+        (beats if d.low > 0 else level).append(other["id"])
+    rate, controlled = best["judgement"]["win_rate"], best["judgement"].get("length_controlled")
+    versus = "better than" if rate["low"] > 0.5 else "worse than" if rate["high"] < 0.5 else "not told apart from"
+    text = (f"Best: {best['loss']} at beta {best['beta']:g} ({best['id']}), win rate {rate['rate']:.3f} "
+            f"[{rate['low']:.3f}, {rate['high']:.3f}] against the reference ({versus} it)")  # fmt: skip
+    if len(judged) > 1:
+        text += f"; it beats {len(beats)} of the other {len(judged) - 1} runs"
+        if level:
+            shown = ", ".join(level[:5]) + (f" and {len(level) - 5} more" if len(level) > 5 else "")
+            text += f" and cannot be told from {shown}"
+    if controlled:
+        survives = controlled["low"] > 0.5
+        text += (
+            f"; length-controlled {controlled['rate']:.3f} [{controlled['low']:.3f}, {controlled['high']:.3f}]: "
+            + ("its edge survives length control" if survives else "its edge does not survive length control")
+        )
+    if best.get("flags"):
+        text += f". Beware: {'; '.join(best['flags'])}"
+    return {"run": best["id"], "loss": best["loss"], "beta": best["beta"], "beats": beats, "level_with": level,
+            "text": text + "."}  # fmt: skip
 
 
 def inconclusive(runs: list[dict], judge_eval: dict | None) -> str | None:
@@ -485,9 +546,15 @@ def _interval(value: dict | None) -> str:
 
 
 def winrate_table(data: dict) -> list[dict]:
-    """One row per run: the numbers a reader wants first."""
+    """One row per run, the best win rate against the reference first (runs not judged, and those
+    that diverged, last): the numbers a reader wants first, and what makes a run suspect."""
     rows = []
-    for run in data["runs"]:
+
+    def rank(run: dict) -> float:
+        rate = (run["judgement"] or {}).get("win_rate")
+        return -rate["rate"] if rate and not run.get("diverged") else 1.0
+
+    for run in sorted(data["runs"], key=rank):
         j = run["judgement"] or {}
         traces = [t for t in run["traces"] if "kl" in t or "square_loss" in t]
         last = traces[-1] if traces and not run.get("diverged") else {}  # a diverged run has no final trace
@@ -505,6 +572,7 @@ def winrate_table(data: dict) -> list[dict]:
                 "gold_reward": f"{j['mean_gold_reward']['a']:.3f}" if j.get("mean_gold_reward") else "-",
                 "kl": f"{last['kl']:.3f}" if "kl" in last else "-",
                 "square_loss": f"{last['square_loss']:.3f}" if "square_loss" in last else "-",
+                "notes": "; ".join(run.get("flags") or []) or "-",
             }
         )
     return rows
@@ -567,6 +635,7 @@ def render_html(data: dict, figures: dict[str, Path]) -> str:
         .render(
             name=data["name"],
             inconclusive=data.get("inconclusive"),
+            headline=(data.get("headline") or {}).get("text"),
             warnings=data.get("warnings", []),
             reference_length=reference_length,
             runs=winrate_table(data),

@@ -117,6 +117,12 @@ def test_sweep_end_to_end_with_the_oracle_judge_and_report(small_task, tmp_path)
     verdicts = {c["claim"]: c["verdict"] for c in data["claims"]}
     assert verdicts["C1"] == verdicts["C3"] == "not resolved" and data["claims"][3]["betas"] == 2
     assert data["warnings"] == []  # the oracle has no position bias
+    # The answer first: the best run against the reference, and the table sorted by it.
+    best = max(rates, key=rates.get)
+    assert data["conclusive"] and data["headline"]["run"] == best and data["headline"]["text"].startswith("Best: ")
+    assert set(data["headline"]["beats"]) | set(data["headline"]["level_with"]) == set(rates) - {best}
+    assert [row["run"] for row in data["table"]] == sorted(rates, key=lambda run: -rates[run])
+    assert page.index(data["headline"]["text"][:40]) < page.index("<h2>Runs</h2>")
     assert len(data["examples"]) == 3 and set(data["examples"][0]["runs"]) == set(spec.run_ids())
     assert {"setting": "training.steps", "value": "6"} in data["settings"] and "<h2>Settings</h2>" in page
     stage_events = [(e["run"], e["stage"], e["state"]) for e in events if e["kind"] == "stage"]
@@ -358,3 +364,17 @@ def test_claims_are_decided_on_the_built_in_task_or_when_asked(small_task, tmp_p
         build_report(folder)
         data = json.loads((folder / "report" / "report.json").read_text())
         assert bool(data["claims"]) is wanted
+
+
+def test_empty_and_collapsed_responses_are_flagged(tmp_path) -> None:
+    from gpo_core.sweep.report import degenerate
+
+    responses = tmp_path / "responses.jsonl"
+    responses.write_text("".join(json.dumps({"response": text}) + "\n" for text in ["", " ", "ok", "fine"]))
+    run = {"judgement": {"mean_length": {"a": 1.1, "b": 3.4}}}
+    assert degenerate(run, responses) == [
+        "50% of its responses are empty",
+        "its responses collapsed in length (1.1 words against the reference's 3.4)",
+    ]
+    responses.write_text("".join(json.dumps({"response": "a full answer"}) + "\n" for _ in range(4)))
+    assert degenerate({"judgement": {"mean_length": {"a": 3.0, "b": 3.4}}}, responses) == []

@@ -31,6 +31,8 @@ def emit_json(payload: object) -> None:
 def print_winrate_table(report_json: Path) -> None:
     """A sweep report's run table, as a terminal table."""
     report = json.loads(report_json.read_text(encoding="utf-8"))
+    if (report.get("headline") or {}).get("text"):
+        console.print(report["headline"]["text"], highlight=False)
     if report.get("inconclusive"):
         errors.print(f"inconclusive: {report['inconclusive']}; no loss or beta can be chosen from these win rates",
                      highlight=False)  # fmt: skip
