@@ -40,6 +40,20 @@ TRL_NAMES: dict[str, str | tuple[str, ...]] = {
 }
 
 
+# TRL options that have no field of their own here, and what to do instead.
+TRL_EXPLAINED: dict[str, str] = {
+    "max_length": "TRL's 'max_length' (prompt and response together) is two limits here: max_prompt_length and "
+    "max_response_length",
+    "precompute_ref_log_probs": "reference log-probs are always computed once and cached here (for the pairs a run "
+    "sees); leave it out",
+    "label_smoothing": "TRL's label smoothing (conservative DPO) is a loss formula here: for eps = 0.1, loss: "
+    "'0.9*log(1+exp(-x)) + 0.1*log(1+exp(x))'",
+    "use_peft": "give lora: {r: 16} for LoRA adapters",
+    "peft_config": "give lora: {r: 16, alpha: 32, target_modules: [...]} for LoRA adapters",
+    "reference_free": "GPO always has a reference policy (pi_ref); leave it out",
+}
+
+
 def _model_in(annotation: object) -> type[BaseModel] | None:
     """The pydantic model inside a field's type (``X``, ``X | None``, ``list[X]``), if any."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
@@ -76,6 +90,8 @@ def unknown_field_hint(model: type[BaseModel], location: list) -> str:
     name = str(location[-1])
     here = list(_model_at(model, parents).model_fields)
     prefix = ".".join(parents) + "." if parents else ""
+    if name in TRL_EXPLAINED:
+        return f"unknown field; {TRL_EXPLAINED[name]}"
     wanted = TRL_NAMES.get(name, ())
     for ours in (wanted,) if isinstance(wanted, str) else wanted:
         if ours in here:

@@ -198,7 +198,12 @@ PATH_FIELDS = path_fields(TrainingSpec, ("model", "data", "output"))  # taken re
 def load_spec(path: str | Path, **overrides) -> TrainingSpec:
     """Read a YAML or JSON spec file; ``overrides`` replace fields. Paths in it expand ``~`` and
     are taken relative to the file's folder; the inputs it names must exist."""
-    data = resolve_paths(read_mapping(path, SpecError), PATH_FIELDS, Path(path).resolve().parent)
+    data = read_mapping(path, SpecError)
+    sweep = sorted({"losses", "betas", "runs", "task"} & set(data))
+    if sweep:  # its 11 errors would list the training spec's fields five times
+        raise SpecError(f"{path}: a job spec (it has {', '.join(sweep)}), not a training spec: gpo run and gpo "
+                        "submit take a job spec; gpo train and gpo plan take one run's (docs/training.md)")  # fmt: skip
+    data = resolve_paths(data, PATH_FIELDS, Path(path).resolve().parent)
     try:
         spec = TrainingSpec(**{**data, **overrides})
     except ValidationError as err:

@@ -76,10 +76,10 @@ def test_another_tenants_job_is_404_on_every_job_endpoint(client_a, client_b, ap
         ({**SPEC, "training": {"learning_rate": 1e-3}}, "training.learning_rate",
          "TRL's 'learning_rate' is 'training.lr' here"),
         ({**SPEC, "judge": {"kind": "oracle", "evaluate_on": "/etc/passwd"}}, "judge.evaluate_on",
-         "is not among your uploads"),
+         "is not a path this deployment lets a job read"),
         ({"losses": ["logistic"], "betas": [1], "policy": "/nonexistent/model", "dataset": "/nonexistent/pairs.jsonl",
           "eval_prompts": "/nonexistent/prompts.jsonl", "judge": {"kind": "local", "model_dir": "/nonexistent/judge"}},
-         "policy", "is not among your uploads"),
+         "policy", "is not a path this deployment lets a job read"),
     ],
 )  # fmt: skip
 def test_invalid_specs_are_422_naming_the_field(api, body, field, message) -> None:

@@ -82,6 +82,7 @@ def test_another_tenants_data_and_server_paths_are_refused_alike(service, shared
     (shared / "escape").symlink_to(a_upload)  # a link inside the read root pointing at tenant data
     attempts = {
         "data:secret.jsonl": "A's upload by its name",
+        "data:never-uploaded.jsonl": "an upload nobody made",
         str(a_upload): "A's upload by its server path",
         str(a_job_folder): "A's job folder",
         str(shared / "escape"): "a link out of the read root",
@@ -99,7 +100,11 @@ def test_another_tenants_data_and_server_paths_are_refused_alike(service, shared
         (detail,) = response.json()["details"]
         assert detail["field"] == "eval_prompts"
         answers[value] = detail["message"].replace(repr(value), "VALUE")
-    assert len(set(answers.values())) == 1, answers  # missing and forbidden look the same
+    # Missing and forbidden look the same: an upload name as one that was never made, a server path
+    # as any other (the answer depends on the form the tenant wrote, never on what the server holds).
+    by_form = {(value.startswith("data:"), answer) for value, answer in answers.items()}
+    assert len(by_form) == 2, answers
+    assert "gpo data push FILE" in answers["data:secret.jsonl"] and "upload your file" in answers["/etc/shadow"]
 
 
 def test_uploads_are_validated_bounded_and_leave_nothing_when_refused(service, tmp_path) -> None:
@@ -185,3 +190,15 @@ def test_a_parquet_bomb_is_refused_in_a_child_while_the_service_answers_others(s
         assert psutil.Process().memory_info().rss - before < 300 * 2**20
         latencies.sort()
         assert latencies and latencies[int(0.99 * (len(latencies) - 1))] < 1.0, latencies[-5:]
+
+
+def test_a_misspelt_upload_name_gets_a_did_you_mean_from_ones_own_uploads(service, tmp_path) -> None:
+    url, _ = service
+    with Client(url, KEY_A) as a:
+        a.upload(jsonl(tmp_path / "prompts.jsonl", PROMPTS), kind="prompts")
+    body = spec(policy="model:none", dataset="data:pairs.jsonl", eval_prompts="data:prompt.jsonl")
+    details = {d["field"]: d["message"] for d in submit(url, KEY_A, body).json()["details"]}
+    assert "did you mean 'data:prompts.jsonl'?" in details["eval_prompts"]
+    assert "upload it first (gpo model push FOLDER --name NAME" in details["policy"]
+    theirs = {d["field"]: d["message"] for d in submit(url, KEY_B, body).json()["details"]}
+    assert "did you mean" not in theirs["eval_prompts"]  # never another tenant's names

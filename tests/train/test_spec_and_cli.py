@@ -38,6 +38,9 @@ def test_effective_beta_from_ipo_units() -> None:
         ({"trace_every": 5}, "(spec)", "trace_every needs eval_pairs"),
         ({"learning_rate": 1.0}, "learning_rate", "TRL's 'learning_rate' is 'lr' here"),
         ({"loss_type": "sigmoid"}, "loss_type", "TRL's 'loss_type' is 'loss' here"),
+        ({"max_length": 1024}, "max_length", "two limits here: max_prompt_length and max_response_length"),
+        ({"label_smoothing": 0.1}, "label_smoothing", "loss: '0.9*log(1+exp(-x)) + 0.1*log(1+exp(x))'"),
+        ({"precompute_ref_log_probs": True}, "precompute_ref_log_probs", "always computed once and cached"),
     ],
 )
 def test_bad_specs_name_the_field(tmp_path: Path, change: dict, field: str, message: str) -> None:
@@ -55,6 +58,11 @@ def test_spec_file_problems(tmp_path: Path) -> None:
     (tmp_path / "list.yaml").write_text("- a\n- b\n")
     with pytest.raises(SpecError, match="a spec is a mapping"):
         load_spec(tmp_path / "list.yaml")
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump({"task": {"size": "small"}, "losses": ["dpo"], "betas": [0.1]}))
+    with pytest.raises(SpecError) as job_spec:  # gpo plan job.yaml printed 11 errors and 43 fields five times
+        load_spec(tmp_path / "job.yaml")
+    assert "a job spec (it has betas, losses, task), not a training spec" in str(job_spec.value)
+    assert str(job_spec.value).count("\n") == 0
     (tmp_path / "broken.yaml").write_text("policy: [unclosed\n")
     with pytest.raises(SpecError, match="not valid YAML"):
         load_spec(tmp_path / "broken.yaml")

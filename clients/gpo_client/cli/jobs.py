@@ -32,8 +32,10 @@ def api_call(function, *args):
     try:
         return function(*args)
     except ApiError as err:
-        details = "".join(f"\n  {d.get('field') or '-'}: {d['message']}" for d in err.details)
-        raise fail(f"{err.status} {err.code}: {err.message}{details}") from None
+        if err.details:  # the message joins them: each said once, on a line of its own
+            lines = "".join(f"\n  {d.get('field') or '-'}: {d['message']}" for d in err.details)
+            raise fail(f"{err.status} {err.code}:{lines}") from None
+        raise fail(f"{err.status} {err.code}: {err.message}") from None
     except httpx.HTTPError as err:
         raise fail(f"cannot reach the control service ({err}); is it running? (gpo up)") from None
 

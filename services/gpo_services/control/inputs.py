@@ -12,6 +12,7 @@ what exists on the server (another tenant's job folder, a key file, /etc/shadow)
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from gpo_core.remote import is_uri
 from gpo_core.sweep.spec import JobSpec
 from gpo_services.common.settings import Settings
 from gpo_services.control.errors import ApiError
-from gpo_services.control.storage import admitted, uploaded_file, uploaded_model
+from gpo_services.control.storage import admitted, upload_names, uploaded_file, uploaded_model
 
 UPLOAD_PREFIX = "data:"
 MODEL_PREFIX = "model:"
@@ -49,6 +50,23 @@ def resolve_path(value: str, tenant: str, settings: Settings, admit: bool = Fals
     return None
 
 
+def not_readable(value: str, tenant: str, settings: Settings) -> str:
+    """What to do about a path a job may not read: the upload names closest to a misspelt one
+    (only the tenant's own), or how to upload a file. The same answer whether a server path is
+    missing or forbidden."""
+    if value.startswith((UPLOAD_PREFIX, MODEL_PREFIX)):
+        prefix, _, name = value.partition(":")
+        models = value.startswith(MODEL_PREFIX)
+        close = difflib.get_close_matches(name, upload_names(settings, tenant, models), n=1, cutoff=0.6)
+        if close:
+            return f"{value!r} is not among your uploads; did you mean '{prefix}:{close[0]}'?"
+        push = "gpo model push FOLDER --name NAME" if models else "gpo data push FILE"
+        return f"{value!r} is not among your uploads: upload it first ({push}; gpo {'model' if models else 'data'} ls)"
+    return (f"{value!r} is not a path this deployment lets a job read: upload your file (gpo data push FILE, gpo "
+            "model push FOLDER) and name it data:NAME or model:NAME, or use a model under the operator's shared "
+            "read-only roots")  # fmt: skip
+
+
 def resolve_spec_paths(spec: JobSpec, tenant: str, settings: Settings) -> tuple[JobSpec, dict[str, str]]:
     """``spec`` with every path resolved (see the module's docstring), or a 422 naming each field;
     an endpoint judge must be one of the operator's (``GPO_JUDGE_ENDPOINTS``). With it, each
@@ -71,9 +89,7 @@ def resolve_spec_paths(spec: JobSpec, tenant: str, settings: Settings) -> tuple[
     for field, value in named.items():
         resolved = resolve_path(value, tenant, settings, admit=True)
         if resolved is None:
-            details.append({"field": field, "message": f"{value!r} is not among your uploads (data:NAME, see "
-                            "GET /data; model:NAME, see GET /models) or the deployment's shared read-only "
-                            "roots"})  # fmt: skip
+            details.append({"field": field, "message": not_readable(value, tenant, settings)})
             continue
         names[resolved] = value
         if field.startswith("judge."):

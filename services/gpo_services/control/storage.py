@@ -87,6 +87,14 @@ def uploaded_model(settings: Settings, tenant: str, name: str) -> Path | None:
     return None
 
 
+def upload_names(settings: Settings, tenant: str, models: bool) -> list[str]:
+    """The names of the tenant's own data uploads (or models): what a did-you-mean may suggest."""
+    folder = models_folder(settings, tenant) if models else tenant_folder(settings, tenant)
+    found = uploaded_model if models else uploaded_file
+    names = [meta.name[1:].removesuffix(".json") for meta in folder.glob(".*.json")] if folder.exists() else []
+    return sorted(name for name in names if found(settings, tenant, name) is not None)
+
+
 def stored_records(folder: Path, record_type: type[T], present: Callable[[str], bool]) -> list[T]:
     """The records kept beside stored items (``.NAME.json``), by name, for items still present."""
     records = []
