@@ -136,7 +136,9 @@ def delete_command(job_id: str, server: ServerOption = None, api_key: KeyOption 
 
 def report_command(
     target: Annotated[str, typer.Argument(help="A job folder (built here) or a job id (downloaded).")],
-    out: Annotated[Path | None, typer.Option(help="Where to save a downloaded report.")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Folder to save a downloaded report in (default: outputs/reports/ID).")
+    ] = None,
     open_browser: Annotated[bool, typer.Option("--open", help="Open the HTML report in a browser.")] = False,
     server: ServerOption = None,
     api_key: KeyOption = None,
@@ -152,10 +154,14 @@ def report_command(
             raise fail(str(err)) from None
     else:
         client = sdk_client(server, api_key)
-        page = api_call(client.download_report, target, out or Path("outputs") / "reports" / target / "report.html")
+        folder = out or Path("outputs") / "reports" / target
+        if folder.exists() and not folder.is_dir():
+            raise fail(f"--out {folder}: a file; give a folder (report.html and report.json are written in it)")
+        page = api_call(client.download_report, target, folder / "report.html")
     print_winrate_table(page.with_name("report.json"))
     console.print(f"report: {page}")
     if open_browser:
         import webbrowser
 
-        webbrowser.open(page.resolve().as_uri())
+        if not webbrowser.open(page.resolve().as_uri()):
+            errors.print(f"no browser to open here: open {page.resolve()} where you have one", highlight=False)
