@@ -2,18 +2,18 @@
 
 A sweep trains for minutes or hours before it samples and judges; a judge model that does not
 load, an endpoint that refuses the model name or a dataset the chat template cannot render must
-not be found after the first run has trained. Checked here: the policy's tokenizer loads and
-renders the first training pair and the first evaluation prompt (with the chat template, for
-conversations); the reference is a model folder; the judge gives one verdict on a probe
-comparison. (The generation backend is checked where the engine starts, also before training:
-:func:`gpo_core.generate.start_engine`.)
+not be found after the first run has trained. Checked here: the policy's tokenizer loads, knows
+the data's words (not mostly its unknown token) and renders the first training pair and the first
+evaluation prompt (with the chat template, for conversations); the reference is a model folder;
+the judge gives one verdict on a probe comparison. (The generation backend is checked where the
+engine starts, also before training: :func:`gpo_core.generate.start_engine`.)
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from gpo_core.conversation import ChatFormat, ConversationError, Prompt
+from gpo_core.conversation import ChatFormat, ConversationError, Prompt, as_text
 from gpo_core.data import load_preferences, load_prompts
 from gpo_core.errors import InputError
 from gpo_core.judging.comparison import JudgeOutputError
@@ -32,6 +32,27 @@ def _first_line(err: BaseException) -> str:
     return lines[0] if lines else type(err).__name__
 
 
+COVERAGE_SAMPLE = 64  # records whose tokens are counted
+MAX_UNKNOWN = 0.5  # a larger share of unknown tokens: the model cannot read the data
+
+
+def check_coverage(tokenizer, field: str, source: str, texts: list[str], records: int) -> None:
+    """The policy's tokenizer knows the data's words: a file whose tokens are mostly the unknown
+    token (another language or script than the vocabulary's) trains and judges on nothing, and its
+    pairs tokenize alike, so the only sign was "pairs dropped: the same tokens"."""
+    unknown = tokenizer.unk_token_id
+    if unknown is None or not texts:  # byte-level vocabularies have no unknown token
+        return
+    ids = [i for text in texts for i in tokenizer(text, add_special_tokens=False)["input_ids"]]
+    share = sum(i == unknown for i in ids) / len(ids) if ids else 0.0
+    if share > MAX_UNKNOWN:
+        raise PreflightError(
+            f"{field}: {source}: {share:.0%} of the tokens of its first {records} records are the "
+            f"policy's unknown token ({tokenizer.unk_token!r}): the model cannot read this data (its vocabulary is "
+            "of another language or script, or the data is not text)"
+        )
+
+
 def check_data(spec: JobSpec, inputs) -> tuple[list[dict], list[dict]]:
     """The policy's tokenizer renders the first pair and the first prompt; returns (pairs, prompts)."""
     from transformers import AutoConfig, AutoTokenizer
@@ -47,6 +68,10 @@ def check_data(spec: JobSpec, inputs) -> tuple[list[dict], list[dict]]:
         raise PreflightError(f"policy: no usable tokenizer in {inputs.policy} ({_first_line(err)})") from None
     pairs = load_preferences(inputs.dataset, columns=spec.dataset_columns, split=spec.dataset_split)
     prompts = load_prompts(inputs.eval_prompts)
+    texts = [as_text(p[key]) for p in pairs[:COVERAGE_SAMPLE] for key in ("prompt", "chosen", "rejected")]
+    check_coverage(tokenizer, "dataset", inputs.dataset, texts, min(len(pairs), COVERAGE_SAMPLE))
+    sampled = [as_text(p["prompt"]) for p in prompts[:COVERAGE_SAMPLE]]
+    check_coverage(tokenizer, "eval_prompts", inputs.eval_prompts, sampled, len(sampled))
     chat = ChatFormat(tokenizer, spec.chat_template)
     try:
         chat.response_ids([pairs[0]["prompt"]], [pairs[0]["chosen"]])

@@ -22,6 +22,7 @@ from tests.support.json_server import Script, chat_completion, json_server
 
 pytestmark = pytest.mark.slow
 KEY_A, KEY_B = list(TENANT_KEYS)
+REPORTED = ("succeeded", "inconclusive")  # over, with a report
 WORKER_SECRETS = {
     "OPENAI_API_KEY": "sk-operator-secret-0123456789",
     "HF_TOKEN": "hf_operator_secret_0123456789",
@@ -182,7 +183,9 @@ def test_tenants_read_names_not_server_paths_and_share_no_cache(platform, judge_
     assert artifacts not in failed.reason and artifacts not in (failed.runs[0].reason or "")
 
     first = platform.wait_for_job(platform.client.submit(small_job(steps=2)).id)
-    assert first.state == "succeeded", first
+    # Two steps barely move the policy: its samples may all tie with the reference's, which makes the
+    # job inconclusive (issue 29); either way its report and artifacts are written.
+    assert first.state in REPORTED, first
     shown = [platform.client.artifact(first.id, path).decode() for path in
              ("job.json", "identity.json", "runs/r00-logistic-b0.1/train/metrics.jsonl",
               "runs/r00-logistic-b0.1/train.json", "report/report.json")]  # fmt: skip
@@ -194,7 +197,7 @@ def test_tenants_read_names_not_server_paths_and_share_no_cache(platform, judge_
     other = Client(platform.stack["server"], KEY_B)
     second = other.submit(small_job(steps=2))
     wait_until(lambda: other.get(second.id).state in ("succeeded", "failed", "cancelled"), 240, "B's job")
-    assert other.get(second.id).state == "succeeded", other.get(second.id)
+    assert other.get(second.id).state in REPORTED, other.get(second.id)
     trained = json.loads(other.artifact(second.id, "runs/r00-logistic-b0.1/train.json"))
     assert trained["reference_cache"] == "miss"  # tenant A's identical run is not B's cache hit
     again = platform.wait_for_job(platform.client.submit({**small_job(steps=2), "name": "again"}).id)
