@@ -225,7 +225,10 @@ def inconclusive(runs: list[dict], judge_eval: dict | None) -> str | None:
         return (f"the judge's verdict changed when the responses swapped places in {flips[len(flips) // 2]:.0%} of "
                 "the comparisons (median run): its win rates measure its position bias, not the runs")  # fmt: skip
     if all(rate is None or rate["low"] == rate["high"] == 0.5 for rate in rates):
-        return "every comparison was a tie: the judge told no responses apart"
+        return (
+            "every comparison was a tie: no run could be told from the reference (the same responses, or a "
+            "judge that tells nothing apart)"
+        )
     return None
 
 
