@@ -163,7 +163,7 @@ def test_an_artifact_still_being_written_downloads_as_it_was(client_a, settings)
     def append() -> None:
         with metrics.open("a") as handle:
             step = 0
-            while not stop.is_set():
+            while not stop.is_set() and step < 200_000:  # bounded: about 45 MB, served as it grows
                 handle.write(json.dumps({"step": step, "loss": 0.5, "padding": "x" * 200}) + "\n")
                 handle.flush()
                 step += 1

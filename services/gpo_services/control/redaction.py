@@ -29,6 +29,7 @@ class Redactor:
     def __init__(self, replacements: dict[str, str]):
         pairs = sorted(((k, v) for k, v in replacements.items() if k), key=lambda kv: -len(kv[0]))
         self._by = dict(pairs)
+        self.longest = max((len(k.encode()) for k, _ in pairs), default=0)  # bytes a path may span
         alternatives = [re.escape(k) + ("" if k.endswith("/") else r"(?![\w.-])") for k, _ in pairs]
         self._pattern = re.compile("|".join(alternatives)) if alternatives else None
 

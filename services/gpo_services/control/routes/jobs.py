@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import mimetypes
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -241,6 +241,27 @@ def job_report_json(job_id: str, store: StoreDep, tenant: TenantDep, settings: S
 SNAPSHOT_BYTES = 8 * 2**20  # files up to this size are read whole: one consistent snapshot
 
 
+def redacted_chunks(path: Path, size: int, redactor: Redactor) -> Iterator[bytes]:
+    """The first ``size`` bytes of a text file, redacted a megabyte at a time, each cut at its last
+    newline (a path never spans one), or inside a line longer than a snapshot short of its last
+    path's length, so that no path is split between two pieces."""
+    carry = b""
+    with path.open("rb") as handle:
+        left = size
+        while left > 0 and (chunk := handle.read(min(2**20, left))):
+            left -= len(chunk)
+            pending = carry + chunk
+            cut = pending.rfind(b"\n") + 1
+            if cut == 0 and len(pending) < SNAPSHOT_BYTES:
+                carry = pending  # one long line so far: wait for its end
+                continue
+            cut = cut or len(pending) - redactor.longest  # a line longer than a snapshot: keep a path's length
+            yield redactor.raw(pending[:cut])
+            carry = pending[cut:]
+    if carry:
+        yield redactor.raw(carry)
+
+
 def file_snapshot(path: Path, redactor: Redactor) -> Response:
     """The file as it is when asked for, a text file with no server path in it (see
     :mod:`..redaction`). A running run's files change while they are served (a metrics file grows;
@@ -254,15 +275,7 @@ def file_snapshot(path: Path, redactor: Redactor) -> Response:
             content = handle.read(SNAPSHOT_BYTES)
         return Response(redactor.raw(content) if text else content, media_type=media_type)
     if text:
-
-        def lines():
-            with path.open("rb") as handle:
-                left = size
-                while left > 0 and (line := handle.readline(min(2**20, left))):
-                    left -= len(line)
-                    yield redactor.raw(line)
-
-        return StreamingResponse(lines(), media_type=media_type)
+        return StreamingResponse(redacted_chunks(path, size, redactor), media_type=media_type)
 
     def chunks():
         with path.open("rb") as handle:
