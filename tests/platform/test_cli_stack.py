@@ -26,7 +26,7 @@ def test_up_submit_watch_status_report_down(tmp_path) -> None:
     spec = tmp_path / "sweep.yaml"
     spec.write_text(yaml.safe_dump({
         "name": "cli", "task": {"size": "small", "seed": 3}, "losses": ["hinge"], "betas": [1.0],
-        "training": {"steps": 4, "batch_size": 8, "trace_every": 0},
+        "training": {"steps": 20, "batch_size": 8, "trace_every": 0},  # 4 steps: all ties, inconclusive
         "generation": {"backend": "transformers", "prompts": 8},
     }))  # fmt: skip
     up = gpo("up", "--dir", str(tmp_path / "stack"), env=env, cwd=tmp_path)
@@ -53,7 +53,7 @@ def test_up_submit_watch_status_report_down(tmp_path) -> None:
         listed = gpo("list", env=env, cwd=tmp_path)
         assert job_id in listed.stdout and "1/1" in listed.stdout
         status = gpo("status", job_id, env=env, cwd=tmp_path)
-        assert "done" in status.stdout and "4/4" in status.stdout
+        assert "done" in status.stdout and "20/20" in status.stdout
         report = gpo("report", job_id, env=env, cwd=tmp_path)
         assert report.returncode == 0, report.stderr
         page = tmp_path / "outputs" / "reports" / job_id / "report.html"
