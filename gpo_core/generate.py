@@ -484,8 +484,14 @@ def cached_responses(
     """Responses for (weights, prompts, settings, backend), generated once: ``(path, hit)``. The
     records name the model ``model_id`` (default: its folder). :data:`SAMPLER_VERSION` is part of
     the key: samples drawn by an older sampler are not served again."""
-    key = [model_digest(model_dir), [(p["id"], p["prompt"]) for p in prompts], asdict(settings), backend, model_id,
-           SAMPLER_VERSION]  # fmt: skip
+    key = [
+        model_digest(model_dir),
+        [(p["id"], p["prompt"]) for p in prompts],
+        asdict(settings),
+        backend,
+        model_id,
+        SAMPLER_VERSION,
+    ]
     text = json.dumps(key)
     path = Path(cache_dir) / "responses" / f"{hashlib.sha256(text.encode()).hexdigest()[:24]}.jsonl"
     if path.exists():

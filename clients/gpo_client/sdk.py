@@ -214,8 +214,13 @@ class Client:
         (default: the file's name); job specs then name it ``data:NAME``. Streamed from disk."""
         path = Path(path)
         with path.open("rb") as handle:
-            response = self.http.put(f"/data/{name or path.name}", params={"kind": kind}, content=handle,
-                                     headers={"Content-Type": "application/octet-stream"}, timeout=None)  # fmt: skip
+            response = self.http.put(
+                f"/data/{name or path.name}",
+                params={"kind": kind},
+                content=handle,
+                headers={"Content-Type": "application/octet-stream"},
+                timeout=None,
+            )
         return _check(response).json()
 
     def uploads(self) -> builtins.list[dict]:
@@ -240,8 +245,12 @@ class Client:
                 for path in sorted(p for p in folder.rglob("*") if p.is_file()):
                     tar.add(path, arcname=str(path.relative_to(folder)))
             archive.seek(0)
-            response = self.http.put(f"/models/{name or folder.name}", content=archive, timeout=None,
-                                     headers={"Content-Type": "application/x-tar"})  # fmt: skip
+            response = self.http.put(
+                f"/models/{name or folder.name}",
+                content=archive,
+                timeout=None,
+                headers={"Content-Type": "application/x-tar"},
+            )
         return _check(response).json()
 
     def models(self) -> builtins.list[dict]:

@@ -150,8 +150,20 @@ def start_stack(
     with _private_log(logs / "redis.log") as log:
         config = directory / "redis" / "redis.conf"  # the password in a private file, not on a command line
         _write_private(config, f"requirepass {redis_password}\n")
-        redis_command = [redis_server, str(config), "--port", str(redis_port), "--bind", "127.0.0.1",
-                         "--dir", str(directory / "redis"), "--appendonly", "yes", "--save", ""]  # fmt: skip
+        redis_command = [
+            redis_server,
+            str(config),
+            "--port",
+            str(redis_port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(directory / "redis"),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+        ]
         processes["redis"] = subprocess.Popen(
             redis_command, stdout=log, stderr=log, start_new_session=True, umask=PRIVATE_UMASK
         ).pid

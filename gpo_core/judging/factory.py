@@ -50,8 +50,15 @@ def build_judge(
         from gpo_core.judging.chat import ChatJudge
 
         assert verdict != "choice"
-        return ChatJudge(settings.base_url, settings.model, template, labels, verdict, api_key=api_key,
-                         prices=settings.price_per_million)  # fmt: skip
+        return ChatJudge(
+            settings.base_url,
+            settings.model,
+            template,
+            labels,
+            verdict,
+            api_key=api_key,
+            prices=settings.price_per_million,
+        )
     from gpo_core.judging.judges import OpenAIJudge
 
     assert verdict in ("logprobs", "choice")

@@ -99,8 +99,14 @@ def c1_peak_beta(
         prompts = sorted(set.intersection(*(set(outcomes[r["id"]]) for r in judged))) if judged else []
         inside = [low <= b <= high for b in betas]
         if len(judged) < 2 or all(inside) or not any(inside) or not prompts:
-            per_loss.append({"loss": loss, "betas": betas, "verdict": UNRESOLVED,
-                             "why": "needs judged betas both inside and outside [0.1, 1]"})  # fmt: skip
+            per_loss.append(
+                {
+                    "loss": loss,
+                    "betas": betas,
+                    "verdict": UNRESOLVED,
+                    "why": "needs judged betas both inside and outside [0.1, 1]",
+                }
+            )
             verdicts.append(UNRESOLVED)
             continue
         scores = np.array([[sum(OUTCOME_SCORE[o] for o in outcomes[r["id"]][p]) for p in prompts] for r in judged])
@@ -110,8 +116,15 @@ def c1_peak_beta(
         boot = scores[:, picks].sum(-1) / counts[:, picks].sum(-1)  # (betas, resamples)
         share = float(np.mean([inside[k] for k in boot.argmax(0)]))
         verdict = HOLDS if share >= 1 - ALPHA else FAILS if share <= ALPHA else UNRESOLVED
-        per_loss.append({"loss": loss, "argmax_beta": betas[int(rates.argmax())], "peak": float(rates.max()),
-                         "share_in_range": share, "verdict": verdict})  # fmt: skip
+        per_loss.append(
+            {
+                "loss": loss,
+                "argmax_beta": betas[int(rates.argmax())],
+                "peak": float(rates.max()),
+                "share_in_range": share,
+                "verdict": verdict,
+            }
+        )
         verdicts.append(verdict)
     peaks = [p["peak"] for p in per_loss if "peak" in p]
     return {

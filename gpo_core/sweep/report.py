@@ -80,8 +80,9 @@ def differences(runs: list[dict], outcomes: dict[str, dict[str, list[str]]]) -> 
             if a["beta"] != b["beta"] or not set(outcomes[a["id"]]) & set(outcomes[b["id"]]):
                 continue
             d = paired_difference(outcomes[a["id"]], outcomes[b["id"]])
-            rows.append({"beta": a["beta"], "a": a["id"], "b": b["id"], "loss_a": a["loss"], "loss_b": b["loss"],
-                         **d.to_dict()})  # fmt: skip
+            rows.append(
+                {"beta": a["beta"], "a": a["id"], "b": b["id"], "loss_a": a["loss"], "loss_b": b["loss"], **d.to_dict()}
+            )
     return rows
 
 
@@ -165,8 +166,9 @@ def degenerate(run: dict, responses: Path) -> list[str]:
         flags.append(f"{empty:.0%} of its responses are empty")
     lengths = (run["judgement"] or {}).get("mean_length") or {}
     if lengths.get("b") and lengths.get("a") is not None and lengths["a"] < COLLAPSE_RATIO * lengths["b"]:
-        flags.append(f"its responses collapsed in length ({lengths['a']:.1f} words against the reference's "
-                     f"{lengths['b']:.1f})")  # fmt: skip
+        flags.append(
+            f"its responses collapsed in length ({lengths['a']:.1f} words against the reference's {lengths['b']:.1f})"
+        )
     return flags
 
 
@@ -187,8 +189,10 @@ def headline(runs: list[dict], outcomes: dict[str, dict[str, list[str]]], why_no
         (beats if d.low > 0 else level).append(other["id"])
     rate, controlled = best["judgement"]["win_rate"], best["judgement"].get("length_controlled")
     versus = "better than" if rate["low"] > 0.5 else "worse than" if rate["high"] < 0.5 else "not told apart from"
-    text = (f"Best: {best['loss']} at beta {best['beta']:g} ({best['id']}), win rate {rate['rate']:.3f} "
-            f"[{rate['low']:.3f}, {rate['high']:.3f}] against the reference ({versus} it)")  # fmt: skip
+    text = (
+        f"Best: {best['loss']} at beta {best['beta']:g} ({best['id']}), win rate {rate['rate']:.3f} "
+        f"[{rate['low']:.3f}, {rate['high']:.3f}] against the reference ({versus} it)"
+    )
     if len(judged) > 1:
         text += f"; it beats {len(beats)} of the other {len(judged) - 1} runs"
         if level:
@@ -202,8 +206,14 @@ def headline(runs: list[dict], outcomes: dict[str, dict[str, list[str]]], why_no
         )
     if best.get("flags"):
         text += f". Beware: {'; '.join(best['flags'])}"
-    return {"run": best["id"], "loss": best["loss"], "beta": best["beta"], "beats": beats, "level_with": level,
-            "text": text + "."}  # fmt: skip
+    return {
+        "run": best["id"],
+        "loss": best["loss"],
+        "beta": best["beta"],
+        "beats": beats,
+        "level_with": level,
+        "text": text + ".",
+    }
 
 
 def inconclusive(runs: list[dict], judge_eval: dict | None) -> str | None:
@@ -222,8 +232,10 @@ def inconclusive(runs: list[dict], judge_eval: dict | None) -> str | None:
         return "the judge gave no valid verdict"
     flips = sorted(j["flip_rate"] for j in judged if j.get("flip_rate") is not None)
     if flips and flips[len(flips) // 2] >= 0.5:  # the cause: its flips are counted as ties
-        return (f"the judge's verdict changed when the responses swapped places in {flips[len(flips) // 2]:.0%} of "
-                "the comparisons (median run): its win rates measure its position bias, not the runs")  # fmt: skip
+        return (
+            f"the judge's verdict changed when the responses swapped places in {flips[len(flips) // 2]:.0%} of "
+            "the comparisons (median run): its win rates measure its position bias, not the runs"
+        )
     if all(rate is None or rate["low"] == rate["high"] == 0.5 for rate in rates):
         return (
             "every comparison was a tie: no run could be told from the reference (the same responses, or a "
@@ -253,12 +265,14 @@ def examples(job_dir: Path, run_ids: list[str], count: int = EXAMPLES) -> list[d
         prompt = record["prompt"]
         if isinstance(prompt, list):  # a conversation
             prompt = "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
-        shown.append({
-            "prompt_id": key[0],
-            "prompt": prompt,
-            "reference": record["response"],
-            "runs": {run: responses[key]["response"] for run, responses in runs.items() if key in responses},
-        })  # fmt: skip
+        shown.append(
+            {
+                "prompt_id": key[0],
+                "prompt": prompt,
+                "reference": record["response"],
+                "runs": {run: responses[key]["response"] for run, responses in runs.items() if key in responses},
+            }
+        )
     return shown
 
 
@@ -284,10 +298,12 @@ def judge_warnings(data: dict) -> list[str]:
             "position bias, not the runs."
         )
     biased = [
-        r["id"] for r in judged
-        if r["judgement"].get("win_rate") and 0 < (r["judgement"].get("flip_rate") or 0) < 0.5
+        r["id"]
+        for r in judged
+        if r["judgement"].get("win_rate")
+        and 0 < (r["judgement"].get("flip_rate") or 0) < 0.5
         and r["judgement"]["flip_rate"] > 2 * abs(r["judgement"]["win_rate"]["rate"] - 0.5)
-    ]  # fmt: skip
+    ]
     if biased:
         warnings.append(
             f"In runs {', '.join(biased)} the judge's position bias (flip rate) exceeds its signal "
@@ -386,8 +402,10 @@ def plot_pairwise(data: dict, path: Path) -> Path | None:
     strengths = pairwise.get("bradley_terry")
     if strengths:
         s = strengths["strength"]
-        errors = [[v - lo for v, lo in zip(s, strengths["low"], strict=True)],
-                  [hi - v for v, hi in zip(s, strengths["high"], strict=True)]]  # fmt: skip
+        errors = [
+            [v - lo for v, lo in zip(s, strengths["low"], strict=True)],
+            [hi - v for v, hi in zip(s, strengths["high"], strict=True)],
+        ]
         right.errorbar(s, range(len(s)), xerr=errors, fmt="o", capsize=3)
         right.set_yticks(range(len(labels)), labels, fontsize=8)
         right.axvline(0, color="grey", linewidth=0.8, linestyle=":")
@@ -410,8 +428,15 @@ def plot_kl_vs_square_loss(data: dict, path: Path) -> Path | None:
             points = [(t["square_loss"], t["kl"]) for t in run["traces"] if "kl" in t and "square_loss" in t]
             xs, ys = zip(*points, strict=True)
             smallest += [abs(v) for v in (*xs, *ys) if v]
-            ax.plot(xs, ys, marker="os^vD<>"[m % 7], linestyle=("-", "--", ":", "-.")[m % 4],
-                    color=colours[k % len(colours)], alpha=0.8, label=f"{loss}, beta={run['beta']:g}")  # fmt: skip
+            ax.plot(
+                xs,
+                ys,
+                marker="os^vD<>"[m % 7],
+                linestyle=("-", "--", ":", "-.")[m % 4],
+                color=colours[k % len(colours)],
+                alpha=0.8,
+                label=f"{loss}, beta={run['beta']:g}",
+            )
     # Linear within the smallest decade that matters (4 below the largest value): the start of
     # training (0, up to float noise) sits at the origin instead of stretching the axes.
     largest = max(smallest, default=1.0)
@@ -463,8 +488,13 @@ def plot_training_curves(data: dict, path: Path) -> Path | None:
                 raw = [p.get(key) for p in run["curve"]]
                 everything += raw
                 (line,) = ax.plot(steps, smooth(raw), linewidth=1.2, label=f"beta={run['beta']:g}")
-                ax.plot(steps, [math.nan if v is None else v for v in raw], linewidth=0.5, alpha=0.25,
-                        color=line.get_color())  # fmt: skip
+                ax.plot(
+                    steps,
+                    [math.nan if v is None else v for v in raw],
+                    linewidth=0.5,
+                    alpha=0.25,
+                    color=line.get_color(),
+                )
             if (limits := robust_limits(everything)) is not None:
                 ax.set_ylim(*limits)
             ax.set_title(f"{loss}: {title}", fontsize=9)
@@ -537,8 +567,9 @@ def claims_rows(data: dict) -> list[dict]:
             numbers = "; ".join(parts) or "no KL and square-loss traces"
         else:
             numbers = f"case II closer at {claim['closer']} of {claim['betas']} betas (sign test)"
-        rows.append({"claim": claim["claim"], "statement": claim["statement"], "numbers": numbers,
-                     "verdict": claim["verdict"]})  # fmt: skip
+        rows.append(
+            {"claim": claim["claim"], "statement": claim["statement"], "numbers": numbers, "verdict": claim["verdict"]}
+        )
     return rows
 
 
@@ -600,14 +631,16 @@ def render_html(data: dict, figures: dict[str, Path]) -> str:
     judge_eval = None
     if measured:
         agreement = measured.get("agreement") or {}
-        judge_eval = [{
-            "pairs": measured["pairs"],
-            "agreement with labels": _interval(agreement) if agreement else "-",
-            "agreement with gold": f"{measured['gold_agreement']:.3f}" if measured.get("gold_agreement") else "-",
-            "position bias": f"{measured['position_bias']:.3f}",
-            "ties": f"{measured['tie_rate']:.3f}",
-            "invalid": f"{measured['invalid_rate']:.3f}",
-        }]  # fmt: skip
+        judge_eval = [
+            {
+                "pairs": measured["pairs"],
+                "agreement with labels": _interval(agreement) if agreement else "-",
+                "agreement with gold": f"{measured['gold_agreement']:.3f}" if measured.get("gold_agreement") else "-",
+                "position bias": f"{measured['position_bias']:.3f}",
+                "ties": f"{measured['tie_rate']:.3f}",
+                "invalid": f"{measured['invalid_rate']:.3f}",
+            }
+        ]
     differences = [
         {
             beta_name(data): f"{d['beta']:g}",

@@ -79,8 +79,16 @@ def task_settings(size: str = "default", seed: int = 0, architecture: str = "lla
             eval_prompts=48,
         )
     if size == "paper":  # the reproduction's task: sentences to summarize, intervals of about +-0.02
-        corpus = CorpusSettings(topic_words=120, filler_words=160, attribute_words=60, min_words=30, max_words=50,
-                                min_salient=3, max_salient=5, salient_repeats=(2, 3))  # fmt: skip
+        corpus = CorpusSettings(
+            topic_words=120,
+            filler_words=160,
+            attribute_words=60,
+            min_words=30,
+            max_words=50,
+            min_salient=3,
+            max_salient=5,
+            salient_repeats=(2, 3),
+        )
         settings = replace(
             settings,
             corpus=corpus,
@@ -215,8 +223,15 @@ def _build(
     tokenizer.save_pretrained(work / "model")  # a self-contained folder, as vLLM and trainers expect
 
     def sample(prompts: list[str], temperature: float, seed: int) -> list[str]:
-        return sample_texts(model, tokenizer, prompts, temperature, max_new_tokens=settings.summary_tokens, seed=seed,
-                            should_stop=should_stop)  # fmt: skip
+        return sample_texts(
+            model,
+            tokenizer,
+            prompts,
+            temperature,
+            max_new_tokens=settings.summary_tokens,
+            seed=seed,
+            should_stop=should_stop,
+        )
 
     say("sampling preference pairs from mu")
     pair_docs = documents["pairs"]
@@ -292,8 +307,13 @@ class BuiltTask:
         self.documents: dict[str, Document] = {}
         self._by_prompt: dict[str, Document] = {}
         for record in load_records(self.root / "documents.jsonl", fields=("id",)).records:
-            doc = Document(record["id"], tuple(record["words"]), tuple(record["salient"]), tuple(record["distractors"]),
-                           tuple(record.get("attributes", ())))  # fmt: skip
+            doc = Document(
+                record["id"],
+                tuple(record["words"]),
+                tuple(record["salient"]),
+                tuple(record["distractors"]),
+                tuple(record.get("attributes", ())),
+            )
             self.documents[doc.id] = doc
             self._by_prompt[doc.prompt] = doc
 

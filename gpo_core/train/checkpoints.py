@@ -125,8 +125,10 @@ def load_policy(
         try:  # tensors and numbers only: unpickling a planted file must not run its code
             state = torch.load(resume / STATE_FILE, weights_only=True)
         except pickle.UnpicklingError as err:
-            raise TrainingError(f"{resume / STATE_FILE}: not a trainer state (holds more than tensors and "
-                                f"numbers), so it was not loaded: {str(err).splitlines()[0]}") from None  # fmt: skip
+            raise TrainingError(
+                f"{resume / STATE_FILE}: not a trainer state (holds more than tensors and "
+                f"numbers), so it was not loaded: {str(err).splitlines()[0]}"
+            ) from None
         if sharding.is_sharded(forward):
             sharding.load(resume, forward, optimizer)
         else:
@@ -141,9 +143,13 @@ def load_policy(
 
 
 def save_checkpoint(
-    context: RunContext, output_dir: Path, step: int, state: TrainingState, tokenizer: PreTrainedTokenizerBase,
+    context: RunContext,
+    output_dir: Path,
+    step: int,
+    state: TrainingState,
+    tokenizer: PreTrainedTokenizerBase,
     metrics: dict,
-) -> None:  # fmt: skip
+) -> None:
     """A transformers model folder plus the optimizer state, written aside, then renamed, by the
     main worker; under FSDP every worker also writes its shards (model and optimizer) into the
     folder's ``sharded/``, and the model folder holds the weights gathered from them. Every worker

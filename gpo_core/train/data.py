@@ -186,8 +186,10 @@ def load_training_data(spec: TrainingSpec) -> TrainingData:
         )
     eval_identical = eval_pairs.identical() if eval_pairs is not None else []
     if eval_pairs is not None and len(eval_identical) == len(eval_pairs):
-        raise TrainingError(f"{spec.eval_pairs}: in every pair the chosen and rejected responses are the same "
-                            f"tokens once cut to max_response_length={spec.max_response_length}")  # fmt: skip
+        raise TrainingError(
+            f"{spec.eval_pairs}: in every pair the chosen and rejected responses are the same "
+            f"tokens once cut to max_response_length={spec.max_response_length}"
+        )
     report = {
         "kind": "data",
         "pairs": len(pairs) - len(identical),

@@ -170,9 +170,16 @@ def reference_logprobs(
     def cached(pairs: TokenizedPairs, needed: list[int] | None) -> tuple[torch.Tensor, torch.Tensor, bool]:
         def compute(missing: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
             return compute_reference_logprobs(
-                reference.get(), pairs, data.pad_id, data.encoder_decoder, spec.batch_size * 2, profile,
-                autocast_dtype(spec), spec.logprob_chunk, missing,
-            )  # fmt: skip
+                reference.get(),
+                pairs,
+                data.pad_id,
+                data.encoder_decoder,
+                spec.batch_size * 2,
+                profile,
+                autocast_dtype(spec),
+                spec.logprob_chunk,
+                missing,
+            )
 
         if context.rank != 0:
             context.barrier()  # wait for the main worker to fill the cache

@@ -87,5 +87,12 @@ def diverged_result(output_dir: str | Path) -> RunResult | None:
 
 
 def _diverged(record: dict) -> RunResult:
-    return RunResult(steps=record["step"] - 1, final_model_dir=None, last_metrics={}, reference_cache="unknown",
-                     stopped=False, padded_fraction=0.0, diverged=record["message"])  # fmt: skip
+    return RunResult(
+        steps=record["step"] - 1,
+        final_model_dir=None,
+        last_metrics={},
+        reference_cache="unknown",
+        stopped=False,
+        padded_fraction=0.0,
+        diverged=record["message"],
+    )

@@ -130,8 +130,10 @@ class TrainingOptions(BaseModel):
         if (self.steps is None) == (self.epochs is None):
             raise ValueError("give exactly one of steps and epochs")
         if self.strategy == "fsdp" and self.lora is not None:
-            raise ValueError("lora with strategy: fsdp is not built yet: use strategy: ddp (each worker then holds "
-                             "the frozen base model whole)")  # fmt: skip
+            raise ValueError(
+                "lora with strategy: fsdp is not built yet: use strategy: ddp (each worker then holds "
+                "the frozen base model whole)"
+            )
         if self.strategy == "fsdp" and self.workers < 1:
             raise ValueError("strategy: fsdp shards over Ray workers: give workers >= 1 (0 trains in this process)")
         return self
@@ -201,8 +203,10 @@ def load_spec(path: str | Path, **overrides) -> TrainingSpec:
     data = read_mapping(path, SpecError)
     sweep = sorted({"losses", "betas", "runs", "task"} & set(data))
     if sweep:  # its 11 errors would list the training spec's fields five times
-        raise SpecError(f"{path}: a job spec (it has {', '.join(sweep)}), not a training spec: gpo run and gpo "
-                        "submit take a job spec; gpo train and gpo plan take one run's (docs/training.md)")  # fmt: skip
+        raise SpecError(
+            f"{path}: a job spec (it has {', '.join(sweep)}), not a training spec: gpo run and gpo "
+            "submit take a job spec; gpo train and gpo plan take one run's (docs/training.md)"
+        )
     data = resolve_paths(data, PATH_FIELDS, Path(path).resolve().parent)
     try:
         spec = TrainingSpec(**{**data, **overrides})

@@ -154,9 +154,14 @@ def paper(
         summary.add_column(column)
     for row in table:
         summary.add_row(
-            row["name"], f"{row['fprime0']:g}", f"{row['fsecond0']:g}", f"{row['ratio']:g}",
-            str(row["convex"]), row["tail"], f"{runs[row['name']].final_pi[0]:.4f}",
-        )  # fmt: skip
+            row["name"],
+            f"{row['fprime0']:g}",
+            f"{row['fsecond0']:g}",
+            f"{row['ratio']:g}",
+            str(row["convex"]),
+            row["tail"],
+            f"{runs[row['name']].final_pi[0]:.4f}",
+        )
     console.print(summary)
     console.print(
         f"Gaussian counterexample (seed 0): square-loss local minima {curves.local_minima['square_loss_integrated']}, "

@@ -40,9 +40,18 @@ def task_build(
     summary.add_column("figure")
     summary.add_column("value")
     for key in (
-        "gold_mean_reward", "ref_mean_reward", "ref_greedy_mean_reward", "random_mean_reward",
-        "parameters", "build_seconds", "model_dir", "tokenizer_dir", "train_pairs", "eval_pairs", "eval_prompts",
-    ):  # fmt: skip
+        "gold_mean_reward",
+        "ref_mean_reward",
+        "ref_greedy_mean_reward",
+        "random_mean_reward",
+        "parameters",
+        "build_seconds",
+        "model_dir",
+        "tokenizer_dir",
+        "train_pairs",
+        "eval_pairs",
+        "eval_prompts",
+    ):
         summary.add_row(key, str(getattr(artifacts, key)))
     console.print(summary)
 
@@ -110,5 +119,8 @@ def data_check(path: Annotated[Path, typer.Argument(help="JSONL, Parquet or a sa
     same = [i for i, r in enumerate(records, start=1) if as_text(r["chosen"]).strip() == as_text(r["rejected"]).strip()]
     if same:
         listed = ", ".join(map(str, same[:10])) + (f" and {len(same) - 10} more" if len(same) > 10 else "")
-        errors.print(f"warning: {len(same)} pairs have chosen == rejected (records {listed}): no preference "
-                     "to learn from; training drops them", highlight=False)  # fmt: skip
+        errors.print(
+            f"warning: {len(same)} pairs have chosen == rejected (records {listed}): no preference "
+            "to learn from; training drops them",
+            highlight=False,
+        )

@@ -114,8 +114,7 @@ def finished(job) -> None:
     """A job that is over: its runs, and how to read its report; exit 1 unless it succeeded."""
     console.print(run_table(job))
     if job.state == "inconclusive":
-        errors.print(f"inconclusive: {job.reason}; no loss or beta can be chosen from these win rates",
-                     highlight=False)  # fmt: skip
+        errors.print(f"inconclusive: {job.reason}; no loss or beta can be chosen from these win rates", highlight=False)
     if job.state in ("succeeded", "inconclusive"):
         console.print(f"report: gpo report {job.id} --open", highlight=False)
     if job.state != "succeeded":

@@ -47,8 +47,7 @@ def check_choice(task, local, endpoint, chat, model) -> None:
         raise fail("--endpoint and --chat need --model")
 
 
-def options_judge(task, local, endpoint, chat, model, template, labels, verdict, key_env, price,
-                  conversational: bool):  # fmt: skip
+def options_judge(task, local, endpoint, chat, model, template, labels, verdict, key_env, price, conversational: bool):
     """The judge the options name (exactly one of task, local, endpoint, chat), made by the same
     factory as a job's judge (:func:`gpo_core.judging.factory.build_judge`) from the same settings."""
     import os
@@ -110,8 +109,9 @@ def judge_command(
     if not items:
         raise fail(f"{responses_a} and {responses_b} share no (prompt_id, sample)")
     conversational = is_conversation(a[0]["prompt"])
-    judge = options_judge(task, local, endpoint, chat, model, template, labels, verdict, api_key_env, price,
-                          conversational)  # fmt: skip
+    judge = options_judge(
+        task, local, endpoint, chat, model, template, labels, verdict, api_key_env, price, conversational
+    )
     with console.status(f"judging {len(items)} pairs in both orders"):
         cached = VerdictCache(cache) if cache else None
         in_flight = concurrency if (endpoint or chat) else 1  # the oracle and local models compute
@@ -140,8 +140,9 @@ def judge_command(
     console.print(f"invalid: {result.invalid}; judge calls: {result.judge_calls}")
     if result.usage:
         cost = f"; cost {result.usage['cost']:.4f}" if result.usage.get("cost") is not None else ""
-        console.print(f"tokens: {result.usage['prompt_tokens']} prompt, {result.usage['completion_tokens']} completion"
-                      f"{cost}")  # fmt: skip
+        console.print(
+            f"tokens: {result.usage['prompt_tokens']} prompt, {result.usage['completion_tokens']} completion{cost}"
+        )
 
 
 def judge_eval_command(
@@ -171,8 +172,9 @@ def judge_eval_command(
     check_choice(task, local, endpoint, chat, model)
     records = load_preferences(pairs)[:limit]
     conversational = is_conversation(records[0]["prompt"])
-    judge = options_judge(task, local, endpoint, chat, model, template, labels, verdict, api_key_env, price,
-                          conversational)  # fmt: skip
+    judge = options_judge(
+        task, local, endpoint, chat, model, template, labels, verdict, api_key_env, price, conversational
+    )
     with console.status(f"judging {len(records)} labelled pairs in both orders"):
         in_flight = concurrency if (endpoint or chat) else 1  # the oracle and local models compute
         figures = evaluate_judge(judge, records, VerdictCache(cache) if cache else None, concurrency=in_flight)
@@ -183,12 +185,18 @@ def judge_eval_command(
     if agreement is None:
         raise fail(f"no valid verdict on {len(records)} pairs (invalid rate {figures['invalid_rate']:.2f})")
     interval = f"[{agreement['low']:.3f}, {agreement['high']:.3f}]"
-    console.print(f"agreement with the labels: {agreement['rate']:.3f} {interval} over {figures['pairs']} pairs",
-                  highlight=False)  # fmt: skip
+    console.print(
+        f"agreement with the labels: {agreement['rate']:.3f} {interval} over {figures['pairs']} pairs", highlight=False
+    )
     if figures.get("gold_agreement") is not None:
         console.print(f"agreement with the gold reward: {figures['gold_agreement']:.3f}", highlight=False)
-    console.print(f"position bias {figures['position_bias']:.3f}; ties {figures['tie_rate']:.3f}; "
-                  f"invalid {figures['invalid_rate']:.3f}", highlight=False)  # fmt: skip
+    console.print(
+        f"position bias {figures['position_bias']:.3f}; ties {figures['tie_rate']:.3f}; "
+        f"invalid {figures['invalid_rate']:.3f}",
+        highlight=False,
+    )
     if figures["position_bias_exceeds_signal"]:
-        console.print(f"warning: the position bias ({figures['position_bias']:.3f}) exceeds the signal "
-                      f"({figures['signal']:.3f}): its verdicts follow the slot more than the content")  # fmt: skip
+        console.print(
+            f"warning: the position bias ({figures['position_bias']:.3f}) exceeds the signal "
+            f"({figures['signal']:.3f}): its verdicts follow the slot more than the content"
+        )

@@ -34,8 +34,10 @@ def print_winrate_table(report_json: Path) -> None:
     if (report.get("headline") or {}).get("text"):
         console.print(report["headline"]["text"], highlight=False)
     if report.get("inconclusive"):
-        errors.print(f"inconclusive: {report['inconclusive']}; no loss or beta can be chosen from these win rates",
-                     highlight=False)  # fmt: skip
+        errors.print(
+            f"inconclusive: {report['inconclusive']}; no loss or beta can be chosen from these win rates",
+            highlight=False,
+        )
     rows = report["table"]
     table = Table(title="Win rate against the reference (95% paired bootstrap over prompts)")
     columns = ("run", "win_rate", "length_controlled", "flip_rate", "gold_reward", "kl", "square_loss")
@@ -60,8 +62,10 @@ def print_differences(differences: list[dict], most: int = 10) -> None:
         return
     resolved = [d for d in differences if d["resolved"]]
     if not resolved:
-        console.print(f"No difference between runs at equal beta is resolved ({len(differences)} pairs compared; "
-                      "95% paired intervals all include 0).")  # fmt: skip
+        console.print(
+            f"No difference between runs at equal beta is resolved ({len(differences)} pairs compared; "
+            "95% paired intervals all include 0)."
+        )
         return
     console.print(f"Resolved differences at equal beta ({len(resolved)} of {len(differences)} pairs):")
     for d in sorted(resolved, key=lambda d: -abs(d["difference"]))[:most]:

@@ -48,8 +48,10 @@ def train_command(
         display.add(label, spec.steps, info="")
         result = run_training(spec, ToDisplay(), stop.is_set)
     if result.diverged:
-        raise fail(f"training diverged: {result.diverged}; metrics: {metrics_path(spec)} (a smaller beta or lr "
-                   "may train; give another output_dir, this one holds the diverged run)")  # fmt: skip
+        raise fail(
+            f"training diverged: {result.diverged}; metrics: {metrics_path(spec)} (a smaller beta or lr "
+            "may train; give another output_dir, this one holds the diverged run)"
+        )
     state = "stopped" if result.stopped else "finished"
     console.print(
         f"{state} after {result.steps} steps; final model: {result.final_model_dir}; metrics: {metrics_path(spec)}"

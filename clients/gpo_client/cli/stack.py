@@ -27,8 +27,9 @@ def up_command(
         stack = start_stack(directory, port)
     except StackError as err:
         raise fail(str(err)) from None
-    console.print(f"control service: {stack['server']}\nlogs: {stack['logs']}\nartifacts: {stack['artifacts']}",
-                  highlight=False)  # fmt: skip
+    console.print(
+        f"control service: {stack['server']}\nlogs: {stack['logs']}\nartifacts: {stack['artifacts']}", highlight=False
+    )
     console.print("the gpo commands find this stack by themselves; for other clients (curl, the SDK elsewhere):")
     exports = f"export GPO_SERVER={stack['server']} GPO_API_KEY={stack['api_key']}"
     console.print(exports, highlight=False, soft_wrap=True)

@@ -24,8 +24,11 @@ def data_push(
     if not path.is_file():
         raise fail(f"{path}: no such file")
     record = api_call(sdk_client(server, api_key).upload, path, name, kind)
-    console.print(f"uploaded {record['reference']}: {record['records']} {kind}, {record['bytes']} bytes, "
-                  f"sha256 {record['sha256']}", highlight=False)  # fmt: skip
+    console.print(
+        f"uploaded {record['reference']}: {record['records']} {kind}, {record['bytes']} bytes, "
+        f"sha256 {record['sha256']}",
+        highlight=False,
+    )
 
 
 def data_list(server: ServerOption = None, api_key: KeyOption = None) -> None:
@@ -34,8 +37,9 @@ def data_list(server: ServerOption = None, api_key: KeyOption = None) -> None:
     for column in ("reference", "kind", "records", "bytes", "sha256"):
         table.add_column(column)
     for record in api_call(sdk_client(server, api_key).uploads):
-        table.add_row(record["reference"], record["kind"], str(record["records"]), str(record["bytes"]),
-                      record["sha256"][:16])  # fmt: skip
+        table.add_row(
+            record["reference"], record["kind"], str(record["records"]), str(record["bytes"]), record["sha256"][:16]
+        )
     console.print(table)
 
 
@@ -49,8 +53,11 @@ def model_push(
     if not (folder / "config.json").is_file():
         raise fail(f"{folder}: not a model folder (no config.json)")
     record = api_call(sdk_client(server, api_key).upload_model, folder, name)
-    console.print(f"uploaded {record['reference']}: {record['model_type']}, {record['parameters']:,} parameters, "
-                  f"{len(record['files'])} files, sha256 {record['sha256']}", highlight=False)  # fmt: skip
+    console.print(
+        f"uploaded {record['reference']}: {record['model_type']}, {record['parameters']:,} parameters, "
+        f"{len(record['files'])} files, sha256 {record['sha256']}",
+        highlight=False,
+    )
 
 
 def model_list(server: ServerOption = None, api_key: KeyOption = None) -> None:
@@ -59,8 +66,13 @@ def model_list(server: ServerOption = None, api_key: KeyOption = None) -> None:
     for column in ("reference", "type", "parameters", "bytes", "sha256"):
         table.add_column(column)
     for record in api_call(sdk_client(server, api_key).models):
-        table.add_row(record["reference"], record["model_type"], f"{record['parameters']:,}", str(record["bytes"]),
-                      record["sha256"][:16])  # fmt: skip
+        table.add_row(
+            record["reference"],
+            record["model_type"],
+            f"{record['parameters']:,}",
+            str(record["bytes"]),
+            record["sha256"][:16],
+        )
     console.print(table)
 
 

@@ -177,8 +177,14 @@ class TaskQueue:
         return delay
 
     def dead_letter(self, message: Message, reason: str) -> None:
-        entry = {"stage": self.stage, "task": json.dumps(message.task), "reason": reason[:4000],
-                 "attempts": message.attempt, "deliveries": message.deliveries, "ts": f"{time.time():.3f}"}  # fmt: skip
+        entry = {
+            "stage": self.stage,
+            "task": json.dumps(message.task),
+            "reason": reason[:4000],
+            "attempts": message.attempt,
+            "deliveries": message.deliveries,
+            "ts": f"{time.time():.3f}",
+        }
         pipe = self.r.pipeline(transaction=True)
         pipe.xadd(DEAD_LETTER, entry, maxlen=10_000)
         pipe.xack(message.stream, GROUP, message.id)

@@ -244,9 +244,10 @@ class JobStore:
                 pipe.eval(LEAVE_ACTIVE, 2, active_key(job["tenant"]), active_runs_key(job["tenant"]), job_id)
             if state != job.get("state"):
                 pipe.xadd(
-                    events_key(job_id), self._event("job_state", {"state": state, "reason": reason}),
+                    events_key(job_id),
+                    self._event("job_state", {"state": state, "reason": reason}),
                     maxlen=EVENTS_MAXLEN,
-                )  # fmt: skip
+                )
             outcome["state"] = state
 
         self.r.transaction(work, key)
@@ -388,8 +389,17 @@ class AsyncJobStore:
         job_id = uuid.uuid4().hex[:16]
         now = time.time()
         runs = spec.run_ids()
-        job = {"id": job_id, "tenant": tenant, "name": spec.name, "spec": spec_json, "runs": json.dumps(runs),
-               "names": json.dumps(names or {}), "state": "queued", "created_at": now, "updated_at": now}  # fmt: skip
+        job = {
+            "id": job_id,
+            "tenant": tenant,
+            "name": spec.name,
+            "spec": spec_json,
+            "runs": json.dumps(runs),
+            "names": json.dumps(names or {}),
+            "state": "queued",
+            "created_at": now,
+            "updated_at": now,
+        }
         fresh = {"state": "queued", "stage": "train", "step": 0, "steps": spec.training.steps or 0, "updated_at": now}
         records = [
             {"id": run_id, "loss": run.loss, "beta": run.beta, **fresh}
@@ -402,15 +412,23 @@ class AsyncJobStore:
         keys += [streams_key("train"), active_key(tenant), active_runs_key(tenant)]
         first = await self._create(
             keys=keys,
-            args=[json.dumps({
-                "job": _flat(job), "runs": [_flat(r) for r in records],
-                "tasks": [json.dumps({"job": job_id, "run": run_id, "attempt": 1}) for run_id in runs],
-                "score": repr(now), "id": job_id, "maxlen": EVENTS_MAXLEN,
-                "event": _flat(JobStore._event("job_state", {"state": "queued"})),
-                "idempotency": "" if idempotency_key is None else f"{job_id} {spec_hash}", "ttl": IDEMPOTENCY_TTL_S,
-                "max_active": max_active_runs,
-            })],
-        )  # fmt: skip
+            args=[
+                json.dumps(
+                    {
+                        "job": _flat(job),
+                        "runs": [_flat(r) for r in records],
+                        "tasks": [json.dumps({"job": job_id, "run": run_id, "attempt": 1}) for run_id in runs],
+                        "score": repr(now),
+                        "id": job_id,
+                        "maxlen": EVENTS_MAXLEN,
+                        "event": _flat(JobStore._event("job_state", {"state": "queued"})),
+                        "idempotency": "" if idempotency_key is None else f"{job_id} {spec_hash}",
+                        "ttl": IDEMPOTENCY_TTL_S,
+                        "max_active": max_active_runs,
+                    }
+                )
+            ],
+        )
         if first is None:
             return JobStore._view(job, records), True  # what was just written: no read back
         if first.startswith("quota "):
@@ -429,8 +447,11 @@ class AsyncJobStore:
         """As :meth:`JobStore.follow`, on the event loop: a stream that waits holds no thread."""
         while True:
             reply = await self.r.xread({events_key(job_id): after}, count=500, block=block_ms)
-            batch = [(event_id, fields["type"], json.loads(fields["data"]), float(fields["ts"]))
-                     for _, entries in reply or [] for event_id, fields in entries]  # fmt: skip
+            batch = [
+                (event_id, fields["type"], json.loads(fields["data"]), float(fields["ts"]))
+                for _, entries in reply or []
+                for event_id, fields in entries
+            ]
             for event in batch:
                 after = event[0]
                 yield event

@@ -90,8 +90,12 @@ class TaskContext:
         spec = self.store.spec(job_id)
         self.store.transition(job_id, run, state="running", stage=stage)
         cache = self.settings.tenant_cache(self.store.tenant(job_id) or "")
-        return spec, {"spec": spec.model_dump_json(), "job_dir": str(self.job_dir(job_id)), "run": run,
-                      "cache_dir": str(cache)}  # fmt: skip
+        return spec, {
+            "spec": spec.model_dump_json(),
+            "job_dir": str(self.job_dir(job_id)),
+            "run": run,
+            "cache_dir": str(cache),
+        }
 
     def advance(self, job_id: str, run: str, stage: RunStage, outcome: Outcome, **fields: Any) -> None:
         """``stage`` of ``run`` ended with ``outcome``: the run moves on as its lifecycle says

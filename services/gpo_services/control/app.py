@@ -77,8 +77,12 @@ class BodyLimit:
                         await self._too_large(limit, scope, receive, send)
                         return
         except TimeoutError:
-            response = errors.error_response(408, "timeout", f"the request body did not arrive within "
-                                             f"{self.timeout_s:g} s", headers={"Connection": "close"})  # fmt: skip
+            response = errors.error_response(
+                408,
+                "timeout",
+                f"the request body did not arrive within {self.timeout_s:g} s",
+                headers={"Connection": "close"},
+            )
             await response(scope, receive, send)
             return
         replayed = False
@@ -242,8 +246,9 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
     registry = CollectorRegistry()
     registry.register(_QueueDepth(client))
     uploads = {"/data/": settings.max_upload_bytes, "/models/": settings.max_model_upload_bytes}
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes, upload_limits=uploads,
-                       timeout_s=settings.body_timeout_s)  # fmt: skip
+    app.add_middleware(
+        BodyLimit, limit=settings.max_body_bytes, upload_limits=uploads, timeout_s=settings.body_timeout_s
+    )
     app.add_middleware(RequestMetrics, registry=registry)
     app.add_middleware(SecurityHeaders)
 
@@ -315,6 +320,7 @@ def main() -> None:
     if settings.workers > 1:
         processes.serve(settings)  # one socket per process (SO_REUSEPORT), see processes.py
     else:
-        config = server_config("gpo_services.control.app:serving_app", settings, factory=True, host=settings.host,
-                               port=settings.port)  # fmt: skip
+        config = server_config(
+            "gpo_services.control.app:serving_app", settings, factory=True, host=settings.host, port=settings.port
+        )
         uvicorn.Server(config).run()

@@ -112,8 +112,10 @@ def _no_path_followed(work: Path, resolve_base: Callable[[str], Path | None]) ->
     named = adapter_config.get("base_model_name_or_path") if isinstance(adapter_config, dict) else None
     base = resolve_base(named) if isinstance(named, str) else None
     if base is None:
-        raise _refuse(f"{ADAPTER_CONFIG}: base_model_name_or_path must name one of your models (model:NAME) or a "
-                      f"model under the operator's read roots; {str(named)[:200]!r} is not one")  # fmt: skip
+        raise _refuse(
+            f"{ADAPTER_CONFIG}: base_model_name_or_path must name one of your models (model:NAME) or a "
+            f"model under the operator's read roots; {str(named)[:200]!r} is not one"
+        )
     write_adapter_base(work, base)
 
 

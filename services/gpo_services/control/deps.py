@@ -57,8 +57,12 @@ async def _within_rate(request: Request, tenant: str) -> None:
         count, _ = await pipe.incr(key).expire(key, 120).execute()
     if count > limit:
         retry = max(1, math.ceil(60 - now % 60))
-        raise ApiError(429, "rate_limited", f"at most {limit} requests a minute; retry in {retry} s",
-                       headers={"Retry-After": str(retry)})  # fmt: skip
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"at most {limit} requests a minute; retry in {retry} s",
+            headers={"Retry-After": str(retry)},
+        )
 
 
 async def get_async_store(request: Request) -> AsyncJobStore:

@@ -62,9 +62,11 @@ def not_readable(value: str, tenant: str, settings: Settings) -> str:
             return f"{value!r} is not among your uploads; did you mean '{prefix}:{close[0]}'?"
         push = "gpo model push FOLDER --name NAME" if models else "gpo data push FILE"
         return f"{value!r} is not among your uploads: upload it first ({push}; gpo {'model' if models else 'data'} ls)"
-    return (f"{value!r} is not a path this deployment lets a job read: upload your file (gpo data push FILE, gpo "
-            "model push FOLDER) and name it data:NAME or model:NAME, or use a model under the operator's shared "
-            "read-only roots")  # fmt: skip
+    return (
+        f"{value!r} is not a path this deployment lets a job read: upload your file (gpo data push FILE, gpo "
+        "model push FOLDER) and name it data:NAME or model:NAME, or use a model under the operator's shared "
+        "read-only roots"
+    )
 
 
 def resolve_spec_paths(spec: JobSpec, tenant: str, settings: Settings) -> tuple[JobSpec, dict[str, str]]:
@@ -76,13 +78,19 @@ def resolve_spec_paths(spec: JobSpec, tenant: str, settings: Settings) -> tuple[
     names: dict[str, str] = {}
     details: list[dict] = []
     if spec.judge.api_key_env is not None:
-        details.append({"field": "judge.api_key_env", "message": "a worker's environment is not a job's to name: "
-                        "the operator's key for the endpoint is used, or store your own (PUT /secrets/NAME, "
-                        "gpo secret set NAME) and give judge.api_key_secret: NAME"})  # fmt: skip
+        details.append(
+            {
+                "field": "judge.api_key_env",
+                "message": "a worker's environment is not a job's to name: "
+                "the operator's key for the endpoint is used, or store your own (PUT /secrets/NAME, "
+                "gpo secret set NAME) and give judge.api_key_secret: NAME",
+            }
+        )
     if spec.judge.calls_endpoint and not settings.allows_judge_endpoint(spec.judge.base_url or ""):
         allowed = ", ".join(settings.judge_endpoint_urls()) or "none (an operator sets GPO_JUDGE_ENDPOINTS)"
-        details.append({"field": "judge.base_url", "message": f"not a judge endpoint of this deployment; "
-                        f"allowed: {allowed}"})  # fmt: skip
+        details.append(
+            {"field": "judge.base_url", "message": f"not a judge endpoint of this deployment; allowed: {allowed}"}
+        )
     named = {name: value for name, value in named_paths(spec).items() if value}
     if spec.judge.kind != "local":
         named.pop("judge.model_dir", None)  # read by a local judge only

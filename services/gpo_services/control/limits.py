@@ -34,8 +34,11 @@ def check_capacity(spec: JobSpec, settings: Settings) -> None:
 
     training, generation = spec.training, spec.generation
     if training.workers > settings.max_train_workers:
-        refuse("training.workers", f"{training.workers} Ray Train workers asked; this deployment gives a run "
-               f"at most {settings.max_train_workers} (GPO_MAX_TRAIN_WORKERS)")  # fmt: skip
+        refuse(
+            "training.workers",
+            f"{training.workers} Ray Train workers asked; this deployment gives a run "
+            f"at most {settings.max_train_workers} (GPO_MAX_TRAIN_WORKERS)",
+        )
     if training.use_gpu and not settings.gpu_training:
         refuse("training.use_gpu", "this deployment's trainers have no GPUs (GPO_GPU_TRAINING)")
     try:
@@ -46,8 +49,11 @@ def check_capacity(spec: JobSpec, settings: Settings) -> None:
     models = len(spec.run_list()) + 1  # every run and the reference
     tokens = models * prompts * generation.n * generation.max_new_tokens
     if tokens > settings.max_generated_tokens:
-        refuse("generation", f"{models} models x {prompts} prompts x n {generation.n} x max_new_tokens "
-               f"{generation.max_new_tokens} = {tokens:,} tokens to sample; at most "
-               f"{settings.max_generated_tokens:,} per job (GPO_MAX_GENERATED_TOKENS)")  # fmt: skip
+        refuse(
+            "generation",
+            f"{models} models x {prompts} prompts x n {generation.n} x max_new_tokens "
+            f"{generation.max_new_tokens} = {tokens:,} tokens to sample; at most "
+            f"{settings.max_generated_tokens:,} per job (GPO_MAX_GENERATED_TOKENS)",
+        )
     if details:
         raise ApiError(422, "invalid_spec", "; ".join(f"{d['field']}: {d['message']}" for d in details), details)

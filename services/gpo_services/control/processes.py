@@ -104,12 +104,16 @@ def serve(settings: Settings) -> None:
             if process.is_alive() or stopping:
                 continue
             if (process.exitcode or 0) > 0:  # it stopped itself on an error (a port, a setting): another would too
-                log(logger, logging.ERROR, "a control process failed; stopping", pid=process.pid,
-                    code=process.exitcode)  # fmt: skip
+                log(logger, logging.ERROR, "a control process failed; stopping", pid=process.pid, code=process.exitcode)
                 failed, stopping = process.exitcode or 1, True
                 break
-            log(logger, logging.WARNING, "a control process was killed; starting another", pid=process.pid,
-                code=process.exitcode)  # fmt: skip
+            log(
+                logger,
+                logging.WARNING,
+                "a control process was killed; starting another",
+                pid=process.pid,
+                code=process.exitcode,
+            )
             processes[index] = start()
     for process in processes:
         if process.is_alive():

@@ -45,8 +45,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             end = data.find(b"\r\n\r\n")
             self._head_bytes += len(data) if end < 0 else end + 4  # the head's bytes, not a body's
             if self._head_bytes > self.max_head_bytes:
-                self._refuse(431, "Request Header Fields Too Large", "too_large",
-                             f"request head over {self.max_head_bytes} bytes")  # fmt: skip
+                self._refuse(
+                    431,
+                    "Request Header Fields Too Large",
+                    "too_large",
+                    f"request head over {self.max_head_bytes} bytes",
+                )
                 return
         super().data_received(data)  # may complete the head (and a body) in this chunk
 
@@ -88,5 +92,6 @@ def server_config(app, settings: Settings, **options) -> uvicorn.Config:
     """uvicorn's configuration for ``app`` (an app, or an import string with ``factory=True``)."""
     limits = {"max_head_bytes": settings.max_header_bytes, "head_timeout_s": settings.header_timeout_s}
     protocol = type("HttpProtocol", (BoundedHttpToolsProtocol,), limits)
-    return uvicorn.Config(app, http=protocol, h11_max_incomplete_event_size=settings.max_header_bytes,
-                          log_level="warning", **options)  # fmt: skip
+    return uvicorn.Config(
+        app, http=protocol, h11_max_incomplete_event_size=settings.max_header_bytes, log_level="warning", **options
+    )

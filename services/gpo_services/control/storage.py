@@ -199,8 +199,10 @@ async def ensure_room(settings: Settings, store: JobStore, tenant: str) -> int:
         return 0
     held = await asyncio.to_thread(tenant_bytes, settings, store, tenant)
     if held >= quota:
-        message = (f"your uploads and job artifacts take {held:,} bytes, your quota is {quota:,} "
-                   "(GPO_STORAGE_QUOTA_BYTES): delete finished jobs or uploads to make room")  # fmt: skip
+        message = (
+            f"your uploads and job artifacts take {held:,} bytes, your quota is {quota:,} "
+            "(GPO_STORAGE_QUOTA_BYTES): delete finished jobs or uploads to make room"
+        )
         raise ApiError(403, "storage_quota", message)
     return held
 
@@ -223,8 +225,12 @@ async def upload_room(settings: Settings, store: JobStore, tenant: str) -> Async
     deadline = time.monotonic() + settings.body_timeout_s
     while not await asyncio.to_thread(store.r.set, key, token, nx=True, ex=LOCK_S):
         if time.monotonic() > deadline:
-            raise ApiError(429, "busy", "another upload of yours is still arriving; retry when it is done",
-                           headers={"Retry-After": "5"})  # fmt: skip
+            raise ApiError(
+                429,
+                "busy",
+                "another upload of yours is still arriving; retry when it is done",
+                headers={"Retry-After": "5"},
+            )
         await asyncio.sleep(0.1)
 
     async def renew() -> None:
@@ -296,8 +302,12 @@ async def stream_to_file(request: Request, path: Path, limit: int, settings: Set
             if size > limit:
                 raise ApiError(413, "too_large", f"uploads here are at most {limit} bytes")
             if room is not None and size > room:
-                raise ApiError(403, "storage_quota", f"this upload would take you past your storage quota of "
-                               f"{settings.storage_quota_bytes:,} bytes (GPO_STORAGE_QUOTA_BYTES)")  # fmt: skip
+                raise ApiError(
+                    403,
+                    "storage_quota",
+                    f"this upload would take you past your storage quota of "
+                    f"{settings.storage_quota_bytes:,} bytes (GPO_STORAGE_QUOTA_BYTES)",
+                )
             digest.update(chunk)
             await asyncio.to_thread(handle.write, chunk)
     return size, digest.hexdigest()

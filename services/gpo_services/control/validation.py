@@ -135,11 +135,14 @@ class TenantChecks:
         try:
             verdict, payload = await self._run(tenant, _count_upload, (path, kind, name), timeout_s, memory)
         except TooSlow:
-            raise ValueError(f"{name}: reading it took longer than {timeout_s:g} s or more than "
-                             f"{memory // 2**20} MiB of memory (a file that inflates when read)") from None  # fmt: skip
+            raise ValueError(
+                f"{name}: reading it took longer than {timeout_s:g} s or more than "
+                f"{memory // 2**20} MiB of memory (a file that inflates when read)"
+            ) from None
         if verdict == "too_large":
-            raise ValueError(f"{name}: reading it needs more than {memory // 2**20} MiB of memory "
-                             "(a file that inflates when read)")  # fmt: skip
+            raise ValueError(
+                f"{name}: reading it needs more than {memory // 2**20} MiB of memory (a file that inflates when read)"
+            )
         if verdict == "invalid":
             raise ValueError(payload)
         if verdict == "error":

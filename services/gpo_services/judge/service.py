@@ -33,8 +33,11 @@ def handle(task: dict, context: TaskContext) -> None:
     summary = context.run_task(JUDGE, _payload(spec, job_id, context, run), job_id)
     if usage := summary.get("usage"):
         cost = f", cost {usage['cost']:.4f}" if usage.get("cost") is not None else ""
-        context.store.log(job_id, f"{run}: the judge made {usage['requests']} requests, {usage['prompt_tokens']} "
-                                  f"prompt and {usage['completion_tokens']} completion tokens{cost}")  # fmt: skip
+        context.store.log(
+            job_id,
+            f"{run}: the judge made {usage['requests']} requests, {usage['prompt_tokens']} "
+            f"prompt and {usage['completion_tokens']} completion tokens{cost}",
+        )
     context.advance(job_id, run, "judge", "done", win_rate=json.dumps(summary.get("win_rate")))
 
 
@@ -58,8 +61,12 @@ def finalize(job_id: str, context: TaskContext) -> None:
 
 
 def _payload(spec: JobSpec, job_id: str, context: TaskContext, run: str | None = None) -> dict:
-    return {"spec": spec.model_dump_json(), "job_dir": str(context.job_dir(job_id)), "run": run,
-            "api_key": judge_api_key(spec, job_id, context)}  # fmt: skip
+    return {
+        "spec": spec.model_dump_json(),
+        "job_dir": str(context.job_dir(job_id)),
+        "run": run,
+        "api_key": judge_api_key(spec, job_id, context),
+    }
 
 
 def judge(payload: dict, emit: Emit, should_stop: StopCheck) -> dict:

@@ -95,8 +95,15 @@ async def upload(
                 )
             except ValueError as err:
                 raise ApiError(422, "invalid_data", str(err)) from None
-            record = Upload(name=name, kind=kind, bytes=size, sha256=sha256, records=records,
-                            uploaded_at=time.time(), reference=f"data:{name}")  # fmt: skip
+            record = Upload(
+                name=name,
+                kind=kind,
+                bytes=size,
+                sha256=sha256,
+                records=records,
+                uploaded_at=time.time(),
+                reference=f"data:{name}",
+            )
             os.replace(partial, folder / name)
             (folder / f".{name}.json").write_text(record.model_dump_json(), encoding="utf-8")
             return record

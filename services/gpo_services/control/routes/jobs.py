@@ -108,8 +108,9 @@ async def submit_job(
     except Conflict as err:
         raise ApiError(409, "conflict", str(err)) from None
     except QuotaExceeded as err:
-        raise ApiError(429, "quota", f"{err}; submit again when some have finished",
-                       headers={"Retry-After": "30"}) from None  # fmt: skip
+        raise ApiError(
+            429, "quota", f"{err}; submit again when some have finished", headers={"Retry-After": "30"}
+        ) from None
     if not created:
         response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"
@@ -189,8 +190,12 @@ async def job_events(
         raise ApiError(404, "not_found", f"no job {job_id}")
     streams = request.app.state.event_streams
     if streams.get(tenant, 0) >= settings.max_event_streams:
-        raise ApiError(429, "too_many_streams", f"at most {settings.max_event_streams} event streams open at once; "
-                       "close one", headers={"Retry-After": "5"})  # fmt: skip
+        raise ApiError(
+            429,
+            "too_many_streams",
+            f"at most {settings.max_event_streams} event streams open at once; close one",
+            headers={"Retry-After": "5"},
+        )
     after = last_event_id if last_event_id and _is_stream_id(last_event_id) else "0"
     events = request.app.state.event_store
     redactor = job_redactor(settings, job_id, await store.names(job_id))

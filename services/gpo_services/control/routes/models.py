@@ -97,8 +97,16 @@ async def upload_model(name: ModelName, request: Request, settings: SettingsDep,
                 extracted = min(extracted, settings.storage_quota_bytes - held - size)
             base = functools.partial(adapter_base_for, tenant=tenant, settings=settings)
             files, model_type, parameters = await asyncio.to_thread(unpack_model, archive, work, name, extracted, base)
-            record = Model(name=name, bytes=size, sha256=sha256, files=files, model_type=model_type,
-                           parameters=parameters, uploaded_at=time.time(), reference=f"model:{name}")  # fmt: skip
+            record = Model(
+                name=name,
+                bytes=size,
+                sha256=sha256,
+                files=files,
+                model_type=model_type,
+                parameters=parameters,
+                uploaded_at=time.time(),
+                reference=f"model:{name}",
+            )
             await asyncio.to_thread(install_model, folder, work, name, record.model_dump_json())
             return record
         finally:
