@@ -32,7 +32,11 @@ def build_judge(
 
         if task_root is None:
             raise InputError("the oracle judge needs the built-in task (task: in a job spec, --task here)")
-        return OracleTaskJudge(BuiltTask(task_root), settings.mode)
+        try:
+            task = BuiltTask(task_root)
+        except FileNotFoundError as err:  # a folder that is not a built task
+            raise InputError(str(err)) from None
+        return OracleTaskJudge(task, settings.mode)
     template = template_text(settings.template, settings.template is None and conversational())
     labels = (settings.labels[0], settings.labels[1])
     if settings.kind == "local":
@@ -41,7 +45,9 @@ def build_judge(
         assert settings.model_dir is not None  # JudgeSettings requires it for a local judge
         folder = model_dir or Path(settings.model_dir)
         if not (folder / "config.json").is_file():
-            raise InputError(f"judge model_dir {settings.model_dir}: not a transformers model folder (no config.json)")
+            raise InputError(
+                f"judge model_dir: {settings.model_dir} is not a transformers model folder (no config.json)"
+            )
         return LogprobJudge(folder, template, labels)
     # JudgeSettings requires both for endpoint judges, and checks each kind's verdicts.
     assert settings.base_url is not None and settings.model is not None

@@ -68,10 +68,6 @@ def check_data(spec: JobSpec, inputs) -> tuple[list[dict], list[dict]]:
         raise PreflightError(f"policy: no usable tokenizer in {inputs.policy} ({_first_line(err)})") from None
     pairs = load_preferences(inputs.dataset, columns=spec.dataset_columns, split=spec.dataset_split)
     prompts = load_prompts(inputs.eval_prompts)
-    texts = [as_text(p[key]) for p in pairs[:COVERAGE_SAMPLE] for key in ("prompt", "chosen", "rejected")]
-    check_coverage(tokenizer, "dataset", inputs.dataset, texts, min(len(pairs), COVERAGE_SAMPLE))
-    sampled = [as_text(p["prompt"]) for p in prompts[:COVERAGE_SAMPLE]]
-    check_coverage(tokenizer, "eval_prompts", inputs.eval_prompts, sampled, len(sampled))
     chat = ChatFormat(tokenizer, spec.chat_template)
     try:
         chat.response_ids([pairs[0]["prompt"]], [pairs[0]["chosen"]])
@@ -81,6 +77,10 @@ def check_data(spec: JobSpec, inputs) -> tuple[list[dict], list[dict]]:
         chat.prompt_ids([prompts[0]["prompt"]])
     except ConversationError as err:
         raise PreflightError(f"eval_prompts: {inputs.eval_prompts}: {err}") from None
+    texts = [as_text(p[key]) for p in pairs[:COVERAGE_SAMPLE] for key in ("prompt", "chosen", "rejected")]
+    check_coverage(tokenizer, "dataset", inputs.dataset, texts, min(len(pairs), COVERAGE_SAMPLE))
+    sampled = [as_text(p["prompt"]) for p in prompts[:COVERAGE_SAMPLE]]
+    check_coverage(tokenizer, "eval_prompts", inputs.eval_prompts, sampled, len(sampled))
     return pairs, prompts
 
 

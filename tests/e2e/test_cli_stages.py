@@ -51,7 +51,7 @@ def test_ordinary_mistakes_are_one_line_naming_what_is_wrong(small_task, tmp_pat
         (("judge", tmp_path / "a.jsonl", tmp_path / "a.jsonl", "--local", model, "--template", "nope"),
          "--template: nope is neither summary, dialogue nor a file"),
         (("judge", tmp_path / "a.jsonl", tmp_path / "a.jsonl", "--local", model, "--labels", " A", " A"),
-         "must be two different, non-empty texts"),
+         "labels must be two different, non-blank texts"),
     ]  # fmt: skip
     for args, message in cases:
         result = gpo(*args)

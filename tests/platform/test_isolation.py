@@ -16,6 +16,7 @@ import pytest
 
 from gpo_client import Client
 from gpo_client.sdk import InvalidSpec
+from gpo_core.sweep.views import TERMINAL
 from tests.platform.conftest import TENANT_KEYS, wait_until
 from tests.platform.test_reliability import Platform, small_job
 from tests.support.json_server import Script, chat_completion, json_server
@@ -196,7 +197,7 @@ def test_tenants_read_names_not_server_paths_and_share_no_cache(platform, judge_
 
     other = Client(platform.stack["server"], KEY_B)
     second = other.submit(small_job(steps=2))
-    wait_until(lambda: other.get(second.id).state in ("succeeded", "failed", "cancelled"), 240, "B's job")
+    wait_until(lambda: other.get(second.id).state in TERMINAL, 240, "B's job")
     assert other.get(second.id).state in REPORTED, other.get(second.id)
     trained = json.loads(other.artifact(second.id, "runs/r00-logistic-b0.1/train.json"))
     assert trained["reference_cache"] == "miss"  # tenant A's identical run is not B's cache hit
