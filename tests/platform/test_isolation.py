@@ -193,7 +193,8 @@ def test_tenants_read_names_not_server_paths_and_share_no_cache(platform, judge_
     shown += [json.dumps(event.data) for event in platform.client.events(first.id)]
     leaks = [text for text in shown if artifacts in text or str(platform.env["GPO_CACHE_DIR"]) in text]
     assert not leaks, leaks[0][:500]
-    assert json.loads(shown[3])["reference_cache"] == "miss"
+    # (A's first run may already hit: the module's earlier tests ran the same job for A, and the cache
+    # folder is shared by the module's stacks. B has run nothing before.)
 
     other = Client(platform.stack["server"], KEY_B)
     second = other.submit(small_job(steps=2))
