@@ -183,7 +183,10 @@ def test_tenants_read_names_not_server_paths_and_share_no_cache(platform, judge_
     assert failed.state == "failed" and "data:same.jsonl" in failed.reason, failed
     assert artifacts not in failed.reason and artifacts not in (failed.runs[0].reason or "")
 
-    first = platform.wait_for_job(platform.client.submit(small_job(steps=2)).id)
+    # Its own response length: pairs tokenized unlike any other test's, so the module's earlier jobs
+    # (for A and for B) left nothing in either tenant's cache for this key.
+    job = {**small_job(steps=2), "training": {**small_job(steps=2)["training"], "max_response_length": 12}}
+    first = platform.wait_for_job(platform.client.submit(job).id)
     # Two steps barely move the policy: its samples may all tie with the reference's, which makes the
     # job inconclusive (issue 29); either way its report and artifacts are written.
     assert first.state in REPORTED, first
@@ -193,16 +196,15 @@ def test_tenants_read_names_not_server_paths_and_share_no_cache(platform, judge_
     shown += [json.dumps(event.data) for event in platform.client.events(first.id)]
     leaks = [text for text in shown if artifacts in text or str(platform.env["GPO_CACHE_DIR"]) in text]
     assert not leaks, leaks[0][:500]
-    # (A's first run may already hit: the module's earlier tests ran the same job for A, and the cache
-    # folder is shared by the module's stacks. B has run nothing before.)
+    assert json.loads(shown[3])["reference_cache"] == "miss"
 
     other = Client(platform.stack["server"], KEY_B)
-    second = other.submit(small_job(steps=2))
+    second = other.submit(job)
     wait_until(lambda: other.get(second.id).state in TERMINAL, 240, "B's job")
     assert other.get(second.id).state in REPORTED, other.get(second.id)
     trained = json.loads(other.artifact(second.id, "runs/r00-logistic-b0.1/train.json"))
     assert trained["reference_cache"] == "miss"  # tenant A's identical run is not B's cache hit
-    again = platform.wait_for_job(platform.client.submit({**small_job(steps=2), "name": "again"}).id)
+    again = platform.wait_for_job(platform.client.submit({**job, "name": "again"}).id)
     assert (
         json.loads(platform.client.artifact(again.id, "runs/r00-logistic-b0.1/train.json"))["reference_cache"] == "hit"
     )
