@@ -78,9 +78,10 @@ def submit_command(
     from gpo_core.sweep.spec import load_job_spec
 
     client = sdk_client(server, api_key)
-    for note in dict.fromkeys(filter(None, (alias_note(run.loss) for run in load_job_spec(spec_file).run_list()))):
+    spec = load_job_spec(spec_file)  # read once: its notes here, then the request body
+    for note in dict.fromkeys(filter(None, (alias_note(run.loss) for run in spec.run_list()))):
         errors.print(f"note: {note}", highlight=False)  # what `gpo run` says too: an alias is not TRL's loss
-    job = api_call(client.submit, spec_file, idempotency_key)
+    job = api_call(client.submit, spec, idempotency_key)
     console.print(job.id)
     if watch:
         job = api_call(lambda: client.wait(job.id, progress=True))

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gpo_core.sweep.views import ErrorBody
+
+
+def documented(description: str) -> dict[str, Any]:
+    """An error answer as the OpenAPI document shows it."""
+    return {"model": ErrorBody, "description": description}
+
+
+# The answers every route of a tenant may give, written once for the document.
+UNAUTHORIZED = documented("Missing or wrong API key")
+RATE_LIMITED = documented("Over the tenant's request rate; Retry-After says when to retry")
+STORAGE_QUOTA = documented("The tenant holds its storage quota (GPO_STORAGE_QUOTA_BYTES)")
 
 
 class ApiError(Exception):

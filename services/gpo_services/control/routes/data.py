@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from gpo_core.sweep.views import ErrorBody
 from gpo_services.control.deps import SettingsDep, TenantDep
-from gpo_services.control.errors import ApiError
+from gpo_services.control.errors import RATE_LIMITED, STORAGE_QUOTA, UNAUTHORIZED, ApiError
 from gpo_services.control.storage import (
     DATA_NAME_PATTERN,
     stored_records,
@@ -33,12 +33,12 @@ from gpo_services.control.storage import (
 router = APIRouter(prefix="/data", tags=["data"])
 NAME_PATTERN = DATA_NAME_PATTERN
 ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorBody, "description": "Missing or wrong API key"},
-    403: {"model": ErrorBody, "description": "The tenant holds its storage quota (GPO_STORAGE_QUOTA_BYTES)"},
+    401: UNAUTHORIZED,
+    403: STORAGE_QUOTA,
     404: {"model": ErrorBody, "description": "No such upload for this tenant"},
     413: {"model": ErrorBody, "description": "Larger than GPO_MAX_UPLOAD_BYTES"},
     422: {"model": ErrorBody, "description": "Not valid pairs or prompts; the message names the line"},
-    429: {"model": ErrorBody, "description": "Over the tenant's request rate; Retry-After says when to retry"},
+    429: RATE_LIMITED,
 }
 UploadName = Annotated[
     str, PathParam(pattern=NAME_PATTERN, description="File name: letters, digits, _ -; .jsonl or .parquet")

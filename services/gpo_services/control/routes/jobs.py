@@ -16,7 +16,7 @@ from gpo_core.sweep.views import TERMINAL, ErrorBody, JobPage, JobState, JobView
 from gpo_services.common.store import Conflict, QuotaExceeded
 from gpo_services.control import storage
 from gpo_services.control.deps import AsyncStoreDep, SettingsDep, StoreDep, TenantDep
-from gpo_services.control.errors import ApiError, invalid
+from gpo_services.control.errors import RATE_LIMITED, STORAGE_QUOTA, UNAUTHORIZED, ApiError, invalid
 from gpo_services.control.inputs import resolve_spec_paths
 from gpo_services.control.limits import check_capacity
 from gpo_services.control.redaction import TEXT_SUFFIXES, Redactor, job_redactor
@@ -25,10 +25,10 @@ from gpo_services.control.validation import SpecInvalid, formulas_in, validate_h
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorBody, "description": "Missing or wrong API key"},
+    401: UNAUTHORIZED,
     404: {"model": ErrorBody, "description": "No such job for this tenant"},
     422: {"model": ErrorBody, "description": "Invalid parameters; details name each one"},
-    429: {"model": ErrorBody, "description": "Over the tenant's request rate; Retry-After says when to retry"},
+    429: RATE_LIMITED,
     503: {"model": ErrorBody, "description": "The job store (Redis) is unreachable; retry"},
 }
 
@@ -70,7 +70,7 @@ def _shown(store, settings, job: JobView) -> JobView:
             "description": "Over the request rate, or the job would pass the tenant's "
             "limit of queued and running runs (GPO_MAX_ACTIVE_RUNS); Retry-After",
         },
-        403: {"model": ErrorBody, "description": "The tenant holds its storage quota (GPO_STORAGE_QUOTA_BYTES)"},
+        403: STORAGE_QUOTA,
         413: {"model": ErrorBody, "description": "Request body too large"},
         422: {"model": ErrorBody, "description": "Invalid spec; details name each field"},
     },

@@ -30,7 +30,7 @@ from gpo_core.sweep.views import ErrorBody
 from gpo_services.common.settings import Settings
 from gpo_services.control.archives import INFLATION, MIN_UNPACKED, unpack_model
 from gpo_services.control.deps import SettingsDep, TenantDep
-from gpo_services.control.errors import ApiError
+from gpo_services.control.errors import RATE_LIMITED, STORAGE_QUOTA, UNAUTHORIZED, ApiError
 from gpo_services.control.inputs import MODEL_PREFIX, resolve_path
 from gpo_services.control.storage import (
     MODEL_NAME_PATTERN,
@@ -45,12 +45,12 @@ from gpo_services.control.storage import (
 router = APIRouter(prefix="/models", tags=["models"])
 NAME_PATTERN = MODEL_NAME_PATTERN
 ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorBody, "description": "Missing or wrong API key"},
-    403: {"model": ErrorBody, "description": "The tenant holds its storage quota (GPO_STORAGE_QUOTA_BYTES)"},
+    401: UNAUTHORIZED,
+    403: STORAGE_QUOTA,
     404: {"model": ErrorBody, "description": "No such model for this tenant"},
     413: {"model": ErrorBody, "description": "Larger than GPO_MAX_MODEL_UPLOAD_BYTES"},
     422: {"model": ErrorBody, "description": "Not an acceptable model archive; the message names the file"},
-    429: {"model": ErrorBody, "description": "Over the tenant's request rate; Retry-After says when to retry"},
+    429: RATE_LIMITED,
 }
 ModelName = Annotated[str, PathParam(pattern=NAME_PATTERN, description="Letters, digits, _ . -")]
 

@@ -14,7 +14,7 @@ from fastapi import Path as PathParam
 
 from gpo_core.sweep.views import ErrorBody
 from gpo_services.control.deps import StoreDep, TenantDep
-from gpo_services.control.errors import ApiError
+from gpo_services.control.errors import RATE_LIMITED, UNAUTHORIZED, ApiError
 
 router = APIRouter(prefix="/secrets", tags=["secrets"])
 MAX_SECRET_BYTES = 4096
@@ -23,10 +23,10 @@ SecretName = Annotated[
     str, PathParam(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$", description="Letters, digits, _ . -")
 ]
 ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorBody, "description": "Missing or wrong API key"},
+    401: UNAUTHORIZED,
     404: {"model": ErrorBody, "description": "No such secret for this tenant"},
     422: {"model": ErrorBody, "description": "Not a usable secret (empty, not text, too long, too many)"},
-    429: {"model": ErrorBody, "description": "Over the tenant's request rate; Retry-After says when to retry"},
+    429: RATE_LIMITED,
 }
 
 
