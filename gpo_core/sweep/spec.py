@@ -47,18 +47,19 @@ class RunSpec(BaseModel):
     beta: Beta
 
 
-# Where a sweep's defaults differ from a single run's: the built-in task's tiny models learn at a
-# higher rate, its responses are short, and a sweep's report needs checkpoints and Fig. 5 traces.
+# Where a sweep's defaults differ from a single run's: a sweep's report needs a length, checkpoints
+# and Fig. 5 traces. The rest (learning rate, batch, lengths) are TRL's, for a model you bring.
 SWEEP_DEFAULTS = {
     "steps": 200,
-    "batch_size": 16,
-    "lr": 5e-4,
-    "warmup_steps": 10,
-    "max_response_length": 16,
     "checkpoint_every": 50,
     "trace_every": 50,
     "trace_prompts": 32,
 }
+
+# The built-in task's tiny models learn at a higher rate and its answers are a few words: its tuned
+# settings, used wherever a spec with the built-in task leaves them out.
+BUILTIN_TASK_TRAINING = {"lr": 5e-4, "batch_size": 16, "warmup_steps": 10, "max_response_length": 16}
+BUILTIN_TASK_GENERATION = {"max_new_tokens": 16}
 
 
 def _with_defaults(base: type[BaseModel], defaults: dict) -> dict:
@@ -97,7 +98,9 @@ class GenerationSettings(BaseModel):
     backend: Literal["auto", "vllm", "transformers"] = "auto"
     temperature: float = Field(1.0, ge=0, le=10)
     top_p: float = Field(1.0, gt=0, le=1)
-    max_new_tokens: int = Field(16, ge=1, le=4096)
+    max_new_tokens: int = Field(
+        256, ge=1, le=4096, description="Tokens sampled per response; the built-in task's default is 16."
+    )
     n: int = Field(1, ge=1, le=64, description="Responses per prompt (each judged).")
     seed: int = Field(0, ge=0, le=2**32 - 1)
     prompts: int | None = Field(None, ge=1, le=100_000, description="Use the first N evaluation prompts.")
@@ -159,6 +162,17 @@ class JobSpec(RunInputs):
                 )
             seen[name] = value
         return values
+
+    @model_validator(mode="after")
+    def _builtin_task_settings(self) -> JobSpec:
+        """The built-in task's tuned settings, for each one the spec leaves out (a model you bring
+        keeps TRL's)."""
+        if self.task is not None:
+            for block, tuned in ((self.training, BUILTIN_TASK_TRAINING), (self.generation, BUILTIN_TASK_GENERATION)):
+                for name, value in tuned.items():
+                    if name not in block.model_fields_set:
+                        setattr(block, name, value)
+        return self
 
     @model_validator(mode="after")
     def _consistent(self) -> JobSpec:

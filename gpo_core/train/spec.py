@@ -53,12 +53,14 @@ class LoraOptions(BaseModel):
 
 class TrainingOptions(BaseModel):
     """How a run trains: every option that ``gpo train``'s spec and a sweep's ``training`` block
-    share, defined once (a sweep changes some defaults: :data:`gpo_core.sweep.spec.SWEEP_DEFAULTS`)."""
+    share, defined once. Defaults are TRL's DPOConfig's where TRL has the option (learning rate,
+    batch, lengths): a model you bring trains as it would there. A sweep changes a few
+    (:data:`gpo_core.sweep.spec.SWEEP_DEFAULTS`), and the built-in task has its own tuned ones."""
 
     model_config = ConfigDict(extra="forbid")
 
     optimizer: Literal["adamw", "adafactor"] = "adamw"
-    lr: float = Field(1e-4, gt=0, le=1.0)
+    lr: float = Field(1e-6, gt=0, le=1.0)
     weight_decay: float = Field(0.0, ge=0)
     schedule: Literal["constant", "linear", "cosine"] = "constant"
     warmup_steps: int = Field(0, ge=0, le=10_000_000)
@@ -69,7 +71,9 @@ class TrainingOptions(BaseModel):
     max_grad_norm: float | None = Field(1.0, gt=0)
 
     max_prompt_length: int = Field(512, ge=1, le=131_072)
-    max_response_length: int = Field(256, ge=1, le=131_072)
+    max_response_length: int = Field(
+        512, ge=1, le=131_072, description="With max_prompt_length 512: TRL's max_length 1024 in all."
+    )
     truncation_side: Literal["left", "right"] = Field("left", description="Which end of a long prompt is cut.")
     seed: int = Field(0, ge=0, le=2**32 - 1)
     precision: Literal["fp32", "bf16", "bf16-pure"] = Field(

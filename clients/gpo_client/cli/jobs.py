@@ -74,13 +74,13 @@ def submit_command(
     """Submit a sweep to the control service; prints the job id. With --watch, follows it and exits
     0 only when it succeeded (1 when it failed, was cancelled or is inconclusive: its judge could
     tell nothing apart; 2 on an error here)."""
-    from gpo_core.losses import alias_note
+    from gpo_core.notes import spec_notes
     from gpo_core.sweep.spec import load_job_spec
 
     client = sdk_client(server, api_key)
     spec = load_job_spec(spec_file)  # read once: its notes here, then the request body
-    for note in dict.fromkeys(filter(None, (alias_note(run.loss) for run in spec.run_list()))):
-        errors.print(f"note: {note}", highlight=False)  # what `gpo run` says too: an alias is not TRL's loss
+    for note in spec_notes(spec):  # what `gpo run` says too
+        errors.print(f"note: {note}", highlight=False)
     job = api_call(client.submit, spec, idempotency_key)
     console.print(job.id)
     if watch:

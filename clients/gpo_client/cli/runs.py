@@ -30,9 +30,9 @@ def train_command(
     if "steps" in overrides:
         overrides["epochs"] = None
     spec = load_spec(spec_file, **overrides)
-    from gpo_core.losses import alias_note
+    from gpo_core.notes import spec_notes
 
-    if note := alias_note(spec.loss):
+    for note in spec_notes(spec):
         errors.print(f"note: {note}", highlight=False)
     label = f"{spec.loss} beta={spec.effective_beta:g}"
     stop = _stop_on_ctrl_c("stopping at the next step (a checkpoint is kept; run again to resume)")
@@ -201,10 +201,10 @@ def reproduce_command(
 def run_sweep(spec, out: Path | None, command: str) -> None:
     """Run ``spec`` in this process with progress bars, then print the run table and the claims."""
     from gpo_client.progress import RunProgress
-    from gpo_core.losses import alias_note
+    from gpo_core.notes import spec_notes
     from gpo_core.sweep.runner import run_job
 
-    for note in dict.fromkeys(filter(None, (alias_note(run.loss) for run in spec.run_list()))):
+    for note in spec_notes(spec):
         errors.print(f"note: {note}", highlight=False)
     job_dir = out or Path("outputs") / "jobs" / spec.name.replace(" ", "_")
     stop = _stop_on_ctrl_c("stopping at the next step (checkpoints are kept; run again to resume)")
