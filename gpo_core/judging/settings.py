@@ -54,6 +54,14 @@ class JudgeSettings(BaseModel):
         (" A", " B"), description="What the judge writes for the first and the second response."
     )
     retries: int = Field(2, ge=0, le=10, description="Further tries of a comparison whose answer was no verdict.")
+    probe: int = Field(
+        8,
+        ge=0,
+        le=64,
+        description="Pairs of the dataset the judge compares in both orders before any training: a judge that "
+        "decides none of them (its verdict follows the position, or it always ties) stops the job there. "
+        "0: no probe (one verdict only).",
+    )
     concurrency: int = Field(8, ge=1, le=64, description="Comparisons in flight at once (endpoint and chat judges).")
     price_per_million: tuple[float, float] | None = Field(
         None, description="Price of a million prompt and completion tokens: the job's judge cost is reported."

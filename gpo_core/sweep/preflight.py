@@ -5,19 +5,22 @@ load, an endpoint that refuses the model name or a dataset the chat template can
 not be found after the first run has trained. Checked here: the policy's tokenizer loads, knows
 the data's words (not mostly its unknown token) and renders the first training pair and the first
 evaluation prompt (with the chat template, for conversations); the reference is a model folder;
-the judge gives one verdict on a probe comparison. (The generation backend is checked where the
+the judge tells apart the chosen and rejected responses of a few training pairs, judged in both
+orders (a judge whose verdict follows the position or always ties decides nothing: the whole job
+would end "inconclusive" after hours of training). (The generation backend is checked where the
 engine starts, also before training: :func:`gpo_core.generate.start_engine`.)
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from gpo_core.conversation import ChatFormat, ConversationError, Prompt, as_text
 from gpo_core.data import load_preferences, load_prompts
 from gpo_core.errors import InputError
-from gpo_core.judging.comparison import JudgeOutputError
 from gpo_core.judging.endpoints import JudgeEndpointRefused
+from gpo_core.judging.evaluation import response_text
 from gpo_core.stopping import StopCheck
 from gpo_core.sweep.spec import JobSpec
 
@@ -84,13 +87,41 @@ def check_data(spec: JobSpec, inputs) -> tuple[list[dict], list[dict]]:
     return pairs, prompts
 
 
+@dataclass
+class ProbeResult:
+    """What the judge made of the probe pairs, each judged in both orders."""
+
+    pairs: int
+    agreed: int  # the data's chosen response won in both orders
+    disagreed: int  # the rejected one won in both orders
+    by_position: int  # the same position won in both orders
+    ties: int
+    invalid: int  # no verdict in one of the orders, after the retries
+
+    @property
+    def decided(self) -> int:
+        return self.agreed + self.disagreed
+
+    def summary(self) -> str:
+        invalid = f", {self.invalid} without a verdict" if self.invalid else ""
+        return (
+            f"decided {self.decided} of {self.pairs} pairs ({self.agreed} as the data's labels, {self.disagreed} "
+            f"against them); {self.by_position} by position alone, {self.ties} tied{invalid}"
+        )
+
+
 def check_judge(
-    spec: JobSpec, inputs, prompt: Prompt, should_stop: StopCheck | None = None, api_key: str | None = None
-) -> None:
-    """One verdict on a probe comparison (a stop request is seen while the call is out). An
-    unreachable endpoint raises the judge's own :class:`JudgeEndpointError` (it may come back: a
-    service retries the task later)."""
-    from gpo_core.judging.comparison import call_until_stopped
+    spec: JobSpec,
+    inputs,
+    probes: list[tuple[Prompt, str, str]],
+    should_stop: StopCheck | None = None,
+    api_key: str | None = None,
+) -> ProbeResult:
+    """The judge compares each probe (prompt, chosen, rejected) in both orders (a stop request is
+    seen while a call is out); with no decided pair it cannot tell responses apart, and the job
+    stops here. An unreachable endpoint raises the judge's own :class:`JudgeEndpointError` (it may
+    come back: a service retries the task later)."""
+    from gpo_core.judging.comparison import side_by_side
     from gpo_core.sweep.stages import make_judge
 
     settings = spec.judge
@@ -101,18 +132,45 @@ def check_judge(
         judge = make_judge(spec, inputs, api_key)
     except (OSError, ValueError) as err:
         raise PreflightError(f"judge: {where}: {_first_line(err)}") from None
-    first, second = "A short answer.", "Another short answer."
-    for attempt in range(settings.retries + 1):
-        try:
-            call_until_stopped(lambda: judge.compare(prompt, first, second), should_stop)
-            return
-        except JudgeOutputError as err:
-            if attempt == settings.retries:
-                raise PreflightError(
-                    f"judge: {where} gave no verdict on a probe comparison in {attempt + 1} tries ({err})"
-                ) from None
-        except JudgeEndpointRefused as err:
-            raise PreflightError(f"judge: {err}") from None
+
+    items = [
+        {"prompt_id": str(i), "prompt": p, "a": chosen, "b": rejected} for i, (p, chosen, rejected) in enumerate(probes)
+    ]
+    try:
+        judged = side_by_side(
+            judge, items, retries=settings.retries, should_stop=should_stop, concurrency=settings.concurrency
+        )
+    except JudgeEndpointRefused as err:
+        raise PreflightError(f"judge: {err}") from None
+    outcomes = [record["outcome"] for record in judged.records]
+    result = ProbeResult(
+        pairs=len(items),
+        agreed=outcomes.count("win"),
+        disagreed=outcomes.count("loss"),
+        by_position=sum(record["flipped"] for record in judged.records),
+        ties=sum(r["outcome"] == "tie" and not r["flipped"] for r in judged.records),
+        invalid=outcomes.count("invalid"),
+    )
+    if result.invalid == result.pairs:
+        raise PreflightError(
+            f"judge: {where} gave no verdict on {result.pairs} probe comparisons in {settings.retries + 1} tries each"
+        )
+    if result.pairs > 1 and result.decided == 0:
+        raise PreflightError(
+            f"judge: {where} cannot tell responses apart: on {result.pairs} pairs of the dataset, each judged in "
+            f"both orders, it {result.summary()}. No win rate of this job could decide anything. Use a stronger "
+            "judge (docs/own-data.md, 'Which judges can decide'), or set judge.probe: 0 to run anyway"
+        )
+    return result
+
+
+def probe_pairs(spec: JobSpec, pairs: list[dict], prompts: list[dict]) -> list[tuple[Prompt, str, str]]:
+    """The judge's probes: the first ``judge.probe`` training pairs whose responses differ (with no
+    probe, one comparison on the first evaluation prompt still shows the judge answers)."""
+    if spec.judge.probe == 0:
+        return [(prompts[0]["prompt"], "A short answer.", "Another short answer.")]
+    usable = [p for p in pairs if response_text(p["chosen"]) != response_text(p["rejected"])]
+    return [(p["prompt"], response_text(p["chosen"]), response_text(p["rejected"])) for p in usable[: spec.judge.probe]]
 
 
 def preflight(
@@ -124,6 +182,7 @@ def preflight(
 ) -> None:
     """Every check above (``api_key``: what an endpoint judge sends); raises :class:`PreflightError`
     (or a :class:`DatasetError`, which names the record) at the first problem."""
-    _, prompts = check_data(spec, inputs)
-    check_judge(spec, inputs, prompts[0]["prompt"], should_stop, api_key)
-    progress("preflight: data, tokenizer and judge checked")
+    pairs, prompts = check_data(spec, inputs)
+    probed = check_judge(spec, inputs, probe_pairs(spec, pairs, prompts), should_stop, api_key)
+    judged = f"; judge probe: {probed.summary()}" if probed.pairs > 1 else ""
+    progress(f"preflight: data, tokenizer and judge checked{judged}")
