@@ -4,6 +4,7 @@ every kind of spec."""
 from __future__ import annotations
 
 import difflib
+import json
 import re
 import typing
 from collections.abc import Mapping
@@ -110,6 +111,10 @@ def problem_message(problem: Mapping[str, Any], model: type[BaseModel] | None = 
     """pydantic's message for one error, with a hint for an unknown field when ``model`` is given."""
     if model is not None and problem.get("type") == "extra_forbidden" and problem.get("loc"):
         return unknown_field_hint(model, list(problem["loc"]))
+    if problem.get("type") == "list_type":  # `betas: 0.1` where a list is meant
+        value = problem.get("input")
+        shown = json.dumps(value) if isinstance(value, str | int | float | bool) else None
+        return f"a list is expected here: [{shown}]" if shown else "a list is expected here, e.g. [a, b]"
     return str(problem.get("msg", "invalid")).removeprefix("Value error, ")
 
 

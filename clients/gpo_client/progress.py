@@ -32,6 +32,7 @@ class RunProgress:
             console=console or Console(stderr=True),
         )
         self.bars: dict[str, TaskID] = {}
+        self.traces: dict[str, str] = {}  # each run's latest KL trace, shown on its bar
 
     def __enter__(self) -> RunProgress:
         self.progress.start()
@@ -47,16 +48,21 @@ class RunProgress:
         self.progress.console.print(text, highlight=False)
 
     def training(self, run: str, record: dict) -> None:
-        """A training record of ``run``: a step moves its bar; a trace or a resume is a line."""
+        """A training record of ``run``: a step moves its bar and a trace shows on it (a sweep traces
+        every run many times: as lines, they pushed the bars off the screen); a resume is a line."""
         kind = record.get("kind")
         if kind == "step" and run in self.bars:
             info = f"train: loss {record.get('loss', 0):.4f} acc {record.get('accuracy', 0):.2f}"
             if "pairs_per_s" in record:
                 info += f" {record['pairs_per_s']:.1f} pairs/s"
+            if run in self.traces:
+                info += f" | {self.traces[run]}"
             self.progress.update(self.bars[run], completed=record["step"], total=record.get("steps"), info=info)
         elif kind == "trace":
-            parts = [f"{k} {record[k]:.4g}" for k in ("square_loss", "kl") if k in record]
-            self.message(f"{run} trace at step {record['step']}: " + ", ".join(parts))
+            parts = [f"{k} {record[k]:.3g}" for k in ("kl", "square_loss") if k in record]
+            self.traces[run] = f"step {record['step']}: " + ", ".join(parts)
+            if run not in self.bars:
+                self.message(f"{run} trace at {self.traces[run]}")
         elif kind == "data" and (record.get("identical_dropped") or record.get("responses_cut")):
             self.message(f"{run} data: {data_summary(record)}")
         elif kind == "resumed":

@@ -389,7 +389,11 @@ def plot_pairwise(data: dict, path: Path) -> Path | None:
         return None
     labels = pairwise["losses"]
     matrix = [[math.nan if v is None else v for v in row] for row in pairwise["win_rate"]]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.4), gridspec_kw={"width_ratios": [1.2, 1]})
+    # The colour bar has an axis of its own between the panels: drawn on the matrix's, its labels
+    # ran into the Bradley-Terry panel's names.
+    fig, (left, bar, right) = plt.subplots(
+        1, 3, figsize=(12, 4.4), gridspec_kw={"width_ratios": [1.2, 0.05, 1], "wspace": 0.45}
+    )
     image = left.imshow(matrix, vmin=0, vmax=1, cmap="RdBu")
     left.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
     left.set_yticks(range(len(labels)), labels, fontsize=8)
@@ -398,7 +402,7 @@ def plot_pairwise(data: dict, path: Path) -> Path | None:
             if not math.isnan(value):
                 left.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8)
     left.set_title(f"row beats column, {beta_name(data)} = {pairwise['beta']:g}")
-    fig.colorbar(image, ax=left, fraction=0.046)
+    fig.colorbar(image, cax=bar, label="win rate")
     strengths = pairwise.get("bradley_terry")
     if strengths:
         s = strengths["strength"]
@@ -446,7 +450,7 @@ def plot_kl_vs_square_loss(data: dict, path: Path) -> Path | None:
     ax.set_xlabel("mu-weighted square loss E[rho^2]/2 (held-out pairs)")
     ax.set_ylabel("KL(pi || pi_ref) (sampled)")
     ax.set_title(f"Offline regularizer vs on-policy KL (log axes, linear below {threshold:.1g})")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)  # beside, not on, the data
     return _save(fig, path)
 
 
@@ -512,19 +516,25 @@ def plot_held_out(data: dict, path: Path) -> Path | None:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    losses = list(_by_loss(runs))
-    for run in runs:
-        traces = [t for t in run["traces"] if "eval_accuracy" in t]
-        steps = [t["step"] for t in traces]
-        style = {"color": colours[losses.index(run["loss"]) % len(colours)], "marker": "o", "markersize": 3}
-        label = f"{run['loss']}, beta={run['beta']:g}"
-        axes[0].plot(steps, [t["eval_accuracy"] for t in traces], label=label, **style)
-        axes[1].plot(steps, [t["eval_rho_mean"] for t in traces], label=label, **style)
+    # A colour per loss, and per beta of that loss a marker and line style (as in Fig. 5).
+    for k, (loss, group) in enumerate(_by_loss(runs).items()):
+        for m, run in enumerate(group):
+            traces = [t for t in run["traces"] if "eval_accuracy" in t]
+            steps = [t["step"] for t in traces]
+            style = {
+                "color": colours[k % len(colours)],
+                "marker": "os^vD<>"[m % 7],
+                "linestyle": ("-", "--", ":", "-.")[m % 4],
+                "markersize": 3,
+            }
+            label = f"{loss}, beta={run['beta']:g}"
+            axes[0].plot(steps, [t["eval_accuracy"] for t in traces], label=label, **style)
+            axes[1].plot(steps, [t["eval_rho_mean"] for t in traces], label=label, **style)
     axes[0].set_title("held-out accuracy (rho > 0)")
     axes[1].set_title("held-out mean rho (log-ratio margin)")
     for ax in axes:
         ax.set_xlabel("step")
-    axes[0].legend(fontsize=6, ncol=2)
+    axes[1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     return _save(fig, path)
 
 

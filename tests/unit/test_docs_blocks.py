@@ -105,3 +105,11 @@ def test_the_readme_library_snippet_runs_as_written() -> None:
     result = subprocess.run([sys.executable, "-c", text], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert result.returncode == 0, f"{where}: {result.stderr}"
     assert "accuracy" in result.stdout
+
+
+def test_flags_show_no_value_type_in_help() -> None:
+    """Issue 29: `--watch <bool>` read as if the flag wanted a value."""
+    for command in ((), ("submit",), ("report",)):
+        text = help_text(*command)
+        assert "--help" in text and "<bool>" not in text, command
+    assert "--limit          <int range>" in help_text("list")  # options that take a value still say which

@@ -114,4 +114,17 @@ def main() -> None:
     # use it, not here: `gpo --help` must start fast) reads it.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # vLLM's start-up report is not the user's business
-    app()
+    cli = typer.main.get_command(app)
+    plain_flags(cli)
+    cli()
+
+
+def plain_flags(command) -> None:
+    """A flag takes no value, so its help shows no type: typer labels every option with its type,
+    and ``--watch <bool>`` read as if it wanted one. (``command`` is typer's own click command.)"""
+    help_option = command.get_help_option(command.context_class(command))  # made once, then kept
+    for param in [*command.params, help_option]:
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+    for sub in getattr(command, "commands", {}).values():
+        plain_flags(sub)
