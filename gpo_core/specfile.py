@@ -159,6 +159,23 @@ def resolve_paths(data: dict, fields: tuple[str, ...], base: Path) -> dict:
 ADAPTER_CONFIG = "adapter_config.json"  # a peft adapter folder's mark: a model folder too
 
 
+def not_a_model_folder(path: str | Path) -> str:
+    """Why ``path`` is no transformers model folder, and for a GGUF file (llama.cpp's format, what
+    many small instruct models ship as) how to make it one: transformers reads GGUF only to
+    convert it, with the ``gguf`` package."""
+    path = Path(path)
+    ggufs = [path] if path.suffix == ".gguf" else sorted(path.glob("*.gguf")) if path.is_dir() else []
+    if not ggufs:
+        return f"{path} is not a transformers model folder (it has no config.json)"
+    gguf = ggufs[0]
+    return (
+        f"{gguf} is a GGUF file, not a transformers model folder: convert it once (pip install gguf), e.g. "
+        f'python -c "from transformers import AutoModelForCausalLM as M, AutoTokenizer as T; '
+        f"d, f = '{gguf.parent}', '{gguf.name}'; M.from_pretrained(d, gguf_file=f).save_pretrained('model'); "
+        f"T.from_pretrained(d, gguf_file=f).save_pretrained('model')\" and give the folder model"
+    )
+
+
 def missing_paths(named: dict[str, str | None], models: tuple[str, ...] = ()) -> list[str]:
     """One line per input that is not there (or, for the names in ``models``, is not a
     transformers model folder): what a run checks before it loads anything."""
@@ -170,7 +187,7 @@ def missing_paths(named: dict[str, str | None], models: tuple[str, ...] = ()) ->
         if not path.exists():
             problems.append(f"{name}: {path}: no such file or folder")
         elif name in models and not any((path / marker).is_file() for marker in ("config.json", ADAPTER_CONFIG)):
-            problems.append(f"{name}: {path} is not a transformers model folder (it has no config.json)")
+            problems.append(f"{name}: {not_a_model_folder(path)}")
     return problems
 
 

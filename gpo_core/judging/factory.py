@@ -11,6 +11,7 @@ from gpo_core.errors import InputError
 from gpo_core.judging.comparison import Judge
 from gpo_core.judging.settings import JudgeSettings
 from gpo_core.judging.templates import template_text
+from gpo_core.specfile import not_a_model_folder
 
 
 def build_judge(
@@ -45,9 +46,7 @@ def build_judge(
         assert settings.model_dir is not None  # JudgeSettings requires it for a local judge
         folder = model_dir or Path(settings.model_dir)
         if not (folder / "config.json").is_file():
-            raise InputError(
-                f"judge model_dir: {settings.model_dir} is not a transformers model folder (no config.json)"
-            )
+            raise InputError(f"judge model_dir: {not_a_model_folder(settings.model_dir)}")
         return LogprobJudge(folder, template, labels)
     # JudgeSettings requires both for endpoint judges, and checks each kind's verdicts.
     assert settings.base_url is not None and settings.model is not None

@@ -76,6 +76,8 @@ def test_paths_are_taken_from_the_spec_files_folder_and_expand_home(tmp_path: Pa
     (tmp_path / "home" / "models" / "m" / "config.json").write_text("{}")
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "pairs.jsonl").write_text("")
+    (tmp_path / "gguf").mkdir()
+    (tmp_path / "gguf" / "smollm2-135m-instruct-q8_0.gguf").write_bytes(b"GGUF")
     (tmp_path / "specs").mkdir()
     path = tmp_path / "specs" / "spec.yaml"
     fields = {**BASE, "policy": "~/models/m", "dataset": "../data/pairs.jsonl", "output_dir": "runs/a"}
@@ -92,6 +94,11 @@ def test_paths_are_taken_from_the_spec_files_folder_and_expand_home(tmp_path: Pa
         ({"dataset": "nope.jsonl"}, "dataset: {root}/specs/nope.jsonl: no such file or folder"),
         ({"policy": "../data"}, "policy: {root}/data is not a transformers model folder (it has no config.json)"),
         ({"tokenizer": "~/tok"}, "tokenizer: {root}/home/tok: no such file or folder"),
+        (  # issue 29: small instruct models often ship as GGUF; say how to convert one
+            {"policy": "../gguf"},
+            "policy: {root}/gguf/smollm2-135m-instruct-q8_0.gguf is a GGUF file, not a transformers model folder: "
+            "convert it once (pip install gguf)",
+        ),
     ],
 )
 def test_missing_inputs_are_one_line_naming_field_and_path(tmp_path: Path, monkeypatch, change, message) -> None:
@@ -100,6 +107,8 @@ def test_missing_inputs_are_one_line_naming_field_and_path(tmp_path: Path, monke
     (tmp_path / "m" / "config.json").write_text("{}")
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "pairs.jsonl").write_text("")
+    (tmp_path / "gguf").mkdir()
+    (tmp_path / "gguf" / "smollm2-135m-instruct-q8_0.gguf").write_bytes(b"GGUF")
     (tmp_path / "specs").mkdir()
     path = tmp_path / "specs" / "spec.yaml"
     path.write_text(yaml.safe_dump({**BASE, "policy": "../m", "dataset": "../data/pairs.jsonl", **change}))

@@ -50,8 +50,10 @@ def model_push(
     api_key: KeyOption = None,
 ) -> None:
     """Upload a model to the control service; job specs then name it model:NAME."""
+    from gpo_core.specfile import not_a_model_folder
+
     if not (folder / "config.json").is_file():
-        raise fail(f"{folder}: not a model folder (no config.json)")
+        raise fail(not_a_model_folder(folder))
     record = api_call(sdk_client(server, api_key).upload_model, folder, name)
     console.print(
         f"uploaded {record['reference']}: {record['model_type']}, {record['parameters']:,} parameters, "
