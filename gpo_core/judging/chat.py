@@ -49,6 +49,34 @@ CONVERSATION_SYSTEM = (
 CONVERSATION_ABOVE = "(the conversation above)"
 
 
+def judge_messages(
+    template: str, labels: tuple[str, str], verdict: ChatVerdict, prompt: Prompt, first: str, second: str
+) -> list[dict]:
+    """A judge request as chat messages (an API's, or a local model's chat template's). A text
+    prompt: one user turn, the template (with the prompt and the two responses) and the mode's
+    answer instructions. A conversation: the judge's role as the system turn, the conversation's
+    own turns as they were, then the template (its prompt slot pointing at the conversation above)
+    and the instructions as the last user turn; the conversation's system prompt is quoted in the
+    judge's, a tool's output becomes a user turn."""
+    instruction = INSTRUCTIONS[verdict].format(a=labels[0], b=labels[1])
+    if isinstance(prompt, str):
+        text = render_template(template, prompt, first, second)
+        return [{"role": "user", "content": f"{text}\n\n{instruction}"}]
+    system = CONVERSATION_SYSTEM
+    quoted = [m["content"] for m in prompt if m["role"] == "system"]
+    if quoted:
+        system += " The assistant in it was instructed: " + " ".join(quoted)
+    turns = [
+        {"role": m["role"], "content": m["content"]}
+        if m["role"] in ("user", "assistant")
+        else {"role": "user", "content": f"[tool output] {m['content']}"}
+        for m in prompt
+        if m["role"] != "system"
+    ]
+    text = render_template(template, CONVERSATION_ABOVE, first, second)
+    return [{"role": "system", "content": system}, *turns, {"role": "user", "content": f"{text}\n\n{instruction}"}]
+
+
 @dataclass
 class Usage:
     """Tokens a judge used, counted across threads; cost when prices (per million tokens) are set."""
@@ -98,7 +126,7 @@ class ChatJudge:
         if verdict not in INSTRUCTIONS:
             raise ValueError(f"a chat judge's verdict is logprobs, rationale or json, got {verdict!r}")
         check_template(template)
-        self.labels = tuple(label.strip() for label in labels)
+        self.labels = (labels[0].strip(), labels[1].strip())
         if not all(self.labels) or self.labels[0] == self.labels[1]:
             raise ValueError(f"the labels {labels} must be two different, non-blank texts")
         http = httpx.Client(follow_redirects=False, timeout=timeout)  # an allowed endpoint may not redirect us
@@ -121,28 +149,7 @@ class ChatJudge:
         self._verdict_line = re.compile(rf"^\W*verdict\W*\s*({re.escape(a)}|{re.escape(b)})\W*$", re.IGNORECASE)
 
     def messages(self, prompt: Prompt, first: str, second: str) -> list[dict]:
-        """The request's messages. A text prompt: one user turn, the template (with the prompt and
-        the two responses) and the mode's answer instructions. A conversation: the judge's role as
-        the system turn, the conversation's own turns as they were, then the template (its prompt
-        slot pointing at the conversation above) and the instructions as the last user turn; the
-        conversation's system prompt is quoted in the judge's, a tool's output becomes a user turn."""
-        instruction = INSTRUCTIONS[self.verdict].format(a=self.labels[0], b=self.labels[1])
-        if isinstance(prompt, str):
-            text = render_template(self.template, prompt, first, second)
-            return [{"role": "user", "content": f"{text}\n\n{instruction}"}]
-        system = CONVERSATION_SYSTEM
-        quoted = [m["content"] for m in prompt if m["role"] == "system"]
-        if quoted:
-            system += " The assistant in it was instructed: " + " ".join(quoted)
-        turns = [
-            {"role": m["role"], "content": m["content"]}
-            if m["role"] in ("user", "assistant")
-            else {"role": "user", "content": f"[tool output] {m['content']}"}
-            for m in prompt
-            if m["role"] != "system"
-        ]
-        text = render_template(self.template, CONVERSATION_ABOVE, first, second)
-        return [{"role": "system", "content": system}, *turns, {"role": "user", "content": f"{text}\n\n{instruction}"}]
+        return judge_messages(self.template, self.labels, self.verdict, prompt, first, second)
 
     def _options(self) -> dict:
         options: dict = {"max_tokens": MAX_TOKENS[self.verdict], "temperature": 0.0}

@@ -10,6 +10,7 @@ from typing import Literal
 import torch
 
 from gpo_core.conversation import Prompt, as_text
+from gpo_core.judging.chat import judge_messages
 from gpo_core.judging.comparison import ORDER_OF, JudgeOutputError, OrderVerdict
 from gpo_core.judging.endpoints import endpoint_errors
 from gpo_core.judging.templates import DEFAULT_TEMPLATE, check_template, render_template
@@ -38,7 +39,11 @@ class LogprobJudge:
     """A local transformers causal LM that reads the template and scores the two labels by their
     log-probabilities as continuations of it: the verdict is always one of the labels (or a tie
     when they score the same). A label may be several tokens for this tokenizer (" A" often is,
-    for a byte-level BPE): its score is the sum of its tokens' log-probabilities."""
+    for a byte-level BPE): its score is the sum of its tokens' log-probabilities.
+
+    A model with a chat template (an instruct model) is asked as it was trained to be asked: the
+    request is the chat judge's messages rendered with its template, the labels (stripped) are the
+    first tokens of its answer. A base model reads the template as plain text."""
 
     def __init__(self, model_dir: str | Path, template: str = DEFAULT_TEMPLATE, labels: tuple[str, str] = (" A", " B")):
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -46,6 +51,9 @@ class LogprobJudge:
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
         check_template(template)
+        self.chat = bool(self.tokenizer.chat_template)
+        if self.chat:
+            labels = (labels[0].strip(), labels[1].strip())
         self.template, self.labels = template, labels
         self.label_ids = [self.tokenizer(label, add_special_tokens=False)["input_ids"] for label in labels]
         if any(not ids for ids in self.label_ids) or self.label_ids[0] == self.label_ids[1]:
@@ -53,13 +61,21 @@ class LogprobJudge:
         unknown = self.tokenizer.unk_token_id
         if unknown is not None and any(unknown in ids for ids in self.label_ids):
             raise ValueError(f"the labels {labels} are unknown to this tokenizer")
-        digest = hashlib.sha256((str(model_dir) + template + "|".join(labels)).encode()).hexdigest()[:16]
+        mode = "chat" if self.chat else "text"
+        digest = hashlib.sha256((str(model_dir) + template + "|".join(labels) + mode).encode()).hexdigest()[:16]
         self.key = f"logprob:{digest}"
+
+    def request(self, prompt: Prompt, first: str, second: str) -> str:
+        """What the model reads before its answer: the chat-rendered request, or the plain template."""
+        if not self.chat:
+            return render_template(self.template, prompt, first, second)
+        messages = judge_messages(self.template, self.labels, "logprobs", prompt, first, second)
+        return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
 
     @torch.no_grad()
     def label_logprobs(self, text: str) -> list[float]:
         """log p(label | text) of each label, its tokens' log-probabilities summed."""
-        ids = self.tokenizer(text)["input_ids"]
+        ids = self.tokenizer(text, add_special_tokens=not self.chat)["input_ids"]  # a chat rendering has its own
         scores = []
         for label in self.label_ids:
             logits = self.model(input_ids=torch.tensor([ids + label])).logits[0, len(ids) - 1 : -1]
@@ -67,7 +83,7 @@ class LogprobJudge:
         return scores
 
     def compare(self, prompt: Prompt, first: str, second: str) -> OrderVerdict:
-        a, b = self.label_logprobs(render_template(self.template, prompt, first, second))
+        a, b = self.label_logprobs(self.request(prompt, first, second))
         if a != a or b != b:  # NaN
             raise JudgeOutputError("the judge model produced NaN label scores")
         return "first" if a > b else "second" if b > a else "tie"

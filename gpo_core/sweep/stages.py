@@ -109,8 +109,9 @@ def run_by_id(spec: JobSpec, run: str) -> RunSpec:
 def job_identity(spec: JobSpec) -> dict:
     """Everything that determines a sweep's results: its spec, and the content of every local
     input it names (an object-store input is named by its URI; each training run checks the
-    content of its local copy itself)."""
-    identity = flatten(spec.model_dump(mode="json", exclude={"name"}))
+    content of its local copy itself). Left out: what changes how, not what, is computed (the
+    name, how many comparisons are in flight, the judge's preflight probe)."""
+    identity = flatten(spec.model_dump(mode="json", exclude={"name": True, "judge": {"probe", "concurrency"}}))
     for name, path in named_paths(spec).items():
         if path is not None and not is_uri(path):
             try:

@@ -62,6 +62,37 @@ def test_conversational_prompts_generate(chat) -> None:
     assert all(isinstance(r["response"], str) for r in records)
 
 
+def test_a_local_judge_with_a_chat_template_is_asked_through_it(chat) -> None:
+    """Issue 29: the local judge read its template as raw text, ignoring an instruct model's chat
+    template. Now the request is the chat judge's messages in the model's template, the labels
+    (stripped) the first tokens of its answer, scored as an independent forward pass scores them."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from gpo_core.judging.chat import judge_messages
+    from gpo_core.judging.judges import LogprobJudge
+    from gpo_core.judging.templates import DIALOGUE_TEMPLATE
+
+    judge = LogprobJudge(chat["model"], DIALOGUE_TEMPLATE)
+    conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Summarize it."}]
+    request = judge.request(conversation, "Short summary.", "A long and winding summary.")
+    tokenizer = AutoTokenizer.from_pretrained(chat["model"])
+    messages = judge_messages(DIALOGUE_TEMPLATE, ("A", "B"), "logprobs", conversation, "Short summary.",
+                              "A long and winding summary.")  # fmt: skip
+    assert request == tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert request.endswith("<|im_start|>assistant\n") and "Answer with the letter" in request
+    assert judge.labels == ("A", "B")
+    model = AutoModelForCausalLM.from_pretrained(chat["model"]).eval()
+    ids = tokenizer(request, add_special_tokens=False)["input_ids"]
+    expected = []
+    for label in ("A", "B"):
+        label_ids = tokenizer(label, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = model(torch.tensor([ids + label_ids])).logits[0].log_softmax(-1)
+        expected.append(sum(float(logits[len(ids) - 1 + k, t]) for k, t in enumerate(label_ids)))
+    assert judge.label_logprobs(request) == pytest.approx(expected, abs=1e-5)
+
+
 @pytest.mark.slow
 def test_gpo_run_on_the_users_own_chat_model_end_to_end(chat, tmp_path) -> None:
     """The user's-own-model scenario: conversational pairs, a model vLLM on the CPU cannot serve
@@ -87,9 +118,15 @@ def test_gpo_run_on_the_users_own_chat_model_end_to_end(chat, tmp_path) -> None:
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(spec))
     env = {"GPO_CACHE_DIR": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     command = [sys.executable, "-c", "from gpo_client.cli import main; main()", "run", "sweep.yaml", "--out", "job"]
+    # A random tiny model is a useless judge: the preflight's probe finds it before any training.
+    refused = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "cannot tell responses apart: on 8 pairs of the dataset" in refused.stderr
+    assert not (tmp_path / "job" / "runs" / "r00-logistic-b0.1" / "train").exists()
+    # Run anyway (judge.probe: 0): the sweep runs to its report and ends inconclusive, saying why
+    # (exit 1: not a success).
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({**spec, "judge": {**spec["judge"], "probe": 0}}))
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
-    # A random tiny model is a useless judge: its verdict follows the slot, so the sweep runs to its
-    # report and ends inconclusive, saying why (exit 1: not a success).
     assert done.returncode == 1, done.stderr[-3000:]
     assert "inconclusive: the judge's verdict changed when the responses swapped places" in done.stderr
     shown = " ".join(done.stdout.split())  # the progress display's lines (wrapped to the terminal)
