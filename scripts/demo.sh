@@ -8,5 +8,5 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 export GPO_STACK_DIR=${GPO_STACK_DIR:-$PWD/outputs/stack}
 .venv/bin/gpo paper --out outputs/paper
-trap '.venv/bin/gpo down' EXIT
-.venv/bin/gpo demo --out outputs/demo "$@"
+trap '.venv/bin/gpo down > /dev/null 2>&1 || true' EXIT  # after a failure too; quiet when already down
+.venv/bin/gpo demo --out outputs/demo --down "$@"

@@ -49,20 +49,24 @@ def demo_command(
     steps: Annotated[int, typer.Option(min=4, help="Training steps per run.")] = 100,
     workers: Annotated[int, typer.Option(min=0, help="Ray Train workers per run (0: in the trainer).")] = 1,
     directory: StackDirOption = None,
+    down: Annotated[bool, typer.Option("--down", help="Stop the local stack at the end.")] = False,
 ) -> None:
     """The end-to-end demo: build the task, start the local stack if none runs, submit all six
     losses x beta in {0.1, 1, 10} (Ray Train, vLLM generation, oracle judge), watch, report."""
     from gpo_client.demo import run_demo
-    from gpo_client.stack import StackError
+    from gpo_client.stack import StackError, stop_stack
 
     try:
         job, report, seconds = run_demo(out, size, steps, workers, directory, console.print)
     except StackError as err:
         raise fail(str(err)) from None
+    finally:
+        stopped = stop_stack(directory) if down else []
     console.print(run_table(job))
     if report is None:
         raise fail(f"the demo job ended {job.state}: {job.reason}")
     print_winrate_table(report.with_name("report.json"))
-    console.print(f"report: {report}\ndemo wall time: {seconds:.0f} s (the stack keeps running: gpo down stops it)")
+    stack = f"stack stopped ({', '.join(stopped)})" if down else "the stack keeps running: gpo down stops it"
+    console.print(f"demo wall time: {seconds:.0f} s; {stack}\nreport: {report}", highlight=False)
     if job.state != "succeeded":
         raise typer.Exit(code=1)  # inconclusive: the report says why
