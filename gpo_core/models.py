@@ -12,7 +12,14 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, PretrainedConfig, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+)
 
 from gpo_core.identity import file_digest
 from gpo_core.specfile import ADAPTER_CONFIG
@@ -96,6 +103,27 @@ def load_model(folder: str | Path, dtype: torch.dtype = torch.float32) -> PreTra
     config = AutoConfig.from_pretrained(folder)
     loader = AutoModelForSeq2SeqLM if is_encoder_decoder(config) else AutoModelForCausalLM
     return loader.from_pretrained(folder, dtype=dtype)
+
+
+def convert_gguf(gguf: str | Path, out: str | Path, dtype: torch.dtype = torch.bfloat16) -> Path:
+    """A transformers folder from a GGUF file (llama.cpp's format, in which many small instruct
+    models ship): weights dequantized to ``dtype``, tokenizer and chat template kept. transformers
+    reads GGUF (with the ``gguf`` package) but will not save what it read as GGUF-quantized, so the
+    quantization record is dropped once the weights are plain tensors."""
+    gguf, out = Path(gguf), Path(out)
+    if not gguf.is_file():
+        raise FileNotFoundError(f"{gguf}: no such file")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except (OSError, ValueError, KeyError) as err:
+        raise ValueError(f"{gguf}: not a GGUF model transformers can read ({str(err).splitlines()[0]})") from None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None  # type: ignore[assignment]  # transformers types it as a module attribute
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
 
 
 def on_device(model: PreTrainedModel, device: torch.device) -> PreTrainedModel:

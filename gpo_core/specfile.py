@@ -167,12 +167,9 @@ def not_a_model_folder(path: str | Path) -> str:
     ggufs = [path] if path.suffix == ".gguf" else sorted(path.glob("*.gguf")) if path.is_dir() else []
     if not ggufs:
         return f"{path} is not a transformers model folder (it has no config.json)"
-    gguf = ggufs[0]
     return (
-        f"{gguf} is a GGUF file, not a transformers model folder: convert it once (pip install gguf), e.g. "
-        f'python -c "from transformers import AutoModelForCausalLM as M, AutoTokenizer as T; '
-        f"d, f = '{gguf.parent}', '{gguf.name}'; M.from_pretrained(d, gguf_file=f).save_pretrained('model'); "
-        f"T.from_pretrained(d, gguf_file=f).save_pretrained('model')\" and give the folder model"
+        f"{ggufs[0]} is a GGUF file, not a transformers model folder: convert it once with "
+        f"gpo model from-gguf {ggufs[0]} DIR, and give DIR"
     )
 
 

@@ -215,16 +215,23 @@ def side_by_side(
 ) -> SideBySide:
     """``items``: dicts with ``prompt_id``, ``prompt``, ``a`` and ``b`` (the two responses); up to
     ``concurrency`` comparisons in flight. ``should_stop`` is asked while they run (the verdicts
-    so far stay in the cache)."""
+    so far stay in the cache). Two identical responses are a tie without asking the judge: what it
+    said about them would be about the slots (a policy near its reference often answers as it does,
+    and those answers must not read as the judge's position bias, nor cost a call)."""
+    different = [item for item in items if item["a"].strip() != item["b"].strip()]
     comparisons = [
         (item["prompt"], first, second)
-        for item in items
+        for item in different
         for first, second in ((item["a"], item["b"]), (item["b"], item["a"]))
     ]
-    verdicts = _run_to_end(_judge_all(judge, comparisons, cache, retries, concurrency, should_stop))
+    judged = _run_to_end(_judge_all(judge, comparisons, cache, retries, concurrency, should_stop))
+    verdicts = iter(judged)
     records, calls_made = [], 0
-    for k, item in enumerate(items):
-        (first_order, n1), (second_order, n2) = verdicts[2 * k], verdicts[2 * k + 1]
+    for item in items:
+        if item["a"].strip() == item["b"].strip():
+            (first_order, n1), (second_order, n2) = ("tie", 0), ("tie", 0)
+        else:
+            (first_order, n1), (second_order, n2) = next(verdicts), next(verdicts)
         calls_made += n1 + n2
         if "invalid" in (first_order, second_order):
             outcome = "invalid"

@@ -87,6 +87,23 @@ def check_data(spec: JobSpec, inputs) -> tuple[list[dict], list[dict]]:
     return pairs, prompts
 
 
+def plain_text_for_a_chat_model(spec: JobSpec, inputs, prompts: list[dict]) -> str | None:
+    """A note when the policy has a chat template (an instruct model) and the prompts are plain
+    text: as in TRL, plain text is fed as it is, without the template, and an instruct model then
+    often answers with nothing at all. Conversational records get the template."""
+    from transformers import AutoTokenizer
+
+    if spec.chat_template or not isinstance(prompts[0]["prompt"], str):
+        return None
+    if not AutoTokenizer.from_pretrained(inputs.policy).chat_template:
+        return None
+    return (
+        "note: the policy has a chat template but the prompts are plain text, which it reads without the "
+        "template (as TRL does); an instruct model asked that way often answers with nothing. Give conversational "
+        'records ({"prompt": [{"role": "user", "content": ...}], ...}) to have the template applied'
+    )
+
+
 @dataclass
 class ProbeResult:
     """What the judge made of the probe pairs, each judged in both orders."""
@@ -183,6 +200,8 @@ def preflight(
     """Every check above (``api_key``: what an endpoint judge sends); raises :class:`PreflightError`
     (or a :class:`DatasetError`, which names the record) at the first problem."""
     pairs, prompts = check_data(spec, inputs)
+    if note := plain_text_for_a_chat_model(spec, inputs, prompts):
+        progress(note)
     probed = check_judge(spec, inputs, probe_pairs(spec, pairs, prompts), should_stop, api_key)
     judged = f"; judge probe: {probed.summary()}" if probed.pairs > 1 else ""
     progress(f"preflight: data, tokenizer and judge checked{judged}")

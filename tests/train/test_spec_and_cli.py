@@ -97,7 +97,7 @@ def test_paths_are_taken_from_the_spec_files_folder_and_expand_home(tmp_path: Pa
         (  # issue 29: small instruct models often ship as GGUF; say how to convert one
             {"policy": "../gguf"},
             "policy: {root}/gguf/smollm2-135m-instruct-q8_0.gguf is a GGUF file, not a transformers model folder: "
-            "convert it once (pip install gguf)",
+            "convert it once with gpo model from-gguf",
         ),
     ],
 )

@@ -100,6 +100,19 @@ def test_comparisons_run_concurrently_up_to_the_limit(server) -> None:
     assert result.flip_rate == 1.0 and result.invalid == 0  # "A" whatever the order: all position
 
 
+def test_identical_responses_are_a_tie_without_a_call(server) -> None:
+    """A policy near its reference often answers as it does; a judge that says "A" about two equal
+    answers tells nothing, and counting that as position bias made a sweep 'inconclusive'."""
+    script = Script(lambda body, n: (200, {}, chat_completion("Verdict: A")))
+    judge = ChatJudge(server(script), "judge", DIALOGUE_TEMPLATE, verdict="rationale")
+    items = [{"prompt_id": "0", "prompt": "hi", "a": "same", "b": "same "},
+             {"prompt_id": "1", "prompt": "hi", "a": "x", "b": "y"}]  # fmt: skip
+    result = side_by_side(judge, items)
+    assert len(script.bodies) == 2 and result.judge_calls == 2  # only the pair that differs, in both orders
+    assert [(r["outcome"], r["flipped"]) for r in result.records] == [("tie", False), ("tie", True)]
+    assert result.flip_rate == 0.5
+
+
 def test_judging_works_where_an_event_loop_already_runs(server) -> None:
     """A notebook's cell runs inside an event loop; side_by_side is called there as anywhere."""
     import asyncio

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from gpo_client.cli import analysis, datasets, jobs, judging, runs, stack, uploads
+from gpo_client.cli import analysis, datasets, jobs, judging, models, runs, stack, uploads
 from gpo_client.cli.output import fail
 from gpo_core.errors import GPOError
 
@@ -57,7 +57,8 @@ command(data_app, "push", uploads.data_push)
 command(data_app, "ls", uploads.data_list)
 command(data_app, "rm", uploads.data_remove)
 app.add_typer(data_app, name="data")
-model_app = typer.Typer(help="Models uploaded to the control service (safetensors folders).")
+model_app = typer.Typer(help="Models: GGUF conversion, and uploads to the control service (safetensors folders).")
+command(model_app, "from-gguf", models.from_gguf)
 command(model_app, "push", uploads.model_push)
 command(model_app, "ls", uploads.model_list)
 command(model_app, "rm", uploads.model_remove)
