@@ -135,7 +135,14 @@ def test_a_judge_key_is_the_operators_for_its_endpoint_or_the_tenants_own_secret
     url, script = judge_endpoint
     for name in ("trainer", "generator", "judge"):
         platform.start(name)
-    judge = {"kind": "chat", "base_url": url, "model": "judge", "verdict": "rationale", "template": "summary"}
+    judge = {
+        "kind": "chat",
+        "base_url": url,
+        "model": "judge",
+        "verdict": "rationale",
+        "template": "summary",
+        "probe": 0,
+    }  # its scripted answer is the same whatever it reads: no preflight probe (it would stop the job)
     with pytest.raises(InvalidSpec) as refused:
         platform.client.submit({**small_job(steps=2), "judge": {**judge, "api_key_env": "GPO_REDIS_URL"}})
     assert any(d["field"] == "judge.api_key_env" for d in refused.value.details)

@@ -236,7 +236,7 @@ def test_cancel_reaches_a_judge_held_by_a_slow_endpoint_within_seconds(platform,
         platform.start(name)
     judge = platform.start("judge")
     spec = small_job(steps=2)
-    spec["judge"] = {"kind": "endpoint", "base_url": slow_endpoint, "model": "judge"}
+    spec["judge"] = {"kind": "endpoint", "base_url": slow_endpoint, "model": "judge", "probe": 0}  # slow on purpose
     job = platform.client.submit(spec)
     wait_until(lambda: platform.client.get(job.id).runs[0].stage == "judge" and
                platform.client.get(job.id).runs[0].state == "running", 180, "judging to start")  # fmt: skip
@@ -258,7 +258,7 @@ def test_a_task_past_its_deadline_is_stopped_and_its_run_fails(platform, slow_en
         platform.start(name)
     platform.start("judge", GPO_TASK_DEADLINE_S="4")
     spec = small_job(steps=2)
-    spec["judge"] = {"kind": "endpoint", "base_url": slow_endpoint, "model": "judge"}
+    spec["judge"] = {"kind": "endpoint", "base_url": slow_endpoint, "model": "judge", "probe": 0}  # slow on purpose
     job = platform.client.submit(spec)
     done = platform.wait_for_job(job.id, 240)
     assert done.state == "failed" and done.runs[0].stage == "judge"
