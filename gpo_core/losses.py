@@ -23,14 +23,10 @@ import sympy as sp
 import torch
 import torch.nn.functional as F
 
-from gpo_core.errors import InputError
 from gpo_core.formula import FormulaError, X, compile_to_torch, float_value, kink_at_zero, parse_formula
+from gpo_core.loss_names import REGISTRY, LossSpecError, registry_name
 
 TorchFn = Callable[[torch.Tensor], torch.Tensor]
-
-
-class LossSpecError(InputError):
-    """A loss name or formula that cannot be used for GPO; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -52,50 +48,22 @@ class LossFunction:
         return str(self.expr)
 
 
-def _builtin(name: str, torch_fn: TorchFn, expr: sp.Expr, description: str, aliases=()) -> LossFunction:
-    return LossFunction(name, torch_fn, expr, description, tuple(aliases), builtin=True)
+def _builtin(name: str, torch_fn: TorchFn, expr: sp.Expr) -> LossFunction:
+    description, aliases = REGISTRY[name]  # the torch-free registry names each one
+    return LossFunction(name, torch_fn, expr, description, aliases, builtin=True)
 
 
 BUILTIN_LOSSES: dict[str, LossFunction] = {
     f.name: f
     for f in [
-        _builtin(
-            "logistic",
-            lambda x: F.softplus(-x),
-            sp.log(1 + sp.exp(-X)),
-            "log(1+e^-x): DPO (TRL loss_type='sigmoid')",
-            aliases=("dpo", "sigmoid"),
-        ),
-        _builtin(
-            "hinge",
-            lambda x: F.relu(1 - x),
-            sp.Max(0, 1 - X),
-            "max(0, 1-x): SLiC (TRL loss_type='hinge')",
-            aliases=("slic",),
-        ),
-        _builtin(
-            "square",
-            lambda x: (x - 1) ** 2,
-            (X - 1) ** 2,
-            "(x-1)^2: IPO as in the paper, (beta*rho - 1)^2; not TRL's length-normalised 'ipo'",
-            aliases=("ipo",),
-        ),
-        _builtin("exponential", lambda x: torch.exp(-x), sp.exp(-X), "e^-x: exponential (boosting) loss"),
-        _builtin(
-            "truncated_quadratic",
-            lambda x: F.relu(1 - x) ** 2,
-            sp.Max(0, 1 - X) ** 2,
-            "max(0, 1-x)^2: truncated quadratic",
-        ),
-        _builtin(
-            "savage",
-            lambda x: torch.sigmoid(-x) ** 2,
-            1 / (1 + sp.exp(X)) ** 2,
-            "1/(1+e^x)^2: Savage loss (not convex on R)",
-        ),
+        _builtin("logistic", lambda x: F.softplus(-x), sp.log(1 + sp.exp(-X))),
+        _builtin("hinge", lambda x: F.relu(1 - x), sp.Max(0, 1 - X)),
+        _builtin("square", lambda x: (x - 1) ** 2, (X - 1) ** 2),
+        _builtin("exponential", lambda x: torch.exp(-x), sp.exp(-X)),
+        _builtin("truncated_quadratic", lambda x: F.relu(1 - x) ** 2, sp.Max(0, 1 - X) ** 2),
+        _builtin("savage", lambda x: torch.sigmoid(-x) ** 2, 1 / (1 + sp.exp(X)) ** 2),
     ]
 }
-_ALIASES = {alias: f.name for f in BUILTIN_LOSSES.values() for alias in f.aliases}
 
 
 def derivatives_at_zero(expr: sp.Expr) -> tuple[float, float, float]:
@@ -149,22 +117,6 @@ def loss_from_formula(text: str) -> LossFunction:
             "response's log-ratio above the rejected one's lowers the loss"
         )
     return LossFunction(text.strip(), torch_fn, expr, "user formula")
-
-
-def registry_name(text: str) -> str | None:
-    """The registry's name for ``text`` (a name or an alias: dpo, slic, ipo, sigmoid), or None for
-    anything else. Parses nothing: cheap enough for any request."""
-    key = text.strip().lower()
-    return key if key in BUILTIN_LOSSES else _ALIASES.get(key)
-
-
-def alias_note(text: str) -> str | None:
-    """One line saying what an alias stands for (None for a registry name or a formula): 'ipo' is
-    the paper's IPO, not TRL's length-normalised one, and a user must not learn that from results."""
-    name = registry_name(text)
-    if name is None or name == text.strip().lower():
-        return None
-    return f"loss '{text}' is the registry's '{name}': {BUILTIN_LOSSES[name].description}"
 
 
 def resolve_loss(spec: str | LossFunction) -> LossFunction:

@@ -4,7 +4,7 @@ that differs from what a TRL user would get from DPOConfig."""
 
 from __future__ import annotations
 
-from gpo_core.losses import alias_note
+from gpo_core.loss_names import alias_note
 from gpo_core.sweep.spec import JobSpec
 from gpo_core.train.spec import TrainingOptions, TrainingSpec
 

@@ -11,13 +11,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
-from gpo_core.analysis import beta_from_ipo_equivalent
 from gpo_core.errors import InputError
 from gpo_core.inputs import RunInputs, named_paths, path_fields
 from gpo_core.judging.settings import JudgeSettings
-from gpo_core.losses import LossSpecError, registry_name
+from gpo_core.loss_names import LossSpecError, registry_name
 from gpo_core.specfile import format_errors, missing_paths, read_mapping, resolve_paths
-from gpo_core.train.spec import Beta, Loss, TrainingOptions
+from gpo_core.train.spec import Beta, Loss, TrainingOptions, beta_from_ipo_equivalent
 
 MAX_RUNS = 64  # a grid larger than this is almost certainly a mistake; split it into jobs
 

@@ -8,19 +8,31 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from gpo_core.analysis import beta_from_ipo_equivalent
 from gpo_core.errors import InputError
 from gpo_core.inputs import RunInputs, named_paths, path_field, path_fields, required
-from gpo_core.losses import LossSpecError, resolve_loss
+from gpo_core.loss_names import LossSpecError, registry_name
 from gpo_core.specfile import ADAPTER_CONFIG, format_errors, missing_paths, read_mapping, resolve_paths
 
 
 def _usable_loss(value: str) -> str:
+    """A registry name is checked without torch; a formula is parsed and checked (torch and sympy
+    are loaded then, and only then: a spec's other errors come at once)."""
+    if registry_name(value) is not None:
+        return value
+    from gpo_core.losses import resolve_loss
+
     try:
         resolve_loss(value)
     except LossSpecError as err:
         raise ValueError(str(err)) from None
     return value
+
+
+def beta_from_ipo_equivalent(beta_ipo: float, loss: str) -> float:
+    """:func:`gpo_core.analysis.beta_from_ipo_equivalent`, loaded when a spec gives IPO units."""
+    from gpo_core.analysis import beta_from_ipo_equivalent as convert
+
+    return convert(beta_ipo, loss)
 
 
 def _finite_positive(value: float) -> float:

@@ -150,3 +150,23 @@ def test_data_check_reads_trls_conversational_and_implicit_prompt_formats(tmp_pa
     assert result.returncode == 0, result.stderr
     assert "3 valid preference pairs (conversational)" in result.stdout
     assert "1 pairs have chosen == rejected (records 3)" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["submit", "run", "train", "plan"])
+def test_a_specs_errors_come_before_any_heavy_library_loads(command: str, tmp_path: Path) -> None:
+    """Issue 29: spec errors took seconds (tens under load) because torch loaded before the spec
+    was read. A spec with registry losses is now checked without torch, sympy or transformers."""
+    spec = tmp_path / "job.yaml"
+    spec.write_text("task: {size: small}\nlosses: [dpo, hinge]\nbetas: 0.1\n")
+    args = ["gpo", command, str(spec), *(["--server", "http://127.0.0.1:9"] if command == "submit" else [])]
+    program = (
+        "import sys\n"
+        f"sys.argv = {args!r}\n"
+        "from gpo_client.cli import main\n"
+        "try:\n    main()\nexcept SystemExit as done:\n    print('EXIT', done.code, file=sys.stderr)\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'sympy', 'ray', 'vllm'})\n"
+        "print('HEAVY', heavy, file=sys.stderr)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    assert "EXIT 2" in result.stderr and "HEAVY []" in result.stderr, result.stderr
+    assert "betas: a list is expected here: [0.1]" in result.stderr or "not a training spec" in result.stderr

@@ -132,3 +132,11 @@ def test_aliases(alias: str, name: str) -> None:
 def test_unknown_name_lists_the_choices() -> None:
     with pytest.raises(LossSpecError, match=r"unknown loss 'kto'.*logistic, hinge"):
         resolve_loss("kto")
+
+
+def test_the_torch_free_registry_names_every_loss_and_nothing_else() -> None:
+    """Specs are checked against gpo_core.loss_names (no torch): it must name exactly these."""
+    from gpo_core.loss_names import ALIASES, REGISTRY
+
+    assert set(REGISTRY) == set(BUILTIN_LOSSES)
+    assert {alias: f.name for f in BUILTIN_LOSSES.values() for alias in f.aliases} == ALIASES

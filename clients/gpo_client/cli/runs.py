@@ -22,15 +22,15 @@ def train_command(
 ) -> None:
     """Run one GPO training from a spec, with a progress bar; Ctrl-C stops at the next step and
     keeps a checkpoint, and running it again resumes. Metrics go to OUTPUT_DIR/metrics.jsonl."""
-    from gpo_client.progress import RunProgress
-    from gpo_core.train.launch import metrics_path, run_training
     from gpo_core.train.spec import load_spec
 
     overrides: dict[str, int | None] = {k: v for k, v in {"workers": workers, "steps": steps}.items() if v is not None}
     if "steps" in overrides:
         overrides["epochs"] = None
-    spec = load_spec(spec_file, **overrides)
+    spec = load_spec(spec_file, **overrides)  # before torch loads: a spec's errors come at once
+    from gpo_client.progress import RunProgress
     from gpo_core.notes import spec_notes
+    from gpo_core.train.launch import metrics_path, run_training
 
     for note in spec_notes(spec):
         errors.print(f"note: {note}", highlight=False)
@@ -68,11 +68,12 @@ def plan_command(
     """Before launch: memory per worker by kind (weights, gradients, optimizer state, activations,
     logits), FLOPs per step, and whether it fits; at the spec's length limits. Exits 1 when it
     does not fit."""
-    from gpo_core.train.plan import parse_size, plan, worker_memory
     from gpo_core.train.spec import load_spec
 
     try:
-        spec = load_spec(spec_file)
+        spec = load_spec(spec_file)  # before torch loads: a spec's errors come at once
+        from gpo_core.train.plan import parse_size, plan, worker_memory
+
         available, source = (parse_size(memory), "--memory") if memory else worker_memory(spec)
         result = plan(spec)
     except (ValueError, OSError) as err:

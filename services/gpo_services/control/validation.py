@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from gpo_core.losses import registry_name
+from gpo_core.loss_names import registry_name
 from gpo_core.specfile import problem_message
 from gpo_core.sweep.spec import JobSpec
 
