@@ -32,6 +32,14 @@ class BuiltinTask(BaseModel):
     architecture: Literal["llama", "t5"] = Field(
         "llama", description="The policy's family: a causal Llama, or a T5 encoder-decoder (the paper's)."
     )
+    label_length_bonus: float = Field(
+        0.0,
+        ge=0,
+        le=5,
+        description="The labeler's proxy reward: gold + this * words (a labeler who likes long answers); 0: labels "
+        "from the judge's own gold reward.",
+    )
+    label_flip_rate: float = Field(0.0, ge=0, le=0.5, description="Share of preference labels flipped at random.")
 
     @property
     def eval_prompts(self) -> int:

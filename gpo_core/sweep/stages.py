@@ -64,9 +64,10 @@ def resolve_inputs(
     """Builds the built-in task when the spec asks for it (cached by content: instant when built;
     a build stops when ``should_stop`` says so)."""
     if spec.task is not None:
-        from gpo_core.task.build import build_task, task_settings
+        from gpo_core.task.build import LabelProxy, build_task, task_settings
 
-        settings = task_settings(spec.task.size, spec.task.seed, spec.task.architecture)
+        proxy = LabelProxy(spec.task.label_length_bonus, spec.task.label_flip_rate)
+        settings = task_settings(spec.task.size, spec.task.seed, spec.task.architecture, proxy=proxy)
         artifacts = build_task(None, settings, progress=progress, should_stop=should_stop)
         return Inputs(
             policy=artifacts.model_dir,

@@ -35,12 +35,39 @@ from gpo_core.task.model import (
     parameter_count,
     supervised_finetune,
 )
-from gpo_core.task.reward import bradley_terry_probability, gold_reward
+from gpo_core.task.reward import bradley_terry_probability, gold_reward, summary_words
 from gpo_core.task.tokenizer import build_tokenizer
 
 FORMAT_VERSION = 2
 SIZES = ("small", "default", "paper")
 Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class LabelProxy:
+    """How the labeler's reward differs from the gold reward the oracle judge uses. Preference labels
+    are Bradley-Terry draws from ``gold + length_bonus * words`` (a labeler who likes longer answers,
+    as human and AI raters often do), then a ``flip_rate`` share of them is flipped at random. With
+    both 0 the labels follow the judge's own reward, and following them harder can only please the
+    judge: no over-optimization can show."""
+
+    length_bonus: float = 0.0
+    flip_rate: float = 0.0
+
+    def reward(self, gold: float, summary: str) -> float:
+        return gold + self.length_bonus * len(summary_words(summary))
+
+    def prefers_first(
+        self, rng: random.Random, first: tuple[float, str], second: tuple[float, str], temperature: float
+    ) -> bool:
+        """One label for two (gold reward, summary) responses: a Bradley-Terry draw on the proxy
+        rewards, flipped with probability ``flip_rate``. (With gold labels, one draw of ``rng``:
+        the labels of builds from before.)"""
+        proxies = self.reward(*first), self.reward(*second)
+        wins = rng.random() < bradley_terry_probability(*proxies, temperature)
+        if self.flip_rate and rng.random() < self.flip_rate:
+            wins = not wins
+        return wins
 
 
 @dataclass(frozen=True)
@@ -57,9 +84,13 @@ class TaskSettings:
     behaviour_temperature: float = 1.0  # mu: the SFT policy sampled at this temperature
     label_temperature: float = 0.5  # Bradley-Terry: P(a > b) = sigmoid((r_a - r_b) / T)
     summary_tokens: int = MAX_SUMMARY_TOKENS  # new tokens when sampling pairs and quality figures
+    proxy: LabelProxy = field(default_factory=LabelProxy)
 
     def key(self) -> str:
-        text = json.dumps({"format": FORMAT_VERSION, **asdict(self)}, sort_keys=True)
+        settings = asdict(self)
+        if self.proxy == LabelProxy():  # gold labels: the key (and cached builds) of before
+            del settings["proxy"]
+        text = json.dumps({"format": FORMAT_VERSION, **settings}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -121,6 +152,9 @@ class TaskArtifacts:
     build_seconds: float
     pairs_dropped: dict[str, int]  # sampled pairs not kept, by reason (identical, empty)
     settings: dict = field(default_factory=dict)
+    # The share of labels (pairs of unequal gold reward) whose chosen response has the higher gold
+    # reward: how far the labeler's proxy is from the judge's gold (None in builds from before).
+    label_gold_agreement: float | None = None
     cached: bool = False
 
     def to_dict(self) -> dict:
@@ -248,7 +282,7 @@ def _build(
             dropped["empty"] += 1
             continue
         ra, rb = gold_reward(doc, a), gold_reward(doc, b)
-        a_wins = labels.random() < bradley_terry_probability(ra, rb, settings.label_temperature)
+        a_wins = settings.proxy.prefers_first(labels, (ra, a), (rb, b), settings.label_temperature)
         chosen, rejected = (a, b) if a_wins else (b, a)
         pairs.append(
             {
@@ -256,7 +290,7 @@ def _build(
                 "prompt": doc.prompt,
                 "chosen": chosen,
                 "rejected": rejected,
-                "chosen_reward": ra if a_wins else rb,
+                "chosen_reward": ra if a_wins else rb,  # gold
                 "rejected_reward": rb if a_wins else ra,
             }
         )
@@ -291,8 +325,16 @@ def _build(
         parameters=parameter_count(model),
         build_seconds=round(time.perf_counter() - started, 1),
         pairs_dropped=dropped,
+        label_gold_agreement=_gold_agreement(pairs),
         settings=asdict(settings),
     )
+
+
+def _gold_agreement(pairs: list[dict]) -> float | None:
+    decided = [p for p in pairs if p["chosen_reward"] != p["rejected_reward"]]
+    if not decided:
+        return None
+    return round(sum(p["chosen_reward"] > p["rejected_reward"] for p in decided) / len(decided), 4)
 
 
 class BuiltTask:

@@ -113,3 +113,38 @@ def test_a_moved_task_folder_still_resolves(built: BuiltTask, tmp_path: Path) ->
     assert task.artifacts.root == str(moved)
     assert Path(task.artifacts.model_dir).parent == moved
     assert build_task(moved.parent, SMALL).cached
+
+
+def test_proxy_labels_follow_their_closed_form() -> None:
+    """Issue 31: the labeler's proxy (gold + bonus * words, then a share flipped) differs from the
+    judge's gold reward by the settings, and only by them."""
+    import math
+    import random
+
+    from gpo_core.task.build import LabelProxy
+
+    first, second = (0.5, "a b c d e f"), (1.0, "a b")  # gold prefers the second, the proxy the first
+    for proxy in (LabelProxy(), LabelProxy(length_bonus=0.3), LabelProxy(length_bonus=0.3, flip_rate=0.2)):
+        rng = random.Random(0)
+        draws = 40_000
+        share = sum(proxy.prefers_first(rng, first, second, 0.5) for _ in range(draws)) / draws
+        margin = (first[0] + proxy.length_bonus * 6) - (second[0] + proxy.length_bonus * 2)
+        expected = 1 / (1 + math.exp(-margin / 0.5))
+        expected = (1 - proxy.flip_rate) * expected + proxy.flip_rate * (1 - expected)
+        assert share == pytest.approx(expected, abs=4 * math.sqrt(expected * (1 - expected) / draws))
+    gold = random.Random(1)
+    same = random.Random(1)
+    for _ in range(100):  # gold labels draw once per pair: the labels of builds from before
+        assert LabelProxy().prefers_first(gold, first, second, 0.5) == (same.random() < 1 / (1 + math.exp(1.0)))
+
+
+def test_a_gold_labelled_task_keeps_its_cache_key() -> None:
+    from dataclasses import asdict
+
+    from gpo_core.task.build import FORMAT_VERSION, LabelProxy
+
+    settings = task_settings("small", seed=3)
+    before = {k: v for k, v in asdict(settings).items() if k != "proxy"}
+    expected = hashlib.sha256(json.dumps({"format": FORMAT_VERSION, **before}, sort_keys=True).encode()).hexdigest()
+    assert settings.key() == expected[:16]
+    assert task_settings("small", seed=3, proxy=LabelProxy(length_bonus=0.3)).key() != settings.key()
