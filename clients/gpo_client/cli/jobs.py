@@ -85,7 +85,7 @@ def submit_command(
     console.print(job.id)
     if watch:
         job = api_call(lambda: client.wait(job.id, progress=True))
-        finished(job)
+        finished(job, client)
 
 
 def list_command(
@@ -108,12 +108,17 @@ def watch_command(job_id: str, server: ServerOption = None, api_key: KeyOption =
     """Live progress bars per run and stage until the job is over; exits 0 only when it succeeded."""
     client = sdk_client(server, api_key)
     job = api_call(lambda: client.wait(job_id, progress=True))
-    finished(job)
+    finished(job, client)
 
 
-def finished(job) -> None:
-    """A job that is over: its runs, and how to read its report; exit 1 unless it succeeded."""
+def finished(job, client) -> None:
+    """A job that is over: its runs, the report's headline (what `gpo run` and `gpo demo` print
+    too), and how to read the whole report; exit 1 unless it succeeded."""
     console.print(run_table(job))
+    if job.state == "succeeded":
+        headline = (api_call(client.report_json, job.id).get("headline") or {}).get("text")
+        if headline:
+            console.print(headline, highlight=False)
     if job.state == "inconclusive":
         errors.print(f"inconclusive: {job.reason}; no loss or beta can be chosen from these win rates", highlight=False)
     if job.state in ("succeeded", "inconclusive"):
