@@ -35,6 +35,7 @@ from gpo_core.sweep.spec import PATH_FIELDS, JobSpec
 
 FIGURES = {
     "winrate_vs_beta": "Win rate against the reference vs beta (Fig. 8)",
+    "winrate_vs_kl": "Win rate against the reference vs KL from it: what following the labels further buys",
     "pairwise": "Pairwise win rates and Bradley-Terry strengths (Fig. 9)",
     "kl_vs_square_loss": "KL vs mu-weighted square loss during training (Fig. 5)",
     "training_curves": "Training curves (smoothed; faint: raw)",
@@ -383,6 +384,41 @@ def plot_winrate_vs_beta(data: dict, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def final_kl(run: dict) -> float | None:
+    """A run's last traced KL(pi || pi_ref) (None for a run that diverged or was not traced)."""
+    if run.get("diverged"):
+        return None
+    kls = [t["kl"] for t in run["traces"] if "kl" in t]
+    return kls[-1] if kls else None
+
+
+def plot_winrate_vs_kl(data: dict, path: Path) -> Path | None:
+    """The over-optimization curve (Gao et al. 2022): each run's win rate against the reference
+    over how far it moved from it, one line per loss from its largest beta to its smallest. A
+    curve that rises and then falls is a judge that stops agreeing with the labels the policy
+    kept following."""
+    points = [r for r in data["runs"] if (r["judgement"] or {}).get("win_rate") and final_kl(r) is not None]
+    if not points:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for k, (loss, runs) in enumerate(_by_loss(points).items()):
+        ordered = sorted(runs, key=lambda r: -r["beta"])
+        kls = [max(final_kl(r) or 0.0, 0.0) for r in ordered]
+        rates = [r["judgement"]["win_rate"]["rate"] for r in ordered]
+        low = [rate - r["judgement"]["win_rate"]["low"] for rate, r in zip(rates, ordered, strict=True)]
+        high = [r["judgement"]["win_rate"]["high"] - rate for rate, r in zip(rates, ordered, strict=True)]
+        ax.errorbar(kls, rates, yerr=[low, high], marker="os^vD<>"[k % 7], capsize=3, label=loss, alpha=0.85)
+        for x, y, run in zip(kls, rates, ordered, strict=True):
+            ax.annotate(f"{run['beta']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
+    ax.set_xscale("symlog", linthresh=min((x for r in points if (x := final_kl(r) or 0) > 0), default=1e-2))
+    ax.set_xlabel("final KL(pi || pi_ref) (sampled); points labelled with beta")
+    ax.set_ylabel("win rate vs reference (ties = 1/2)")
+    ax.set_title("Win rate against KL from the reference (95% intervals)")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    return _save(fig, path)
+
+
 def plot_pairwise(data: dict, path: Path) -> Path | None:
     pairwise = data["pairwise"]
     if not pairwise:
@@ -540,6 +576,7 @@ def plot_held_out(data: dict, path: Path) -> Path | None:
 
 PLOTTERS = {
     "winrate_vs_beta": plot_winrate_vs_beta,
+    "winrate_vs_kl": plot_winrate_vs_kl,
     "pairwise": plot_pairwise,
     "kl_vs_square_loss": plot_kl_vs_square_loss,
     "training_curves": plot_training_curves,

@@ -109,9 +109,10 @@ def test_sweep_end_to_end_with_the_oracle_judge_and_report(small_task, tmp_path)
     pairwise = data["pairwise"]
     assert pairwise["runs"] == ["r00-logistic-b0.1", "r02-square-b0.1"]
     assert pairwise["win_rate"][0][1] + pairwise["win_rate"][1][0] == pytest.approx(1.0)
-    assert set(data["figures"]) == {"winrate_vs_beta", "pairwise", "kl_vs_square_loss", "training_curves", "held_out"}
+    assert set(data["figures"]) == {"winrate_vs_beta", "winrate_vs_kl", "pairwise", "kl_vs_square_loss",
+                                    "training_curves", "held_out"}  # fmt: skip
     page = report.read_text()
-    assert page.count("data:image/png;base64,") == 5 and "r03-square-b1" in page
+    assert page.count("data:image/png;base64,") == 6 and "r03-square-b1" in page
     assert "Differences between runs at equal beta" in page and "The paper's claims" in page
     # Figures before the long tables, which are folded (issue 29).
     assert page.index("data:image/png;base64,") < page.index('<details><summary><h2 style="display:inline">Differ')
