@@ -170,7 +170,8 @@ def check_judge(
     )
     if result.invalid == result.pairs:
         raise PreflightError(
-            f"judge: {where} gave no verdict on {result.pairs} probe comparisons in {settings.retries + 1} tries each"
+            f"judge: {where} gave no verdict on the probe ({result.pairs} pair(s), each in both orders, "
+            f"{settings.retries + 1} tries each)"
         )
     if result.pairs > 1 and result.decided == 0:
         raise PreflightError(

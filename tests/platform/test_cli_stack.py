@@ -46,6 +46,9 @@ def test_up_submit_watch_status_report_down(tmp_path) -> None:
         job_id = submitted.stdout.split()[0]
         assert "succeeded" in submitted.stdout and "r00-hinge-b1" in submitted.stdout
         assert "Best: " in submitted.stdout and f"gpo report {job_id} --open" in submitted.stdout  # as gpo run ends
+        assert "preflight: data, tokenizer and judge checked; judge probe: decided" in " ".join(
+            (submitted.stdout + submitted.stderr).split()
+        )  # the preflight's word on the judge, before any training
         # Issue 27, finding 11: uploads, Redis's append-only file and logs were world-readable.
         kept = [p for p in (tmp_path / "stack").rglob("*") if not p.is_symlink()]
         assert (tmp_path / "stack").stat().st_mode & 0o777 == 0o700

@@ -42,7 +42,8 @@ def train(payload: dict, emit: Emit, should_stop: StopCheck) -> dict:
         # Before any training: data, tokenizer and judge can do their part (a PreflightError
         # fails the job at once; an unreachable judge endpoint is retried later).
         inputs = stages.resolve_inputs(spec, should_stop=should_stop)
-        preflight(spec, inputs, should_stop=should_stop, api_key=payload["judge_api_key"])
+        say = lambda message: emit({"log": message})  # noqa: E731 - the job's log events: --watch shows them
+        preflight(spec, inputs, say, should_stop=should_stop, api_key=payload["judge_api_key"])
         stages.write_job_file(spec, job_dir)
     cache = Path(payload["cache_dir"])
     result = stages.train_stage(spec, job_dir, payload["run"], ProgressEvents(emit), should_stop, cache)
