@@ -11,16 +11,24 @@ class LossSpecError(InputError):
     """A loss name or formula that cannot be used for GPO; the message says why."""
 
 
-# name -> (description, aliases): TRL's and the papers' names for the same f.
-REGISTRY: dict[str, tuple[str, tuple[str, ...]]] = {
-    "logistic": ("log(1+e^-x): DPO (TRL loss_type='sigmoid')", ("dpo", "sigmoid")),
-    "hinge": ("max(0, 1-x): SLiC (TRL loss_type='hinge')", ("slic",)),
-    "square": ("(x-1)^2: IPO as in the paper, (beta*rho - 1)^2; not TRL's length-normalised 'ipo'", ("ipo",)),
-    "exponential": ("e^-x: exponential (boosting) loss", ()),
-    "truncated_quadratic": ("max(0, 1-x)^2: truncated quadratic", ()),
-    "savage": ("1/(1+e^x)^2: Savage loss (not convex on R)", ()),
+# name -> (f(x), what else it is called, aliases a spec may use): TRL's and the papers' names.
+REGISTRY: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "logistic": ("log(1+e^-x)", "DPO; TRL loss_type='sigmoid'", ("dpo", "sigmoid")),
+    "hinge": ("max(0, 1-x)", "SLiC; TRL loss_type='hinge'", ("slic",)),
+    "square": ("(x-1)^2", "IPO as in the paper, (beta*rho - 1)^2; not TRL's length-normalised 'ipo'", ("ipo",)),
+    "exponential": ("e^-x", "exponential (boosting) loss", ()),
+    "truncated_quadratic": ("max(0, 1-x)^2", "truncated quadratic", ()),
+    "savage": ("1/(1+e^x)^2", "Savage loss (not convex on R)", ()),
 }
-ALIASES = {alias: name for name, (_, aliases) in REGISTRY.items() for alias in aliases}
+
+
+def description(name: str) -> str:
+    """A registry loss in one line: its f and its other names."""
+    formula, also_called, _ = REGISTRY[name]
+    return f"{formula}: {also_called}"
+
+
+ALIASES = {alias: name for name, (_, _, aliases) in REGISTRY.items() for alias in aliases}
 
 
 def registry_name(text: str) -> str | None:
@@ -36,4 +44,4 @@ def alias_note(text: str) -> str | None:
     name = registry_name(text)
     if name is None or name == text.strip().lower():
         return None
-    return f"loss '{text}' is the registry's '{name}': {REGISTRY[name][0]}"
+    return f"loss '{text}' is the registry's '{name}': {description(name)}"

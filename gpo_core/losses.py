@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from gpo_core.formula import FormulaError, X, compile_to_torch, float_value, kink_at_zero, parse_formula
-from gpo_core.loss_names import REGISTRY, LossSpecError, registry_name
+from gpo_core.loss_names import REGISTRY, LossSpecError, description, registry_name
 
 TorchFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -49,8 +49,7 @@ class LossFunction:
 
 
 def _builtin(name: str, torch_fn: TorchFn, expr: sp.Expr) -> LossFunction:
-    description, aliases = REGISTRY[name]  # the torch-free registry names each one
-    return LossFunction(name, torch_fn, expr, description, aliases, builtin=True)
+    return LossFunction(name, torch_fn, expr, description(name), REGISTRY[name][2], builtin=True)
 
 
 BUILTIN_LOSSES: dict[str, LossFunction] = {

@@ -170,3 +170,17 @@ def test_a_specs_errors_come_before_any_heavy_library_loads(command: str, tmp_pa
     result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
     assert "EXIT 2" in result.stderr and "HEAVY []" in result.stderr, result.stderr
     assert "betas: a list is expected here: [0.1]" in result.stderr or "not a training spec" in result.stderr
+
+
+def test_the_losses_page_shows_what_gpo_losses_prints() -> None:
+    """Issue 29: docs/losses.md's table had columns `gpo losses` did not print (f(x), the names a
+    TRL user knows). Each row of the page and of the command agree on f(x) and its other names."""
+    from gpo_core.loss_names import REGISTRY
+
+    result = gpo("losses", "--json")
+    assert result.returncode == 0, result.stderr
+    printed = {row["name"]: (row["f"], row["also_called"]) for row in json.loads(result.stdout)}
+    page = (Path(__file__).parents[2] / "docs" / "losses.md").read_text()
+    for name, (f_of_x, also_called, _) in REGISTRY.items():
+        assert printed[name] == (f_of_x, also_called), name
+        assert f"| `{name}` | {f_of_x} | {also_called} |" in page, name

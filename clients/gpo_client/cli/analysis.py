@@ -30,16 +30,21 @@ def losses(
         from gpo_core.paper.plots import plot_losses
 
         plot_losses(specs, plot)
+    from gpo_core.loss_names import REGISTRY
+
+    names = {p.name: REGISTRY.get(p.name, (p.name, "-", ()))[:2] for p in properties}  # a formula is its own f(x)
     if as_json:
-        emit_json([p.to_dict() for p in properties])
+        emit_json([{**p.to_dict(), "f": names[p.name][0], "also_called": names[p.name][1]} for p in properties])
         return
     table = Table(title="GPO losses: GPO(beta) ~ IPO(beta * ratio) near the origin")
-    for column in ("name", "f'(0)", "f''(0)", "ratio", "convex", "tail", "notes"):
+    for column in ("name", "f(x)", "also called", "f'(0)", "f''(0)", "ratio", "convex", "tail", "notes"):
         table.add_column(column)
     for p in properties:
+        f_of_x, also_called = names[p.name]
         table.add_row(
-            p.name, f"{p.fprime0:g}", f"{p.fsecond0:g}", f"{p.ratio:g}", str(p.convex), p.tail, "; ".join(p.notes)
-        )
+            p.name, f_of_x, also_called, f"{p.fprime0:g}", f"{p.fsecond0:g}", f"{p.ratio:g}", str(p.convex), p.tail,
+            "; ".join(p.notes),
+        )  # fmt: skip
     console.print(table)
     if plot is not None:
         console.print(f"plot written to {plot}")
