@@ -134,6 +134,10 @@ def collect(job_dir: str | Path) -> dict:
     for record in runs:
         folder = job_dir / "runs" / record["id"]
         record["flags"] = degenerate(record, folder / "responses.jsonl") if record["judgement"] else []
+    for run_id, twins in same_responses(job_dir, [r["id"] for r in runs if r["judgement"]]).items():
+        next(r for r in runs if r["id"] == run_id)["flags"].append(
+            f"the same responses as {', '.join(twins)}, so the same verdicts and win rate"
+        )
     judge_eval = _read_json(job_dir / "judge_eval.json")
     found = differences(runs, outcomes)
     why_not = inconclusive(runs, judge_eval)
@@ -250,6 +254,21 @@ def undecided(found: list[dict], why_not: str | None) -> list[dict]:
     if why_not is None:
         return found
     return [{**claim, "verdict": UNRESOLVED, "because": why_not} for claim in found]
+
+
+def same_responses(job_dir: Path, run_ids: list[str]) -> dict[str, list[str]]:
+    """Runs whose responses are all the same text as another run's, with those runs: two losses
+    that end at the same policy (at one beta, or both near the reference) sample the same answers,
+    and identical win-rate rows must not read as a coincidence."""
+    groups: dict[tuple, list[str]] = {}
+    for run in run_ids:
+        records = _responses(job_dir / "runs" / run / "responses.jsonl")
+        if records:
+            texts = tuple(str(records[key].get("response", "")) for key in sorted(records))
+            groups.setdefault((tuple(sorted(records)), texts), []).append(run)
+    return {
+        run: [other for other in group if other != run] for group in groups.values() if len(group) > 1 for run in group
+    }
 
 
 def _responses(path: Path) -> dict:
