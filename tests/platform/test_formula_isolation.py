@@ -87,3 +87,14 @@ def test_a_check_past_its_time_is_killed_and_the_service_keeps_answering(impatie
         stop.set()
         poller.join()
     assert not failures and answered > 10
+
+
+def test_ipo_unit_betas_are_converted_in_the_child_too(service) -> None:
+    """Registry names alone are checked in the request without torch; betas in IPO-equivalent
+    units need each loss's Taylor ratio (sympy), so that spec goes to the child like a formula."""
+    from gpo_services.control.validation import needs_symbolic_work
+
+    body = {**SPEC, "losses": ["logistic", "square"], "training": {"beta_units": "ipo"}}
+    assert needs_symbolic_work(body) and not needs_symbolic_work({**SPEC, "losses": ["logistic"]})
+    response = httpx.post(service + "/jobs", json=body, headers=HEADERS_A, timeout=60)
+    assert response.status_code == 201, response.text

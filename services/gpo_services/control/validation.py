@@ -44,6 +44,15 @@ def formulas_in(body: dict[str, Any]) -> list[str]:
     return [c for c in candidates if isinstance(c, str) and registry_name(c) is None]
 
 
+def needs_symbolic_work(body: dict[str, Any]) -> bool:
+    """Does checking this spec parse or analyse a loss (a formula of its own, or betas in
+    IPO-equivalent units, which need each loss's f''(0)/|f'(0)|)? Then it is checked in a child:
+    the serving process never loads torch or sympy."""
+    training = body.get("training")
+    ipo_units = isinstance(training, dict) and training.get("beta_units") == "ipo"
+    return ipo_units or bool(formulas_in(body))
+
+
 def _errors(err: ValidationError) -> list[dict]:
     return [{"loc": list(e.get("loc", ())), "msg": problem_message(e, JobSpec)} for e in err.errors()]
 
@@ -106,7 +115,11 @@ class TenantChecks:
     def __init__(self, timeout_s: float = 2.0, parallel: int = 2):
         self.timeout_s = timeout_s
         self.context = multiprocessing.get_context("forkserver")
-        self.context.set_forkserver_preload(["gpo_core.sweep.spec", "gpo_core.data"])
+        # The spec module reads registry names without torch; a formula's check needs the losses
+        # (torch, sympy) and IPO units the analysis: loaded here once, not in every child.
+        self.context.set_forkserver_preload(
+            ["gpo_core.sweep.spec", "gpo_core.losses", "gpo_core.analysis", "gpo_core.data"]
+        )
         self.slots = asyncio.Semaphore(parallel)
         self.tenant_slots: dict[str, asyncio.Semaphore] = {}
 

@@ -21,7 +21,7 @@ from gpo_services.control.inputs import resolve_spec_paths
 from gpo_services.control.limits import check_capacity
 from gpo_services.control.redaction import TEXT_SUFFIXES, Redactor, job_redactor
 from gpo_services.control.security import artifact_path
-from gpo_services.control.validation import SpecInvalid, formulas_in, validate_here
+from gpo_services.control.validation import SpecInvalid, needs_symbolic_work, validate_here
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -85,10 +85,11 @@ async def submit_job(
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
 ) -> JobView:
     """Validate the sweep, store the job and its runs, and queue one training task per run. A spec
-    with loss formulas of its own is checked in a limited child process (validation.py); the paths
+    with loss formulas of its own or IPO-unit betas is checked in a limited child process
+    (validation.py); the paths
     it names must be the tenant's uploads (data:NAME) or under the shared read-only roots."""
     try:
-        if formulas_in(body):
+        if needs_symbolic_work(body):
             spec = await request.app.state.tenant_checks.validate(body, tenant)
         else:
             spec = validate_here(body)
