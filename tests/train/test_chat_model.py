@@ -113,7 +113,7 @@ def test_gpo_run_on_the_users_own_chat_model_end_to_end(chat, tmp_path) -> None:
     spec = {
         "policy": "qwen2-tiny", "dataset": "pairs.jsonl", "eval_prompts": "prompts.jsonl",
         "losses": ["logistic", "hinge"], "betas": [0.1],
-        "training": {"steps": 6, "checkpoint_every": 3, "trace_every": 3},
+        "training": {"steps": 6, "lr": 1e-3, "checkpoint_every": 3, "trace_every": 3},  # moves a tiny model
         "generation": {"prompts": 8}, "judge": {"kind": "local", "model_dir": "qwen2-tiny"},
     }  # fmt: skip
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(spec))

@@ -225,7 +225,7 @@ def test_truncation_is_counted_and_pairs_it_makes_identical_are_dropped(small_ta
 def test_a_dataset_with_no_preference_left_is_refused(small_task, tmp_path, cache_dir) -> None:
     records = [{**r, "rejected": r["chosen"]} for r in load_preferences(small_task.artifacts.train_pairs)[:8]]
     path = write_jsonl(tmp_path / "same.jsonl", records)
-    with pytest.raises(TrainingError, match="same tokens once cut to max_response_length=256: nothing to learn"):
+    with pytest.raises(TrainingError, match="same tokens once cut to max_response_length=512: nothing to learn"):
         train(make_spec(small_task, tmp_path, cache_dir, dataset=str(path)), ListSink())
 
 
