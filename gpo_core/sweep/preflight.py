@@ -56,8 +56,11 @@ def check_coverage(tokenizer, field: str, source: str, texts: list[str], records
         )
 
 
-def check_data(spec: JobSpec, inputs) -> tuple[list[dict], list[dict]]:
-    """The policy's tokenizer renders the first pair and the first prompt; returns (pairs, prompts)."""
+def check_data(
+    spec: JobSpec, inputs, progress: Callable[[str], None] = lambda message: None
+) -> tuple[list[dict], list[dict]]:
+    """The policy's tokenizer renders the first pair and the first prompt; returns (pairs, prompts).
+    What is worth a word but not a refusal goes to ``progress``."""
     from transformers import AutoConfig, AutoTokenizer
 
     for name, folder in (("policy", inputs.policy), ("reference", inputs.reference)):
@@ -84,18 +87,16 @@ def check_data(spec: JobSpec, inputs) -> tuple[list[dict], list[dict]]:
     check_coverage(tokenizer, "dataset", inputs.dataset, texts, min(len(pairs), COVERAGE_SAMPLE))
     sampled = [as_text(p["prompt"]) for p in prompts[:COVERAGE_SAMPLE]]
     check_coverage(tokenizer, "eval_prompts", inputs.eval_prompts, sampled, len(sampled))
+    if note := plain_text_for_a_chat_model(spec, tokenizer, prompts):
+        progress(note)
     return pairs, prompts
 
 
-def plain_text_for_a_chat_model(spec: JobSpec, inputs, prompts: list[dict]) -> str | None:
+def plain_text_for_a_chat_model(spec: JobSpec, tokenizer, prompts: list[dict]) -> str | None:
     """A note when the policy has a chat template (an instruct model) and the prompts are plain
     text: as in TRL, plain text is fed as it is, without the template, and an instruct model then
     often answers with nothing at all. Conversational records get the template."""
-    from transformers import AutoTokenizer
-
-    if spec.chat_template or not isinstance(prompts[0]["prompt"], str):
-        return None
-    if not AutoTokenizer.from_pretrained(inputs.policy).chat_template:
+    if spec.chat_template or not tokenizer.chat_template or not isinstance(prompts[0]["prompt"], str):
         return None
     return (
         "note: the policy has a chat template but the prompts are plain text, which it reads without the "
@@ -200,9 +201,7 @@ def preflight(
 ) -> None:
     """Every check above (``api_key``: what an endpoint judge sends); raises :class:`PreflightError`
     (or a :class:`DatasetError`, which names the record) at the first problem."""
-    pairs, prompts = check_data(spec, inputs)
-    if note := plain_text_for_a_chat_model(spec, inputs, prompts):
-        progress(note)
+    pairs, prompts = check_data(spec, inputs, progress)
     probed = check_judge(spec, inputs, probe_pairs(spec, pairs, prompts), should_stop, api_key)
     judged = f"; judge probe: {probed.summary()}" if probed.pairs > 1 else ""
     progress(f"preflight: data, tokenizer and judge checked{judged}")

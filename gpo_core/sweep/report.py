@@ -131,10 +131,13 @@ def collect(job_dir: str | Path) -> dict:
                 },
             }
         )
+    # Each run's responses read once: for its flags, the runs that answered alike, and the examples.
+    responses = {r["id"]: read_responses(job_dir / "runs" / r["id"] / "responses.jsonl") for r in runs}
     for record in runs:
-        folder = job_dir / "runs" / record["id"]
-        record["flags"] = degenerate(record, folder / "responses.jsonl") if record["judgement"] else []
-    for run_id, twins in same_responses(job_dir, [r["id"] for r in runs if r["judgement"]]).items():
+        texts = [str(r.get("response", "")) for r in responses[record["id"]].values()]
+        record["flags"] = degenerate(record, texts) if record["judgement"] else []
+    judged_responses = {r["id"]: responses[r["id"]] for r in runs if r["judgement"]}
+    for run_id, twins in same_responses(judged_responses).items():
         next(r for r in runs if r["id"] == run_id)["flags"].append(
             f"the same responses as {', '.join(twins)}, so the same verdicts and win rate"
         )
@@ -152,7 +155,7 @@ def collect(job_dir: str | Path) -> dict:
         "claims": undecided(claims(runs, outcomes, found), why_not) if wanted else [],
         "pairwise": _read_json(job_dir / "pairwise.json"),
         "judge_eval": judge_eval,
-        "examples": examples(job_dir, spec.run_ids()),
+        "examples": examples(read_responses(job_dir / "reference" / "responses.jsonl"), responses),
         "headline": headline(runs, outcomes, why_not),
     }
 
@@ -161,12 +164,12 @@ EMPTY_SHARE = 0.1  # a run with more empty responses than this is flagged
 COLLAPSE_RATIO = 0.5  # and one whose mean response is under half the reference's length
 
 
-def degenerate(run: dict, responses: Path) -> list[str]:
-    """What makes a run's win rate suspect whatever its number: empty responses, or responses
-    collapsed in length against the reference's (a judge may prefer them, or the reward may)."""
+def degenerate(run: dict, texts: list[str]) -> list[str]:
+    """What makes a run's win rate suspect whatever its number (``texts``: its responses): empty
+    responses, or responses collapsed in length against the reference's (a judge may prefer them,
+    or the reward may)."""
     flags = []
-    texts = [r.get("response", "") for r in _read_metrics(responses)]
-    empty = sum(not str(text).strip() for text in texts) / len(texts) if texts else 0.0
+    empty = sum(not text.strip() for text in texts) / len(texts) if texts else 0.0
     if empty > EMPTY_SHARE:
         flags.append(f"{empty:.0%} of its responses are empty")
     lengths = (run["judgement"] or {}).get("mean_length") or {}
@@ -256,13 +259,13 @@ def undecided(found: list[dict], why_not: str | None) -> list[dict]:
     return [{**claim, "verdict": UNRESOLVED, "because": why_not} for claim in found]
 
 
-def same_responses(job_dir: Path, run_ids: list[str]) -> dict[str, list[str]]:
-    """Runs whose responses are all the same text as another run's, with those runs: two losses
-    that end at the same policy (at one beta, or both near the reference) sample the same answers,
-    and identical win-rate rows must not read as a coincidence."""
+def same_responses(responses: dict[str, dict]) -> dict[str, list[str]]:
+    """Runs whose responses (by run, as :func:`read_responses` reads them) are all the same text as
+    another run's, with those runs: two losses that end at the same policy (at one beta, or both
+    near the reference) sample the same answers, and identical win-rate rows must not read as a
+    coincidence."""
     groups: dict[tuple, list[str]] = {}
-    for run in run_ids:
-        records = _responses(job_dir / "runs" / run / "responses.jsonl")
+    for run, records in responses.items():
         if records:
             texts = tuple(str(records[key].get("response", "")) for key in sorted(records))
             groups.setdefault((tuple(sorted(records)), texts), []).append(run)
@@ -271,15 +274,14 @@ def same_responses(job_dir: Path, run_ids: list[str]) -> dict[str, list[str]]:
     }
 
 
-def _responses(path: Path) -> dict:
+def read_responses(path: Path) -> dict:
     records = _read_metrics(path)  # JSON lines, a line being written skipped
     return {(r["prompt_id"], r.get("sample", 0)): r for r in records if "prompt_id" in r}
 
 
-def examples(job_dir: Path, run_ids: list[str], count: int = EXAMPLES) -> list[dict]:
-    """The first ``count`` prompts with the reference's response and each run's (first sample)."""
-    reference = _responses(job_dir / "reference" / "responses.jsonl")
-    runs = {run: _responses(job_dir / "runs" / run / "responses.jsonl") for run in run_ids}
+def examples(reference: dict, runs: dict[str, dict], count: int = EXAMPLES) -> list[dict]:
+    """The first ``count`` prompts with the reference's response and each run's (first sample);
+    responses as :func:`read_responses` reads them."""
     shown = []
     for key, record in list(reference.items())[:count]:
         prompt = record["prompt"]

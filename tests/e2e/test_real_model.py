@@ -87,3 +87,23 @@ def test_own_data_on_a_real_model_reaches_a_report_that_names_the_best_run(smoll
     answered = sum(bool(r["response"].strip()) for r in responses)  # real answers, real text
     assert len(responses) == 16 and answered >= 14, answered  # (16 here; sampled, so a little slack)
     assert "the policy has a chat template but the prompts are plain text" not in shown
+
+
+def test_plain_text_prompts_to_a_chat_model_get_a_note(smollm2: Path, tmp_path: Path) -> None:
+    """Asked without its template, SmolLM2 answered 11 of 16 quiz prompts with nothing; the
+    preflight says so when the prompts are plain text (as TRL, they are fed as they are)."""
+    from gpo_core.sweep.preflight import check_data
+
+    plain = tmp_path / "prompts.jsonl"
+    plain.write_text("".join(json.dumps({"id": str(i), "prompt": q}) + "\n" for i, q in enumerate(ANSWERS)))
+    notes: list[str] = []
+    for prompts, expected in ((plain, 1), (DATA / "quiz_prompts.jsonl", 0)):
+        judge = {"kind": "local", "model_dir": str(smollm2)}
+        spec = JobSpec(policy=str(smollm2), dataset=str(DATA / "quiz_pairs.jsonl"), eval_prompts=str(prompts),
+                       losses=["logistic"], betas=[0.1], judge=judge)  # fmt: skip
+        inputs = Inputs(policy=str(smollm2), reference=str(smollm2), dataset=spec.dataset, eval_pairs=None,
+                        eval_prompts=str(prompts), task_root=None)  # fmt: skip
+        before = len(notes)
+        check_data(spec, inputs, notes.append)
+        assert len(notes) - before == expected
+    assert "the policy has a chat template but the prompts are plain text" in notes[0]

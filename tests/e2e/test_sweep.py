@@ -373,12 +373,9 @@ def test_claims_are_decided_on_the_built_in_task_or_when_asked(small_task, tmp_p
 def test_empty_and_collapsed_responses_are_flagged(tmp_path) -> None:
     from gpo_core.sweep.report import degenerate
 
-    responses = tmp_path / "responses.jsonl"
-    responses.write_text("".join(json.dumps({"response": text}) + "\n" for text in ["", " ", "ok", "fine"]))
     run = {"judgement": {"mean_length": {"a": 1.1, "b": 3.4}}}
-    assert degenerate(run, responses) == [
+    assert degenerate(run, ["", " ", "ok", "fine"]) == [
         "50% of its responses are empty",
         "its responses collapsed in length (1.1 words against the reference's 3.4)",
     ]
-    responses.write_text("".join(json.dumps({"response": "a full answer"}) + "\n" for _ in range(4)))
-    assert degenerate({"judgement": {"mean_length": {"a": 3.0, "b": 3.4}}}, responses) == []
+    assert degenerate({"judgement": {"mean_length": {"a": 3.0, "b": 3.4}}}, ["a full answer"] * 4) == []

@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from gpo_core.sweep.report import same_responses
+from gpo_core.sweep.report import read_responses, same_responses
 
 
 def _responses(job: Path, run: str, texts: list[str]) -> None:
@@ -19,7 +19,8 @@ def test_runs_with_the_same_responses_are_named_together(tmp_path: Path) -> None
     _responses(tmp_path, "r01-exponential-b0.1", ["a b", "c"])
     _responses(tmp_path, "r02-square-b0.1", ["a b", "d"])
     _responses(tmp_path, "r03-hinge-b0.1", ["a b", "c"])
-    twins = same_responses(tmp_path, ["r00-logistic-b0.1", "r01-exponential-b0.1", "r02-square-b0.1", "r03-hinge-b0.1"])
+    runs = ["r00-logistic-b0.1", "r01-exponential-b0.1", "r02-square-b0.1", "r03-hinge-b0.1"]
+    twins = same_responses({run: read_responses(tmp_path / "runs" / run / "responses.jsonl") for run in runs})
     assert twins == {
         "r00-logistic-b0.1": ["r01-exponential-b0.1", "r03-hinge-b0.1"],
         "r01-exponential-b0.1": ["r00-logistic-b0.1", "r03-hinge-b0.1"],

@@ -42,7 +42,10 @@ def train(payload: dict, emit: Emit, should_stop: StopCheck) -> dict:
         # Before any training: data, tokenizer and judge can do their part (a PreflightError
         # fails the job at once; an unreachable judge endpoint is retried later).
         inputs = stages.resolve_inputs(spec, should_stop=should_stop)
-        say = lambda message: emit({"log": message})  # noqa: E731 - the job's log events: --watch shows them
+
+        def say(message: str) -> None:  # the job's log events: --watch shows them
+            emit({"log": message})
+
         preflight(spec, inputs, say, should_stop=should_stop, api_key=payload["judge_api_key"])
         stages.write_job_file(spec, job_dir)
     cache = Path(payload["cache_dir"])
