@@ -132,14 +132,18 @@ def train_on_ray(spec: TrainingSpec, metrics_path: str | Path | None = None, max
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from gpo_core.train.loopback_store import LoopbackTorchConfig
+
     ensure_ray()
     output_dir = Path(spec.output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / STOP_FILE).unlink(missing_ok=True)
     (output_dir / DIVERGED).unlink(missing_ok=True)
     name = "gpo-" + hashlib.sha256(str(output_dir).encode()).hexdigest()[:12]
+    local = os.environ.get("RAY_ADDRESS") is None
     trainer = TorchTrainer(
         _worker,
+        torch_config=LoopbackTorchConfig() if local else None,
         train_loop_config={"spec": spec.model_dump(), "metrics_path": str(metrics_path) if metrics_path else None},
         scaling_config=ScalingConfig(
             num_workers=max(1, spec.workers), use_gpu=spec.use_gpu, placement_strategy=spec.placement.upper()

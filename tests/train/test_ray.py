@@ -119,7 +119,7 @@ def test_stop_request_ends_a_ray_run_within_seconds(ray_session, small_task, tmp
 
 
 TOKEN_RUN = """
-import json, os, subprocess, sys
+import json, os, subprocess, sys, threading
 from pathlib import Path
 import psutil
 from gpo_core.train.ray_runner import ensure_ray, train_on_ray
@@ -130,9 +130,20 @@ ensure_ray(temp_dir=sys.argv[2])
 import ray
 
 gcs = ray.get_runtime_context().gcs_address
+listening, trained = set(), threading.Event()
+
+def watch():  # while the run trains: its workers' process group listens only then
+    while not trained.is_set():
+        ours = {os.getpid(), *(p.pid for p in psutil.Process().children(recursive=True))}
+        listening.update(c.laddr.ip for c in psutil.net_connections("inet") if c.status == "LISTEN" and c.pid in ours)
+        trained.wait(0.1)
+
+watcher = threading.Thread(target=watch)
+watcher.start()
 result = train_on_ray(spec, Path(spec.output_dir) / "metrics.jsonl")
-ours = {os.getpid(), *(p.pid for p in psutil.Process().children(recursive=True))}
-listening = sorted({c.laddr.ip for c in psutil.net_connections("inet") if c.status == "LISTEN" and c.pid in ours})
+trained.set()
+watcher.join()
+listening = sorted(listening)
 intruder = "import ray; ray.init(address=%r); print('INTRUDER CONNECTED')" % gcs
 env = {"PATH": "/usr/bin:/bin", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 try:  # refused at once, or left retrying: either way never connected
@@ -147,8 +158,8 @@ print(json.dumps({"steps": result.steps, "gcs": gcs, "intruder": code, "out": ou
 def test_a_local_ray_with_a_token_trains_and_refuses_clients_without_it(small_task, tmp_path) -> None:
     """What `gpo up` runs: Ray started by the trainer with RAY_AUTH_MODE=token. Ray Train works under
     the token; a client without it cannot join the cluster (so runs no code on it); and a Ray of the
-    task's own listens on loopback only (by default Ray's ports, its autoscaler metrics included,
-    listen on every interface)."""
+    task's own listens on loopback only, while it trains as after (by default Ray's ports, its
+    autoscaler metrics included, and torch's rendezvous store listen on every interface)."""
     import subprocess
     import sys
     import tempfile
