@@ -3,6 +3,14 @@
 Comparisons are grouped by prompt: several comparisons of one prompt are not independent
 evidence, so every interval is a paired bootstrap over prompts (both systems answered the same
 prompts). Ties count one half.
+
+A sweep's cell (a loss at a beta) may be trained with several seeds. Its win rate then pools every
+seed's comparisons, and its interval comes from a two-way bootstrap that draws seeds and prompts
+with replacement (crossed: every drawn seed is scored on the same drawn prompts), so training's own
+randomness is in the interval beside the prompts'. With one seed it is the prompt bootstrap. How
+much of the spread is the seeds' (``seed_share``) compares the bootstrap variance with only seeds
+drawn to that with only prompts drawn. With few seeds the seed part is underestimated (a bootstrap
+of S draws has (S-1)/S of the variance), which two or three seeds cannot avoid.
 """
 
 from __future__ import annotations
@@ -10,10 +18,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import TypeAlias
 
 import numpy as np
 
 OUTCOME_SCORE = {"win": 1.0, "tie": 0.5, "loss": 0.0}
+
+ByPrompt: TypeAlias = Mapping[str, Sequence[str]]  # one run's comparison outcomes, by prompt id
+Seeds: TypeAlias = ByPrompt | Sequence[ByPrompt]  # one run, or a cell's runs (one per seed)
 
 
 @dataclass(frozen=True)
@@ -27,6 +39,8 @@ class WinRate:
     wins: int
     ties: int
     losses: int
+    seeds: int = 1
+    seed_share: float | None = None  # of the bootstrap variance, the seeds' part; None with one seed
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -44,34 +58,104 @@ def _scores(outcomes_per_prompt: Sequence[Sequence[str]]) -> tuple[np.ndarray, n
     return scores, counts, flat
 
 
-def win_rate(outcomes_per_prompt: Sequence[Sequence[str]], resamples: int = 10_000, seed: int = 0) -> WinRate:
-    """``outcomes_per_prompt[i]``: the outcomes ("win", "tie", "loss") of prompt i's comparisons."""
-    scores, counts, flat = _scores(outcomes_per_prompt)
+def _multiplicities(picks: np.ndarray, size: int) -> np.ndarray:
+    """(resamples, size): how often each index was drawn in each resample."""
+    flat = (picks + size * np.arange(len(picks))[:, None]).ravel()
+    return np.bincount(flat, minlength=len(picks) * size).reshape(len(picks), size).astype(float)
+
+
+def bootstrap_rates(
+    grids: Sequence[tuple[np.ndarray, np.ndarray]], resamples: int, seed: int, draw: str = "both"
+) -> np.ndarray:
+    """Bootstrap rates of each (scores, counts) grid, all of shape (..., seeds, prompts), under the
+    same draws: (len(grids), ..., resamples). ``draw``: "both", or only "seeds" or "prompts"."""
+    seeds, prompts = grids[0][0].shape[-2:]
     rng = np.random.default_rng(seed)
-    picks = rng.integers(0, len(scores), size=(resamples, len(scores)))
-    boot = scores[picks].sum(axis=1) / counts[picks].sum(axis=1)
+    if draw == "seeds":
+        by_prompt = np.ones((resamples, prompts))
+    else:
+        by_prompt = _multiplicities(rng.integers(0, prompts, size=(resamples, prompts)), prompts)
+    if draw == "prompts" or seeds == 1:
+        by_seed = np.ones((resamples, seeds))
+    else:
+        by_seed = _multiplicities(rng.integers(0, seeds, size=(resamples, seeds)), seeds)
+    rates = []
+    for scores, counts in grids:
+        total = ((scores @ by_prompt.T) * by_seed.T).sum(-2)  # (..., resamples)
+        rates.append(total / ((counts @ by_prompt.T) * by_seed.T).sum(-2))
+    return np.stack(rates)
+
+
+def seed_share(grids: Sequence[tuple[np.ndarray, np.ndarray]], combine: str, resamples: int, seed: int) -> float | None:
+    """The seeds' share of the bootstrap variance of ``combine`` ("rate" of the one grid, or
+    "difference" of the two): variance with only seeds drawn over that plus the prompts' alone."""
+    if grids[0][0].shape[-2] == 1:
+        return None
+    parts = []
+    for draw in ("seeds", "prompts"):
+        boot = bootstrap_rates(grids, resamples, seed, draw)
+        parts.append(float((boot[0] - boot[1] if combine == "difference" else boot[0]).var()))
+    return parts[0] / sum(parts) if sum(parts) > 0 else 0.0
+
+
+def _runs(cell: Seeds) -> list[ByPrompt]:
+    return [cell] if isinstance(cell, Mapping) else list(cell)
+
+
+def shared_prompts(*cells: Seeds) -> list[str]:
+    """The prompts every run of every cell was judged on."""
+    runs = [run for cell in cells for run in _runs(cell)]
+    return sorted(set.intersection(*(set(run) for run in runs))) if runs else []
+
+
+def grid(cell: Seeds, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """A cell's (seeds, prompts) arrays of summed scores and of comparison counts."""
+    per_run = [_scores([run[p] for p in prompts])[:2] for run in _runs(cell)]
+    return np.stack([scores for scores, _ in per_run]), np.stack([counts for _, counts in per_run])
+
+
+def win_rate(outcomes: Sequence[Sequence[str]] | Seeds, resamples: int = 10_000, seed: int = 0) -> WinRate:
+    """The win rate of one run (``outcomes[i]``: the outcomes "win", "tie", "loss" of prompt i's
+    comparisons, or a mapping of them by prompt id) or of a cell's runs, one mapping per seed,
+    on the prompts every seed was judged on."""
+    if isinstance(outcomes, Mapping) or (outcomes and isinstance(outcomes[0], Mapping)):
+        cell = _runs(outcomes)  # type: ignore[arg-type]
+        prompts = shared_prompts(cell)
+        if not prompts:
+            raise ValueError("the seeds share no judged prompt")
+        per_run = [[run[p] for p in prompts] for run in cell]
+    else:
+        per_run = [list(outcomes)]  # type: ignore[arg-type]
+    scores, counts = (np.stack(a) for a in zip(*(_scores(run)[:2] for run in per_run), strict=True))
+    flat = [o for run in per_run for outcomes_of_prompt in run for o in outcomes_of_prompt]
+    boot = bootstrap_rates([(scores, counts)], resamples, seed)[0]
     low, high = np.quantile(boot, [0.025, 0.975])
     return WinRate(
         rate=float(scores.sum() / counts.sum()),
         low=float(low),
         high=float(high),
         stderr=float(boot.std(ddof=1)),
-        prompts=len(scores),
+        prompts=scores.shape[1],
         comparisons=len(flat),
         wins=flat.count("win"),
         ties=flat.count("tie"),
         losses=flat.count("loss"),
+        seeds=len(per_run),
+        seed_share=seed_share([(scores, counts)], "rate", min(resamples, 2000), seed),
     )
 
 
 @dataclass(frozen=True)
 class Difference:
-    """Win rate of run A minus that of run B, both against the same baseline on the same prompts."""
+    """Win rate of run (or cell) A minus that of B, both against the same baseline on the same
+    prompts."""
 
     difference: float
     low: float  # 95% paired bootstrap interval
     high: float
     prompts: int  # judged for both runs
+    seeds: int = 1
+    seed_share: float | None = None
 
     @property
     def resolved(self) -> bool:
@@ -82,24 +166,25 @@ class Difference:
         return {**asdict(self), "resolved": self.resolved}
 
 
-def paired_difference(
-    a: Mapping[str, Sequence[str]], b: Mapping[str, Sequence[str]], resamples: int = 10_000, seed: int = 0
-) -> Difference:
-    """``a[prompt]``, ``b[prompt]``: the outcomes of two runs' comparisons with the same baseline,
-    by prompt. The difference of their win rates on the prompts both were judged on, with a
-    bootstrap that resamples prompts and takes both runs' comparisons of each prompt drawn: the
-    runs answered the same prompts, so what makes a prompt easy for one makes it easy for the other
-    and cancels, which an interval from two independent bootstraps would not see."""
-    common = sorted(set(a) & set(b))
+def paired_difference(a: Seeds, b: Seeds, resamples: int = 10_000, seed: int = 0) -> Difference:
+    """``a``, ``b``: two runs' outcomes against the same baseline, by prompt (or two cells' runs,
+    one per seed, paired seed by seed). The difference of their win rates on the prompts all were
+    judged on, with a bootstrap that draws prompts (and seeds) and takes both sides' comparisons of
+    each draw: the runs answered the same prompts, so what makes a prompt easy for one makes it easy
+    for the other and cancels, which an interval from two independent bootstraps would not see."""
+    runs_a, runs_b = _runs(a), _runs(b)
+    if len(runs_a) != len(runs_b):
+        raise ValueError(f"the two cells have {len(runs_a)} and {len(runs_b)} seeds; pairing needs as many")
+    common = shared_prompts(runs_a, runs_b)
     if not common:
         raise ValueError("the two runs share no judged prompt")
-    scores_a, counts_a, _ = _scores([a[p] for p in common])
-    scores_b, counts_b, _ = _scores([b[p] for p in common])
-    picks = np.random.default_rng(seed).integers(0, len(common), size=(resamples, len(common)))
-    boot = scores_a[picks].sum(1) / counts_a[picks].sum(1) - scores_b[picks].sum(1) / counts_b[picks].sum(1)
-    low, high = np.quantile(boot, [0.025, 0.975])
+    grids = [grid(runs_a, common), grid(runs_b, common)]
+    boot = bootstrap_rates(grids, resamples, seed)
+    low, high = np.quantile(boot[0] - boot[1], [0.025, 0.975])
+    (scores_a, counts_a), (scores_b, counts_b) = grids
     difference = scores_a.sum() / counts_a.sum() - scores_b.sum() / counts_b.sum()
-    return Difference(float(difference), float(low), float(high), len(common))
+    share = seed_share(grids, "difference", min(resamples, 2000), seed)
+    return Difference(float(difference), float(low), float(high), len(common), len(runs_a), share)
 
 
 def _fit_length_model(targets: np.ndarray, length_feature: np.ndarray, iterations: int = 50) -> np.ndarray:

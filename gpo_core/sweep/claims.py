@@ -4,18 +4,20 @@ Each check returns ``holds``, ``does not hold`` or ``not resolved`` with the num
 The rules were fixed before any reproduction was run and are not tuned to its outcome:
 
 - C1 (Fig. 8): every loss's win rate against the reference peaks at beta in [0.1, 1]. Per loss, the
-  share of prompt-bootstrap resamples (the same prompts are judged for every run) whose argmax beta
-  lies in [0.1, 1]: >= 0.95 holds, <= 0.05 does not, else not resolved.
+  share of bootstrap resamples (of seeds and prompts: the same prompts are judged for every run, the
+  same seeds trained for every beta) whose argmax beta lies in [0.1, 1]: >= 0.95 holds, <= 0.05 does
+  not, else not resolved.
 - C2 (Fig. 9): at beta = 0.1 the losses are on par. Every paired difference of win rates between
-  two losses at 0.1: all 95% intervals inside +-0.1 (an equivalence margin) holds; an interval that
-  excludes 0 does not hold; else not resolved.
+  two losses at 0.1 (over seeds and prompts): all 95% intervals inside +-0.1 (an equivalence margin)
+  holds; an interval that excludes 0 does not hold; else not resolved.
 - C3 (Fig. 5): as beta grows, the final KL and the final mu-weighted square loss both shrink, and
   across runs they rank alike. Per loss, Spearman's rho of beta with each (exact permutation
   p-value, one-sided); across all runs, rho of KL with square loss. All per-loss rhos negative with
   p < 0.05 and the cross rho positive with p < 0.05 holds; a per-loss rho > 0 with p < 0.05 (in the
   wrong direction) or a cross rho < 0 with p < 0.05 does not hold; else not resolved.
 Runs that diverged in training have no win rate and no final KL: every claim is decided on the
-others, and the report lists the diverged runs beside the table.
+others, and the report lists the diverged runs beside the table. With several seeds per cell, C3
+and C4 take every seed's run as a point (C4: the mean over them).
 
 - C4 (section 4): at equal beta, case-II losses (f' reaches 0: hinge, square, truncated quadratic)
   keep the policy closer to the reference (lower final KL) than case-I losses (logistic,
@@ -31,7 +33,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from gpo_core.stats import OUTCOME_SCORE
+from gpo_core.stats import bootstrap_rates, grid, shared_prompts
 
 HOLDS, FAILS, UNRESOLVED = "holds", "does not hold", "not resolved"
 PEAK_RANGE = (0.1, 1.0)
@@ -89,14 +91,17 @@ def _overall(verdicts: Sequence[str]) -> str:
 
 
 def c1_peak_beta(
-    runs: Sequence[dict], outcomes: Mapping[str, Mapping[str, Sequence[str]]], resamples: int = 2000, seed: int = 0
+    cells: Sequence[dict], outcomes: Mapping[str, Mapping[str, Sequence[str]]], resamples: int = 2000, seed: int = 0
 ) -> dict:
+    """``cells``: :func:`gpo_core.sweep.cells.group_cells`'s, each with its judged runs by seed."""
     low, high = PEAK_RANGE
     per_loss, verdicts = [], []
-    for loss in dict.fromkeys(r["loss"] for r in runs):
-        judged = sorted((r for r in runs if r["loss"] == loss and outcomes.get(r["id"])), key=lambda r: r["beta"])
-        betas = [r["beta"] for r in judged]
-        prompts = sorted(set.intersection(*(set(outcomes[r["id"]]) for r in judged))) if judged else []
+    for loss in dict.fromkeys(c["loss"] for c in cells):
+        judged = sorted((c for c in cells if c["loss"] == loss and c["judged"]), key=lambda c: c["beta"])
+        seeds = sorted(set.intersection(*(set(c["judged"]) for c in judged))) if judged else []
+        runs = [[outcomes[c["judged"][s]] for s in seeds] for c in judged]
+        betas = [c["beta"] for c in judged]
+        prompts = shared_prompts(*(run for cell in runs for run in cell)) if seeds else []
         inside = [low <= b <= high for b in betas]
         if len(judged) < 2 or all(inside) or not any(inside) or not prompts:
             per_loss.append(
@@ -104,16 +109,15 @@ def c1_peak_beta(
                     "loss": loss,
                     "betas": betas,
                     "verdict": UNRESOLVED,
-                    "why": "needs judged betas both inside and outside [0.1, 1]",
+                    "why": "needs judged betas both inside and outside [0.1, 1], on seeds and prompts they share",
                 }
             )
             verdicts.append(UNRESOLVED)
             continue
-        scores = np.array([[sum(OUTCOME_SCORE[o] for o in outcomes[r["id"]][p]) for p in prompts] for r in judged])
-        counts = np.array([[len(outcomes[r["id"]][p]) for p in prompts] for r in judged], dtype=float)
-        rates = scores.sum(1) / counts.sum(1)
-        picks = np.random.default_rng(seed).integers(0, len(prompts), size=(resamples, len(prompts)))
-        boot = scores[:, picks].sum(-1) / counts[:, picks].sum(-1)  # (betas, resamples)
+        grids = [grid(cell, prompts) for cell in runs]
+        scores, counts = np.stack([g[0] for g in grids]), np.stack([g[1] for g in grids])  # (betas, seeds, prompts)
+        rates = scores.sum((1, 2)) / counts.sum((1, 2))
+        boot = bootstrap_rates([(scores, counts)], resamples, seed)[0]  # (betas, resamples)
         share = float(np.mean([inside[k] for k in boot.argmax(0)]))
         verdict = HOLDS if share >= 1 - ALPHA else FAILS if share <= ALPHA else UNRESOLVED
         per_loss.append(
@@ -122,6 +126,7 @@ def c1_peak_beta(
                 "argmax_beta": betas[int(rates.argmax())],
                 "peak": float(rates.max()),
                 "share_in_range": share,
+                "seeds": len(seeds),
                 "verdict": verdict,
             }
         )
@@ -130,7 +135,7 @@ def c1_peak_beta(
     return {
         "claim": "C1",
         "statement": "every loss's win rate against the reference peaks at beta in [0.1, 1] (Fig. 8)",
-        "figure_of_merit": "per loss: share of prompt-bootstrap resamples whose argmax beta is in [0.1, 1]",
+        "figure_of_merit": "per loss: share of seed x prompt bootstrap resamples whose argmax beta is in [0.1, 1]",
         "per_loss": per_loss,
         "peak_spread": (max(peaks) - min(peaks)) if peaks else None,
         "verdict": _overall(verdicts),
@@ -242,14 +247,17 @@ def c4_case_two_closer(runs: Sequence[dict], tail_of: Mapping[str, str]) -> dict
 
 
 def claims(
-    runs: Sequence[dict], outcomes: Mapping[str, Mapping[str, Sequence[str]]], differences: Sequence[dict]
+    runs: Sequence[dict],
+    cells: Sequence[dict],
+    outcomes: Mapping[str, Mapping[str, Sequence[str]]],
+    differences: Sequence[dict],
 ) -> list[dict]:
-    """C1-C4 on a sweep's collected runs (see the module's docstring for each rule)."""
+    """C1-C4 on a sweep's collected runs and their cells (see the module's docstring for each rule)."""
     from gpo_core.analysis import analyze
 
     tail_of = {loss: analyze(loss).tail for loss in dict.fromkeys(r["loss"] for r in runs)}
     return [
-        c1_peak_beta(runs, outcomes),
+        c1_peak_beta(cells, outcomes),
         c2_on_par(differences),
         c3_regularization(runs),
         c4_case_two_closer(runs, tail_of),

@@ -29,7 +29,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from gpo_core.data import write_json
-from gpo_core.stats import paired_difference
+from gpo_core.sweep.cells import differences, group_cells, headline
 from gpo_core.sweep.claims import UNRESOLVED, claims
 from gpo_core.sweep.spec import PATH_FIELDS, JobSpec
 
@@ -70,23 +70,6 @@ def outcomes_by_prompt(verdicts: Path) -> dict[str, list[str]]:
     return by_prompt
 
 
-def differences(runs: list[dict], outcomes: dict[str, dict[str, list[str]]]) -> list[dict]:
-    """Every pair of judged runs at the same beta: win rate of A minus B against the reference,
-    with a paired bootstrap over the prompts both were judged on ("loss A beats loss B at beta"
-    as a statement with an interval). A is the one listed first in the spec."""
-    rows = []
-    judged = [r for r in runs if outcomes.get(r["id"])]
-    for i, a in enumerate(judged):
-        for b in judged[i + 1 :]:
-            if a["beta"] != b["beta"] or not set(outcomes[a["id"]]) & set(outcomes[b["id"]]):
-                continue
-            d = paired_difference(outcomes[a["id"]], outcomes[b["id"]])
-            rows.append(
-                {"beta": a["beta"], "a": a["id"], "b": b["id"], "loss_a": a["loss"], "loss_b": b["loss"], **d.to_dict()}
-            )
-    return rows
-
-
 def collect(job_dir: str | Path) -> dict:
     """Every number of the report, from the job folder."""
     job_dir = Path(job_dir)
@@ -110,6 +93,7 @@ def collect(job_dir: str | Path) -> dict:
                 "id": run_id,
                 "loss": run.loss,
                 "beta": run.beta,
+                "seed": run.seed,
                 "trained": trained is not None,
                 "diverged": trained.get("diverged") if trained else None,
                 "steps": trained["steps"] if trained else (steps[-1]["step"] if steps else 0),
@@ -142,21 +126,23 @@ def collect(job_dir: str | Path) -> dict:
             f"the same responses as {', '.join(twins)}, so the same verdicts and win rate"
         )
     judge_eval = _read_json(job_dir / "judge_eval.json")
-    found = differences(runs, outcomes)
+    cells = group_cells(runs, outcomes)
+    found = differences(cells, outcomes)
     why_not = inconclusive(runs, judge_eval)
     wanted = spec.comparisons.claims if spec.comparisons.claims is not None else spec.task is not None
     return {
         "name": spec.name,
         "spec": job["spec"],
         "runs": runs,
+        "cells": cells,
         "conclusive": why_not is None,
         "inconclusive": why_not,
         "differences": found,
-        "claims": undecided(claims(runs, outcomes, found), why_not) if wanted else [],
+        "claims": undecided(claims(runs, cells, outcomes, found), why_not) if wanted else [],
         "pairwise": _read_json(job_dir / "pairwise.json"),
         "judge_eval": judge_eval,
         "examples": examples(read_responses(job_dir / "reference" / "responses.jsonl"), responses),
-        "headline": headline(runs, outcomes, why_not),
+        "headline": headline(cells, runs, outcomes, why_not),
     }
 
 
@@ -178,50 +164,6 @@ def degenerate(run: dict, texts: list[str]) -> list[str]:
             f"its responses collapsed in length ({lengths['a']:.1f} words against the reference's {lengths['b']:.1f})"
         )
     return flags
-
-
-def headline(runs: list[dict], outcomes: dict[str, dict[str, list[str]]], why_not: str | None) -> dict | None:
-    """The answer first: the run with the best win rate against the reference, the runs it beats
-    and those it cannot be told from (paired intervals over the prompts both were judged on), and
-    whether its edge survives length control. None when nothing was judged or nothing can decide."""
-    judged = [r for r in runs if (r["judgement"] or {}).get("win_rate") and outcomes.get(r["id"])]
-    if why_not is not None or not judged:
-        return None
-    best = max(judged, key=lambda r: r["judgement"]["win_rate"]["rate"])
-    beats: list[str] = []
-    level: list[str] = []
-    for other in judged:
-        if other is best or not set(outcomes[best["id"]]) & set(outcomes[other["id"]]):
-            continue
-        d = paired_difference(outcomes[best["id"]], outcomes[other["id"]])
-        (beats if d.low > 0 else level).append(other["id"])
-    rate, controlled = best["judgement"]["win_rate"], best["judgement"].get("length_controlled")
-    versus = "better than" if rate["low"] > 0.5 else "worse than" if rate["high"] < 0.5 else "not told apart from"
-    text = (
-        f"Best: {best['loss']} at beta {best['beta']:g} ({best['id']}), win rate {rate['rate']:.3f} "
-        f"[{rate['low']:.3f}, {rate['high']:.3f}] against the reference ({versus} it)"
-    )
-    if len(judged) > 1:
-        text += f"; it beats {len(beats)} of the other {len(judged) - 1} runs"
-        if level:
-            shown = ", ".join(level[:5]) + (f" and {len(level) - 5} more" if len(level) > 5 else "")
-            text += f" and cannot be told from {shown}"
-    if controlled:
-        survives = controlled["low"] > 0.5
-        text += (
-            f"; length-controlled {controlled['rate']:.3f} [{controlled['low']:.3f}, {controlled['high']:.3f}]: "
-            + ("its edge survives length control" if survives else "its edge does not survive length control")
-        )
-    if best.get("flags"):
-        text += f". Beware: {'; '.join(best['flags'])}"
-    return {
-        "run": best["id"],
-        "loss": best["loss"],
-        "beta": best["beta"],
-        "beats": beats,
-        "level_with": level,
-        "text": text + ".",
-    }
 
 
 def inconclusive(runs: list[dict], judge_eval: dict | None) -> str | None:
@@ -384,33 +326,27 @@ def beta_name(data: dict) -> str:
 
 
 def plot_winrate_vs_beta(data: dict, path: Path) -> Path | None:
-    judged = [r for r in data["runs"] if r["judgement"] and r["judgement"]["win_rate"]]
+    judged = [c for c in data["cells"] if c["win_rate"]]
     if not judged:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     groups = _by_loss(judged)
-    for k, (loss, runs) in enumerate(groups.items()):
+    for k, (loss, cells) in enumerate(groups.items()):
         dodge = 10 ** (0.03 * (k - (len(groups) - 1) / 2))  # side by side, not on top of each other
-        betas = [r["beta"] * dodge for r in runs]
-        rates = [r["judgement"]["win_rate"]["rate"] for r in runs]
-        low = [rate - r["judgement"]["win_rate"]["low"] for rate, r in zip(rates, runs, strict=True)]
-        high = [r["judgement"]["win_rate"]["high"] - rate for rate, r in zip(rates, runs, strict=True)]
+        betas = [c["beta"] * dodge for c in cells]
+        rates = [c["win_rate"]["rate"] for c in cells]
+        low = [rate - c["win_rate"]["low"] for rate, c in zip(rates, cells, strict=True)]
+        high = [c["win_rate"]["high"] - rate for rate, c in zip(rates, cells, strict=True)]
         ax.errorbar(betas, rates, yerr=[low, high], marker="os^vD<>"[k % 7], capsize=3, label=loss, alpha=0.85)
     ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
     ax.set_xscale("log")
     ax.set_xlabel(beta_name(data))
     ax.set_ylabel("win rate vs reference (ties = 1/2)")
-    ax.set_title("Win rate against the reference (95% paired bootstrap; losses offset in beta)")
+    seeds = max(len(c["runs"]) for c in judged)
+    over = f"seeds x prompts bootstrap, {seeds} seeds" if seeds > 1 else "paired bootstrap"
+    ax.set_title(f"Win rate against the reference (95% {over}; losses offset in beta)", fontsize=10)
     ax.legend(fontsize=8)
     return _save(fig, path)
-
-
-def final_kl(run: dict) -> float | None:
-    """A run's last traced KL(pi || pi_ref) (None for a run that diverged or was not traced)."""
-    if run.get("diverged"):
-        return None
-    kls = [t["kl"] for t in run["traces"] if "kl" in t]
-    return kls[-1] if kls else None
 
 
 def plot_winrate_vs_kl(data: dict, path: Path) -> Path | None:
@@ -418,21 +354,21 @@ def plot_winrate_vs_kl(data: dict, path: Path) -> Path | None:
     over how far it moved from it, one line per loss from its largest beta to its smallest. A
     curve that rises and then falls is a judge that stops agreeing with the labels the policy
     kept following."""
-    points = [r for r in data["runs"] if (r["judgement"] or {}).get("win_rate") and final_kl(r) is not None]
+    points = [c for c in data["cells"] if c["win_rate"] and c["final_kl"] is not None]
     if not points:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for k, (loss, runs) in enumerate(_by_loss(points).items()):
-        ordered = sorted(runs, key=lambda r: -r["beta"])
-        kls = [max(final_kl(r) or 0.0, 0.0) for r in ordered]
-        rates = [r["judgement"]["win_rate"]["rate"] for r in ordered]
-        low = [rate - r["judgement"]["win_rate"]["low"] for rate, r in zip(rates, ordered, strict=True)]
-        high = [r["judgement"]["win_rate"]["high"] - rate for rate, r in zip(rates, ordered, strict=True)]
+    for k, (loss, cells) in enumerate(_by_loss(points).items()):
+        ordered = sorted(cells, key=lambda c: -c["beta"])
+        kls = [max(c["final_kl"], 0.0) for c in ordered]
+        rates = [c["win_rate"]["rate"] for c in ordered]
+        low = [rate - c["win_rate"]["low"] for rate, c in zip(rates, ordered, strict=True)]
+        high = [c["win_rate"]["high"] - rate for rate, c in zip(rates, ordered, strict=True)]
         ax.errorbar(kls, rates, yerr=[low, high], marker="os^vD<>"[k % 7], capsize=3, label=loss, alpha=0.85)
-        for x, y, run in zip(kls, rates, ordered, strict=True):
-            ax.annotate(f"{run['beta']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        for x, y, cell in zip(kls, rates, ordered, strict=True):
+            ax.annotate(f"{cell['beta']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
-    ax.set_xscale("symlog", linthresh=min((x for r in points if (x := final_kl(r) or 0) > 0), default=1e-2))
+    ax.set_xscale("symlog", linthresh=min((x for c in points if (x := c["final_kl"]) > 0), default=1e-2))
     ax.set_xlabel("final KL(pi || pi_ref) (sampled); points labelled with beta")
     ax.set_ylabel("win rate vs reference (ties = 1/2)")
     ax.set_title("Win rate against KL from the reference (95% intervals)")
@@ -680,6 +616,29 @@ def winrate_table(data: dict) -> list[dict]:
     return rows
 
 
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def cells_table(data: dict) -> list[dict]:
+    """One row per cell (a loss at a beta over its seeds), the best win rate first."""
+    rows = []
+    for cell in sorted(data["cells"], key=lambda c: -c["win_rate"]["rate"] if c["win_rate"] else 1.0):
+        rows.append(
+            {
+                "cell": cell["id"],
+                "loss": cell["loss"],
+                "beta": cell["beta"],
+                "seeds judged": f"{len(cell['judged'])} of {len(cell['runs'])}",
+                "win_rate": _interval(cell["win_rate"]),
+                "seed share": _share((cell["win_rate"] or {}).get("seed_share")),
+                "mean final kl": f"{cell['final_kl']:.3f}" if cell["final_kl"] is not None else "-",
+                "notes": "; ".join(cell["flags"]) or "-",
+            }
+        )
+    return rows
+
+
 @functools.cache
 def _templates() -> jinja2.Environment:
     return jinja2.Environment(
@@ -709,12 +668,14 @@ def render_html(data: dict, figures: dict[str, Path]) -> str:
                 "invalid": f"{measured['invalid_rate']:.3f}",
             }
         ]
+    seeded = any(len(c["runs"]) > 1 for c in data["cells"])
     differences = [
         {
             beta_name(data): f"{d['beta']:g}",
             "A": f"{d['a']} ({d['loss_a']})",
             "B": f"{d['b']} ({d['loss_b']})",
             "win rate A - B": f"{d['difference']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]",
+            **({"seeds": d["seeds"], "seed share": _share(d.get("seed_share"))} if seeded else {}),
             "resolved": ("A better" if d["low"] > 0 else "B better") if d["resolved"] else "no",
         }
         for d in data.get("differences") or []
@@ -742,6 +703,7 @@ def render_html(data: dict, figures: dict[str, Path]) -> str:
             headline=(data.get("headline") or {}).get("text"),
             warnings=data.get("warnings", []),
             reference_length=reference_length,
+            cells=cells_table(data) if seeded else [],
             runs=winrate_table(data),
             diverged=[run for run in data["runs"] if run.get("diverged")],
             judge_eval=judge_eval,

@@ -52,6 +52,7 @@ class RunSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     loss: Loss = Field(description="Registry name or a formula in x.")
     beta: Beta
+    seed: int | None = Field(None, ge=0, le=2**32 - 1, description="Its training seed; default training.seed.")
 
 
 # Where a sweep's defaults differ from a single run's: a sweep's report needs a length, checkpoints
@@ -142,6 +143,14 @@ class JobSpec(RunInputs):
     losses: list[Loss] = Field(default_factory=list, max_length=32)
     betas: list[Beta] = Field(default_factory=list, max_length=32)
     runs: list[RunSpec] = Field(default_factory=list, max_length=MAX_RUNS)
+    seeds: int = Field(
+        1,
+        ge=1,
+        le=8,
+        description="Train each loss x beta with this many seeds (training.seed, +1, ...): its win rate, "
+        "differences and claims then have intervals over seeds and prompts, so a verdict that changes with the "
+        "seed is not resolved.",
+    )
 
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
@@ -193,35 +202,48 @@ class JobSpec(RunInputs):
             raise ValueError("give either runs or a grid of losses x betas, not both")
         if not self.runs and not (self.losses and self.betas):
             raise ValueError("give a grid (losses and betas, both non-empty) or an explicit list of runs")
-        grid = len(self.losses) * len(self.betas)
-        if grid > MAX_RUNS:
-            raise ValueError(f"the grid has {grid} runs; at most {MAX_RUNS} per job")
+        if self.seeds > 1 and any(run.seed is not None for run in self.runs):
+            raise ValueError("give seeds, or runs with their own seed, not both")
+        count = (len(self.runs) or len(self.losses) * len(self.betas)) * self.seeds
+        if count > MAX_RUNS:
+            seeds = f" ({self.seeds} seeds each)" if self.seeds > 1 else ""
+            raise ValueError(f"the job has {count} runs{seeds}; at most {MAX_RUNS} per job")
         if self.training.beta_units == "ipo":
-            for run in self.run_list():
+            for run in self.cells():
                 try:
                     beta_from_ipo_equivalent(run.beta, run.loss)
                 except LossSpecError as err:
                     raise ValueError(str(err)) from None
         if self.comparisons.pairwise_beta is not None:
-            at_beta = [r for r in self.run_list() if r.beta == self.comparisons.pairwise_beta]
+            at_beta = [r for r in self.cells() if r.beta == self.comparisons.pairwise_beta]
             if len(at_beta) < 2:
                 raise ValueError(f"pairwise_beta {self.comparisons.pairwise_beta} matches fewer than two runs")
         return self
 
-    def run_list(self) -> list[RunSpec]:
+    def cells(self) -> list[RunSpec]:
+        """The losses x betas (or the listed runs), before seeds."""
         if self.runs:
             return list(self.runs)
         return [RunSpec(loss=loss, beta=beta) for loss in self.losses for beta in self.betas]
 
+    def run_list(self) -> list[RunSpec]:
+        """Every run trained: each cell once per seed."""
+        if self.seeds == 1:
+            return self.cells()
+        return [
+            cell.model_copy(update={"seed": self.training.seed + k}) for cell in self.cells() for k in range(self.seeds)
+        ]
+
     def run_ids(self) -> list[str]:
-        """Stable, path-safe ids: the position in the grid, the loss (slugged) and beta."""
-        return [run_id(i, run) for i, run in enumerate(self.run_list())]
+        """Stable, path-safe ids: the cell's position, the loss (slugged), beta and any seed."""
+        return [run_id(i // self.seeds, run) for i, run in enumerate(self.run_list())]
 
 
 def run_id(index: int, run: RunSpec) -> str:
     name = registry_name(run.loss)  # no parsing: the control service must not analyse formulas
     loss = name if name is not None else "f_" + re.sub(r"[^A-Za-z0-9]+", "_", run.loss).strip("_")[:24]
-    return f"r{index:02d}-{loss}-b{run.beta:g}".replace("+", "")
+    seed = f"-s{run.seed}" if run.seed is not None else ""
+    return f"r{index:02d}-{loss}-b{run.beta:g}{seed}".replace("+", "")
 
 
 class JobSpecError(InputError):

@@ -140,6 +140,8 @@ def training_spec(
     the cache root; the services give each tenant its own)."""
     settings = spec.training.model_dump(exclude={"beta_units"})
     target = run_by_id(spec, run)
+    if target.seed is not None:
+        settings["seed"] = target.seed
     beta = {"beta_ipo": target.beta} if spec.training.beta_units == "ipo" else {"beta": target.beta}
     if not (inputs.eval_pairs or inputs.eval_prompts):
         settings["trace_every"] = 0  # nothing to trace on
@@ -374,10 +376,14 @@ def diverged(job_dir: Path, run: str) -> str | None:
 
 
 def pairwise_runs(spec: JobSpec, job_dir: Path) -> list[str]:
-    """The runs at ``comparisons.pairwise_beta``, less those that diverged (nothing to compare)."""
+    """The runs at ``comparisons.pairwise_beta``, one per loss (its first seed), less those that
+    diverged (nothing to compare)."""
     beta = spec.comparisons.pairwise_beta
-    runs = [rid for rid, run in zip(spec.run_ids(), spec.run_list(), strict=True) if run.beta == beta]
-    return [run for run in runs if not diverged(job_dir, run)]
+    first: dict[str, str] = {}
+    for rid, run in zip(spec.run_ids(), spec.run_list(), strict=True):
+        if run.beta == beta:
+            first.setdefault(run.loss, rid)
+    return [run for run in first.values() if not diverged(job_dir, run)]
 
 
 def pairwise_stage(

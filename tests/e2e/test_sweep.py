@@ -74,6 +74,12 @@ def test_run_ids_are_stable_and_path_safe() -> None:
         "r02-f_exp_x_0_1_x_2-b0.1",
         "r03-f_exp_x_0_1_x_2-b10",
     ]
+    runs = [{"loss": "hinge", "beta": 1, "seed": 3}, {"loss": "hinge", "beta": 1, "seed": 4}]
+    assert JobSpec(**grid(losses=[], betas=[], runs=runs)).run_ids() == ["r00-hinge-b1-s3", "r01-hinge-b1-s4"]
+    with pytest.raises(ValueError, match="not both"):
+        JobSpec(**grid(losses=[], betas=[], runs=runs, seeds=2))
+    with pytest.raises(ValueError, match=r"the job has 66 runs \(3 seeds each\)"):
+        JobSpec(**grid(losses=["dpo", "ipo"], betas=[0.1 * k for k in range(1, 12)], seeds=3))
 
 
 @pytest.mark.slow
@@ -189,6 +195,46 @@ def test_a_run_that_diverges_is_recorded_and_the_sweep_goes_on(small_task, tmp_p
     again = []
     run_job(spec, tmp_path / "job", cache_dir=tmp_path / "cache", events=again.append)
     assert not any(e.get("kind") == "step" for e in again)
+
+
+def test_seeds_train_each_cell_again_and_the_report_decides_on_cells(small_task, tmp_path) -> None:
+    """``seeds: 2``: every loss x beta is trained under two seeds (different data orders, different
+    models); the report pools them per cell, with intervals over seeds and prompts, and its
+    differences, headline and claims name cells."""
+    spec = JobSpec(**grid(
+        losses=["logistic", "square"], betas=[0.1], seeds=2,
+        training={"steps": 4, "lr": 5e-3, "batch_size": 8, "trace_every": 4, "checkpoint_every": 0, "trace_prompts": 4,
+                  "seed": 5},
+        generation={"backend": "transformers", "prompts": 6},
+        comparisons={"pairwise_beta": 0.1},
+    ))  # fmt: skip
+    assert spec.run_ids() == [
+        "r00-logistic-b0.1-s5",
+        "r00-logistic-b0.1-s6",
+        "r01-square-b0.1-s5",
+        "r01-square-b0.1-s6",
+    ]
+    report = run_job(spec, tmp_path / "job", cache_dir=tmp_path / "cache")
+    data = json.loads((report.parent / "report.json").read_text())
+    runs = {r["id"]: r for r in data["runs"]}
+    assert [runs[i]["seed"] for i in spec.run_ids()] == [5, 6, 5, 6]
+    first, second = (runs[f"r00-logistic-b0.1-s{s}"]["curve"] for s in (5, 6))
+    assert first[0]["loss"] != second[0]["loss"]  # another seed, another first batch
+    cells = {c["id"]: c for c in data["cells"]}
+    assert list(cells) == ["r00-logistic-b0.1", "r01-square-b0.1"]
+    cell = cells["r00-logistic-b0.1"]
+    assert cell["judged"] == {"5": "r00-logistic-b0.1-s5", "6": "r00-logistic-b0.1-s6"}
+    pooled = [runs[r]["judgement"]["win_rate"] for r in cell["runs"]]
+    rate = cell["win_rate"]
+    assert rate["seeds"] == 2 and rate["comparisons"] == 12 and 0 <= rate["seed_share"] <= 1
+    assert rate["rate"] == pytest.approx(sum(p["rate"] for p in pooled) / 2)
+    assert rate["low"] <= rate["rate"] <= rate["high"]
+    [d] = data["differences"]
+    assert (d["a"], d["b"], d["seeds"]) == ("r00-logistic-b0.1", "r01-square-b0.1", 2)
+    assert d["difference"] == pytest.approx(rate["rate"] - cells["r01-square-b0.1"]["win_rate"]["rate"])
+    assert data["headline"]["run"] in cells and "2 seeds" in data["headline"]["text"]
+    assert data["pairwise"]["runs"] == ["r00-logistic-b0.1-s5", "r01-square-b0.1-s5"]  # one run per loss
+    assert "Cells over seeds" in report.read_text()
 
 
 def test_the_report_shows_the_judges_measured_accuracy(small_task, tmp_path) -> None:

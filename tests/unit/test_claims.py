@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 
+from gpo_core.sweep.cells import group_cells
 from gpo_core.sweep.claims import (
     FAILS,
     HOLDS,
@@ -37,31 +38,51 @@ def test_exact_permutation_and_sign_test_p_values() -> None:
     assert sign_test(6, 7)[0] == pytest.approx(8 / 128)
 
 
-def sweep(rates: dict[str, dict[float, float]], prompts: int = 200, seed: int = 0):
-    """Runs with per-prompt outcomes drawn at the given win rates (one comparison per prompt)."""
+def sweep(rates: dict[str, dict[float, float]], prompts: int = 200, seed: int = 0, seeds: list | None = None):
+    """Cells with per-prompt outcomes drawn at the given win rates (one comparison per prompt),
+    one run per seed; ``rates[loss][beta]`` may be a list, one rate per seed."""
     rng = np.random.default_rng(seed)
     runs, outcomes = [], {}
     for loss, by_beta in rates.items():
         for beta, rate in by_beta.items():
-            run_id = f"{loss}-{beta:g}"
-            runs.append({"id": run_id, "loss": loss, "beta": beta, "traces": []})
-            outcomes[run_id] = {str(p): ["win" if rng.random() < rate else "loss"] for p in range(prompts)}
-    return runs, outcomes
+            for k, s in enumerate(seeds or [None]):
+                run_id = f"{loss}-{beta:g}" + (f"-s{s}" if s is not None else "")
+                p = rate[k] if isinstance(rate, list) else rate
+                runs.append({"id": run_id, "loss": loss, "beta": beta, "seed": s, "traces": [], "flags": [],
+                             "judgement": {"win_rate": {"rate": p}}})  # fmt: skip
+                outcomes[run_id] = {str(q): ["win" if rng.random() < p else "loss"] for q in range(prompts)}
+    return group_cells(runs, outcomes), outcomes
 
 
 def test_c1_reads_the_peak_beta_from_the_bootstrap() -> None:
     peaked = {b: 0.75 if b == 0.3 else 0.5 for b in BETAS}
     late = {b: 0.8 if b == 10.0 else 0.5 for b in BETAS}
     flat = dict.fromkeys(BETAS, 0.55)
-    runs, outcomes = sweep({"logistic": peaked, "square": peaked})
-    assert c1_peak_beta(runs, outcomes)["verdict"] == HOLDS
-    runs, outcomes = sweep({"logistic": peaked, "square": late})
-    result = c1_peak_beta(runs, outcomes)
+    cells, outcomes = sweep({"logistic": peaked, "square": peaked})
+    assert c1_peak_beta(cells, outcomes)["verdict"] == HOLDS
+    cells, outcomes = sweep({"logistic": peaked, "square": late})
+    result = c1_peak_beta(cells, outcomes)
     assert result["verdict"] == FAILS and result["per_loss"][1]["argmax_beta"] == 10.0
-    runs, outcomes = sweep({"logistic": flat}, prompts=40)
-    assert c1_peak_beta(runs, outcomes)["verdict"] == UNRESOLVED
-    runs, outcomes = sweep({"logistic": {0.1: 0.6, 1.0: 0.7}})
-    assert c1_peak_beta(runs, outcomes)["verdict"] == UNRESOLVED  # no beta outside the range
+    cells, outcomes = sweep({"logistic": flat}, prompts=40)
+    assert c1_peak_beta(cells, outcomes)["verdict"] == UNRESOLVED
+    cells, outcomes = sweep({"logistic": {0.1: 0.6, 1.0: 0.7}})
+    assert c1_peak_beta(cells, outcomes)["verdict"] == UNRESOLVED  # no beta outside the range
+
+
+def test_c1_is_not_resolved_when_the_peak_moves_with_the_seed() -> None:
+    """Seed 0 peaks at 0.3 and seed 1 at 10, each clearly: either seed alone decides C1 (one way
+    or the other); both together do not."""
+    moving = {b: [0.8 if b == 0.3 else 0.5, 0.8 if b == 10.0 else 0.5] for b in BETAS}
+    cells, outcomes = sweep({"logistic": moving}, seeds=[0, 1])
+    assert [len(c["judged"]) for c in cells] == [2] * len(BETAS)
+    alone = {run_id: by_prompt for run_id, by_prompt in outcomes.items() if run_id.endswith("-s0")}
+    first = [{**c, "judged": {"0": c["judged"]["0"]}} for c in cells]
+    assert c1_peak_beta(first, alone)["verdict"] == HOLDS
+    second = [{**c, "judged": {"1": c["judged"]["1"]}} for c in cells]
+    assert c1_peak_beta(second, outcomes)["verdict"] == FAILS
+    both = c1_peak_beta(cells, outcomes)
+    assert both["verdict"] == UNRESOLVED and both["per_loss"][0]["seeds"] == 2
+    assert 0.2 < both["per_loss"][0]["share_in_range"] < 0.8
 
 
 def difference(low: float, high: float, beta: float = 0.1) -> dict:
@@ -113,6 +134,6 @@ def test_diverged_runs_take_no_part_in_c3_and_c4() -> None:
 
 def test_claims_names_the_tail_class_of_each_loss_itself() -> None:
     runs = [traced("logistic", b, 2.0, 1.0) for b in BETAS] + [traced("hinge", b, 1.0, 0.5) for b in BETAS]
-    table = claims(runs, {}, [])
+    table = claims(runs, [], {}, [])
     assert [c["claim"] for c in table] == ["C1", "C2", "C3", "C4"]
     assert table[3]["verdict"] == HOLDS and table[3]["closer"] == len(BETAS)

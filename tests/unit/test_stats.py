@@ -5,7 +5,14 @@ import math
 import numpy as np
 import pytest
 
-from gpo_core.stats import bradley_terry_strengths, length_controlled_win_rate, paired_difference, win_rate
+from gpo_core.stats import (
+    bootstrap_rates,
+    bradley_terry_strengths,
+    grid,
+    length_controlled_win_rate,
+    paired_difference,
+    win_rate,
+)
 
 
 def test_rate_counts_ties_as_half() -> None:
@@ -88,7 +95,7 @@ def test_paired_difference_of_identical_and_opposite_runs() -> None:
     assert nothing.difference == nothing.low == nothing.high == 0.0 and not nothing.resolved
     wins, losses = {p: ["win"] for p in same}, {p: ["loss"] for p in same}
     assert paired_difference(wins, losses).to_dict() == {
-        "difference": 1.0, "low": 1.0, "high": 1.0, "prompts": 40, "resolved": True,
+        "difference": 1.0, "low": 1.0, "high": 1.0, "prompts": 40, "seeds": 1, "seed_share": None, "resolved": True,
     }  # fmt: skip
 
 
@@ -118,3 +125,57 @@ def test_paired_difference_uses_the_prompts_both_runs_were_judged_on() -> None:
     assert result.prompts == 2 and result.difference == pytest.approx(0.5 - 0.0)
     with pytest.raises(ValueError, match="share no judged prompt"):
         paired_difference({"1": ["win"]}, {"2": ["win"]})
+
+
+def test_one_run_by_prompt_is_the_prompt_bootstrap() -> None:
+    outcomes = [["win", "tie"], ["loss"], ["win"], ["loss", "loss"], ["win"]]
+    by_prompt = {f"p{i}": o for i, o in enumerate(outcomes)}
+    assert win_rate(by_prompt) == win_rate(outcomes) == win_rate([by_prompt])
+    assert win_rate(outcomes).seeds == 1 and win_rate(outcomes).seed_share is None
+
+
+def test_the_two_way_bootstrap_draws_seeds_and_prompts_as_an_explicit_loop_does() -> None:
+    """The resampled rates of the multiplicity form equal a loop that picks seed i and prompt j
+    for every drawn pair, from the same random draws."""
+    rng = np.random.default_rng(4)
+    runs = [
+        {f"p{j}": list(rng.choice(["win", "tie", "loss"], size=rng.integers(1, 4))) for j in range(7)} for _ in range(3)
+    ]
+    prompts = sorted(runs[0])
+    scores, counts = grid(runs, prompts)
+    boot = bootstrap_rates([(scores, counts)], resamples=50, seed=9)[0]
+    draws = np.random.default_rng(9)
+    prompt_picks = draws.integers(0, 7, size=(50, 7))
+    seed_picks = draws.integers(0, 3, size=(50, 3))
+    for r in range(50):
+        won = sum(scores[i, j] for i in seed_picks[r] for j in prompt_picks[r])
+        judged = sum(counts[i, j] for i in seed_picks[r] for j in prompt_picks[r])
+        assert boot[r] == pytest.approx(won / judged)
+
+
+def test_a_verdict_that_flips_with_the_seed_is_not_resolved() -> None:
+    """A beats B clearly under seed 0 and loses clearly under seed 1: each seed alone resolves the
+    difference (in opposite directions); the two seeds together do not, and the spread is the
+    seeds' (every prompt agrees within a seed)."""
+    prompts = [str(i) for i in range(60)]
+    wins, losses = {p: ["win"] for p in prompts}, {p: ["loss"] for p in prompts}
+    half = {p: ["win" if int(p) % 2 else "loss"] for p in prompts}
+    assert paired_difference(wins, half).low > 0 and paired_difference(losses, half).high < 0
+    both = paired_difference([wins, losses], [half, half], resamples=4000)
+    assert both.difference == pytest.approx(0.0) and not both.resolved and both.seeds == 2
+    assert both.low < -0.4 and both.high > 0.4  # a draw of seed 1 twice: -0.5 (and prompt noise)
+    assert both.seed_share is not None and both.seed_share > 0.9
+    cell = win_rate([wins, losses], resamples=4000)
+    assert (cell.rate, cell.low, cell.high, cell.seeds) == (0.5, 0.0, 1.0, 2)
+    assert cell.seed_share == pytest.approx(1.0)
+
+
+def test_seeds_that_agree_leave_the_prompts_spread() -> None:
+    """Two seeds with the same outcomes: the seeds add nothing, the interval is the prompts'."""
+    rng = np.random.default_rng(5)
+    run = {str(i): ["win" if rng.random() < 0.6 else "loss"] for i in range(400)}
+    alone, twice = win_rate(run, resamples=4000), win_rate([run, run], resamples=4000)
+    assert twice.rate == alone.rate and twice.seed_share == pytest.approx(0.0, abs=1e-12)
+    assert twice.high - twice.low == pytest.approx(alone.high - alone.low, rel=0.1)
+    with pytest.raises(ValueError, match="1 and 2 seeds"):
+        paired_difference(run, [run, run])
