@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from gpo_client.sdk import JobView
 
 
-def demo_spec(size: str = "small", steps: int = 100, workers: int = 1) -> dict:
+def demo_spec(size: str = "small", steps: int = 100, workers: int = 1, seed: int = 0) -> dict:
     return {
         "name": "demo",
         "task": {"size": size, "seed": 0},
@@ -27,6 +27,7 @@ def demo_spec(size: str = "small", steps: int = 100, workers: int = 1) -> dict:
             "batch_size": 16,
             "lr": 5e-4,
             "workers": workers,
+            "seed": seed,
             "checkpoint_every": steps // 2,
             "trace_every": steps // 4,
             "trace_prompts": 32,
@@ -38,7 +39,7 @@ def demo_spec(size: str = "small", steps: int = 100, workers: int = 1) -> dict:
 
 
 def run_demo(
-    out: Path, size: str, steps: int, workers: int, stack_dir: Path | None, say
+    out: Path, size: str, steps: int, workers: int, stack_dir: Path | None, say, seed: int = 0
 ) -> tuple[JobView, Path | None, float]:
     """Returns (final job, report path, wall seconds)."""
     from gpo_client.sdk import Client
@@ -50,7 +51,7 @@ def run_demo(
     build_task(None, task_settings(size, 0), progress=lambda message: say(f"  {message}"))
     stack = start_stack(stack_dir)
     say(f"local stack: {stack['server']} (logs in {stack['logs']})")
-    spec = demo_spec(size, steps, workers)
+    spec = demo_spec(size, steps, workers, seed)
     out.mkdir(parents=True, exist_ok=True)
     (out / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     with Client(stack["server"], stack["api_key"]) as client:

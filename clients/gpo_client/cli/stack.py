@@ -48,6 +48,9 @@ def demo_command(
     size: Annotated[str, typer.Option(help="Built-in task size: small or default.")] = "small",
     steps: Annotated[int, typer.Option(min=4, help="Training steps per run.")] = 100,
     workers: Annotated[int, typer.Option(min=0, help="Ray Train workers per run (0: in the trainer).")] = 1,
+    seed: Annotated[
+        int, typer.Option(min=0, help="Training seed: another one shows how much the outcome owes to chance.")
+    ] = 0,
     directory: StackDirOption = None,
     down: Annotated[bool, typer.Option("--down", help="Stop the local stack at the end.")] = False,
 ) -> None:
@@ -57,7 +60,7 @@ def demo_command(
     from gpo_client.stack import StackError, stop_stack
 
     try:
-        job, report, seconds = run_demo(out, size, steps, workers, directory, console.print)
+        job, report, seconds = run_demo(out, size, steps, workers, directory, console.print, seed)
     except StackError as err:
         raise fail(str(err)) from None
     finally:
