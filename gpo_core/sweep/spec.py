@@ -18,7 +18,7 @@ from gpo_core.loss_names import LossSpecError, registry_name
 from gpo_core.specfile import format_errors, missing_paths, read_mapping, resolve_paths
 from gpo_core.train.spec import Beta, Loss, TrainingOptions, beta_from_ipo_equivalent
 
-MAX_RUNS = 64  # a grid larger than this is almost certainly a mistake; split it into jobs
+MAX_RUNS = 128  # runs, seeds counted: a job larger than this is almost certainly a mistake; split it
 
 
 class BuiltinTask(BaseModel):

@@ -38,7 +38,7 @@ from gpo_core.task.model import (
 from gpo_core.task.reward import bradley_terry_probability, gold_reward, summary_words
 from gpo_core.task.tokenizer import build_tokenizer
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: the gold reward is 2 x ROUGE-L F1, labels at temperature 0.1
 SIZES = ("small", "default", "paper")
 Progress = Callable[[str], None]
 
@@ -82,7 +82,7 @@ class TaskSettings:
     eval_pair_fraction: float = 1 / 6
     eval_prompts: int = 256
     behaviour_temperature: float = 1.0  # mu: the SFT policy sampled at this temperature
-    label_temperature: float = 0.5  # Bradley-Terry: P(a > b) = sigmoid((r_a - r_b) / T)
+    label_temperature: float = 0.1  # Bradley-Terry: P(a > b) = sigmoid((r_a - r_b) / T)
     summary_tokens: int = MAX_SUMMARY_TOKENS  # new tokens when sampling pairs and quality figures
     proxy: LabelProxy = field(default_factory=LabelProxy)
 

@@ -27,7 +27,7 @@ def grid(**overrides) -> dict:
         ({"betas": [float("inf")]}, "betas.0", "finite number > 0"),
         ({"betas": 0.1}, "betas", "a list is expected here: [0.1]"),
         (
-            {"losses": [f"exp(-x) + {k}" for k in range(9)], "betas": [0.1 * (k + 1) for k in range(8)]},
+            {"losses": [f"exp(-x) + {k}" for k in range(9)], "betas": [0.1 * (k + 1) for k in range(8)], "seeds": 2},
             "(spec)",
             "at most",
         ),
@@ -55,7 +55,7 @@ def test_invalid_specs_name_the_field(overrides, field, message) -> None:
         parse_job_spec(grid(**overrides), "job.yaml")
     text = str(caught.value)
     assert text.startswith("job.yaml: invalid job spec") and f"  {field}: " in text and message in text
-    assert MAX_RUNS == 64
+    assert MAX_RUNS == 128
 
 
 def test_the_builtin_tasks_prompt_counts_are_the_builders() -> None:
@@ -78,8 +78,8 @@ def test_run_ids_are_stable_and_path_safe() -> None:
     assert JobSpec(**grid(losses=[], betas=[], runs=runs)).run_ids() == ["r00-hinge-b1-s3", "r01-hinge-b1-s4"]
     with pytest.raises(ValueError, match="not both"):
         JobSpec(**grid(losses=[], betas=[], runs=runs, seeds=2))
-    with pytest.raises(ValueError, match=r"the job has 66 runs \(3 seeds each\)"):
-        JobSpec(**grid(losses=["dpo", "ipo"], betas=[0.1 * k for k in range(1, 12)], seeds=3))
+    with pytest.raises(ValueError, match=r"the job has 132 runs \(3 seeds each\)"):
+        JobSpec(**grid(losses=["dpo", "ipo"], betas=[0.1 * k for k in range(1, 23)], seeds=3))
 
 
 @pytest.mark.slow
@@ -340,7 +340,9 @@ def test_gpo_reproduce_runs_the_papers_grid(flags: list[str]) -> None:
     assert out.returncode == 0, out.stderr
     spec = parse_job_spec(yaml.safe_load(out.stdout))
     assert set(spec.losses) == {"logistic", "hinge", "square", "exponential", "truncated_quadratic", "savage"}
-    assert spec.betas == [0.01, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0] and len(spec.run_list()) == 42
+    assert spec.betas == [0.01, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0] and len(spec.cells()) == 42
+    # Two seeds per cell, and labels from a proxy the judge does not share (issue 31).
+    assert spec.seeds == 2 and len(spec.run_list()) == 84 and spec.task.label_length_bonus > 0
     assert spec.comparisons.pairwise_beta == 0.1 and spec.training.trace_every > 0
     assert spec.training.use_gpu == ("--gpu" in flags)
     assert spec.task.architecture == ("t5" if "t5" in flags else "llama")

@@ -71,24 +71,26 @@ def test_the_reward_of_a_sentence_by_hand() -> None:
     doc = next(d for d in SENTENCE_DOCUMENTS if len(d.salient) == 3 and len(set(d.attributes)) == 3)
     (t1, a1), (t2, _), (t3, a3) = doc.phrases
     assert gold_reward(doc, doc.reference_summary) == GOLD_OPTIMUM  # 8 words, "and" twice, allowed
-    # a phrase dropped: LCS 5 of 8 (t1 a1 and t3 a3), nothing wrong, shorter
-    assert gold_reward(doc, f"{t1} {a1} and {t3} {a3}") == pytest.approx(2 * 5 / 8)
-    # a wrong attribute: LCS 7 of 8, one word not in the reference
+    # 2 x F1 = 2 x 2 LCS / (|summary| + |reference|)
+    # a phrase dropped: LCS 5 (t1 a1 and t3 a3) of a 5-word summary and the 8-word reference
+    assert gold_reward(doc, f"{t1} {a1} and {t3} {a3}") == pytest.approx(4 * 5 / (5 + 8))
+    # a wrong attribute: LCS 7 of 8 words each
     wrong = next(a for a in SENTENCE_VOCABULARY.attributes if a not in doc.attributes)
-    assert gold_reward(doc, f"{t1} {a1} and {t2} {wrong} and {t3} {a3}") == pytest.approx(2 * 7 / 8 - 0.5)
-    # a phrase repeated: LCS 8, "and" three times (two allowed), t1 and a1 twice, 3 words too long
-    assert gold_reward(doc, f"{doc.reference_summary} and {t1} {a1}") == pytest.approx(2 - 0.5 * 3 - 0.1 * 3)
+    assert gold_reward(doc, f"{t1} {a1} and {t2} {wrong} and {t3} {a3}") == pytest.approx(4 * 7 / (8 + 8))
+    # a phrase repeated: LCS 8 of an 11-word summary
+    assert gold_reward(doc, f"{doc.reference_summary} and {t1} {a1}") == pytest.approx(4 * 8 / (11 + 8))
 
 
-def test_the_general_reward_equals_the_salient_words_formula_without_modifiers() -> None:
+def test_the_reward_is_twice_rouge_l_f1_computed_independently() -> None:
     rng = random.Random(0)
     for doc in DOCUMENTS[:50]:
         pool = list(doc.salient + doc.distractors) + list(VOCABULARY.filler[:5])
         for _ in range(20):
             words = rng.choices(pool, k=rng.randint(0, 7))
             salient = doc.salient
-            by_hand = (2 * _lcs_by_table(words, salient) / len(salient) - 0.5 * sum(w not in salient for w in words)
-                       - 0.5 * (len(words) - len(set(words))) - 0.1 * max(0, len(words) - len(salient)))  # fmt: skip
+            common = _lcs_by_table(words, salient)
+            precision, recall = (common / len(words), common / len(salient)) if common else (0.0, 0.0)
+            by_hand = 2 * (2 * precision * recall / (precision + recall)) if common else 0.0
             assert gold_reward(doc, " ".join(words)) == pytest.approx(by_hand)
 
 
@@ -118,8 +120,22 @@ def test_reward_penalises_order_repetition_length_and_wrong_words() -> None:
     assert gold_reward(doc, f"{a} {b} {c} {doc.distractors[0]}") < best  # wrong word
     assert gold_reward(doc, f"{a} {b} {c} </s> junk junk") == best  # text after end-of-sequence is ignored
     assert gold_reward(doc, "") == 0.0
-    # by hand: LCS 2 of 3 -> 4/3, one wrong word -0.5, no extra length
-    assert gold_reward(doc, f"{a} {doc.distractors[0]} {c}") == pytest.approx(2 * 2 / 3 - 0.5)
+    # by hand: LCS 2 of a 3-word summary and a 3-word reference: 2 x F1 = 2 x 2/3
+    assert gold_reward(doc, f"{a} {doc.distractors[0]} {c}") == pytest.approx(4 / 3)
+
+
+def test_saying_less_never_beats_a_faithful_answer() -> None:
+    """Each prefix of the reference summary scores below the next (a truncated answer loses to a
+    faithful one) and nothing said scores 0; a wrong word costs a faithful answer something, not
+    everything."""
+    for doc in SENTENCE_DOCUMENTS[:50] + DOCUMENTS[:50]:
+        words = doc.reference_summary.split()
+        scores = [gold_reward(doc, " ".join(words[:k])) for k in range(len(words) + 1)]
+        assert scores[0] == 0.0 and scores == sorted(scores) and len(set(scores)) == len(scores)
+        assert scores[-1] == GOLD_OPTIMUM
+        wrong = doc.distractors[0]
+        padded = gold_reward(doc, " ".join([*words, wrong]))
+        assert 0 < padded < GOLD_OPTIMUM
 
 
 def test_bradley_terry_label_statistics() -> None:
