@@ -668,7 +668,7 @@ def render_html(data: dict, figures: dict[str, Path]) -> str:
                 "invalid": f"{measured['invalid_rate']:.3f}",
             }
         ]
-    seeded = any(len(c["runs"]) > 1 for c in data["cells"])
+    seeded = bool(data.get("cells_table"))
     differences = [
         {
             beta_name(data): f"{d['beta']:g}",
@@ -703,7 +703,7 @@ def render_html(data: dict, figures: dict[str, Path]) -> str:
             headline=(data.get("headline") or {}).get("text"),
             warnings=data.get("warnings", []),
             reference_length=reference_length,
-            cells=cells_table(data) if seeded else [],
+            cells=data.get("cells_table") or [],
             runs=winrate_table(data),
             diverged=[run for run in data["runs"] if run.get("diverged")],
             judge_eval=judge_eval,
@@ -733,6 +733,7 @@ def build_report(job_dir: str | Path) -> Path:
         if written is not None:
             figures[name] = written
     data["table"] = winrate_table(data)
+    data["cells_table"] = cells_table(data) if any(len(c["runs"]) > 1 for c in data["cells"]) else []
     data["warnings"] = judge_warnings(data)
     data["settings"] = settings_table(data)
     data["figures"] = {name: path.name for name, path in figures.items()}

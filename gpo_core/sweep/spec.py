@@ -35,9 +35,9 @@ class BuiltinTask(BaseModel):
     label_length_bonus: float = Field(
         0.0,
         ge=0,
-        le=5,
-        description="The labeler's proxy reward: gold + this * words (a labeler who likes long answers); 0: labels "
-        "from the judge's own gold reward.",
+        le=1,
+        description="The labeler's proxy reward: gold (0 to 2) + this * words, a labeler who likes long answers "
+        "(gpo reproduce: 0.02); 0: labels from the judge's own gold reward.",
     )
     label_flip_rate: float = Field(0.0, ge=0, le=0.5, description="Share of preference labels flipped at random.")
 

@@ -197,7 +197,7 @@ def test_a_run_that_diverges_is_recorded_and_the_sweep_goes_on(small_task, tmp_p
     assert not any(e.get("kind") == "step" for e in again)
 
 
-def test_seeds_train_each_cell_again_and_the_report_decides_on_cells(small_task, tmp_path) -> None:
+def test_seeds_train_each_cell_again_and_the_report_decides_on_cells(small_task, tmp_path, capsys) -> None:
     """``seeds: 2``: every loss x beta is trained under two seeds (different data orders, different
     models); the report pools them per cell, with intervals over seeds and prompts, and its
     differences, headline and claims name cells."""
@@ -235,6 +235,11 @@ def test_seeds_train_each_cell_again_and_the_report_decides_on_cells(small_task,
     assert data["headline"]["run"] in cells and "2 seeds" in data["headline"]["text"]
     assert data["pairwise"]["runs"] == ["r00-logistic-b0.1-s5", "r01-square-b0.1-s5"]  # one run per loss
     assert "Cells over seeds" in report.read_text()
+    from gpo_client.cli.output import print_winrate_table
+
+    print_winrate_table(report.parent / "report.json")  # what gpo run prints: a row per cell
+    printed = capsys.readouterr().out
+    assert "over seeds" in printed and "seeds judged" in printed and "2 of 2" in printed
 
 
 def test_the_report_shows_the_judges_measured_accuracy(small_task, tmp_path) -> None:

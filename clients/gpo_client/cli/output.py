@@ -38,11 +38,17 @@ def print_winrate_table(report_json: Path) -> None:
             f"inconclusive: {report['inconclusive']}; no loss or beta can be chosen from these win rates",
             highlight=False,
         )
-    rows = report["table"]
-    table = Table(title="Win rate against the reference (95% paired bootstrap over prompts)")
-    columns = ("run", "win_rate", "length_controlled", "flip_rate", "gold_reward", "kl", "square_loss")
+    if report.get("cells_table"):  # several seeds per loss x beta: one row per cell, not per run
+        rows = report["cells_table"]
+        title = "Win rate against the reference, over seeds (95% seed x prompt bootstrap)"
+        columns: tuple[str, ...] = ("cell", "seeds judged", "win_rate", "seed share", "mean final kl", "notes")
+    else:
+        rows = report["table"]
+        title = "Win rate against the reference (95% paired bootstrap over prompts)"
+        columns = ("run", "win_rate", "length_controlled", "flip_rate", "gold_reward", "kl", "square_loss")
+    table = Table(title=title)
     for column in columns:
-        table.add_column(column, justify="left" if column == "run" else "right")
+        table.add_column(column, justify="left" if column in ("run", "cell", "notes") else "right")
     for row in rows:
         table.add_row(*(str(row[column]) for column in columns))
     console.print(table)
