@@ -177,9 +177,10 @@ def reproduce_command(
     out: Annotated[Path | None, typer.Option(help="Job folder (default: outputs/jobs/reproduce[-gpu]).")] = None,
     print_spec: Annotated[bool, typer.Option("--print-spec", help="Print the job spec and stop.")] = False,
 ) -> None:
-    """The paper's sweep on the built-in task (Fig. 8, 9 and 5): six losses x seven betas, the
-    pairwise matrix at beta 0.1 and the KL / square-loss traces, ending with the claims table
-    (C1-C4). Runs in this process like gpo run; Ctrl-C stops, running it again resumes."""
+    """The paper's sweep on the built-in task (Fig. 8, 9 and 5): six losses x seven betas, two
+    seeds each, the pairwise matrix at beta 0.1 and the KL / square-loss traces, ending with the
+    claims table (C1-C4). Runs in this process like gpo run; Ctrl-C stops, running it again
+    resumes."""
     from importlib.resources import files
 
     import yaml
