@@ -88,7 +88,15 @@ def test_sweep_end_to_end_with_the_oracle_judge_and_report(small_task, tmp_path)
         **grid(
             losses=["logistic", "square"],
             betas=[0.1, 1.0],
-            training={"steps": 6, "batch_size": 8, "trace_every": 3, "checkpoint_every": 0, "trace_prompts": 8},
+            # lr 5e-3: six steps at the task's 5e-4 leave some policies answering as pi_ref does
+            training={
+                "steps": 6,
+                "lr": 5e-3,
+                "batch_size": 8,
+                "trace_every": 3,
+                "checkpoint_every": 0,
+                "trace_prompts": 8,
+            },
             generation={"backend": "transformers", "prompts": 12, "n": 2},
             comparisons={"pairwise_beta": 0.1},
         )
