@@ -236,6 +236,7 @@ def test_cancel_reaches_a_judge_held_by_a_slow_endpoint_within_seconds(platform,
         platform.start(name)
     judge = platform.start("judge")
     spec = small_job(steps=2)
+    spec["training"]["lr"] = 5e-3  # a policy that moves: its answers equal to pi_ref's would tie, never judged
     spec["judge"] = {"kind": "endpoint", "base_url": slow_endpoint, "model": "judge", "probe": 0}  # slow on purpose
     job = platform.client.submit(spec)
     wait_until(lambda: platform.client.get(job.id).runs[0].stage == "judge" and
@@ -258,6 +259,7 @@ def test_a_task_past_its_deadline_is_stopped_and_its_run_fails(platform, slow_en
         platform.start(name)
     platform.start("judge", GPO_TASK_DEADLINE_S="4")
     spec = small_job(steps=2)
+    spec["training"]["lr"] = 5e-3  # a policy that moves: its answers equal to pi_ref's would tie, never judged
     spec["judge"] = {"kind": "endpoint", "base_url": slow_endpoint, "model": "judge", "probe": 0}  # slow on purpose
     job = platform.client.submit(spec)
     done = platform.wait_for_job(job.id, 240)
