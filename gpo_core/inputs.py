@@ -10,6 +10,8 @@ dataset or prompts file) or ``output`` (a folder the run writes). Nested setting
 from __future__ import annotations
 
 import copy
+import types
+import typing
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -41,8 +43,12 @@ def _kind(info: FieldInfo) -> str | None:
 
 
 def _nested(info: FieldInfo) -> type[BaseModel] | None:
+    """The settings model a field holds, optional or not (``JudgeSettings | None``)."""
     annotation = info.annotation
-    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    options = typing.get_args(annotation) if union else (annotation,)
+    models = [a for a in options if isinstance(a, type) and issubclass(a, BaseModel)]
+    return models[0] if len(models) == 1 else None
 
 
 def path_fields(model: type[BaseModel], kinds: tuple[PathKind, ...] = INPUT_KINDS) -> tuple[str, ...]:
@@ -63,7 +69,7 @@ def named_paths(spec: BaseModel, kinds: tuple[PathKind, ...] = INPUT_KINDS) -> d
     for name in path_fields(type(spec), kinds):
         value: Any = spec
         for part in name.split("."):
-            value = getattr(value, part)
+            value = getattr(value, part) if value is not None else None  # an optional block left out
         found[name] = value
     return found
 

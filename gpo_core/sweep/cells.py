@@ -33,11 +33,11 @@ def group_cells(runs: Sequence[dict], outcomes: Outcomes) -> list[dict]:
     """The runs by loss and beta, in the spec's order. Each cell has its runs, those judged (by
     seed), its win rate against the reference over the judged seeds, its mean final KL and the
     flags of its runs."""
-    grouped: dict[tuple[str, float], list[dict]] = {}
+    grouped: dict[tuple[str, float, str], list[dict]] = {}
     for run in runs:
-        grouped.setdefault((run["loss"], run["beta"]), []).append(run)
+        grouped.setdefault((run["loss"], run["beta"], run.get("mode", "offline")), []).append(run)
     cells = []
-    for (loss, beta), members in grouped.items():
+    for (loss, beta, mode), members in grouped.items():
         judged = [r for r in members if (r["judgement"] or {}).get("win_rate") and outcomes.get(r["id"])]
         rate = None
         if len(members) == 1:
@@ -56,6 +56,7 @@ def group_cells(runs: Sequence[dict], outcomes: Outcomes) -> list[dict]:
                 "id": cell_id(members[0]["id"]),
                 "loss": loss,
                 "beta": beta,
+                "mode": mode,
                 "runs": [r["id"] for r in members],
                 "judged": {str(r.get("seed")): r["id"] for r in judged},  # by seed
                 "win_rate": rate,

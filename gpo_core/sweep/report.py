@@ -31,6 +31,7 @@ import matplotlib.pyplot as plt
 from gpo_core.data import write_json
 from gpo_core.sweep.cells import differences, group_cells, headline
 from gpo_core.sweep.claims import UNRESOLVED, claims
+from gpo_core.sweep.online import round_metrics
 from gpo_core.sweep.spec import PATH_FIELDS, JobSpec
 
 FIGURES = {
@@ -82,7 +83,10 @@ def collect(job_dir: str | Path) -> dict:
     for run_id, run in zip(spec.run_ids(), spec.run_list(), strict=True):
         folder = job_dir / "runs" / run_id
         outcomes[run_id] = outcomes_by_prompt(folder / "verdicts.jsonl")
-        metrics = _read_metrics(folder / "train" / "metrics.jsonl")
+        if spec.rounds(run):
+            metrics = round_metrics(spec, job_dir, run_id, _read_metrics)
+        else:
+            metrics = _read_metrics(folder / "train" / "metrics.jsonl")
         steps = [m for m in metrics if m.get("kind") == "step"]
         traces = [m for m in metrics if m.get("kind") == "trace"]
         judged = _read_json(folder / "judgement.json")
@@ -94,6 +98,7 @@ def collect(job_dir: str | Path) -> dict:
                 "loss": run.loss,
                 "beta": run.beta,
                 "seed": run.seed,
+                "mode": run.mode,
                 "trained": trained is not None,
                 "diverged": trained.get("diverged") if trained else None,
                 "steps": trained["steps"] if trained else (steps[-1]["step"] if steps else 0),

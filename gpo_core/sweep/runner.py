@@ -2,8 +2,8 @@
 
 The stages are the services' stages, in the order of a run's lifecycle
 (:mod:`gpo_core.sweep.pipeline`): the reference's samples, then each run's stages until it is over
-(a run that diverges in training ends there, recorded as such), then the job's finishing step
-(pairwise comparisons, the judge's own accuracy, the report). Every stage skips work already on
+(an online run's rounds first; a run that diverges in training ends there, recorded as such), then
+the job's finishing step (pairwise comparisons, the judge's own accuracy, the report). Every stage skips work already on
 disk, so running the same spec into the same folder again resumes where it stopped.
 """
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 from gpo_core.cache import cache_root
 from gpo_core.generate import start_engine
-from gpo_core.sweep import stages
-from gpo_core.sweep.pipeline import FINISH, REFERENCE, STAGES, Outcome, Position, RunStage, next_step
+from gpo_core.sweep import online, stages
+from gpo_core.sweep.pipeline import FINISH, REFERENCE, Outcome, RunStage, first_step, next_step
 from gpo_core.sweep.preflight import preflight
 from gpo_core.sweep.spec import JobSpec
 
@@ -65,6 +65,22 @@ def run_job(
         emit({"kind": "log", "message": note})
     backend = "vllm" if engine is not None else "transformers"
 
+    keys = {field: stages.embedded_api_key(spec, field) for field in spec.judges()}
+
+    def round_stage(name: RunStage, run: str, round: int) -> tuple[Outcome, dict]:
+        """One stage of an online round of ``run``: its outcome, and what its event tells."""
+        if name == "generate":
+            online.sample_round(spec, job_dir, run, round, engine, backend=backend)
+            return "done", {}
+        if name == "judge":
+            labels = online.label_round(spec, job_dir, run, round, api_keys=keys)
+            return "done", {"pairs": labels["pairs"]}
+        result = online.train_round(spec, job_dir, run, round, _RunSink(run, emit), stop_requested)
+        if result["stopped"]:
+            stage(run, "train", "stopped", round=round, step=result["steps"])
+            raise _Stopped
+        return stages.training_outcome(result)
+
     def run_stage(name: RunStage, run: str) -> tuple[Outcome, dict]:
         """One stage of ``run``: its outcome, and what its event tells."""
         if name == "train":
@@ -83,13 +99,19 @@ def run_job(
         stage(REFERENCE, "generate", "running")
         stages.generate_stage(spec, job_dir, REFERENCE, cache, engine, backend=backend)
         stage(REFERENCE, "generate", "done")
-        for run in spec.run_ids():
-            position: Position = STAGES[0]
-            while position != "done":
-                stage(run, position, "running")
-                outcome, told = run_stage(position, run)
-                stage(run, position, outcome, **told)
-                position = next_step(position, outcome).stage
+        for run, target in zip(spec.run_ids(), spec.run_list(), strict=True):
+            rounds = spec.rounds(target)
+            step = first_step(rounds)
+            while step.stage != "done":
+                position, round = step.stage, step.round
+                where = {} if round is None else {"round": round}
+                stage(run, position, "running", **where)
+                if round is None:
+                    outcome, told = run_stage(position, run)
+                else:
+                    outcome, told = round_stage(position, run, round)
+                stage(run, position, outcome, **where, **told)
+                step = next_step(position, outcome, round, rounds)
     except _Stopped:
         return None
     finally:

@@ -48,11 +48,61 @@ class BuiltinTask(BaseModel):
         return {"small": 48, "default": 256, "paper": 768}[self.size]
 
 
+Mode = Literal["offline", "online"]
+
+
 class RunSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     loss: Loss = Field(description="Registry name or a formula in x.")
     beta: Beta
     seed: int | None = Field(None, ge=0, le=2**32 - 1, description="Its training seed; default training.seed.")
+    mode: Mode = Field(
+        "offline",
+        description="offline: trained on the dataset's pairs; online: on pairs sampled from the policy as it "
+        "trains and labelled by the annotator, round by round (the job's online block).",
+    )
+
+
+class OnlineSettings(BaseModel):
+    """Online GPO with AI feedback (Guo et al., 2024): each round samples two responses per prompt
+    from the current policy, the annotator labels each pair in both orders (a verdict that flips with
+    the order is a tie and gives no pair), and the policy takes GPO steps on the fresh pairs against
+    the fixed pi_ref; the next round samples from the new checkpoint."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rounds: int = Field(4, ge=1, le=1000, description="Sample-label-train rounds.")
+    prompts_per_round: int = Field(
+        64, ge=1, le=100_000, description="Prompts of the dataset sampled each round (two responses each)."
+    )
+    steps_per_round: int = Field(25, ge=1, le=1_000_000, description="GPO steps on each round's pairs.")
+    annotator: JudgeSettings | None = Field(
+        None,
+        description="Who labels each round's pairs (any judge kind, its template included); default: the job's "
+        "judge. The job's judge still evaluates every run against the reference.",
+    )
+    offline_baseline: bool = Field(
+        True,
+        description="Beside each online run, an offline run on the same budget: as many of the dataset's pairs as "
+        "the online run has judged (rounds x prompts_per_round) and as many steps.",
+    )
+
+    @model_validator(mode="after")
+    def _annotator_only_labels(self) -> OnlineSettings:
+        if self.annotator is not None and self.annotator.evaluate_on is not None:
+            raise ValueError(
+                "annotator.evaluate_on: the job's judge.evaluate_on measures a judge; the annotator has none"
+            )
+        return self
+
+    @property
+    def judged_pairs(self) -> int:
+        """Pairs the annotator judges over the run: the offline baseline's share of the dataset."""
+        return self.rounds * self.prompts_per_round
+
+    @property
+    def steps(self) -> int:
+        return self.rounds * self.steps_per_round
 
 
 # Where a sweep's defaults differ from a single run's: a sweep's report needs a length, checkpoints
@@ -156,6 +206,9 @@ class JobSpec(RunInputs):
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
     judge: JudgeSettings = Field(default_factory=JudgeSettings)
     comparisons: Comparisons = Field(default_factory=Comparisons)
+    online: OnlineSettings | None = Field(
+        None, description="Train the grid's runs online (sample, label, train, round by round); default offline."
+    )
 
     @field_validator("losses", "betas")
     @classmethod
@@ -202,9 +255,11 @@ class JobSpec(RunInputs):
             raise ValueError("give either runs or a grid of losses x betas, not both")
         if not self.runs and not (self.losses and self.betas):
             raise ValueError("give a grid (losses and betas, both non-empty) or an explicit list of runs")
+        if self.online is None and any(run.mode == "online" for run in self.runs):
+            raise ValueError("a run with mode: online needs the job's online block (rounds, prompts, steps)")
         if self.seeds > 1 and any(run.seed is not None for run in self.runs):
             raise ValueError("give seeds, or runs with their own seed, not both")
-        count = (len(self.runs) or len(self.losses) * len(self.betas)) * self.seeds
+        count = len(self.cells()) * self.seeds
         if count > MAX_RUNS:
             seeds = f" ({self.seeds} seeds each)" if self.seeds > 1 else ""
             raise ValueError(f"the job has {count} runs{seeds}; at most {MAX_RUNS} per job")
@@ -220,11 +275,44 @@ class JobSpec(RunInputs):
                 raise ValueError(f"pairwise_beta {self.comparisons.pairwise_beta} matches fewer than two runs")
         return self
 
+    @model_validator(mode="after")
+    def _online_budget(self) -> JobSpec:
+        """An online job's runs, online or offline, all train rounds x steps_per_round steps."""
+        if self.online is None:
+            return self
+        if self.training.epochs is not None or (
+            "steps" in self.training.model_fields_set and self.training.steps != self.online.steps
+        ):
+            raise ValueError(
+                f"an online job's runs train online.rounds x online.steps_per_round = {self.online.steps} steps: "
+                "leave training.steps and training.epochs out"
+            )
+        self.training.steps = self.online.steps
+        return self
+
     def cells(self) -> list[RunSpec]:
-        """The losses x betas (or the listed runs), before seeds."""
+        """The losses x betas (or the listed runs), before seeds. An online job's grid has each
+        loss x beta online, and beside it offline on the same budget (``online.offline_baseline``)."""
         if self.runs:
             return list(self.runs)
-        return [RunSpec(loss=loss, beta=beta) for loss in self.losses for beta in self.betas]
+        modes: list[Mode] = ["offline"]
+        if self.online is not None:
+            modes = ["online", "offline"] if self.online.offline_baseline else ["online"]
+        return [
+            RunSpec(loss=loss, beta=beta, mode=mode) for loss in self.losses for beta in self.betas for mode in modes
+        ]
+
+    def rounds(self, run: RunSpec) -> int:
+        """The online rounds ``run`` goes through (0: an offline run)."""
+        return self.online.rounds if run.mode == "online" and self.online is not None else 0
+
+    def judges(self) -> dict[str, JudgeSettings]:
+        """Every judge the job calls, by its field: what an operator's checks (endpoints, keys,
+        model folders) must cover, whichever part of the spec names it."""
+        found = {"judge": self.judge}
+        if self.online is not None and self.online.annotator is not None:
+            found["online.annotator"] = self.online.annotator
+        return found
 
     def run_list(self) -> list[RunSpec]:
         """Every run trained: each cell once per seed."""
@@ -242,8 +330,9 @@ class JobSpec(RunInputs):
 def run_id(index: int, run: RunSpec) -> str:
     name = registry_name(run.loss)  # no parsing: the control service must not analyse formulas
     loss = name if name is not None else "f_" + re.sub(r"[^A-Za-z0-9]+", "_", run.loss).strip("_")[:24]
+    mode = "-online" if run.mode == "online" else ""
     seed = f"-s{run.seed}" if run.seed is not None else ""
-    return f"r{index:02d}-{loss}-b{run.beta:g}{seed}".replace("+", "")
+    return f"r{index:02d}-{loss}-b{run.beta:g}{mode}{seed}".replace("+", "")
 
 
 class JobSpecError(InputError):

@@ -31,6 +31,7 @@ from gpo_core.generate import SamplingSettings, VLLMEngine, cached_responses, ge
 from gpo_core.identity import DifferentSpec, claim, content_digest, flatten
 from gpo_core.inputs import named_paths
 from gpo_core.judging.comparison import Judge, pair_responses
+from gpo_core.judging.settings import JudgeSettings
 from gpo_core.remote import is_uri, materialize
 from gpo_core.stopping import StopCheck, check
 from gpo_core.sweep.pipeline import REFERENCE, Outcome, marker, run_dir
@@ -145,10 +146,15 @@ def training_spec(
     beta = {"beta_ipo": target.beta} if spec.training.beta_units == "ipo" else {"beta": target.beta}
     if not (inputs.eval_pairs or inputs.eval_prompts):
         settings["trace_every"] = 0  # nothing to trace on
+    dataset = inputs.dataset
+    if spec.online is not None and target.mode == "offline":  # the online runs' offline baseline
+        from gpo_core.sweep.online import offline_budget
+
+        dataset = str(offline_budget(spec, inputs, job_dir))
     return TrainingSpec(
         policy=inputs.policy,
         reference=inputs.reference,
-        dataset=inputs.dataset,
+        dataset=dataset,
         eval_pairs=inputs.eval_pairs,
         eval_prompts=inputs.eval_prompts,
         output_dir=str(run_dir(job_dir, run) / "train"),
@@ -268,23 +274,29 @@ def generate_stage(
     result = json.loads(trained.read_text())
     if result.get("diverged"):
         raise TrainingDiverged(f"run {run} diverged in training ({result['diverged']}): it has no model to sample")
-    model_dir = run_dir(job_dir, run) / result["final_model_dir"]
+    # None: an online run none of whose rounds had a pair to train on still holds the job's policy
+    final = result["final_model_dir"]
+    model_dir = Path(inputs.policy) if final is None else run_dir(job_dir, run) / final
     unmerged = lora_rank(spec) is not None
     records = generate_responses(model_dir, prompts, settings, run, backend, engine, should_stop, unmerged)
     return write_jsonl(out, records)
 
 
-def make_judge(spec: JobSpec, inputs: Inputs, api_key: str | None = None) -> Judge:
-    """The judge of ``spec`` (:func:`gpo_core.judging.factory.build_judge`), with this job's inputs:
+def make_judge(
+    spec: JobSpec, inputs: Inputs, api_key: str | None = None, settings: JudgeSettings | None = None
+) -> Judge:
+    """The judge of ``spec`` (or ``settings``: an online job's annotator)
+    (:func:`gpo_core.judging.factory.build_judge`), with this job's inputs:
     the built-in task, the local judge's copy here, and its evaluation prompts' kind. Whose
     ``api_key`` an endpoint judge sends is the caller's to decide (the services' worker:
     :mod:`gpo_services.common.credentials`; the embedded runner: :func:`embedded_api_key`)."""
     from gpo_core.conversation import is_conversation
     from gpo_core.judging.factory import build_judge
 
-    model_dir = local_copy(spec.judge.model_dir)
+    settings = settings or spec.judge
+    model_dir = local_copy(settings.model_dir)
     return build_judge(
-        spec.judge,
+        settings,
         api_key=api_key,
         task_root=None if inputs.task_root is None else Path(inputs.task_root),
         model_dir=None if model_dir is None else Path(model_dir),
@@ -292,12 +304,13 @@ def make_judge(spec: JobSpec, inputs: Inputs, api_key: str | None = None) -> Jud
     )
 
 
-def embedded_api_key(spec: JobSpec) -> str | None:
+def embedded_api_key(spec: JobSpec, field: str = "judge") -> str | None:
     """An endpoint judge's key in an embedded run (your own machine): your variable
-    ``judge.api_key_env``, default OPENAI_API_KEY."""
-    if not spec.judge.calls_endpoint:
+    ``api_key_env`` of the judge at ``field`` (:meth:`JobSpec.judges`), default OPENAI_API_KEY."""
+    judge = spec.judges()[field]
+    if not judge.calls_endpoint:
         return None
-    return os.environ.get(spec.judge.api_key_env or "OPENAI_API_KEY")
+    return os.environ.get(judge.api_key_env or "OPENAI_API_KEY")
 
 
 def _judge(

@@ -13,10 +13,21 @@ from gpo_core.train.spec import TrainingSpec
 def test_the_path_lists_come_from_the_marks() -> None:
     inputs = ("policy", "reference", "dataset", "eval_pairs", "eval_prompts")
     assert path_fields(RunInputs) == inputs
-    assert PATH_FIELDS == path_fields(JobSpec) == (*inputs, "judge.model_dir", "judge.evaluate_on")
+    judges = ("judge.model_dir", "judge.evaluate_on", "online.annotator.model_dir", "online.annotator.evaluate_on")
+    assert PATH_FIELDS == path_fields(JobSpec) == (*inputs, *judges)
     assert set(INPUTS) == {*inputs, "tokenizer"}
     assert path_fields(TrainingSpec, ("output",)) == ("output_dir", "cache_dir")
-    assert path_fields(JobSpec, ("model",)) == ("policy", "reference", "judge.model_dir")
+    assert path_fields(JobSpec, ("model",)) == ("policy", "reference", "judge.model_dir", "online.annotator.model_dir")
+
+
+def test_an_optional_block_left_out_names_no_path() -> None:
+    """The online block (and its annotator) is optional: its paths are None, not an error, and a
+    local annotator's folder is found like the judge's, for every check that reads the marks."""
+    base = {"task": {"size": "small"}, "losses": ["logistic"], "betas": [0.1]}
+    assert named_paths(parse_job_spec(base))["online.annotator.model_dir"] is None
+    annotator = {"kind": "local", "model_dir": "model:annotator"}
+    spec = parse_job_spec({**base, "online": {"annotator": annotator}})
+    assert named_paths(spec)["online.annotator.model_dir"] == "model:annotator"
 
 
 def test_a_new_input_is_listed_wherever_inputs_are() -> None:

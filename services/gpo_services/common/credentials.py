@@ -18,16 +18,19 @@ if TYPE_CHECKING:
     from gpo_services.common.worker import TaskContext
 
 
-def judge_api_key(spec: JobSpec, job_id: str, context: TaskContext) -> str | None:
-    """The key ``spec``'s judge sends (None: no endpoint judge, or an endpoint that takes none)."""
-    judge = spec.judge
+def judge_api_key(spec: JobSpec, job_id: str, context: TaskContext, field: str = "judge") -> str | None:
+    """The key ``spec``'s judge (or the judge at ``field``: ``online.annotator``) sends (None: no
+    endpoint judge, or an endpoint that takes none)."""
+    judge = spec.judges()[field]
     if not judge.calls_endpoint or judge.base_url is None:
         return None
     if judge.api_key_secret is not None:
         tenant = context.store.tenant(job_id)
         value = context.store.secret(tenant, judge.api_key_secret) if tenant is not None else None
         if value is None:
-            raise JobSpecError(f"judge.api_key_secret: you have no secret {judge.api_key_secret!r} (PUT /secrets/NAME)")
+            raise JobSpecError(
+                f"{field}.api_key_secret: you have no secret {judge.api_key_secret!r} (PUT /secrets/NAME)"
+            )
         return value
     variable = context.settings.judge_key_variable(judge.base_url)
     return os.environ.get(variable) if variable else None

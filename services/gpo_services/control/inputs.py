@@ -15,6 +15,9 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
 
 from gpo_core import remote
 from gpo_core.inputs import named_paths
@@ -74,37 +77,51 @@ def resolve_spec_paths(spec: JobSpec, tenant: str, settings: Settings) -> tuple[
     an endpoint judge must be one of the operator's (``GPO_JUDGE_ENDPOINTS``). With it, each
     resolved path and what the tenant named it (what the API shows instead of the server path)."""
     updates: dict[str, object] = {}
-    judge_updates: dict[str, object] = {}
     names: dict[str, str] = {}
     details: list[dict] = []
-    if spec.judge.api_key_env is not None:
-        details.append(
-            {
-                "field": "judge.api_key_env",
-                "message": "a worker's environment is not a job's to name: "
-                "the operator's key for the endpoint is used, or store your own (PUT /secrets/NAME, "
-                "gpo secret set NAME) and give judge.api_key_secret: NAME",
-            }
-        )
-    if spec.judge.calls_endpoint and not settings.allows_judge_endpoint(spec.judge.base_url or ""):
-        allowed = ", ".join(settings.judge_endpoint_urls()) or "none (an operator sets GPO_JUDGE_ENDPOINTS)"
-        details.append(
-            {"field": "judge.base_url", "message": f"not a judge endpoint of this deployment; allowed: {allowed}"}
-        )
     named = {name: value for name, value in named_paths(spec).items() if value}
-    if spec.judge.kind != "local":
-        named.pop("judge.model_dir", None)  # read by a local judge only
+    for prefix, judge in spec.judges().items():
+        if judge.api_key_env is not None:
+            details.append(
+                {
+                    "field": f"{prefix}.api_key_env",
+                    "message": "a worker's environment is not a job's to name: "
+                    "the operator's key for the endpoint is used, or store your own (PUT /secrets/NAME, "
+                    f"gpo secret set NAME) and give {prefix}.api_key_secret: NAME",
+                }
+            )
+        if judge.calls_endpoint and not settings.allows_judge_endpoint(judge.base_url or ""):
+            allowed = ", ".join(settings.judge_endpoint_urls()) or "none (an operator sets GPO_JUDGE_ENDPOINTS)"
+            details.append(
+                {
+                    "field": f"{prefix}.base_url",
+                    "message": f"not a judge endpoint of this deployment; allowed: {allowed}",
+                }
+            )
+        if judge.kind != "local":
+            named.pop(f"{prefix}.model_dir", None)  # read by a local judge only
     for field, value in named.items():
         resolved = resolve_path(value, tenant, settings, admit=True)
         if resolved is None:
             details.append({"field": field, "message": not_readable(value, tenant, settings)})
             continue
         names[resolved] = value
-        if field.startswith("judge."):
-            judge_updates[field.removeprefix("judge.")] = resolved
-        else:
-            updates[field] = resolved
+        updates[field] = resolved
     if details:
         raise ApiError(422, "invalid_spec", "; ".join(f"{d['field']}: {d['message']}" for d in details), details)
-    judge = spec.judge.model_copy(update=judge_updates) if judge_updates else spec.judge
-    return spec.model_copy(update={**updates, "judge": judge}), names
+    return with_fields(spec, updates), names
+
+
+def with_fields(model: BaseModel, updates: dict[str, object]) -> Any:
+    """``model`` with each dotted field of ``updates`` set (``online.annotator.model_dir``)."""
+    top: dict[str, object] = {}
+    nested: dict[str, dict[str, object]] = {}
+    for name, value in updates.items():
+        head, _, rest = name.partition(".")
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            top[head] = value
+    for head, inner in nested.items():
+        top[head] = with_fields(getattr(model, head), inner)
+    return model.model_copy(update=top)
