@@ -8,6 +8,9 @@ from __future__ import annotations
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
+# What an online round's stage does (gpo_core.sweep.pipeline.ROUND_STAGES), as its progress line says it.
+ROUND_WORK = {"generate": "sampling", "judge": "labelling", "train": "training"}
+
 
 def data_summary(record: dict) -> str:
     """What tokenizing did to a run's data, in one line (a training ``data`` record)."""
@@ -73,7 +76,18 @@ class RunProgress:
                 self.progress.update(self.bars[run], completed=step, total=step, info="trained before")
             self.message(f"{run} was trained to step {record['step']} before, by this spec: not trained again")
 
-    def stage(self, run: str, stage: str, state: str, win_rate: dict | None = None, reason: str | None = None) -> None:
+    def stage(
+        self,
+        run: str,
+        stage: str,
+        state: str,
+        win_rate: dict | None = None,
+        reason: str | None = None,
+        round: int | str | None = None,
+    ) -> None:
+        """A run's stage changed state (of an online ``round``, when it is one's)."""
+        if round not in (None, ""):
+            stage = f"round {round} {ROUND_WORK.get(stage, stage)}"
         if state == "diverged":
             self.message(f"{run} diverged ({reason or 'non-finite loss'}): the sweep goes on without it")
         if run not in self.bars:
@@ -91,7 +105,7 @@ class RunProgress:
             self.message(event["message"])
         elif event["kind"] == "stage":
             win_rate = event.get("win_rate") if event["stage"] == "judge" and event["state"] == "done" else None
-            self.stage(event["run"], event["stage"], event["state"], win_rate, event.get("reason"))
+            self.stage(event["run"], event["stage"], event["state"], win_rate, event.get("reason"), event.get("round"))
         elif "run" in event:
             self.training(event["run"], event)
 
@@ -101,7 +115,9 @@ class RunProgress:
         if event.type == "metrics":
             self.training(data.get("run", ""), data)
         elif event.type == "run_state":
-            self.stage(data.get("run", ""), data["stage"], data["state"], reason=data.get("reason"))
+            self.stage(
+                data.get("run", ""), data["stage"], data["state"], reason=data.get("reason"), round=data.get("round")
+            )
         elif event.type == "job_state":
             reason = f" ({data['reason']})" if data.get("reason") else ""
             self.message(f"job {data['state']}{reason}")

@@ -32,6 +32,7 @@ from gpo_core.data import write_json
 from gpo_core.sweep.cells import differences, group_cells, headline
 from gpo_core.sweep.claims import UNRESOLVED, claims
 from gpo_core.sweep.online import round_metrics
+from gpo_core.sweep.online import summary as online_summary
 from gpo_core.sweep.spec import PATH_FIELDS, JobSpec
 
 FIGURES = {
@@ -148,6 +149,7 @@ def collect(job_dir: str | Path) -> dict:
         "judge_eval": judge_eval,
         "examples": examples(read_responses(job_dir / "reference" / "responses.jsonl"), responses),
         "headline": headline(cells, runs, outcomes, why_not),
+        "online": online_summary(spec, job_dir, runs, cells, found),
     }
 
 
@@ -722,8 +724,33 @@ def render_html(data: dict, figures: dict[str, Path]) -> str:
             ],
             examples=examples,
             settings=settings_table(data),
+            online=online_tables(data),
         )
     )
+
+
+def _number(value: object) -> str:
+    return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def online_tables(data: dict) -> dict | None:
+    """The online part of the page: each online run's rounds, and online against offline."""
+    online = data.get("online")
+    if not online:
+        return None
+    versus = [
+        {
+            "loss": d["loss"],
+            beta_name(data): f"{d['beta']:g}",
+            "online": d["online"],
+            "offline (same budget)": d["offline"],
+            "win rate online - offline": f"{d['difference']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]",
+            "resolved": ("online better" if d["low"] > 0 else "offline better") if d["resolved"] else "no",
+        }
+        for d in online["versus_offline"]
+    ]
+    rounds = {run: [{k: _number(v) for k, v in row.items()} for row in rows] for run, rows in online["rounds"].items()}
+    return {"budget": online, "versus": versus, "rounds": rounds}
 
 
 def build_report(job_dir: str | Path) -> Path:

@@ -302,6 +302,13 @@ class JobSpec(RunInputs):
             RunSpec(loss=loss, beta=beta, mode=mode) for loss in self.losses for beta in self.betas for mode in modes
         ]
 
+    def run(self, run_id: str) -> RunSpec:
+        """The run of id ``run_id``."""
+        ids = self.run_ids()
+        if run_id not in ids:
+            raise KeyError(f"no run {run_id!r} in this job (runs: {', '.join(ids)})")
+        return self.run_list()[ids.index(run_id)]
+
     def rounds(self, run: RunSpec) -> int:
         """The online rounds ``run`` goes through (0: an offline run)."""
         return self.online.rounds if run.mode == "online" and self.online is not None else 0

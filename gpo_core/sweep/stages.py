@@ -102,10 +102,7 @@ def local_copy(path: str | None) -> str | None:
 
 
 def run_by_id(spec: JobSpec, run: str) -> RunSpec:
-    ids = spec.run_ids()
-    if run not in ids:
-        raise KeyError(f"no run {run!r} in this job (runs: {', '.join(ids)})")
-    return spec.run_list()[ids.index(run)]
+    return spec.run(run)
 
 
 def job_identity(spec: JobSpec) -> dict:
@@ -121,6 +118,21 @@ def job_identity(spec: JobSpec) -> dict:
             except OSError as err:
                 raise FileNotFoundError(f"{name}: cannot read {path} ({err.strerror or err})") from None
     return identity
+
+
+def start_job(
+    spec: JobSpec, job_dir: Path, say: Callable[[str], None], should_stop: StopCheck | None, api_key: str | None
+) -> None:
+    """The job folder's start, in the services' first task of a job (whichever stage it is on):
+    before any work, the data, tokenizer and judge do their part (a PreflightError fails the job
+    at once; an unreachable judge endpoint is retried later), then the folder is tied to the spec."""
+    from gpo_core.sweep.preflight import preflight
+
+    if (job_dir / "job.json").exists():
+        return
+    inputs = resolve_inputs(spec, should_stop=should_stop)
+    preflight(spec, inputs, say, should_stop=should_stop, api_key=api_key)
+    write_job_file(spec, job_dir)
 
 
 def write_job_file(spec: JobSpec, job_dir: Path) -> None:

@@ -24,6 +24,7 @@ class RunView(BaseModel):
     beta: float
     state: RunState
     stage: Position
+    round: int | None = Field(None, description="The online round the stage belongs to; null for an offline run's.")
     step: int = 0
     steps: int = 0
     win_rate: dict | None = Field(None, description="Against the reference: rate, low, high, stderr, counts.")

@@ -48,6 +48,16 @@ def grid(**overrides) -> dict:
         ({"loss_type": "ipo"}, "loss_type", "TRL's 'loss_type' is 'losses' here"),
         ({"training": {"learning_rate": 1e-3}}, "training.learning_rate", "is 'training.lr' here"),
         ({"training": {"stpes": 3}}, "training.stpes", "did you mean 'training.steps'?"),
+        ({"online": {"rounds": 2}, "training": {"steps": 7}}, "(spec)", "rounds x online.steps_per_round = 50"),
+        ({"online": {"rounds": 0}}, "online.rounds", "greater than or equal to 1"),
+        ({"losses": [], "betas": [], "runs": [{"loss": "hinge", "beta": 1, "mode": "online"}]}, "(spec)",
+         "needs the job's online block"),  # fmt: skip
+        ({"online": {"annotator": {"kind": "chat"}}}, "online.annotator", "base_url and model"),
+        (
+            {"online": {"annotator": {"evaluate_on": "pairs.jsonl"}}},
+            "online",
+            "measures a judge; the annotator has none",
+        ),
     ],
 )
 def test_invalid_specs_name_the_field(overrides, field, message) -> None:

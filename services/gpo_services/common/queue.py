@@ -26,6 +26,7 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -53,6 +54,14 @@ def stream_key(stage: str, tenant: str) -> str:
 
 def streams_key(stage: str) -> str:
     return f"gpo:queues:{stage}"
+
+
+def task_record(job_id: str, run: str, round: int | None = None) -> dict:
+    """A task as the queues carry it: the job, the run, the online round when it is one's."""
+    task: dict[str, Any] = {"job": job_id, "run": run, "attempt": 1}
+    if round is not None:
+        task["round"] = round
+    return task
 
 
 def enqueue(client: redis.Redis, stage: str, tenant: str, task: dict) -> str:

@@ -33,7 +33,7 @@ from gpo_core.sweep.spec import JobSpec
 from gpo_core.sweep.views import TERMINAL
 from gpo_services.common.connection import connect
 from gpo_services.common.logs import log, service_logger
-from gpo_services.common.queue import Message, TaskQueue, enqueue
+from gpo_services.common.queue import Message, TaskQueue, enqueue, task_record
 from gpo_services.common.sandbox import Sandbox, TaskFailed
 from gpo_services.common.settings import Settings
 from gpo_services.common.store import JobStore
@@ -74,11 +74,12 @@ class TaskContext:
 
         return self.sandbox.run(target, payload, watch, relay, stop_now=lambda: watch.reason == "deleted")
 
-    def enqueue(self, stage: str, job_id: str, run: str) -> None:
-        """The job's next task, on its tenant's stream of ``stage`` (none if the job was deleted)."""
+    def enqueue(self, stage: str, job_id: str, run: str, round: int | None = None) -> None:
+        """The job's next task, on its tenant's stream of ``stage`` (of an online ``round``, or of
+        the run's own lifecycle: None); none if the job was deleted."""
         tenant = self.store.tenant(job_id)
         if tenant is not None:
-            enqueue(self.client, stage, tenant, {"job": job_id, "run": run, "attempt": 1})
+            enqueue(self.client, stage, tenant, task_record(job_id, run, round))
 
     def start_stage(self, task: dict, stage: str) -> tuple[JobSpec, dict] | None:
         """The run of ``task`` marked running at ``stage``: the job's spec, and the payload its task
@@ -88,23 +89,30 @@ class TaskContext:
         if self.skip_if_over(job_id, run):
             return None
         spec = self.store.spec(job_id)
-        self.store.transition(job_id, run, state="running", stage=stage)
+        round = task.get("round")
+        self.store.transition(job_id, run, state="running", stage=stage, round="" if round is None else round)
         cache = self.settings.tenant_cache(self.store.tenant(job_id) or "")
         return spec, {
             "spec": spec.model_dump_json(),
             "job_dir": str(self.job_dir(job_id)),
             "run": run,
+            "round": round,
             "cache_dir": str(cache),
         }
 
-    def advance(self, job_id: str, run: str, stage: RunStage, outcome: Outcome, **fields: Any) -> None:
-        """``stage`` of ``run`` ended with ``outcome``: the run moves on as its lifecycle says
-        (:func:`gpo_core.sweep.pipeline.next_step`), with ``fields`` recorded: its next stage
-        queued, or the run over, and then, once every run is, the job's finishing step."""
-        step = next_step(stage, outcome)
-        self.store.transition(job_id, run, state=step.state, stage=step.stage, **fields)
+    def advance(
+        self, job_id: str, run: str, stage: RunStage, outcome: Outcome, round: int | None = None, **fields: Any
+    ) -> None:
+        """``stage`` of ``run`` (of its online ``round``, or of its own lifecycle: None) ended with
+        ``outcome``: the run moves on as its lifecycle says (:func:`gpo_core.sweep.pipeline.next_step`),
+        with ``fields`` recorded: its next stage queued, or the run over, and then, once every run
+        is, the job's finishing step."""
+        spec = self.store.spec(job_id)
+        step = next_step(stage, outcome, round, spec.rounds(spec.run(run)))
+        where = "" if step.round is None else step.round
+        self.store.transition(job_id, run, state=step.state, stage=step.stage, round=where, **fields)
         if step.stage != "done":
-            self.enqueue(step.stage, job_id, run)
+            self.enqueue(step.stage, job_id, run, step.round)
             return
         job = self.store.get(job_id)
         if job is None or not all(run.state in DONE for run in job.runs):

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from gpo_core.stopping import StopCheck
-from gpo_core.sweep import stages
+from gpo_core.sweep import online, stages
 from gpo_core.sweep.spec import JobSpec, JobSpecError
 from gpo_services.common.credentials import judge_api_key
 from gpo_services.common.sandbox import Emit
@@ -18,6 +18,7 @@ from gpo_services.common.worker import FINALIZE, TaskContext, Worker
 
 JUDGE = "gpo_services.judge.service:judge"
 REPORT = "gpo_services.judge.service:report"
+LABEL = "gpo_services.judge.service:label"
 
 
 def handle(task: dict, context: TaskContext) -> None:
@@ -29,7 +30,14 @@ def handle(task: dict, context: TaskContext) -> None:
         return
     spec = context.store.spec(job_id)
     check_endpoint(spec, context)
-    context.store.transition(job_id, run, state="running", stage="judge")
+    round = task.get("round")
+    context.store.transition(job_id, run, state="running", stage="judge", round="" if round is None else round)
+    if round is not None:  # an online round's pairs, labelled by the annotator
+        payload = {**_payload(spec, job_id, context, run), "round": round}
+        payload["api_keys"] = {field: judge_api_key(spec, job_id, context, field) for field in spec.judges()}
+        labels = context.run_task(LABEL, payload, job_id)
+        context.advance(job_id, run, "judge", "done", round=round, pairs=labels["pairs"])
+        return
     summary = context.run_task(JUDGE, _payload(spec, job_id, context, run), job_id)
     if usage := summary.get("usage"):
         cost = f", cost {usage['cost']:.4f}" if usage.get("cost") is not None else ""
@@ -44,8 +52,9 @@ def handle(task: dict, context: TaskContext) -> None:
 def check_endpoint(spec: JobSpec, context: TaskContext) -> None:
     """The control service admitted only the operator's endpoints; the worker checks again with its
     own configuration (the list may have shrunk since the job was queued)."""
-    if spec.judge.calls_endpoint and not context.settings.allows_judge_endpoint(spec.judge.base_url or ""):
-        raise JobSpecError(f"judge.base_url: {spec.judge.base_url} is not a judge endpoint of this deployment")
+    for field, judge in spec.judges().items():
+        if judge.calls_endpoint and not context.settings.allows_judge_endpoint(judge.base_url or ""):
+            raise JobSpecError(f"{field}.base_url: {judge.base_url} is not a judge endpoint of this deployment")
 
 
 def finalize(job_id: str, context: TaskContext) -> None:
@@ -73,6 +82,12 @@ def judge(payload: dict, emit: Emit, should_stop: StopCheck) -> dict:
     """In the task child: one run's comparisons with the reference."""
     spec, job_dir = JobSpec.model_validate_json(payload["spec"]), Path(payload["job_dir"])
     return stages.judge_stage(spec, job_dir, payload["run"], should_stop, api_key=payload["api_key"])
+
+
+def label(payload: dict, emit: Emit, should_stop: StopCheck) -> dict:
+    """In the task child: one online round's pairs labelled by the annotator."""
+    spec, job_dir = JobSpec.model_validate_json(payload["spec"]), Path(payload["job_dir"])
+    return online.label_round(spec, job_dir, payload["run"], payload["round"], should_stop, payload["api_keys"])
 
 
 def report(payload: dict, emit: Emit, should_stop: StopCheck) -> dict:

@@ -10,8 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gpo_core.stopping import StopCheck
-from gpo_core.sweep import stages
-from gpo_core.sweep.preflight import preflight
+from gpo_core.sweep import online, stages
 from gpo_core.sweep.spec import JobSpec
 from gpo_services.common.credentials import judge_api_key
 from gpo_services.common.sandbox import Emit, ProgressEvents
@@ -29,27 +28,21 @@ def handle(task: dict, context: TaskContext) -> None:
     payload["judge_api_key"] = judge_api_key(spec, job_id, context)  # for the preflight's probe
     result = context.run_task(TRAIN, payload, job_id, run)
     outcome, recorded = stages.training_outcome(result)
-    context.advance(job_id, run, "train", outcome, **recorded)
+    context.advance(job_id, run, "train", outcome, round=task.get("round"), **recorded)
 
 
 def train(payload: dict, emit: Emit, should_stop: StopCheck) -> dict:
     """In the task child: the job folder's start (the built-in task, preflight) on its first task,
-    then the run's training."""
+    then the run's training (or one online round's)."""
     from gpo_core.stopping import Stopped
 
     spec, job_dir = JobSpec.model_validate_json(payload["spec"]), Path(payload["job_dir"])
-    if not (job_dir / "job.json").exists():  # the job folder starts with the job's first task
-        # Before any training: data, tokenizer and judge can do their part (a PreflightError
-        # fails the job at once; an unreachable judge endpoint is retried later).
-        inputs = stages.resolve_inputs(spec, should_stop=should_stop)
-
-        def say(message: str) -> None:  # the job's log events: --watch shows them
-            emit({"log": message})
-
-        preflight(spec, inputs, say, should_stop=should_stop, api_key=payload["judge_api_key"])
-        stages.write_job_file(spec, job_dir)
-    cache = Path(payload["cache_dir"])
-    result = stages.train_stage(spec, job_dir, payload["run"], ProgressEvents(emit), should_stop, cache)
+    stages.start_job(spec, job_dir, lambda message: emit({"log": message}), should_stop, payload["judge_api_key"])
+    cache, sink = Path(payload["cache_dir"]), ProgressEvents(emit)
+    if payload["round"] is None:
+        result = stages.train_stage(spec, job_dir, payload["run"], sink, should_stop, cache)
+    else:
+        result = online.train_round(spec, job_dir, payload["run"], payload["round"], sink, should_stop, cache)
     if result["stopped"]:
         raise Stopped  # the worker decides: hand back, cancelled or past the deadline
     return result
