@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from gpo_core.conversation import ChatFormat, ConversationError, Prompt, as_text
 from gpo_core.data import load_preferences, load_prompts
@@ -205,3 +206,18 @@ def preflight(
     probed = check_judge(spec, inputs, probe_pairs(spec, pairs, prompts), should_stop, api_key)
     judged = f"; judge probe: {probed.summary()}" if probed.pairs > 1 else ""
     progress(f"preflight: data, tokenizer and judge checked{judged}")
+
+
+def start_job(
+    spec: JobSpec, job_dir: Path, say: Callable[[str], None], should_stop: StopCheck | None, api_key: str | None
+) -> None:
+    """The job folder's start, in the services' first task of a job (whichever stage it is on):
+    before any work, the data, tokenizer and judge do their part (a PreflightError fails the job
+    at once; an unreachable judge endpoint is retried later), then the folder is tied to the spec."""
+    from gpo_core.sweep.stages import resolve_inputs, write_job_file
+
+    if (job_dir / "job.json").exists():
+        return
+    inputs = resolve_inputs(spec, should_stop=should_stop)
+    preflight(spec, inputs, say, should_stop=should_stop, api_key=api_key)
+    write_job_file(spec, job_dir)

@@ -31,8 +31,8 @@ import matplotlib.pyplot as plt
 from gpo_core.data import write_json
 from gpo_core.sweep.cells import differences, group_cells, headline
 from gpo_core.sweep.claims import UNRESOLVED, claims
-from gpo_core.sweep.online import round_metrics
-from gpo_core.sweep.online import summary as online_summary
+from gpo_core.sweep.rounds import round_metrics
+from gpo_core.sweep.rounds import summary as online_summary
 from gpo_core.sweep.spec import PATH_FIELDS, JobSpec
 
 FIGURES = {

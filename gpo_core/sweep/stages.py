@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import overload
 
 from gpo_core.cache import cache_root
-from gpo_core.data import load_prompts, write_json, write_jsonl
+from gpo_core.data import load_preferences, load_prompts, write_json, write_jsonl
 from gpo_core.generate import SamplingSettings, VLLMEngine, cached_responses, generate_responses, load_responses
 from gpo_core.identity import DifferentSpec, claim, content_digest, flatten
 from gpo_core.inputs import named_paths
@@ -41,6 +42,7 @@ from gpo_core.train.run import TrainingError
 from gpo_core.train.spec import TrainingSpec
 
 IDENTITY = "identity.json"
+OFFLINE_BUDGET = "offline-budget.jsonl"  # in JOB/: an online job's offline baseline's share of the dataset
 
 
 class TrainingDiverged(TrainingError):
@@ -120,21 +122,6 @@ def job_identity(spec: JobSpec) -> dict:
     return identity
 
 
-def start_job(
-    spec: JobSpec, job_dir: Path, say: Callable[[str], None], should_stop: StopCheck | None, api_key: str | None
-) -> None:
-    """The job folder's start, in the services' first task of a job (whichever stage it is on):
-    before any work, the data, tokenizer and judge do their part (a PreflightError fails the job
-    at once; an unreachable judge endpoint is retried later), then the folder is tied to the spec."""
-    from gpo_core.sweep.preflight import preflight
-
-    if (job_dir / "job.json").exists():
-        return
-    inputs = resolve_inputs(spec, should_stop=should_stop)
-    preflight(spec, inputs, say, should_stop=should_stop, api_key=api_key)
-    write_job_file(spec, job_dir)
-
-
 def write_job_file(spec: JobSpec, job_dir: Path) -> None:
     """Tie ``job_dir`` to this spec (its identity in ``identity.json``), so that running the same
     spec again resumes it and any other spec is refused with the changes named, never mixed with
@@ -160,8 +147,6 @@ def training_spec(
         settings["trace_every"] = 0  # nothing to trace on
     dataset = inputs.dataset
     if spec.online is not None and target.mode == "offline":  # the online runs' offline baseline
-        from gpo_core.sweep.online import offline_budget
-
         dataset = str(offline_budget(spec, inputs, job_dir))
     return TrainingSpec(
         policy=inputs.policy,
@@ -178,6 +163,18 @@ def training_spec(
         **settings,
         **beta,
     )
+
+
+def offline_budget(spec: JobSpec, inputs: Inputs, job_dir: Path) -> Path:
+    """The offline baseline's pairs: as many of the dataset's as an online run judges, drawn once
+    (a fixed shuffle), written to the job folder."""
+    assert spec.online is not None
+    out = job_dir / OFFLINE_BUDGET
+    if out.exists():
+        return out
+    pairs = load_preferences(inputs.dataset, columns=spec.dataset_columns, split=spec.dataset_split)
+    random.Random(0).shuffle(pairs)
+    return write_jsonl(out, pairs[: spec.online.judged_pairs])
 
 
 def train_stage(

@@ -13,6 +13,7 @@ from gpo_core.generate import VLLMEngine, lora_capacity, model_family, start_eng
 from gpo_core.stopping import StopCheck
 from gpo_core.sweep import online, stages
 from gpo_core.sweep.pipeline import REFERENCE
+from gpo_core.sweep.preflight import start_job
 from gpo_core.sweep.spec import JobSpec
 from gpo_services.common.credentials import judge_api_key
 from gpo_services.common.sandbox import Emit
@@ -77,7 +78,7 @@ def generate(payload: dict, emit: Emit, should_stop: StopCheck) -> None:
     spec, job_dir, run = JobSpec.model_validate_json(payload["spec"]), Path(payload["job_dir"]), payload["run"]
     cache = Path(payload["cache_dir"])  # its tenant's: the reference's samples are shared by its jobs only
     if payload["round"] is not None:
-        stages.start_job(spec, job_dir, lambda message: emit({"log": message}), should_stop, payload["judge_api_key"])
+        start_job(spec, job_dir, lambda message: emit({"log": message}), should_stop, payload["judge_api_key"])
     reference = stages.resolve_inputs(spec).reference
     engine, note = _GENERATOR.engine_for(reference, spec.generation.backend, stages.lora_rank(spec))
     if note:

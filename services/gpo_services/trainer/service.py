@@ -11,6 +11,7 @@ from pathlib import Path
 
 from gpo_core.stopping import StopCheck
 from gpo_core.sweep import online, stages
+from gpo_core.sweep.preflight import start_job
 from gpo_core.sweep.spec import JobSpec
 from gpo_services.common.credentials import judge_api_key
 from gpo_services.common.sandbox import Emit, ProgressEvents
@@ -37,7 +38,7 @@ def train(payload: dict, emit: Emit, should_stop: StopCheck) -> dict:
     from gpo_core.stopping import Stopped
 
     spec, job_dir = JobSpec.model_validate_json(payload["spec"]), Path(payload["job_dir"])
-    stages.start_job(spec, job_dir, lambda message: emit({"log": message}), should_stop, payload["judge_api_key"])
+    start_job(spec, job_dir, lambda message: emit({"log": message}), should_stop, payload["judge_api_key"])
     cache, sink = Path(payload["cache_dir"]), ProgressEvents(emit)
     if payload["round"] is None:
         result = stages.train_stage(spec, job_dir, payload["run"], sink, should_stop, cache)
