@@ -37,7 +37,7 @@ def build_judge(
             task = BuiltTask(task_root)
         except FileNotFoundError as err:  # a folder that is not a built task
             raise InputError(str(err)) from None
-        return OracleTaskJudge(task, settings.mode)
+        return OracleTaskJudge(task, settings.mode, reward=settings.reward)
     template = template_text(settings.template, settings.template is None and conversational())
     labels = (settings.labels[0], settings.labels[1])
     if settings.kind == "local":

@@ -21,14 +21,20 @@ class OracleTaskJudge:
     backend: deterministic (higher gold reward wins, equal ties) or sampled (Bradley-Terry)."""
 
     def __init__(
-        self, task, mode: Literal["deterministic", "sampled"] = "deterministic", temperature: float = 0.5, seed: int = 0
+        self,
+        task,
+        mode: Literal["deterministic", "sampled"] = "deterministic",
+        temperature: float = 0.5,
+        seed: int = 0,
+        reward: Literal["gold", "labeler"] = "gold",
     ):
         from gpo_core.task.reward import OracleJudge
 
         self.task = task
-        self.oracle = OracleJudge(mode, temperature, seed)
+        self.oracle = OracleJudge(mode, temperature, seed, task.labeler_reward if reward == "labeler" else None)
         # Sampled verdicts are draws, not facts about the pair: never served from the cache.
-        self.key = f"oracle:{task.root.name}" if mode == "deterministic" else f"oracle-sampled:{id(self)}"
+        name = "oracle" if reward == "gold" else "oracle-labeler"
+        self.key = f"{name}:{task.root.name}" if mode == "deterministic" else f"{name}-sampled:{id(self)}"
 
     def compare(self, prompt: Prompt, first: str, second: str) -> OrderVerdict:
         verdict = self.oracle.judge(self.task.document_for(as_text(prompt)), first, second)

@@ -21,6 +21,12 @@ class JudgeSettings(BaseModel):
         "completions API), chat (an OpenAI-compatible chat completions API: GPT-4-class services).",
     )
     mode: Literal["deterministic", "sampled"] = Field("deterministic", description="Oracle verdicts.")
+    reward: Literal["gold", "labeler"] = Field(
+        "gold",
+        description="What the oracle judges by: the gold reward, or the built-in task's labeler's proxy (gold + "
+        "task.label_length_bonus per word: the reward behind the dataset's labels), for an online annotator who "
+        "errs as the labels do.",
+    )
     base_url: str | None = Field(
         None, max_length=2048, description="OpenAI-compatible base URL, http(s) (kind=endpoint or chat)."
     )

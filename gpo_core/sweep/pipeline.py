@@ -3,11 +3,13 @@ with, what comes next (:func:`next_step`), and the job folder's markers. The emb
 (``gpo run``) loops over it; the services' workers ask it what to enqueue after a task; the run
 states the API shows are its vocabulary.
 
-An offline run goes ``train -> generate -> judge``. An online run (``JobSpec.online``) first goes
-through its rounds, each on the same three services in another order: ``generate`` (two responses
-per prompt from the current policy), ``judge`` (the annotator labels them) and ``train`` (GPO steps
-on the fresh pairs); after the last round it goes on as an offline run does after training: sampled
-on the evaluation prompts, then judged against the reference. A stage ends ``done`` (the next stage follows; after
+An offline run goes ``train -> generate -> judge``. An online run (``JobSpec.online``) starts at
+the trainer too (every job's folder starts there: the built-in task, the preflight), with no pairs
+to train on yet, then goes through its rounds, each on the same three services in another order:
+``generate`` (two responses per prompt from the current policy), ``judge`` (the annotator labels
+them) and ``train`` (GPO steps on the fresh pairs); after the last round it goes on as an offline
+run does after training: sampled on the evaluation prompts, then judged against the reference. A
+stage ends ``done`` (the next stage follows; after
 the last, the run has ``succeeded``) or ``diverged`` (training stopped on a non-finite loss: the run
 is over with no model, and the job goes on without it). Once every run is over, the job's
 finishing step (:data:`FINISH`: the judge's own accuracy, the pairwise comparisons, the report)
@@ -54,11 +56,6 @@ class Step:
     round: int | None = None
 
 
-def first_step(rounds: int) -> Step:
-    """Where a run of ``rounds`` online rounds starts (0: an offline run, at training)."""
-    return Step(ROUND_STAGES[0], "queued", 0) if rounds else Step(STAGES[0], "queued")
-
-
 def next_step(stage: RunStage, outcome: Outcome, round: int | None = None, rounds: int = 0) -> Step:
     """What follows ``stage`` (of online round ``round`` of ``rounds``, or of the run's own
     lifecycle when None) ending with ``outcome``."""
@@ -71,6 +68,8 @@ def next_step(stage: RunStage, outcome: Outcome, round: int | None = None, round
         if round + 1 < rounds:
             return Step(ROUND_STAGES[0], "queued", round + 1)
         return Step(STAGES[STAGES.index("train") + 1], "queued")  # trained: on as an offline run
+    if stage == STAGES[0] and rounds:  # an online run's start: its first round follows
+        return Step(ROUND_STAGES[0], "queued", 0)
     position = STAGES.index(stage)
     if position + 1 < len(STAGES):
         return Step(STAGES[position + 1], "queued")

@@ -15,7 +15,7 @@ from pathlib import Path
 from gpo_core.cache import cache_root
 from gpo_core.generate import start_engine
 from gpo_core.sweep import online, stages
-from gpo_core.sweep.pipeline import FINISH, REFERENCE, Outcome, RunStage, first_step, next_step
+from gpo_core.sweep.pipeline import FINISH, REFERENCE, STAGES, Outcome, RunStage, Step, next_step
 from gpo_core.sweep.preflight import preflight
 from gpo_core.sweep.spec import JobSpec
 
@@ -101,7 +101,7 @@ def run_job(
         stage(REFERENCE, "generate", "done")
         for run, target in zip(spec.run_ids(), spec.run_list(), strict=True):
             rounds = spec.rounds(target)
-            step = first_step(rounds)
+            step = Step(STAGES[0], "queued")
             while step.stage != "done":
                 position, round = step.stage, step.round
                 where = {} if round is None else {"round": round}

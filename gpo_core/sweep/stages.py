@@ -196,6 +196,8 @@ def train_stage(
     if done.exists():
         return json.loads(done.read_text())
     inputs = resolve_inputs(spec, should_stop=stop_requested)
+    if spec.rounds(spec.run(run)):  # an online run's start: no pairs yet (its rounds train it)
+        return {"steps": 0, "stopped": False, "diverged": None}
     training = training_spec(spec, inputs, job_dir, run, cache_dir)
     result = run_training(training, sink, stop_requested or (lambda: False))
     summary = {

@@ -368,6 +368,12 @@ class BuiltTask:
     def reward(self, prompt: str, summary: str) -> float:
         return gold_reward(self.document_for(prompt), summary)
 
+    def labeler_reward(self, document: Document, summary: str) -> float:
+        """The labeler's proxy reward of ``summary`` (what the task's preference labels were drawn
+        from): the gold reward, plus the task's length bonus."""
+        proxy = LabelProxy(**self.artifacts.settings.get("proxy", {}))
+        return proxy.reward(gold_reward(document, summary), summary)
+
     def tokenizer(self) -> PreTrainedTokenizerFast:
         return PreTrainedTokenizerFast.from_pretrained(self.artifacts.tokenizer_dir)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from typing import Literal
 
 from gpo_core.task.corpus import Document
@@ -77,15 +78,23 @@ class OracleJudge:
     at ``temperature`` (never a tie), seeded, like a noisy human rater.
     """
 
-    def __init__(self, mode: Literal["deterministic", "sampled"] = "deterministic", temperature: float = 0.5, seed=0):
+    def __init__(
+        self,
+        mode: Literal["deterministic", "sampled"] = "deterministic",
+        temperature: float = 0.5,
+        seed=0,
+        reward: Callable[[Document, str], float] | None = None,
+    ):
+        """``reward``: what it judges by; default the gold reward (another: the labeler's proxy)."""
         if mode not in ("deterministic", "sampled"):
             raise ValueError(f"oracle judge mode must be 'deterministic' or 'sampled', got {mode!r}")
         self.mode = mode
+        self.reward = reward or gold_reward
         self.temperature = temperature
         self._rng = random.Random(seed)
 
     def judge(self, document: Document, summary_a: str, summary_b: str) -> Verdict:
-        ra, rb = gold_reward(document, summary_a), gold_reward(document, summary_b)
+        ra, rb = self.reward(document, summary_a), self.reward(document, summary_b)
         if self.mode == "deterministic":
             return "a" if ra > rb else "b" if rb > ra else "tie"
         return "a" if bradley_terry_prefers_a(self._rng, ra, rb, self.temperature) else "b"

@@ -50,8 +50,11 @@ def grid(**overrides) -> dict:
         ({"training": {"stpes": 3}}, "training.stpes", "did you mean 'training.steps'?"),
         ({"online": {"rounds": 2}, "training": {"steps": 7}}, "(spec)", "rounds x online.steps_per_round = 50"),
         ({"online": {"rounds": 0}}, "online.rounds", "greater than or equal to 1"),
-        ({"losses": [], "betas": [], "runs": [{"loss": "hinge", "beta": 1, "mode": "online"}]}, "(spec)",
-         "needs the job's online block"),  # fmt: skip
+        (
+            {"losses": [], "betas": [], "runs": [{"loss": "hinge", "beta": 1, "mode": "online"}]},
+            "(spec)",
+            "needs the job's online block",
+        ),
         ({"online": {"annotator": {"kind": "chat"}}}, "online.annotator", "base_url and model"),
         (
             {"online": {"annotator": {"evaluate_on": "pairs.jsonl"}}},

@@ -179,6 +179,43 @@ def test_killed_generator_and_judge_tasks_are_redelivered_and_complete_once(plat
     assert platform.redis.xlen("gpo:dead") == 0
 
 
+def test_an_online_job_rounds_go_through_the_services_and_survive_a_killed_trainer(platform) -> None:
+    """Each round's sampling, labelling and training are tasks of the generator, judge and trainer;
+    a trainer killed mid-round is replaced and the round resumes from its checkpoint, nothing
+    sampled or judged twice."""
+    first = platform.start("trainer")
+    platform.start("generator")
+    judge = platform.start("judge")
+    spec = small_job(steps=4)
+    del spec["training"]["steps"]  # an online job's steps are its rounds'
+    spec["training"]["lr"] = 5e-3
+    spec["online"] = {"rounds": 2, "prompts_per_round": 16, "steps_per_round": 60, "offline_baseline": False}
+    job = platform.client.submit(spec)
+    (run,) = [r.id for r in job.runs]
+    assert (job.runs[0].stage, job.runs[0].round) == ("train", None)  # where every job's folder starts
+    wait_until(lambda: platform.client.get(job.id).runs[0].step >= 72, 240, "round 1's training past a checkpoint")
+    platform.signal(first, signal.SIGKILL)
+    second = platform.start("trainer")
+    done = platform.wait_for_job(job.id)
+    assert done.runs[0].state == "succeeded" and done.runs[0].step == 120 and done.state != "failed"
+    rounds = platform.run_dir(job.id, run) / "rounds"
+    records = [json.loads(line) for line in (rounds / "001" / "train" / "metrics.jsonl").read_text().splitlines()]
+    resumed = [r for r in records if r["kind"] == "resumed"]
+    assert len(resumed) == 1 and resumed[0]["step"] >= 10 and resumed[0]["step"] % 5 == 0
+    assert [r["kind"] for r in records].count("end") == 1
+    assert started_tasks(second) == [run]
+    # Round 0 and 1 each labelled once, by one judge task: the judge started three (two rounds, the
+    # evaluation) and the run's files hold each round's 16 comparisons.
+    assert started_tasks(judge).count(run) == 3
+    for r in ("000", "001"):
+        labels = json.loads((rounds / r / "labels.json").read_text())
+        assert labels["prompts"] == 16 and labels["pairs"] + labels["ties"] + labels["invalid"] == 16
+    assert json.loads((platform.run_dir(job.id, run) / "train.json").read_text())["final_model_dir"] == (
+        "rounds/001/train/final"
+    )
+    assert platform.redis.xlen("gpo:dead") == 0
+
+
 def test_a_redis_restart_mid_job_loses_nothing(platform) -> None:
     for name in ("trainer", "generator", "judge"):
         platform.start(name)

@@ -3,7 +3,7 @@ takes it, the one table the embedded runner and the services' workers both follo
 
 import pytest
 
-from gpo_core.sweep.pipeline import DONE, ENDS, STAGES, Step, first_step, next_step
+from gpo_core.sweep.pipeline import DONE, ENDS, STAGES, Step, next_step
 from gpo_core.sweep.views import RunView
 
 
@@ -26,15 +26,15 @@ def test_every_end_is_a_state_the_api_can_show() -> None:
 
 
 def test_an_online_run_goes_through_its_rounds_then_on_as_an_offline_run() -> None:
-    """Each round samples, labels and trains; after the last, the run is sampled on the evaluation
-    prompts and judged, like an offline run after its training."""
-    assert first_step(0) == Step("train", "queued")
-    step, visited = first_step(2), []
+    """It starts at the trainer (the job folder's start; no pairs yet), then each round samples,
+    labels and trains; after the last, the run is sampled on the evaluation prompts and judged, like
+    an offline run after its training."""
+    step, visited = Step("train", "queued"), []
     while step.stage != "done":
         visited.append((step.stage, step.round))
         step = next_step(step.stage, "done", step.round, 2)  # type: ignore[arg-type]
-    assert visited == [("generate", 0), ("judge", 0), ("train", 0), ("generate", 1), ("judge", 1), ("train", 1),
-                       ("generate", None), ("judge", None)]  # fmt: skip
+    assert visited == [("train", None), ("generate", 0), ("judge", 0), ("train", 0), ("generate", 1), ("judge", 1),
+                       ("train", 1), ("generate", None), ("judge", None)]  # fmt: skip
     assert step == Step("done", "succeeded")
 
 

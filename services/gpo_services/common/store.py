@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator, Iterator
 import redis
 import redis.asyncio
 
-from gpo_core.sweep.pipeline import DONE, first_step
+from gpo_core.sweep.pipeline import DONE
 from gpo_core.sweep.spec import JobSpec
 from gpo_core.sweep.views import TERMINAL, JobPage, JobView, RunView
 from gpo_services.common.queue import stream_key, streams_key, task_record
@@ -175,7 +175,7 @@ class JobStore:
                     beta=float(r["beta"]),
                     state=r["state"],
                     stage=r["stage"],
-                    round=int(r["round"]) if r.get("round") else None,
+                    round=int(r["round"]) if r.get("round") not in (None, "") else None,
                     step=int(r.get("step", 0)),
                     steps=int(r.get("steps", 0)),
                     win_rate=json.loads(r["win_rate"]) if r.get("win_rate") else None,
@@ -326,16 +326,13 @@ class JobStore:
 # tenant's jobs not yet over are its active set (scored by their runs), and their runs its count
 # (one GET, however many jobs): a job that would take the count over ``max_active`` is not written.
 # KEYS: job, the tenant's train stream, tenant index, events, one per run, then the idempotency
-# record if any, the tenant's generate stream, the generate and the train stage's sets of streams,
-# the tenant's active set, its count. ARGV[1]: JSON of the field lists (values already strings,
-# formatted as redis-py formats them) and of the first tasks, each [1, task] for the train stream
-# or [2, task] for the generate stream (an online run starts by sampling). Returns the
+# record if any, the stage's set of streams, the tenant's active set, its count. ARGV[1]: JSON of
+# the field lists (values already strings, formatted as redis-py formats them). Returns the
 # record's value if the key was used before, "quota N" (N runs held) when over the quota (nothing
 # is written then), else nothing.
 CREATE_JOB = """
 local new = cjson.decode(ARGV[1])
-local active, active_runs = KEYS[#KEYS - 1], KEYS[#KEYS]
-local queues = {{KEYS[2], KEYS[#KEYS - 2]}, {KEYS[#KEYS - 4], KEYS[#KEYS - 3]}}
+local streams, active, active_runs = KEYS[#KEYS - 2], KEYS[#KEYS - 1], KEYS[#KEYS]
 if new.idempotency ~= '' then
   local first = redis.call('GET', KEYS[5 + #new.runs])
   if first then return first end
@@ -349,22 +346,14 @@ if new.idempotency ~= '' then
 end
 redis.call('HSET', KEYS[1], unpack(new.job))
 for i, run in ipairs(new.runs) do redis.call('HSET', KEYS[4 + i], unpack(run)) end
-for _, task in ipairs(new.tasks) do
-  local queue = queues[task[1]]
-  redis.pcall('XGROUP', 'CREATE', queue[1], 'workers', '0', 'MKSTREAM')
-  redis.call('SADD', queue[2], queue[1])
-  redis.call('XADD', queue[1], '*', 'task', task[2])
-end
+redis.pcall('XGROUP', 'CREATE', KEYS[2], 'workers', '0', 'MKSTREAM')
+redis.call('SADD', streams, KEYS[2])
+for _, task in ipairs(new.tasks) do redis.call('XADD', KEYS[2], '*', 'task', task) end
 redis.call('ZADD', KEYS[3], new.score, new.id)
 redis.call('ZADD', active, #new.runs, new.id)
 redis.call('INCRBY', active_runs, #new.runs)
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', new.maxlen, '*', unpack(new.event))
 """
-
-
-def _round(round: int | None) -> dict:
-    """A run record's online round (absent for an offline run's stages)."""
-    return {} if round is None else {"round": round}
 
 
 def _flat(record: dict) -> list[str]:
@@ -412,19 +401,16 @@ class AsyncJobStore:
             "created_at": now,
             "updated_at": now,
         }
-        fresh = {"state": "queued", "step": 0, "steps": spec.training.steps or 0, "updated_at": now}
-        starts = [first_step(spec.rounds(run)) for run in spec.run_list()]
+        fresh = {"state": "queued", "stage": "train", "step": 0, "steps": spec.training.steps or 0, "updated_at": now}
         records = [
-            {"id": run_id, "loss": run.loss, "beta": run.beta, "stage": start.stage, **_round(start.round), **fresh}
-            for run_id, run, start in zip(runs, spec.run_list(), starts, strict=True)
+            {"id": run_id, "loss": run.loss, "beta": run.beta, **fresh}
+            for run_id, run in zip(runs, spec.run_list(), strict=True)
         ]
-        queue_of = {"train": 1, "generate": 2}  # the script's queues
         keys = [job_key(job_id), stream_key("train", tenant), f"gpo:tenant:{tenant}:jobs", events_key(job_id)]
         keys += [run_key(job_id, run_id) for run_id in runs]
         if idempotency_key is not None:
             keys.append(f"gpo:idem:{tenant}:{hashlib.sha256(idempotency_key.encode()).hexdigest()}")
-        keys += [stream_key("generate", tenant), streams_key("generate"), streams_key("train")]
-        keys += [active_key(tenant), active_runs_key(tenant)]
+        keys += [streams_key("train"), active_key(tenant), active_runs_key(tenant)]
         first = await self._create(
             keys=keys,
             args=[
@@ -432,10 +418,7 @@ class AsyncJobStore:
                     {
                         "job": _flat(job),
                         "runs": [_flat(r) for r in records],
-                        "tasks": [
-                            [queue_of[start.stage], json.dumps(task_record(job_id, run_id, start.round))]
-                            for run_id, start in zip(runs, starts, strict=True)
-                        ],
+                        "tasks": [json.dumps(task_record(job_id, run_id)) for run_id in runs],
                         "score": repr(now),
                         "id": job_id,
                         "maxlen": EVENTS_MAXLEN,

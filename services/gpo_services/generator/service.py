@@ -13,9 +13,7 @@ from gpo_core.generate import VLLMEngine, lora_capacity, model_family, start_eng
 from gpo_core.stopping import StopCheck
 from gpo_core.sweep import online, stages
 from gpo_core.sweep.pipeline import REFERENCE
-from gpo_core.sweep.preflight import start_job
 from gpo_core.sweep.spec import JobSpec
-from gpo_services.common.credentials import judge_api_key
 from gpo_services.common.sandbox import Emit
 from gpo_services.common.worker import TaskContext, Worker
 
@@ -64,21 +62,15 @@ def handle(task: dict, context: TaskContext) -> None:
     started = context.start_stage(task, "generate")
     if started is None:
         return
-    spec, payload = started
-    if task.get("round") is not None:  # an online job's first task may be here: the preflight's probe
-        payload["judge_api_key"] = judge_api_key(spec, job_id, context)
-    context.run_task(GENERATE, payload, job_id)
+    context.run_task(GENERATE, started[1], job_id)
     context.advance(job_id, run, "generate", "done", round=task.get("round"))
 
 
 def generate(payload: dict, emit: Emit, should_stop: StopCheck) -> None:
     """In the task child: the reference's samples (cached) and the run's; or, for an online
-    round, the current policy's two responses per prompt of the round (after the job folder's
-    start when this is the job's first task)."""
+    round, the current policy's two responses per prompt of the round."""
     spec, job_dir, run = JobSpec.model_validate_json(payload["spec"]), Path(payload["job_dir"]), payload["run"]
     cache = Path(payload["cache_dir"])  # its tenant's: the reference's samples are shared by its jobs only
-    if payload["round"] is not None:
-        start_job(spec, job_dir, lambda message: emit({"log": message}), should_stop, payload["judge_api_key"])
     reference = stages.resolve_inputs(spec).reference
     engine, note = _GENERATOR.engine_for(reference, spec.generation.backend, stages.lora_rank(spec))
     if note:

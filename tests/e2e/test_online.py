@@ -1,0 +1,110 @@
+"""Online GPO in the embedded runner on the built-in task: rounds of sampling from the current
+policy, labelling by the annotator in both orders and training on the fresh pairs, beside an
+offline run on the same budget; a stop mid-round resumes without sampling or judging again."""
+
+import json
+
+from gpo_core.sweep import stages
+from gpo_core.sweep.online import round_training_spec
+from gpo_core.sweep.pipeline import round_dir
+from gpo_core.sweep.runner import run_job
+from gpo_core.sweep.spec import JobSpec
+from gpo_core.task.build import BuiltTask
+
+ONLINE, OFFLINE = "r00-logistic-b0.1-online", "r01-logistic-b0.1"
+
+
+def online_job(**online) -> JobSpec:
+    return JobSpec(
+        task={"size": "small", "seed": 3},
+        losses=["logistic"],
+        betas=[0.1],
+        online={"rounds": 2, "prompts_per_round": 12, "steps_per_round": 4, **online},
+        # lr 5e-3: a few steps at the task's 5e-4 leave the policy answering as pi_ref does
+        training={"lr": 5e-3, "batch_size": 8, "trace_every": 4, "checkpoint_every": 2, "trace_prompts": 8},
+        generation={"backend": "transformers", "prompts": 12},
+    )
+
+
+def lines(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_an_online_run_samples_labels_and_trains_round_by_round_beside_its_offline_twin(small_task, tmp_path) -> None:
+    spec = online_job()
+    job = tmp_path / "job"
+    events: list[dict] = []
+    report = run_job(spec, job, cache_dir=tmp_path / "cache", events=events.append)
+    assert report is not None and spec.run_ids() == [ONLINE, OFFLINE]
+    task = BuiltTask(stages.resolve_inputs(spec).task_root)
+
+    prompts_by_round = []
+    for r in range(2):
+        folder = round_dir(job, ONLINE, r)
+        samples = lines(folder / "samples.jsonl")
+        assert len(samples) == 24 and sorted(s["sample"] for s in samples) == [0] * 12 + [1] * 12
+        prompts_by_round.append({s["prompt"] for s in samples})
+        labels = json.loads((folder / "labels.json").read_text())
+        assert labels["prompts"] == 12 and labels["pairs"] + labels["ties"] + labels["invalid"] == 12
+        pairs = lines(folder / "pairs.jsonl")
+        assert len(pairs) == labels["pairs"] > 0
+        # The annotator (the deterministic oracle) chose the answer of higher gold reward, whichever
+        # order it was shown in.
+        assert all(task.reward(p["prompt"], p["chosen"]) > task.reward(p["prompt"], p["rejected"]) for p in pairs)
+        trained = json.loads((folder / "train.json").read_text())
+        assert trained["steps"] == 4 and trained["model"] == f"rounds/{r:03d}/train/final"
+    assert not prompts_by_round[0] & prompts_by_round[1]  # each round samples prompts of its own
+    inputs = stages.resolve_inputs(spec)
+    second = round_training_spec(spec, inputs, job, ONLINE, 1)
+    assert second.policy == str(job / "runs" / ONLINE / "rounds" / "000" / "train" / "final")
+    assert second.reference == inputs.reference and second.warmup_steps == 0
+
+    run = json.loads((job / "runs" / ONLINE / "train.json").read_text())
+    assert run["steps"] == 8 and run["final_model_dir"] == "rounds/001/train/final"
+    # The offline twin: as many of the dataset's pairs as the online run judged, as many steps.
+    assert len(lines(job / stages.OFFLINE_BUDGET)) == 24
+    assert json.loads((job / "runs" / OFFLINE / "train.json").read_text())["steps"] == 8
+
+    visited = [(e["stage"], e.get("round")) for e in events if e.get("run") == ONLINE and e.get("state") == "running"]
+    assert visited == [("train", None), ("generate", 0), ("judge", 0), ("train", 0), ("generate", 1), ("judge", 1),
+                       ("train", 1), ("generate", None), ("judge", None)]  # fmt: skip
+    steps = [e["step"] for e in events if e.get("run") == ONLINE and e.get("kind") == "step"]
+    assert steps == list(range(1, 9))  # the run's steps, counted across its rounds
+
+    data = json.loads((report.parent / "report.json").read_text())
+    online = data["online"]
+    assert [row["round"] for row in online["rounds"][ONLINE]] == [0, 1]
+    assert all(row["kl_at_end"] is not None and row["agreement_with_judge"] is None for row in online["rounds"][ONLINE])
+    (versus,) = online["versus_offline"]
+    assert (versus["online"], versus["offline"], versus["prompts"]) == (ONLINE, OFFLINE, 12)
+    assert versus["low"] <= versus["difference"] <= versus["high"]
+    assert [c["mode"] for c in data["cells"]] == ["online", "offline"]
+    assert "Online GPO" in report.read_text()
+
+
+def test_an_online_run_stopped_mid_round_resumes_without_sampling_or_judging_again(small_task, tmp_path) -> None:
+    spec = online_job(offline_baseline=False)
+    job = tmp_path / "job"
+    seen: list[dict] = []
+    stop = {"now": False}
+
+    def events(event: dict) -> None:
+        seen.append(event)
+        if event.get("kind") == "step" and event["step"] >= 7:  # round 1, past its checkpoint at step 6
+            stop["now"] = True
+
+    assert run_job(spec, job, cache_dir=tmp_path / "cache", events=events, stop_requested=lambda: stop["now"]) is None
+    first = round_dir(job, ONLINE, 1)
+    assert not (first / "train.json").exists() and (first / "train" / "checkpoints").is_dir()
+    written = {p: p.stat().st_mtime_ns for p in job.rglob("*") if p.name in ("samples.jsonl", "labels.json")}
+    verdicts = (job / "verdicts.jsonl").read_text()
+    assert len(written) == 4
+
+    assert run_job(spec, job, cache_dir=tmp_path / "cache") is not None
+    assert {p: p.stat().st_mtime_ns for p in written} == written  # neither sampled nor labelled again
+    # The annotator's verdicts were cached: the resumed run added the evaluation's, not round 0's or 1's.
+    assert (job / "verdicts.jsonl").read_text().startswith(verdicts)
+    records = lines(first / "train" / "metrics.jsonl")
+    assert [r["kind"] for r in records].count("resumed") == 1
+    assert [r.get("stopped") for r in records if r["kind"] == "end"] == [True, False]  # stopped once, then done
+    assert json.loads((job / "runs" / ONLINE / "train.json").read_text())["steps"] == 8
