@@ -124,7 +124,8 @@ def label_round(
     api_keys: Mapping[str, str | None] | None = None,
 ) -> dict:
     """The annotator on each pair of the round's samples, both orders: a verdict that holds in both
-    is a pair (chosen, rejected); a tie, a flip with the order or no verdict gives none. Where the
+    is a pair (chosen, rejected); a tie, a flip with the order, no verdict or an empty response
+    gives none. Where the
     annotator is not the job's judge, the judge decides the same pairs too: the labels' agreement
     with the evaluation judge. ``api_keys``: each endpoint judge's key, by its field
     (:meth:`JobSpec.judges`)."""
@@ -153,9 +154,11 @@ def label_round(
         return result.records, result.judge_calls
 
     records, calls = decide(annotator_field(spec))
-    pairs = []
+    pairs, empty = [], 0
     for item, record in zip(items, records, strict=True):
-        if record["outcome"] in ("win", "loss"):
+        if record["outcome"] in ("win", "loss") and not (item["a"].strip() and item["b"].strip()):
+            empty += 1  # decided, but a pair's responses are texts to train on: an empty one gives none
+        elif record["outcome"] in ("win", "loss"):
             chosen, rejected = (item["a"], item["b"]) if record["outcome"] == "win" else (item["b"], item["a"])
             pairs.append(
                 {"prompt_id": item["prompt_id"], "prompt": item["prompt"], "chosen": chosen, "rejected": rejected}
@@ -176,6 +179,7 @@ def label_round(
         "ties": sum(r["outcome"] == "tie" for r in records),
         "flipped": sum(r["flipped"] for r in records),
         "invalid": sum(r["outcome"] == "invalid" for r in records),
+        "empty": empty,  # decided, with an empty response: no pair
         "annotator_calls": calls,
         "agreement_with_judge": agreement,  # None: the annotator is the judge (or no pair)
         "mean_length": sum(len(str(r["response"]).split()) for r in samples) / max(1, len(samples)),

@@ -45,12 +45,13 @@ def test_an_online_run_samples_labels_and_trains_round_by_round_beside_its_offli
         assert len(samples) == 24 and sorted(s["sample"] for s in samples) == [0] * 12 + [1] * 12
         prompts_by_round.append({s["prompt"] for s in samples})
         labels = json.loads((folder / "labels.json").read_text())
-        assert labels["prompts"] == 12 and labels["pairs"] + labels["ties"] + labels["invalid"] == 12
+        assert labels["prompts"] == 12 and labels["pairs"] + labels["ties"] + labels["invalid"] + labels["empty"] == 12
         pairs = lines(folder / "pairs.jsonl")
         assert len(pairs) == labels["pairs"] > 0
         # The annotator (the deterministic oracle) chose the answer of higher gold reward, whichever
         # order it was shown in.
         assert all(task.reward(p["prompt"], p["chosen"]) > task.reward(p["prompt"], p["rejected"]) for p in pairs)
+        assert all(p["chosen"].strip() and p["rejected"].strip() for p in pairs)  # texts to train on
         trained = json.loads((folder / "train.json").read_text())
         assert trained["steps"] == 4 and trained["model"] == f"rounds/{r:03d}/train/final"
     assert not prompts_by_round[0] & prompts_by_round[1]  # each round samples prompts of its own

@@ -209,7 +209,7 @@ def test_an_online_job_rounds_go_through_the_services_and_survive_a_killed_train
     assert started_tasks(judge).count(run) == 3
     for r in ("000", "001"):
         labels = json.loads((rounds / r / "labels.json").read_text())
-        assert labels["prompts"] == 16 and labels["pairs"] + labels["ties"] + labels["invalid"] == 16
+        assert labels["prompts"] == 16 and labels["pairs"] + labels["ties"] + labels["invalid"] + labels["empty"] == 16
     assert json.loads((platform.run_dir(job.id, run) / "train.json").read_text())["final_model_dir"] == (
         "rounds/001/train/final"
     )
