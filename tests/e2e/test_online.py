@@ -4,6 +4,7 @@ offline run on the same budget; a stop mid-round resumes without sampling or jud
 
 import json
 
+from gpo_client.cli.output import print_winrate_table
 from gpo_core.sweep import stages
 from gpo_core.sweep.online import round_training_spec
 from gpo_core.sweep.pipeline import round_dir
@@ -30,7 +31,9 @@ def lines(path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_an_online_run_samples_labels_and_trains_round_by_round_beside_its_offline_twin(small_task, tmp_path) -> None:
+def test_an_online_run_samples_labels_and_trains_round_by_round_beside_its_offline_twin(
+    small_task, tmp_path, capsys
+) -> None:
     spec = online_job()
     job = tmp_path / "job"
     events: list[dict] = []
@@ -81,6 +84,8 @@ def test_an_online_run_samples_labels_and_trains_round_by_round_beside_its_offli
     assert versus["low"] <= versus["difference"] <= versus["high"]
     assert [c["mode"] for c in data["cells"]] == ["online", "offline"]
     assert "Online GPO" in report.read_text()
+    print_winrate_table(report.parent / "report.json")  # what gpo run prints at the end
+    assert "online - offline, logistic at beta 0.1 (24 judged pairs and 8 steps per run)" in capsys.readouterr().out
 
 
 def test_an_online_run_stopped_mid_round_resumes_without_sampling_or_judging_again(small_task, tmp_path) -> None:

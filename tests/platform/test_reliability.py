@@ -193,7 +193,7 @@ def test_an_online_job_rounds_go_through_the_services_and_survive_a_killed_train
     job = platform.client.submit(spec)
     (run,) = [r.id for r in job.runs]
     assert (job.runs[0].stage, job.runs[0].round) == ("train", None)  # where every job's folder starts
-    wait_until(lambda: platform.client.get(job.id).runs[0].step >= 72, 240, "round 1's training past a checkpoint")
+    wait_until(lambda: platform.client.get(job.id).runs[0].step >= 72, 480, "round 1's training past a checkpoint")
     platform.signal(first, signal.SIGKILL)
     second = platform.start("trainer")
     done = platform.wait_for_job(job.id)

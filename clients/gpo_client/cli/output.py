@@ -53,7 +53,22 @@ def print_winrate_table(report_json: Path) -> None:
         table.add_row(*(str(row[column]) for column in columns))
     console.print(table)
     print_differences(report.get("differences") or [])
+    print_online(report.get("online"))
     print_claims(report.get("claims") or [])
+
+
+def print_online(online: dict | None) -> None:
+    """An online job's answer: each online cell against its offline twin on the same budget."""
+    if not online:
+        return
+    budget = f"{online['judged_pairs_per_run']} judged pairs and {online['steps_per_run']} steps per run"
+    for d in online["versus_offline"]:
+        verdict = ("online better" if d["low"] > 0 else "offline better") if d["resolved"] else "not resolved"
+        console.print(
+            f"online - offline, {d['loss']} at beta {d['beta']:g} ({budget}): "
+            f"{d['difference']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}], {verdict}",
+            highlight=False,
+        )
 
 
 def print_claims(claims: list[dict]) -> None:
