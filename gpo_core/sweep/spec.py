@@ -18,6 +18,7 @@ from gpo_core.loss_names import LossSpecError, registry_name
 from gpo_core.specfile import format_errors, missing_paths, read_mapping, resolve_paths
 from gpo_core.train.spec import Beta, Loss, TrainingOptions, beta_from_ipo_equivalent
 
+MAX_STEPS = 10_000_000  # a run's training steps, as training.steps allows
 MAX_RUNS = 128  # runs, seeds counted: a job larger than this is almost certainly a mistake; split it
 
 
@@ -86,6 +87,12 @@ class OnlineSettings(BaseModel):
         description="Beside each online run, an offline run on the same budget: as many of the dataset's pairs as "
         "the online run has judged (rounds x prompts_per_round) and as many steps.",
     )
+
+    @model_validator(mode="after")
+    def _bounded(self) -> OnlineSettings:
+        if self.steps > MAX_STEPS:
+            raise ValueError(f"rounds x steps_per_round = {self.steps:,} steps; at most {MAX_STEPS:,}")
+        return self
 
     @model_validator(mode="after")
     def _annotator_only_labels(self) -> OnlineSettings:

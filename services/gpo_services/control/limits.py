@@ -48,11 +48,19 @@ def check_capacity(spec: JobSpec, settings: Settings) -> None:
         prompts = 0
     models = len(spec.run_list()) + 1  # every run and the reference
     tokens = models * prompts * generation.n * generation.max_new_tokens
-    if tokens > settings.max_generated_tokens:
+    # An online run also samples two responses per prompt of each round.
+    online_runs = sum(1 for run in spec.run_list() if spec.rounds(run))
+    rounds = online_runs * spec.online.judged_pairs * 2 * generation.max_new_tokens if spec.online else 0
+    if tokens + rounds > settings.max_generated_tokens:
+        online = (
+            f" + {online_runs} online runs x {spec.online.judged_pairs:,} round prompts x 2 x max_new_tokens"
+            if spec.online and online_runs
+            else ""
+        )
         refuse(
             "generation",
             f"{models} models x {prompts} prompts x n {generation.n} x max_new_tokens "
-            f"{generation.max_new_tokens} = {tokens:,} tokens to sample; at most "
+            f"{generation.max_new_tokens}{online} = {tokens + rounds:,} tokens to sample; at most "
             f"{settings.max_generated_tokens:,} per job (GPO_MAX_GENERATED_TOKENS)",
         )
     if details:
