@@ -277,6 +277,7 @@ def train_round(
             reference_cache=result.reference_cache,
             last_metrics=result.last_metrics,
         )
+    summary["run_step"] = round * spec.online.steps_per_round + summary["steps"]  # as the run's events count
     if summary["diverged"] or round + 1 == spec.online.rounds:
         _finish_run(spec, job_dir, run, round, summary)
     write_json(done, summary)

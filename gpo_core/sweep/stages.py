@@ -219,9 +219,10 @@ def train_stage(
 def training_outcome(result: dict) -> tuple[Outcome, dict]:
     """How a finished training stage (:func:`train_stage`, not stopped) ended, and what the run
     records of it: its steps, and why when it diverged."""
+    step = result.get("run_step", result["steps"])  # an online round's: the run's step, counted across rounds
     if result.get("diverged"):  # over, with no model: the sweep goes on without this run
-        return "diverged", {"step": result["steps"], "reason": result["diverged"]}
-    return "done", {"step": result["steps"]}
+        return "diverged", {"step": step, "reason": result["diverged"]}
+    return "done", {"step": step}
 
 
 def sampling_settings(spec: JobSpec) -> SamplingSettings:

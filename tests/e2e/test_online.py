@@ -74,6 +74,8 @@ def test_an_online_run_samples_labels_and_trains_round_by_round_beside_its_offli
                        ("train", 1), ("generate", None), ("judge", None)]  # fmt: skip
     steps = [e["step"] for e in events if e.get("run") == ONLINE and e.get("kind") == "step"]
     assert steps == list(range(1, 9))  # the run's steps, counted across its rounds
+    trained = [(e.get("round"), e["step"]) for e in events if e.get("stage") == "train" and e.get("state") == "done"]
+    assert trained[:3] == [(None, 0), (0, 4), (1, 8)]  # the online run's start, then its rounds
 
     data = json.loads((report.parent / "report.json").read_text())
     online = data["online"]
