@@ -211,9 +211,10 @@ def preflight(
 def start_job(
     spec: JobSpec, job_dir: Path, say: Callable[[str], None], should_stop: StopCheck | None, api_key: str | None
 ) -> None:
-    """The job folder's start, in the services' first task of a job (whichever stage it is on):
-    before any work, the data, tokenizer and judge do their part (a PreflightError fails the job
-    at once; an unreachable judge endpoint is retried later), then the folder is tied to the spec."""
+    """The job folder's start, in the services' first task of a job (every run, online or not,
+    starts at the trainer): before any work, the data, tokenizer and judge do their part (a
+    PreflightError fails the job at once; an unreachable judge endpoint is retried later), then the
+    folder is tied to the spec."""
     from gpo_core.sweep.stages import resolve_inputs, write_job_file
 
     if (job_dir / "job.json").exists():
