@@ -51,6 +51,26 @@ def test_a_judge_endpoint_off_the_operators_list_is_refused(service, base_url) -
 
 
 @pytest.mark.parametrize(
+    ("annotator", "field", "message"),
+    [
+        ({"kind": "chat", "base_url": "http://127.0.0.1:6379/v1", "model": "m"}, "online.annotator.base_url", ALLOWED),
+        ({"kind": "chat", "base_url": ALLOWED, "model": "m", "api_key_env": "GPO_REDIS_URL"},
+         "online.annotator.api_key_env", "not a job's to name"),
+        ({"kind": "local", "model_dir": "/etc"}, "online.annotator.model_dir", "not a path this deployment lets"),
+    ],
+)  # fmt: skip
+def test_an_online_annotator_is_held_to_every_rule_of_the_judge(service, annotator, field, message) -> None:
+    """The annotator of an online job is a judge too: an endpoint off the operator's list, a worker's
+    variable as its key, a folder outside the tenant's uploads and the operator's roots are refused
+    by field, as they are for ``judge``."""
+    body = {"task": {"size": "small"}, "losses": ["logistic"], "betas": [0.1], "online": {"annotator": annotator}}
+    response = httpx.post(service + "/jobs", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
+    assert response.status_code == 422, response.text
+    details = {d["field"]: d["message"] for d in response.json()["details"]}
+    assert field in details and message in details[field], details
+
+
+@pytest.mark.parametrize(
     "base_url",
     ["file:///etc/passwd", "gopher://judge.internal:8000/", "http://user:secret@judge.internal:8000/v1",
      "http://judge.internal:8000/v1?x=1", "http:///v1", "http://judge.internal:99999/v1"],
