@@ -223,3 +223,31 @@ def test_vllm_backend_matches_transformers_greedy_and_is_seeded(
     assert engine.model_dir == str(other) and engine.restarts == (0 if torch.cuda.is_available() else 1)
     assert [r["response"] for r in swapped] == [r["response"] for r in expected]
     assert [r["response"] for r in swapped] != [r["response"] for r in ours]
+
+
+def test_the_oracle_judges_by_the_labelers_proxy_when_asked(small_task, prompts) -> None:
+    """``judge.reward: labeler``: the oracle judges by the reward the task's labels were drawn from
+    (gold + label_length_bonus per word), its verdicts cached apart from the gold oracle's. The
+    proxy is read from the task's settings; here it is set on an opened copy of the small task."""
+    import copy
+
+    from gpo_core.task.build import LabelProxy
+    from gpo_core.task.reward import gold_reward
+
+    task = copy.copy(small_task)
+    task.artifacts = copy.copy(small_task.artifacts)
+    task.artifacts.settings = {**small_task.artifacts.settings, "proxy": {"length_bonus": 5.0, "flip_rate": 0.0}}
+    document = next(iter(task.documents.values()))
+    longer = " ".join([*document.reference_summary.split(), *document.distractors[0].split()])
+    expected = gold_reward(document, longer) + 5.0 * len(longer.split())
+    assert task.labeler_reward(document, longer) == pytest.approx(expected)
+    assert LabelProxy(5.0).reward(gold_reward(document, longer), longer) == pytest.approx(expected)
+    # A padded answer loses to the faithful one by the gold reward, and wins by a proxy that pays
+    # 5 per word (every word's pay far above what the gold reward charges for wrong words).
+    padded = items_for(
+        task, prompts, lambda d: d.reference_summary + " " + d.distractors[0], lambda d: d.reference_summary
+    )
+    gold, labeler = OracleTaskJudge(task), OracleTaskJudge(task, reward="labeler")
+    assert side_by_side(gold, padded).win_rate.rate == 0.0
+    assert side_by_side(labeler, padded).win_rate.rate == 1.0
+    assert gold.key != labeler.key  # a job's verdict cache never serves one's verdict for the other
