@@ -57,8 +57,12 @@ class _PairForward(torch.nn.Module):
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
+    """The last complete checkpoint: never one still being written (``step-N.tmp``, renamed when
+    complete), whose state file a worker killed mid-save leaves cut short."""
     folder = output_dir / CHECKPOINTS
-    done = sorted(p for p in folder.glob("step-*") if (p / STATE_FILE).exists()) if folder.exists() else []
+    if not folder.exists():
+        return None
+    done = sorted(p for p in folder.glob("step-*") if not p.name.endswith(".tmp") and (p / STATE_FILE).exists())
     return done[-1] if done else None
 
 

@@ -81,6 +81,25 @@ def test_a_resumed_run_lists_every_step_once(small_task, tmp_path, cache_dir) ->
     assert step_rows(spec.output_dir) == [1, 2, 3, 4]
 
 
+def test_a_checkpoint_cut_short_by_a_kill_mid_save_is_never_resumed_from(small_task, tmp_path, cache_dir) -> None:
+    """A worker killed while writing a checkpoint leaves ``step-N.tmp`` with its state file cut
+    short (seen: a trainer SIGKILLed mid-save, then every retry failed on EOFError). The run resumes
+    from the last complete checkpoint instead."""
+    spec = make_spec(small_task, tmp_path, cache_dir, steps=4, checkpoint_every=2)
+    run_training(spec)
+    (Path(spec.output_dir) / "result.json").unlink()
+    shutil.rmtree(Path(spec.output_dir) / "final")
+    checkpoints = Path(spec.output_dir) / "checkpoints"
+    complete = sorted(checkpoints.glob("step-*"))[-1]
+    torn = checkpoints / "step-0000004.tmp"
+    shutil.copytree(complete, torn)
+    state = next(p for p in torn.iterdir() if p.suffix == ".pt")
+    state.write_bytes(state.read_bytes()[:100])  # what a kill during torch.save leaves
+    sink = ListSink()
+    assert run_training(spec, sink).steps == 4
+    assert [r["checkpoint"] for r in sink.records if r["kind"] == "resumed"] == [str(complete)]
+
+
 def test_a_folder_with_checkpoints_but_no_record_is_refused(small_task, tmp_path, cache_dir) -> None:
     spec = make_spec(small_task, tmp_path, cache_dir, steps=2)
     (Path(spec.output_dir) / "checkpoints" / "step-0000001").mkdir(parents=True)
