@@ -9,12 +9,12 @@ to train on yet, then goes through its rounds, each on the same three services i
 ``generate`` (two responses per prompt from the current policy), ``judge`` (the annotator labels
 them) and ``train`` (GPO steps on the fresh pairs); after the last round it goes on as an offline
 run does after training: sampled on the evaluation prompts, then judged against the reference. A
-stage ends ``done`` (the next stage follows; after
-the last, the run has ``succeeded``) or ``diverged`` (training stopped on a non-finite loss: the run
-is over with no model, and the job goes on without it). Once every run is over, the job's
-finishing step (:data:`FINISH`: the judge's own accuracy, the pairwise comparisons, the report)
-runs once. Each stage writes its marker last and atomically; a stage whose marker is there is done,
-so running a job again, or redelivering a task, resumes where it stopped.
+stage ends ``done`` (the next stage follows; after the last, the run has ``succeeded``) or
+``diverged`` (training stopped on a non-finite loss: the run is over with no model, and the job
+goes on without it). Once every run is over, the job's finishing step (:data:`FINISH`: the judge's
+own accuracy, the pairwise comparisons, the report) runs once. Each stage writes its marker last
+and atomically; a stage whose marker is there is done, so running a job again, or redelivering a
+task, resumes where it stopped.
 
 Adding an outcome means adding it to :data:`Outcome` and its run state to :data:`ENDS` (and, when
 the state is new, to :data:`RunState`), then returning it from the stage that produces it."""

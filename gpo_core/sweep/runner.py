@@ -3,8 +3,9 @@
 The stages are the services' stages, in the order of a run's lifecycle
 (:mod:`gpo_core.sweep.pipeline`): the reference's samples, then each run's stages until it is over
 (an online run's rounds first; a run that diverges in training ends there, recorded as such), then
-the job's finishing step (pairwise comparisons, the judge's own accuracy, the report). Every stage skips work already on
-disk, so running the same spec into the same folder again resumes where it stopped.
+the job's finishing step (pairwise comparisons, the judge's own accuracy, the report). Every stage
+skips work already on disk, so running the same spec into the same folder again resumes where it
+stopped.
 """
 
 from __future__ import annotations
