@@ -42,6 +42,10 @@ from gpo_core.train.run import TrainingError
 from gpo_core.train.spec import TrainingSpec
 
 IDENTITY = "identity.json"
+# Spec fields added after job folders first recorded their identity, with their defaults: left out of
+# the identity of a spec that leaves them at their defaults, so a job folder written before them
+# resumes after an upgrade instead of being refused as another spec's.
+LATER_FIELDS: dict[str, object] = {"online": None, "judge.reward": "gold"}
 OFFLINE_BUDGET = "offline-budget.jsonl"  # in JOB/: an online job's offline baseline's share of the dataset
 
 
@@ -113,6 +117,10 @@ def job_identity(spec: JobSpec) -> dict:
     content of its local copy itself). Left out: what changes how, not what, is computed (the
     name, how many comparisons are in flight, the judge's preflight probe)."""
     identity = flatten(spec.model_dump(mode="json", exclude={"name": True, "judge": {"probe", "concurrency"}}))
+    for name, default in LATER_FIELDS.items():  # a spec that does not use them: its identity of before
+        if identity.get(name, default) == default:
+            identity.pop(name, None)
+    identity["runs"] = [{k: v for k, v in run.items() if (k, v) != ("mode", "offline")} for run in identity["runs"]]
     for name, path in named_paths(spec).items():
         if path is not None and not is_uri(path):
             try:

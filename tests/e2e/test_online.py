@@ -116,3 +116,16 @@ def test_an_online_run_stopped_mid_round_resumes_without_sampling_or_judging_aga
     assert [r["kind"] for r in records].count("resumed") == 1
     assert [r.get("stopped") for r in records if r["kind"] == "end"] == [True, False]  # stopped once, then done
     assert json.loads((job / "runs" / ONLINE / "train.json").read_text())["steps"] == 8
+
+
+def test_a_job_folder_from_before_online_jobs_resumes_after_the_upgrade() -> None:
+    """The fields online jobs added (``online``, ``judge.reward``, a run's ``mode``) are left out of
+    the identity of a spec that leaves them at their defaults: a job folder whose identity was
+    recorded before them is still this spec's, not another's."""
+    before = {"task": {"size": "small"}, "runs": [{"loss": "hinge", "beta": 1.0}]}
+    identity = stages.job_identity(JobSpec(**before))
+    assert "online" not in identity and "judge.reward" not in identity
+    assert identity["runs"] == [{"loss": "hinge", "beta": 1.0, "seed": None}]
+    online = stages.job_identity(online_job(annotator={"kind": "oracle", "reward": "labeler"}))
+    assert online["online.rounds"] == 2 and online["online.annotator.reward"] == "labeler"
+    assert stages.job_identity(JobSpec(**before, judge={"reward": "labeler"}))["judge.reward"] == "labeler"
