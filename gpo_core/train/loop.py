@@ -82,10 +82,27 @@ def trace(
     return record
 
 
+class _PhaseClock:
+    """Where a run's wall time went, in the ``end`` record's ``seconds``: reading the data, the
+    reference log-probs (pi_ref loaded and run, or the cache read), loading the policy, the steps,
+    the KL traces, checkpoints and the final save. Each ``lap`` adds the time since the last to a
+    phase."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = round(self.seconds.get(phase, 0.0) + now - self._last, 3)
+        self._last = now
+
+
 def train(spec: TrainingSpec, sink: MetricsSink | None = None, context: RunContext | None = None) -> RunResult:
     """Run (or resume) one GPO training run described by ``spec``."""
     context = context or RunContext()
     sink = sink or StdoutSink()
+    clock = _PhaseClock()
     device, is_main = context.device, context.rank == 0
     profile = context.describe_device(device)
     if device.type == "cpu":
@@ -95,9 +112,11 @@ def train(spec: TrainingSpec, sink: MetricsSink | None = None, context: RunConte
     f, beta, amp_dtype = resolve_loss(spec.loss), spec.effective_beta, autocast_dtype(spec)
 
     data = load_training_data(spec)
+    clock.lap("data")
     reference_model = ReferenceModel(spec.reference_path, device, weights_dtype(spec))
     steps = total_steps(spec, len(data.pairs), context.world_size)
     ref = reference_logprobs(spec, data, reference_model, context, profile, steps)
+    clock.lap("reference")
     starting_weights = None
     if not data.trace_prompts:  # only the KL trace needs pi_ref itself; its log-probs are cached
         if spec.reference is None and not is_adapter(spec.policy):  # pi_ref is the policy's start
@@ -113,6 +132,7 @@ def train(spec: TrainingSpec, sink: MetricsSink | None = None, context: RunConte
         # that adapter merged into a frozen copy, as in TRL: the ReferenceModel loads it so.)
         reference.release()
         reference = AdapterDisabledReference(adapters)
+    clock.lap("load")
     if is_main:
         sink.emit({**data.report, "step": step})
         start = {"kind": "start", "step": step, "steps": steps, "pid": os.getpid(), "world_size": context.world_size}
@@ -124,9 +144,11 @@ def train(spec: TrainingSpec, sink: MetricsSink | None = None, context: RunConte
     tracing = spec.trace_every > 0 and (is_main or sharding.is_sharded(forward))  # sharded: all gather
 
     def trace_now(at: int) -> None:
+        clock.lap("steps")
         with sharding.gathered(forward) if sharding.is_sharded(forward) else nullcontext():
             if is_main:
                 sink.emit({"kind": "trace", "step": at, **trace(policy, reference, data, ref, spec, profile, at)})
+        clock.lap("trace")
 
     if tracing and step == 0:
         trace_now(0)
@@ -195,11 +217,14 @@ def train(spec: TrainingSpec, sink: MetricsSink | None = None, context: RunConte
         if is_main and (step % spec.log_every == 0 or step == steps):
             sink.emit(last)
         if spec.checkpoint_every and step % spec.checkpoint_every == 0 and step < steps:
+            clock.lap("steps")
             save_checkpoint(context, output_dir, step, state, data.tokenizer, last)
             checkpointed_at = step
+            clock.lap("checkpoint")
         if tracing and (step % spec.trace_every == 0 or step == steps):
             trace_now(step)
 
+    clock.lap("steps")
     final_dir = None
     if stopped:
         if step > 0 and checkpointed_at != step:  # decided alike on every worker: Ray needs that
@@ -216,8 +241,10 @@ def train(spec: TrainingSpec, sink: MetricsSink | None = None, context: RunConte
             data.tokenizer.save_pretrained(final_dir)
         if context.on_checkpoint is not None:
             context.on_checkpoint(last, final_dir if is_main else None)
+    clock.lap("save")
     if is_main:
-        sink.emit({"kind": "end", "step": step, "stopped": stopped, "final_model_dir": str(final_dir)})
+        end = {"kind": "end", "step": step, "stopped": stopped, "final_model_dir": str(final_dir)}
+        sink.emit({**end, "seconds": clock.seconds})
     return RunResult(
         steps=step,
         final_model_dir=str(final_dir) if final_dir else None,
