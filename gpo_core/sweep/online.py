@@ -216,7 +216,7 @@ def round_training_spec(
 ) -> TrainingSpec:
     """Round ``round``'s training: the run's settings, from the previous round's model on this
     round's pairs for ``steps_per_round`` steps (warm-up in the first round only; a KL trace at the
-    round's end when the job traces)."""
+    round's end when the job traces, and at round 0's start)."""
     assert spec.online is not None
     base = training_spec(spec, inputs, job_dir, run, cache_dir).model_dump()
     steps = spec.online.steps_per_round
@@ -231,6 +231,7 @@ def round_training_spec(
         seed=base["seed"] + round,
         warmup_steps=min(base["warmup_steps"], steps) if round == 0 else 0,
         trace_every=steps if base["trace_every"] else 0,
+        trace_at_start=round == 0,  # a later round starts from the model the previous round traced at its end
         checkpoint_every=min(base["checkpoint_every"], steps) if base["checkpoint_every"] else 0,
     )
     return TrainingSpec(**base)

@@ -36,6 +36,7 @@ NOT_DETERMINING = {
     "cache_dir",
     "log_every",
     "checkpoint_every",
+    "trace_at_start",
     "use_gpu",
     "placement",
     "report_to",

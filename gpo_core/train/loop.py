@@ -150,7 +150,7 @@ def train(spec: TrainingSpec, sink: MetricsSink | None = None, context: RunConte
                 sink.emit({"kind": "trace", "step": at, **trace(policy, reference, data, ref, spec, profile, at)})
         clock.lap("trace")
 
-    if tracing and step == 0:
+    if tracing and step == 0 and spec.trace_at_start:
         trace_now(0)
 
     padded, real = 0, 0

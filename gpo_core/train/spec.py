@@ -170,6 +170,11 @@ class TrainingSpec(TrainingOptions, RunInputs):
     beta: Beta | None = Field(None, description="beta in the loss's own units.")
     beta_ipo: Beta | None = Field(None, description="beta in IPO-equivalent units, converted per loss.")
     cache_dir: str | None = path_field("output", "Reference log-prob cache; default $GPO_CACHE_DIR or ~/.cache/gpo.")
+    trace_at_start: bool = Field(
+        True,
+        description="Trace before the first step too (an online round after the first leaves it out: "
+        "the previous round's last trace was of the same model).",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainingSpec:

@@ -125,10 +125,24 @@ def metrics(platform: Platform, job_id: str, run: str) -> list[dict]:
     return [json.loads(line) for line in lines]
 
 
-def started_tasks(process) -> list[str]:
-    """The runs whose tasks this worker started, from its JSON log lines (complete ones only)."""
+def task_log(process, message: str) -> list[dict]:
+    """This worker's JSON log records with ``message`` (complete lines only)."""
     lines = [line for line in process.log.read_text().splitlines() if line.startswith('{"ts"') and line.endswith("}")]
-    return [r["run"] for r in map(json.loads, lines) if r["message"] == "task started"]
+    return [r for r in map(json.loads, lines) if r["message"] == message]
+
+
+def started_tasks(process) -> list[str]:
+    """The runs whose tasks this worker started, from its JSON log lines."""
+    return [r["run"] for r in task_log(process, "task started")]
+
+
+def online_job(steps_per_round: int, prompts_per_round: int = 16) -> dict:
+    """The small task online: two rounds, no offline twin."""
+    spec = small_job()
+    del spec["training"]["steps"]  # an online job's steps are its rounds'
+    spec["online"] = {"rounds": 2, "prompts_per_round": prompts_per_round, "steps_per_round": steps_per_round,
+                      "offline_baseline": False}  # fmt: skip
+    return spec
 
 
 def test_a_killed_trainer_is_replaced_and_the_run_resumes_from_its_checkpoint(platform) -> None:
@@ -186,11 +200,8 @@ def test_an_online_job_rounds_go_through_the_services_and_survive_a_killed_train
     first = platform.start("trainer")
     platform.start("generator")
     judge = platform.start("judge")
-    spec = small_job(steps=4)
-    del spec["training"]["steps"]  # an online job's steps are its rounds'
     # 300 steps a round (a few seconds each here): long enough for the kill to land mid-round
-    spec["online"] = {"rounds": 2, "prompts_per_round": 16, "steps_per_round": 300, "offline_baseline": False}
-    job = platform.client.submit(spec)
+    job = platform.client.submit(online_job(steps_per_round=300))
     (run,) = [r.id for r in job.runs]
     assert (job.runs[0].stage, job.runs[0].round) == ("train", None)  # where every job's folder starts
     # (a round whose answers were all ties would train nothing: the job would end before step 312)
@@ -219,18 +230,54 @@ def test_an_online_job_rounds_go_through_the_services_and_survive_a_killed_train
     assert platform.redis.xlen("gpo:dead") == 0
 
 
-def test_a_redis_restart_mid_job_loses_nothing(platform) -> None:
-    for name in ("trainer", "generator", "judge"):
-        platform.start(name)
-    spec = small_job(steps=40)
-    spec["betas"] = [0.1, 1.0]
-    job = platform.client.submit(spec)
-    wait_until(lambda: platform.client.get(job.id).runs[0].step >= 5, 120, "training to start")
+def test_an_online_round_survives_killed_generator_and_judge_tasks(platform) -> None:
+    """Round 0's sampling and labelling tasks, each killed mid-task, are redelivered to a new
+    worker and done once: every prompt sampled twice, each comparison judged once."""
+    platform.start("trainer")
+    generator = platform.start("generator")
+    judge = platform.start("judge")
+    job = platform.client.submit(online_job(steps_per_round=10, prompts_per_round=185))  # all the task's prompts
+    (run,) = [r.id for r in job.runs]
+    wait_until(lambda: run in started_tasks(generator), 120, "round 0's sampling to start", interval_s=0.01)
+    platform.signal(generator, signal.SIGKILL)
+    second_generator = platform.start("generator")
+    wait_until(lambda: run in started_tasks(judge), 120, "round 0's labelling to start", interval_s=0.01)
+    platform.signal(judge, signal.SIGKILL)
+    second_judge = platform.start("judge")
+    done = platform.wait_for_job(job.id)
+    assert done.state == "succeeded" and done.runs[0].step == 20
+    for killed in (generator, judge):  # killed mid-task: started round 0, never finished it
+        assert [r.get("round") for r in task_log(killed, "task started")] == [0] and not task_log(killed, "task done")
+    for second in (second_generator, second_judge):  # the redelivered task first, then the rest
+        assert next(r.get("round") for r in task_log(second, "task started")) == 0
+    assert_each_round_done_once(platform.run_dir(job.id, run), prompts=185)
+    assert platform.redis.xlen("gpo:dead") == 0
+
+
+def assert_each_round_done_once(run_dir: Path, prompts: int) -> None:
+    """Each round's ``prompts`` sampled twice each, every comparison labelled, none judged twice."""
+    for folder in sorted((run_dir / "rounds").iterdir()):
+        samples = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines()]
+        ids = {s["prompt_id"] for s in samples}
+        assert len(ids) == prompts
+        assert sorted((s["prompt_id"], s["sample"]) for s in samples) == sorted((p, k) for p in ids for k in (0, 1))
+        labels = json.loads((folder / "labels.json").read_text())
+        decided = labels["pairs"] + labels["ties"] + labels["invalid"] + labels["empty"]
+        assert labels["prompts"] == decided == prompts
+    verdicts = (run_dir.parents[1] / "verdicts.jsonl").read_text().splitlines()
+    assert len({json.loads(line)["key"] for line in verdicts}) == len(verdicts)  # nothing judged twice
+
+
+@contextlib.contextmanager
+def restarted_redis(platform: Platform, job_id: str):
+    """Stop the stack's redis-server cleanly (its append-only file written), check that the API
+    answers 503 meanwhile, and start it again on the same port and data; the server is stopped
+    when the ``with`` block ends."""
     pid = json.loads((platform.directory / "stack.json").read_text())["pids"]["redis"]
     port = platform.stack["redis_url"].rsplit(":", 1)[1].split("/")[0]
     os.killpg(pid, signal.SIGTERM)  # a clean shutdown writes the append-only file
     wait_until(lambda: not _answers(platform.redis), 10, "redis to stop")
-    during = httpx.get(f"{platform.stack['server']}/jobs/{job.id}", headers={"Authorization": f"Bearer {KEY}"})
+    during = httpx.get(f"{platform.stack['server']}/jobs/{job_id}", headers={"Authorization": f"Bearer {KEY}"})
     assert during.status_code == 503 and during.json()["error"] == "unavailable"  # not a 500
     time.sleep(3)  # services see it gone and back off
     command = ["redis-server", "--port", port, "--bind", "127.0.0.1", "--dir", str(platform.directory / "redis"),
@@ -238,14 +285,41 @@ def test_a_redis_restart_mid_job_loses_nothing(platform) -> None:
     restarted = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         wait_until(lambda: _answers(platform.redis), 10, "redis to restart")
+        yield
+    finally:
+        restarted.terminate()
+        restarted.wait()
+
+
+def test_a_redis_restart_mid_job_loses_nothing(platform) -> None:
+    for name in ("trainer", "generator", "judge"):
+        platform.start(name)
+    spec = small_job(steps=40)
+    spec["betas"] = [0.1, 1.0]
+    job = platform.client.submit(spec)
+    wait_until(lambda: platform.client.get(job.id).runs[0].step >= 5, 120, "training to start")
+    with restarted_redis(platform, job.id):
         done = platform.wait_for_job(job.id)
         assert done.state == "succeeded" and [r.step for r in done.runs] == [40, 40]
         assert platform.redis.xlen("gpo:dead") == 0
         logs = "".join(p.log.read_text() for p in platform.processes)
         assert "redis unreachable; retrying" in logs
-    finally:
-        restarted.terminate()
-        restarted.wait()
+
+
+def test_an_online_job_survives_a_redis_restart_mid_round(platform) -> None:
+    """Redis stops while round 0 trains: the round's training, round 1 and the evaluation go on
+    once it is back, each round sampled and labelled by one task."""
+    for name in ("trainer", "generator", "judge"):
+        platform.start(name)
+    job = platform.client.submit(online_job(steps_per_round=100))
+    (run,) = [r.id for r in job.runs]
+    wait_until(lambda: platform.client.get(job.id).runs[0].step >= 5, 240, "round 0's training to start")
+    with restarted_redis(platform, job.id):
+        done = platform.wait_for_job(job.id)
+        assert platform.redis.xlen("gpo:dead") == 0
+    assert done.state == "succeeded" and done.runs[0].step == 200
+    assert_each_round_done_once(platform.run_dir(job.id, run), prompts=16)
+    assert "redis unreachable; retrying" in "".join(p.log.read_text() for p in platform.processes)
 
 
 def _answers(client: redis.Redis) -> bool:

@@ -3,6 +3,7 @@ the shared reference cache, resume, and failures that name their cause."""
 
 import json
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,27 @@ def test_run_writes_metrics_traces_and_loadable_checkpoints(small_task, tmp_path
     checkpoints = sorted((tmp_path / "run" / "checkpoints").iterdir())
     assert [c.name for c in checkpoints] == ["step-0000002", "step-0000004"]
     AutoModelForCausalLM.from_pretrained(checkpoints[-1])
+
+
+def test_the_end_record_says_where_the_time_went_and_a_run_can_skip_its_first_trace(
+    small_task, tmp_path, cache_dir
+) -> None:
+    spec = make_spec(
+        small_task, tmp_path, cache_dir, steps=4, checkpoint_every=2, trace_every=2, trace_at_start=False,
+        eval_pairs=small_task.artifacts.eval_pairs, eval_prompts=small_task.artifacts.eval_prompts, trace_prompts=8,
+    )  # fmt: skip
+    sink = ListSink()
+    started = time.perf_counter()
+    train(spec, sink)
+    wall = time.perf_counter() - started
+    assert [r["step"] for r in sink.records if r["kind"] == "trace"] == [2, 4]  # none before the first step
+    (end,) = [r for r in sink.records if r["kind"] == "end"]
+    phases = end["seconds"]
+    assert set(phases) == {"data", "reference", "load", "steps", "trace", "checkpoint", "save"}
+    assert all(seconds > 0 for seconds in phases.values())
+    assert sum(phases.values()) == pytest.approx(wall, rel=0.1)  # every part of the run is in one phase
+    steps = sum(r["pairs"] / r["pairs_per_s"] for r in sink.records if r["kind"] == "step")
+    assert steps <= phases["steps"] * 1.01
 
 
 def test_reference_pass_is_shared_by_a_sweep(small_task, tmp_path, cache_dir) -> None:

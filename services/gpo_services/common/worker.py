@@ -205,6 +205,8 @@ class Worker:
 
     def _process(self, message: Message) -> None:
         fields = {"job": message.task.get("job"), "run": message.task.get("run"), "attempt": message.attempt}
+        if message.task.get("round") is not None:  # an online run's round (gpo_core.sweep.online)
+            fields["round"] = message.task["round"]
         if not self.store.exists(message.task.get("job", "")):
             log(self.logger, logging.WARNING, "task for an unknown job; dropped", **fields)
             self.queue.ack(message)
