@@ -1,10 +1,14 @@
 """Where an online round's wall time goes, from a finished job folder run by the embedded runner
 (``gpo run``), which runs each round's stages one after another: sampling ends when the round's
 samples.jsonl is written, labelling when labels.json is, training when train.json is, so the gaps
-between those files' times are the stages' wall times. Within training, the GPO steps' own time is
-the sum of each step's pairs / pairs_per_s (metrics.jsonl); the rest of the training stage is
-loading the model, the reference log-probs of the round's pairs, the KL trace, checkpoints and
-saving the final model. Round 0's sampling has no earlier file to start from and is left out.
+between those files' times are the stages' wall times. Within training, the training loop's
+``end`` record says where its time went (``seconds``: reading the data, the reference log-probs of
+the round's pairs, loading the policy, the GPO steps, the KL trace, checkpoints, saving the final
+model); what is left of the stage is outside the loop (the stage's own set-up: the job's inputs,
+the run's identity). Round 0's sampling has no earlier file to start from and is left out.
+
+Overhead, as issue 32 counts it: everything but sampling, labelling and training proper (the GPO
+steps and the reference pass on the round's fresh pairs), the KL trace shown apart from the rest.
 
     python benchmarks/online_rounds.py JOB_DIR
 """
@@ -15,30 +19,33 @@ import json
 import sys
 from pathlib import Path
 
+PHASES = ("data", "reference", "load", "steps", "trace", "checkpoint", "save")
+WORK = ("sampling_s", "labelling_s", "steps_s", "reference_s")  # the round's own work
+OVERHEAD = ("data_s", "load_s", "checkpoint_s", "save_s", "outside_loop_s")
+
 
 def round_times(run_dir: Path) -> list[dict]:
     rows = []
-    folders = sorted((run_dir / "rounds").iterdir())
     previous_end: float | None = None
-    for folder in folders:
+    for folder in sorted((run_dir / "rounds").iterdir()):
         samples, labels, trained = (folder / name for name in ("samples.jsonl", "labels.json", "train.json"))
         if not trained.exists():
             break
-        steps = [
-            json.loads(line) for line in (folder / "train" / "metrics.jsonl").read_text().splitlines() if line.strip()
-        ]
-        step_s = sum(r["pairs"] / r["pairs_per_s"] for r in steps if r.get("kind") == "step" and r.get("pairs_per_s"))
+        records = [json.loads(line) for line in (folder / "train" / "metrics.jsonl").read_text().splitlines()]
+        ends = [r for r in records if r.get("kind") == "end" and "seconds" in r]
+        if not ends:
+            sys.exit(f"{folder}: the round's training has no phase times (trained before they were recorded)")
+        seconds = ends[-1]["seconds"]
         train_s = trained.stat().st_mtime - labels.stat().st_mtime
-        rows.append(
-            {
-                "round": int(folder.name),
-                "sampling_s": None if previous_end is None else samples.stat().st_mtime - previous_end,
-                "labelling_s": labels.stat().st_mtime - samples.stat().st_mtime,
-                "training_s": train_s,
-                "gpo_steps_s": step_s,
-                "rest_of_training_s": train_s - step_s,
-            }
-        )
+        row = {
+            "round": int(folder.name),
+            "sampling_s": None if previous_end is None else samples.stat().st_mtime - previous_end,
+            "labelling_s": labels.stat().st_mtime - samples.stat().st_mtime,
+            "training_s": train_s,
+            **{f"{phase}_s": seconds.get(phase, 0.0) for phase in PHASES},
+            "outside_loop_s": train_s - sum(seconds.values()),
+        }
+        rows.append(row)
         previous_end = trained.stat().st_mtime
     return rows
 
@@ -56,11 +63,15 @@ def main(job_dir: str) -> None:
                 for key, value in row.items():
                     if key != "round":
                         totals[key] = totals.get(key, 0.0) + value
-    if totals:
-        whole = totals["sampling_s"] + totals["labelling_s"] + totals["training_s"]
-        print(f"rounds 1 and later, all runs: {whole:.0f} s")
-        for key in ("sampling_s", "labelling_s", "gpo_steps_s", "rest_of_training_s"):
-            print(f"  {key}: {totals[key]:.0f} s ({totals[key] / whole:.0%})")
+    if not totals:
+        return
+    whole = totals["sampling_s"] + totals["labelling_s"] + totals["training_s"]
+    print(f"rounds 1 and later, all runs: {whole:.0f} s")
+    for key in (*WORK, "trace_s", *OVERHEAD):
+        print(f"  {key}: {totals[key]:.0f} s ({totals[key] / whole:.1%})")
+    overhead = sum(totals[key] for key in OVERHEAD)
+    traced = overhead + totals["trace_s"]
+    print(f"overhead: {overhead / whole:.1%} of the rounds' time ({traced / whole:.1%} with the KL trace)")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from pathlib import Path
 from gpo_core.data import load_preferences, write_json, write_jsonl
 from gpo_core.generate import VLLMEngine, generate_responses, load_responses
 from gpo_core.judging.comparison import VerdictCache, side_by_side
+from gpo_core.models import FINAL_ADAPTER, is_adapter
 from gpo_core.stopping import StopCheck
 from gpo_core.sweep.pipeline import marker, round_dir, run_dir
 from gpo_core.sweep.spec import JobSpec
@@ -88,6 +89,18 @@ def round_model(spec: JobSpec, job_dir: Path, run: str, round: int, inputs: Inpu
     if previous["model"] is None:  # no round has trained yet
         return Path((inputs or resolve_inputs(spec)).policy)
     return run_dir(job_dir, run) / previous["model"]
+
+
+def round_start(spec: JobSpec, job_dir: Path, run: str, round: int, inputs: Inputs | None = None) -> Path:
+    """What round ``round``'s training starts from: :func:`round_model`, or for a LoRA job after
+    its first trained round, that model's adapters alone (``final/adapter``). Each round then trains
+    the same adapters further on the job's base, so every round's adapters go on the weights the
+    generation engine already serves and are hot-loaded there, not merged and reloaded."""
+    model = round_model(spec, job_dir, run, round, inputs)
+    adapter = model / FINAL_ADAPTER
+    if spec.training.lora is not None and round > 0 and is_adapter(adapter):
+        return adapter
+    return model
 
 
 def sample_round(
@@ -216,12 +229,14 @@ def round_training_spec(
 ) -> TrainingSpec:
     """Round ``round``'s training: the run's settings, from the previous round's model on this
     round's pairs for ``steps_per_round`` steps (warm-up in the first round only; a KL trace at the
-    round's end when the job traces, and at round 0's start)."""
+    round's end when the job traces, and at round 0's start). pi_ref stays the job's reference."""
     assert spec.online is not None
     base = training_spec(spec, inputs, job_dir, run, cache_dir).model_dump()
     steps = spec.online.steps_per_round
+    start = round_start(spec, job_dir, run, round, inputs)
     base.update(
-        policy=str(round_model(spec, job_dir, run, round, inputs)),
+        policy=str(start),
+        lora=None if is_adapter(start) else base["lora"],  # an adapter is trained further as it is
         dataset=str(marker(job_dir, run, "judge", round).with_name("pairs.jsonl")),
         dataset_split="train",
         dataset_columns={},

