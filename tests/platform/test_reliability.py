@@ -238,7 +238,9 @@ def test_an_online_round_survives_killed_generator_and_judge_tasks(platform) -> 
     judge = platform.start("judge")
     job = platform.client.submit(online_job(steps_per_round=10, prompts_per_round=185))  # all the task's prompts
     (run,) = [r.id for r in job.runs]
-    wait_until(lambda: run in started_tasks(generator), 120, "round 0's sampling to start", interval_s=0.01)
+    wait_until(lambda: run in started_tasks(generator) or platform.client.get(job.id).state in TERMINAL, 300,
+               "round 0's sampling to start", interval_s=0.01)  # fmt: skip
+    assert platform.client.get(job.id).state not in TERMINAL, platform.client.get(job.id)
     platform.signal(generator, signal.SIGKILL)
     second_generator = platform.start("generator")
     wait_until(lambda: run in started_tasks(judge), 120, "round 0's labelling to start", interval_s=0.01)
