@@ -13,7 +13,7 @@ engine starts, also before training: :func:`gpo_core.generate.start_engine`.)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,22 +135,24 @@ def check_judge(
     probes: list[tuple[Prompt, str, str]],
     should_stop: StopCheck | None = None,
     api_key: str | None = None,
+    field: str = "judge",
 ) -> ProbeResult:
-    """The judge compares each probe (prompt, chosen, rejected) in both orders (a stop request is
-    seen while a call is out); with no decided pair it cannot tell responses apart, and the job
-    stops here. An unreachable endpoint raises the judge's own :class:`JudgeEndpointError` (it may
-    come back: a service retries the task later)."""
+    """The judge at ``field`` (``judge``, or an online job's ``online.annotator``) compares each
+    probe (prompt, chosen, rejected) in both orders (a stop request is seen while a call is out);
+    with no decided pair it cannot tell responses apart, and the job stops here. An unreachable
+    endpoint raises the judge's own :class:`JudgeEndpointError` (it may come back: a service
+    retries the task later)."""
     from gpo_core.judging.comparison import side_by_side
     from gpo_core.sweep.stages import make_judge
 
-    settings = spec.judge
+    settings = spec.judges()[field]
     where = {"endpoint": settings.base_url, "chat": settings.base_url, "local": settings.model_dir}.get(
         settings.kind, "the built-in oracle"
     )
     try:
-        judge = make_judge(spec, inputs, api_key)
+        judge = make_judge(spec, inputs, api_key, settings)
     except (OSError, ValueError) as err:
-        raise PreflightError(f"judge: {where}: {_first_line(err)}") from None
+        raise PreflightError(f"{field}: {where}: {_first_line(err)}") from None
 
     items = [
         {"prompt_id": str(i), "prompt": p, "a": chosen, "b": rejected} for i, (p, chosen, rejected) in enumerate(probes)
@@ -160,7 +162,7 @@ def check_judge(
             judge, items, retries=settings.retries, should_stop=should_stop, concurrency=settings.concurrency
         )
     except JudgeEndpointRefused as err:
-        raise PreflightError(f"judge: {err}") from None
+        raise PreflightError(f"{field}: {err}") from None
     outcomes = [record["outcome"] for record in judged.records]
     result = ProbeResult(
         pairs=len(items),
@@ -172,25 +174,35 @@ def check_judge(
     )
     if result.invalid == result.pairs:
         raise PreflightError(
-            f"judge: {where} gave no verdict on the probe ({result.pairs} pair(s), each in both orders, "
+            f"{field}: {where} gave no verdict on the probe ({result.pairs} pair(s), each in both orders, "
             f"{settings.retries + 1} tries each)"
         )
     if result.pairs > 1 and result.decided == 0:
         raise PreflightError(
-            f"judge: {where} cannot tell responses apart: on {result.pairs} pairs of the dataset, each judged in "
-            f"both orders, it {result.summary()}. No win rate of this job could decide anything. Use a stronger "
-            "judge (docs/own-data.md, 'Which judges can decide'), or set judge.probe: 0 to run anyway"
+            f"{field}: {where} cannot tell responses apart: on {result.pairs} pairs of the dataset, each judged "
+            f"in both orders, it {result.summary()}. {USELESS[field]} Use a stronger judge (docs/own-data.md, "
+            f"'Which judges can decide'), or set {field}.probe: 0 to run anyway"
         )
     return result
 
 
-def probe_pairs(spec: JobSpec, pairs: list[dict], prompts: list[dict]) -> list[tuple[Prompt, str, str]]:
-    """The judge's probes: the first ``judge.probe`` training pairs whose responses differ (with no
-    probe, one comparison on the first evaluation prompt still shows the judge answers)."""
-    if spec.judge.probe == 0:
+USELESS = {  # what a judge that decides nothing would do to the job
+    "judge": "No win rate of this job could decide anything.",
+    "online.annotator": "Its rounds would have no pair to train on.",
+}
+
+
+def probe_pairs(
+    spec: JobSpec, pairs: list[dict], prompts: list[dict], field: str = "judge"
+) -> list[tuple[Prompt, str, str]]:
+    """The probes of the judge at ``field``: the first ``probe`` training pairs whose responses
+    differ (with no probe, one comparison on the first evaluation prompt still shows the judge
+    answers)."""
+    probe = spec.judges()[field].probe
+    if probe == 0:
         return [(prompts[0]["prompt"], "A short answer.", "Another short answer.")]
     usable = [p for p in pairs if response_text(p["chosen"]) != response_text(p["rejected"])]
-    return [(p["prompt"], response_text(p["chosen"]), response_text(p["rejected"])) for p in usable[: spec.judge.probe]]
+    return [(p["prompt"], response_text(p["chosen"]), response_text(p["rejected"])) for p in usable[:probe]]
 
 
 def preflight(
@@ -198,18 +210,28 @@ def preflight(
     inputs,
     progress: Callable[[str], None] = lambda message: None,
     should_stop: StopCheck | None = None,
-    api_key: str | None = None,
+    api_keys: Mapping[str, str | None] | None = None,
 ) -> None:
-    """Every check above (``api_key``: what an endpoint judge sends); raises :class:`PreflightError`
-    (or a :class:`DatasetError`, which names the record) at the first problem."""
+    """Every check above, the probe for each of the job's judges (an online job's annotator too);
+    ``api_keys``: what each endpoint judge sends, by its field. Raises :class:`PreflightError` (or
+    a :class:`DatasetError`, which names the record) at the first problem."""
     pairs, prompts = check_data(spec, inputs, progress)
-    probed = check_judge(spec, inputs, probe_pairs(spec, pairs, prompts), should_stop, api_key)
-    judged = f"; judge probe: {probed.summary()}" if probed.pairs > 1 else ""
-    progress(f"preflight: data, tokenizer and judge checked{judged}")
+    found = []
+    for field in spec.judges():
+        key = (api_keys or {}).get(field)
+        probed = check_judge(spec, inputs, probe_pairs(spec, pairs, prompts, field), should_stop, key, field)
+        if probed.pairs > 1:
+            found.append(f"; {'judge' if field == 'judge' else 'annotator'} probe: {probed.summary()}")
+    checked = "judge and annotator" if len(spec.judges()) > 1 else "judge"
+    progress(f"preflight: data, tokenizer and {checked} checked{''.join(found)}")
 
 
 def start_job(
-    spec: JobSpec, job_dir: Path, say: Callable[[str], None], should_stop: StopCheck | None, api_key: str | None
+    spec: JobSpec,
+    job_dir: Path,
+    say: Callable[[str], None],
+    should_stop: StopCheck | None,
+    api_keys: Mapping[str, str | None],
 ) -> None:
     """The job folder's start, in the services' first task of a job (every run, online or not,
     starts at the trainer): before any work, the data, tokenizer and judge do their part (a
@@ -220,5 +242,5 @@ def start_job(
     if (job_dir / "job.json").exists():
         return
     inputs = resolve_inputs(spec, should_stop=should_stop)
-    preflight(spec, inputs, say, should_stop=should_stop, api_key=api_key)
+    preflight(spec, inputs, say, should_stop=should_stop, api_keys=api_keys)
     write_job_file(spec, job_dir)

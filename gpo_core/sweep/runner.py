@@ -60,13 +60,12 @@ def run_job(
     inputs = stages.resolve_inputs(spec, progress=lambda message: emit({"kind": "log", "message": message}))
     stage("job", "prepare", "done")
     api_key = stages.embedded_api_key(spec)
-    preflight(spec, inputs, lambda message: emit({"kind": "log", "message": message}), api_key=api_key)
+    keys = {field: stages.embedded_api_key(spec, field) for field in spec.judges()}
+    preflight(spec, inputs, lambda message: emit({"kind": "log", "message": message}), api_keys=keys)
     engine, note = start_engine(inputs.reference, spec.generation.backend, stages.lora_rank(spec))
     if note:
         emit({"kind": "log", "message": note})
     backend = "vllm" if engine is not None else "transformers"
-
-    keys = {field: stages.embedded_api_key(spec, field) for field in spec.judges()}
 
     def round_stage(name: RunStage, run: str, round: int) -> tuple[Outcome, dict]:
         """One stage of an online round of ``run``: its outcome, and what its event tells."""

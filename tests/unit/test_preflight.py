@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from gpo_core.sweep.preflight import PreflightError, check_data, check_judge, probe_pairs
+from gpo_core.sweep.preflight import PreflightError, check_data, check_judge, preflight, probe_pairs
 from gpo_core.sweep.spec import JobSpec
 from gpo_core.sweep.stages import Inputs
 from tests.support.json_server import Script, chat_completion, json_server
@@ -35,6 +35,13 @@ def _verdict_by_content(body: dict, number: int) -> tuple[int, dict, dict]:
     text = body["messages"][-1]["content"]
     first = text.split("Response A:")[1].split("Response B:")[0]
     return 200, {}, chat_completion("Verdict: A" if "helpful" in first else "Verdict: B")
+
+
+def _verdict_by_length(body: dict, number: int) -> tuple[int, dict, dict]:
+    """A judge that reads: it prefers the longer response."""
+    first, rest = body["messages"][-1]["content"].split("Response A:")[1].split("Response B:")
+    second = rest.split("The better response is")[0]
+    return 200, {}, chat_completion("Verdict: A" if len(first) > len(second) else "Verdict: B")
 
 
 def test_a_judge_that_cannot_tell_responses_apart_stops_the_job_before_training(small_task) -> None:
@@ -70,6 +77,39 @@ def test_a_judge_that_cannot_tell_responses_apart_stops_the_job_before_training(
         unprobed = spec(blind_url, probe=0)
         single = probe_pairs(unprobed, [], [{"prompt": "Question?"}])
         assert len(single) == 1 and check_judge(unprobed, inputs, single).pairs == 1
+
+
+def test_an_online_jobs_annotator_that_cannot_tell_responses_apart_stops_the_job_before_training(small_task) -> None:
+    """The annotator labels every round's pairs: one that decides nothing would leave the rounds
+    with nothing to train on. The preflight probes it like the judge, with its own probe count."""
+    artifacts = small_task.artifacts
+    inputs = Inputs(policy=artifacts.model_dir, reference=artifacts.model_dir, dataset=artifacts.train_pairs,
+                    eval_pairs=None, eval_prompts=artifacts.eval_prompts, task_root=None)  # fmt: skip
+    by_position = Script(lambda body, n: (200, {}, chat_completion("Verdict: A")))
+    reading = Script(_verdict_by_length)
+    with json_server(by_position) as blind_url, json_server(reading) as reading_url:
+
+        def chat(url: str, probe: int) -> dict:
+            return {"kind": "chat", "base_url": url, "model": "judge", "verdict": "rationale", "template": "dialogue",
+                    "probe": probe}  # fmt: skip
+
+        spec = JobSpec(
+            task={"size": "small"}, losses=["logistic"], betas=[0.1], judge=chat(reading_url, 4),
+            online={"rounds": 2, "prompts_per_round": 8, "steps_per_round": 2, "annotator": chat(blind_url, 3)},
+        )  # fmt: skip
+        said: list[str] = []
+        with pytest.raises(PreflightError) as caught:
+            preflight(spec, inputs, said.append)
+        message = str(caught.value)
+        assert message.startswith(f"online.annotator: {blind_url} cannot tell responses apart: on 3 pairs")
+        assert "Its rounds would have no pair to train on" in message and "online.annotator.probe: 0" in message
+        assert (len(reading.bodies), len(by_position.bodies)) == (8, 6)  # each its own probe, both orders
+
+        spec.online.annotator = chat(reading_url, 2)  # type: ignore[union-attr,assignment]
+        spec = JobSpec.model_validate(spec.model_dump())
+        preflight(spec, inputs, said.append)
+        assert said[-1].startswith("preflight: data, tokenizer and judge and annotator checked; judge probe: decided")
+        assert "; annotator probe: decided " in said[-1] and " of 2 pairs" in said[-1]
 
 
 def test_the_probe_uses_the_datasets_pairs_whose_responses_differ() -> None:

@@ -26,7 +26,8 @@ def handle(task: dict, context: TaskContext) -> None:
     if started is None:
         return
     spec, payload = started
-    payload["judge_api_key"] = judge_api_key(spec, job_id, context)  # for the preflight's probe
+    # for the preflight's probe of each judge (an online job's annotator too)
+    payload["judge_api_keys"] = {field: judge_api_key(spec, job_id, context, field) for field in spec.judges()}
     result = context.run_task(TRAIN, payload, job_id, run)
     outcome, recorded = stages.training_outcome(result)
     context.advance(job_id, run, "train", outcome, round=task.get("round"), **recorded)
@@ -38,7 +39,7 @@ def train(payload: dict, emit: Emit, should_stop: StopCheck) -> dict:
     from gpo_core.stopping import Stopped
 
     spec, job_dir = JobSpec.model_validate_json(payload["spec"]), Path(payload["job_dir"])
-    start_job(spec, job_dir, lambda message: emit({"log": message}), should_stop, payload["judge_api_key"])
+    start_job(spec, job_dir, lambda message: emit({"log": message}), should_stop, payload["judge_api_keys"])
     cache, sink = Path(payload["cache_dir"]), ProgressEvents(emit)
     if payload["round"] is None:
         result = stages.train_stage(spec, job_dir, payload["run"], sink, should_stop, cache)
