@@ -3,6 +3,7 @@ stages in :mod:`gpo_core.sweep.stages` and run by the same services: the generat
 responses per prompt from the current policy, the judge service has the annotator label each pair,
 the trainer takes GPO steps on the fresh pairs against the fixed pi_ref. Layout, per round R::
 
+    JOB/runs/RUN/rounds/R/eval-samples.jsonl  with online.eval_prompts: one response per evaluation prompt
     JOB/runs/RUN/rounds/R/samples.jsonl   the policy's two responses per prompt (generate)
     JOB/runs/RUN/rounds/R/pairs.jsonl     the pairs the annotator decided, chosen first
     JOB/runs/RUN/rounds/R/labels.json     what labelling found (judge; the stage's marker)
@@ -31,10 +32,10 @@ from pathlib import Path
 
 from gpo_core.data import load_preferences, write_json, write_jsonl
 from gpo_core.generate import VLLMEngine, generate_responses, load_responses
-from gpo_core.judging.comparison import VerdictCache, side_by_side
+from gpo_core.judging.comparison import SideBySide, VerdictCache, pair_responses, side_by_side
 from gpo_core.models import FINAL_ADAPTER, is_adapter
 from gpo_core.stopping import StopCheck
-from gpo_core.sweep.pipeline import marker, round_dir, run_dir
+from gpo_core.sweep.pipeline import REFERENCE, marker, round_dir, run_dir
 from gpo_core.sweep.spec import JobSpec
 from gpo_core.sweep.stages import (
     Inputs,
@@ -47,6 +48,9 @@ from gpo_core.sweep.stages import (
 )
 from gpo_core.train.metrics import MetricsSink
 from gpo_core.train.spec import TrainingSpec
+
+DECIDED = ("win", "loss")  # a verdict that held in both orders
+EVAL_SAMPLES = "eval-samples.jsonl"  # a round's policy on the evaluation prompts (online.eval_prompts)
 
 
 def annotator_field(spec: JobSpec) -> str:
@@ -121,11 +125,27 @@ def sample_round(
     prompts = round_prompts(spec, inputs, run, round)
     settings = replace(sampling_settings(spec), n=2, seed=spec.generation.seed + round)
     model = round_model(spec, job_dir, run, round, inputs)
-    unmerged = lora_rank(spec) is not None
-    records = generate_responses(
-        model, prompts, settings, run, backend or spec.generation.backend, engine, should_stop, unmerged
-    )
+    unmerged, backend = lora_rank(spec) is not None, backend or spec.generation.backend
+    evaluation = out.with_name(EVAL_SAMPLES)
+    if round_eval_prompts(spec, job_dir) and not evaluation.exists():
+        once = replace(settings, n=1)
+        sampled = generate_responses(
+            model, round_eval_prompts(spec, job_dir), once, run, backend, engine, should_stop, unmerged
+        )
+        write_jsonl(evaluation, sampled)
+    records = generate_responses(model, prompts, settings, run, backend, engine, should_stop, unmerged)
     return write_jsonl(out, records)
+
+
+def round_eval_prompts(spec: JobSpec, job_dir: Path) -> list[dict]:
+    """The evaluation prompts each round's policy is judged on against the reference: the first
+    ``online.eval_prompts`` the reference answered (its first sample of each)."""
+    assert spec.online is not None
+    if not spec.online.eval_prompts:
+        return []
+    reference = load_responses(marker(job_dir, REFERENCE, "generate"))
+    first = [{"id": r["prompt_id"], "prompt": r["prompt"]} for r in reference if r.get("sample", 0) == 0]
+    return first[: spec.online.eval_prompts]
 
 
 def label_round(
@@ -157,34 +177,35 @@ def label_round(
 
     keys = api_keys or {}
 
-    def decide(field: str) -> tuple[list[dict], int]:
+    def decide(field: str, items: list[dict]) -> SideBySide:
         settings = spec.judges()[field]
         judge = make_judge(spec, inputs, keys.get(field), settings)
         concurrency = settings.concurrency if settings.calls_endpoint else 1
-        result = side_by_side(
+        return side_by_side(
             judge, items, cache=cache, retries=settings.retries, should_stop=should_stop, concurrency=concurrency
         )
-        return result.records, result.judge_calls
 
-    records, calls = decide(annotator_field(spec))
+    labelled = decide(annotator_field(spec), items)
+    records, calls = labelled.records, labelled.judge_calls
     pairs, empty = [], 0
     for item, record in zip(items, records, strict=True):
-        if record["outcome"] in ("win", "loss") and not (item["a"].strip() and item["b"].strip()):
+        if record["outcome"] in DECIDED and not (item["a"].strip() and item["b"].strip()):
             empty += 1  # decided, but a pair's responses are texts to train on: an empty one gives none
-        elif record["outcome"] in ("win", "loss"):
+        elif record["outcome"] in DECIDED:
             chosen, rejected = (item["a"], item["b"]) if record["outcome"] == "win" else (item["b"], item["a"])
             pairs.append(
                 {"prompt_id": item["prompt_id"], "prompt": item["prompt"], "chosen": chosen, "rejected": rejected}
             )
     agreement = None
     if annotator_field(spec) != "judge" and pairs:
-        judged, _ = decide("judge")
-        labelled = [
-            (r["outcome"], j["outcome"])
-            for r, j in zip(records, judged, strict=True)
-            if r["outcome"] in ("win", "loss")
-        ]
-        agreement = sum(ours == theirs for ours, theirs in labelled) / len(labelled)
+        judged = decide("judge", items).records
+        both = [(r["outcome"], j["outcome"]) for r, j in zip(records, judged, strict=True) if r["outcome"] in DECIDED]
+        agreement = sum(ours == theirs for ours, theirs in both) / len(both)
+    evaluation, win_rate = out.with_name(EVAL_SAMPLES), None
+    if evaluation.exists():  # the round's policy against the reference, by the job's judge
+        against = pair_responses(load_responses(evaluation), load_responses(marker(job_dir, REFERENCE, "generate")))
+        rated = decide("judge", against).win_rate
+        win_rate = None if rated is None else rated.to_dict()
     summary = {
         "round": round,
         "prompts": len(items),
@@ -195,6 +216,7 @@ def label_round(
         "empty": empty,  # decided, with an empty response: no pair
         "annotator_calls": calls,
         "agreement_with_judge": agreement,  # None: the annotator is the judge (or no pair)
+        "win_rate_vs_reference": win_rate,  # None: no online.eval_prompts (or no verdict)
         "mean_length": sum(len(str(r["response"]).split()) for r in samples) / max(1, len(samples)),
     }
     if inputs.task_root is not None:  # the built-in task knows the true reward of the policy's samples

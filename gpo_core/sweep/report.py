@@ -733,6 +733,13 @@ def _number(value: object) -> str:
     return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
+def _round_cell(value: object) -> str:
+    """A number of a round's row, or a win rate with its interval."""
+    if isinstance(value, dict) and "rate" in value:
+        return f"{value['rate']:.3f} [{value['low']:.3f}, {value['high']:.3f}]"
+    return _number(value)
+
+
 def online_tables(data: dict) -> dict | None:
     """The online part of the page: each online run's rounds, and online against offline."""
     online = data.get("online")
@@ -749,7 +756,9 @@ def online_tables(data: dict) -> dict | None:
         }
         for d in online["versus_offline"]
     ]
-    rounds = {run: [{k: _number(v) for k, v in row.items()} for row in rows] for run, rows in online["rounds"].items()}
+    rounds = {
+        run: [{k: _round_cell(v) for k, v in row.items()} for row in rows] for run, rows in online["rounds"].items()
+    }
     return {"budget": online, "versus": versus, "rounds": rounds}
 
 

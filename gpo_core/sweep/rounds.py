@@ -29,7 +29,8 @@ def round_metrics(spec: JobSpec, job_dir: Path, run: str, read: Callable[[Path],
 def summary(spec: JobSpec, job_dir: Path, runs: list[dict], cells: list[dict], found: list[dict]) -> dict | None:
     """The report's online part: each online run round by round (pairs the annotator decided, its
     ties and flips, the labels' agreement with the evaluation judge, the gold reward of the
-    policy's samples on the built-in task, the KL from pi_ref at the round's end), and each online
+    policy's samples on the built-in task, the round's policy's win rate against the reference with
+    ``online.eval_prompts``, the KL from pi_ref at the round's end), and each online
     cell against the offline cell of the same loss and beta on the same budget: the paired
     difference of their win rates against the reference."""
     if spec.online is None:

@@ -82,6 +82,14 @@ class OnlineSettings(BaseModel):
         description="Who labels each round's pairs (any judge kind, its template included); default: the job's "
         "judge. The job's judge still evaluates every run against the reference.",
     )
+    eval_prompts: int = Field(
+        0,
+        ge=0,
+        le=100_000,
+        description="Evaluation prompts on which each round's policy (the one it samples from: the model the "
+        "previous round ended with) is sampled once and judged against the reference by the job's judge: a win "
+        "rate per round in the report. 0: none (the run is judged once, after its last round).",
+    )
     offline_baseline: bool = Field(
         True,
         description="Beside each online run, an offline run on the same budget: as many of the dataset's pairs as "
@@ -110,6 +118,12 @@ class OnlineSettings(BaseModel):
     @property
     def steps(self) -> int:
         return self.rounds * self.steps_per_round
+
+    @property
+    def sampled_per_run(self) -> int:
+        """Responses an online run samples over its rounds: two per round prompt, one per round's
+        evaluation prompt (at most; fewer where the job has fewer evaluation prompts)."""
+        return self.judged_pairs * 2 + self.rounds * self.eval_prompts
 
 
 # Where a sweep's defaults differ from a single run's: a sweep's report needs a length, checkpoints

@@ -45,7 +45,7 @@ IDENTITY = "identity.json"
 # Spec fields added after job folders first recorded their identity, with their defaults: left out of
 # the identity of a spec that leaves them at their defaults, so a job folder written before them
 # resumes after an upgrade instead of being refused as another spec's.
-LATER_FIELDS: dict[str, object] = {"online": None, "judge.reward": "gold"}
+LATER_FIELDS: dict[str, object] = {"online": None, "judge.reward": "gold", "online.eval_prompts": 0}
 OFFLINE_BUDGET = "offline-budget.jsonl"  # in JOB/: an online job's offline baseline's share of the dataset
 
 

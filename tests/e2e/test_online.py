@@ -39,12 +39,14 @@ def lines(path) -> list[dict]:
 def test_an_online_run_samples_labels_and_trains_round_by_round_beside_its_offline_twin(
     small_task, tmp_path, capsys
 ) -> None:
-    spec = online_job()
+    spec = online_job(eval_prompts=6)
     job = tmp_path / "job"
     events: list[dict] = []
     report = run_job(spec, job, cache_dir=tmp_path / "cache", events=events.append)
     assert report is not None and spec.run_ids() == [ONLINE, OFFLINE]
     task = BuiltTask(stages.resolve_inputs(spec).task_root)
+    answered = [r for r in lines(job / "reference" / "responses.jsonl") if r["sample"] == 0]
+    reference_ids, reference = [r["prompt_id"] for r in answered], {r["prompt_id"]: r["response"] for r in answered}
 
     prompts_by_round = []
     for r in range(2):
@@ -62,6 +64,15 @@ def test_an_online_run_samples_labels_and_trains_round_by_round_beside_its_offli
         assert all(p["chosen"].strip() and p["rejected"].strip() for p in pairs)  # texts to train on
         trained = json.loads((folder / "train.json").read_text())
         assert trained["steps"] == 4 and trained["model"] == f"rounds/{r:03d}/train/final"
+        # The round's policy on the first 6 evaluation prompts, judged against the reference's answers.
+        evaluated = lines(folder / "eval-samples.jsonl")
+        assert [e["prompt_id"] for e in evaluated] == reference_ids[:6]
+        rate = labels["win_rate_vs_reference"]
+        assert rate["prompts"] == 6 and rate["low"] <= rate["rate"] <= rate["high"]
+        assert rate["wins"] == sum(  # the oracle: the answer of higher gold reward wins
+            task.reward(e["prompt"], e["response"]) > task.reward(e["prompt"], reference[e["prompt_id"]])
+            for e in evaluated
+        )
     assert not prompts_by_round[0] & prompts_by_round[1]  # each round samples prompts of its own
     inputs = stages.resolve_inputs(spec)
     second = round_training_spec(spec, inputs, job, ONLINE, 1)
@@ -86,11 +97,13 @@ def test_an_online_run_samples_labels_and_trains_round_by_round_beside_its_offli
     online = data["online"]
     assert [row["round"] for row in online["rounds"][ONLINE]] == [0, 1]
     assert all(row["kl_at_end"] is not None and row["agreement_with_judge"] is None for row in online["rounds"][ONLINE])
+    assert all(row["win_rate_vs_reference"]["prompts"] == 6 for row in online["rounds"][ONLINE])
     (versus,) = online["versus_offline"]
     assert (versus["online"], versus["offline"], versus["prompts"]) == (ONLINE, OFFLINE, 12)
     assert versus["low"] <= versus["difference"] <= versus["high"]
     assert [c["mode"] for c in data["cells"]] == ["online", "offline"]
-    assert "Online GPO" in report.read_text()
+    page = report.read_text()
+    assert "Online GPO" in page and "win_rate_vs_reference" in page
     print_winrate_table(report.parent / "report.json")  # what gpo run prints at the end
     assert "online - offline, logistic at beta 0.1 (24 judged pairs and 8 steps per run)" in capsys.readouterr().out
 

@@ -137,11 +137,11 @@ def started_tasks(process) -> list[str]:
 
 
 def online_job(steps_per_round: int, prompts_per_round: int = 16) -> dict:
-    """The small task online: two rounds, no offline twin."""
+    """The small task online: two rounds, each judged against the reference too, no offline twin."""
     spec = small_job()
     del spec["training"]["steps"]  # an online job's steps are its rounds'
     spec["online"] = {"rounds": 2, "prompts_per_round": prompts_per_round, "steps_per_round": steps_per_round,
-                      "offline_baseline": False}  # fmt: skip
+                      "eval_prompts": 8, "offline_baseline": False}  # fmt: skip
     return spec
 
 
@@ -265,7 +265,7 @@ def assert_each_round_done_once(run_dir: Path, prompts: int) -> None:
         assert sorted((s["prompt_id"], s["sample"]) for s in samples) == sorted((p, k) for p in ids for k in (0, 1))
         labels = json.loads((folder / "labels.json").read_text())
         decided = labels["pairs"] + labels["ties"] + labels["invalid"] + labels["empty"]
-        assert labels["prompts"] == decided == prompts
+        assert labels["prompts"] == decided == prompts and labels["win_rate_vs_reference"]["prompts"] == 8
     verdicts = (run_dir.parents[1] / "verdicts.jsonl").read_text().splitlines()
     assert len({json.loads(line)["key"] for line in verdicts}) == len(verdicts)  # nothing judged twice
 

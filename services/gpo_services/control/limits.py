@@ -48,12 +48,12 @@ def check_capacity(spec: JobSpec, settings: Settings) -> None:
         prompts = 0
     models = len(spec.run_list()) + 1  # every run and the reference
     tokens = models * prompts * generation.n * generation.max_new_tokens
-    # An online run also samples two responses per prompt of each round.
+    # An online run also samples two responses per prompt of each round (and its evaluation prompts).
     online_runs = sum(1 for run in spec.run_list() if spec.rounds(run))
-    rounds = online_runs * spec.online.judged_pairs * 2 * generation.max_new_tokens if spec.online else 0
+    rounds = online_runs * spec.online.sampled_per_run * generation.max_new_tokens if spec.online else 0
     if tokens + rounds > settings.max_generated_tokens:
         online = (
-            f" + {online_runs} online runs x {spec.online.judged_pairs:,} round prompts x 2 x max_new_tokens"
+            f" + {online_runs} online runs x {spec.online.sampled_per_run:,} round samples x max_new_tokens"
             if spec.online and online_runs
             else ""
         )

@@ -76,10 +76,11 @@ def generate(payload: dict, emit: Emit, should_stop: StopCheck) -> None:
     if note:
         emit({"log": note})
     backend = "vllm" if engine is not None else "transformers"
+    # The reference's samples first: every run is judged against them (a round too, with online.eval_prompts).
+    stages.generate_stage(spec, job_dir, REFERENCE, cache, engine, should_stop, backend)
     if payload["round"] is not None:
         online.sample_round(spec, job_dir, run, payload["round"], engine, should_stop, backend)
         return
-    stages.generate_stage(spec, job_dir, REFERENCE, cache, engine, should_stop, backend)
     stages.generate_stage(spec, job_dir, run, cache, engine, should_stop, backend)
 
 
