@@ -8,7 +8,9 @@ model); what is left of the stage is outside the loop (the stage's own set-up: t
 the run's identity). Round 0's sampling has no earlier file to start from and is left out.
 
 Overhead, as issue 32 counts it: everything but sampling, labelling and training proper (the GPO
-steps and the reference pass on the round's fresh pairs), the KL trace shown apart from the rest.
+steps and the reference pass on the round's fresh pairs); the two measurements a round can make
+for the report, the KL trace and the sampling of ``online.eval_prompts`` (written first, to
+eval-samples.jsonl; their judging is inside labelling), are shown apart from it.
 
     python benchmarks/online_rounds.py JOB_DIR
 """
@@ -37,9 +39,12 @@ def round_times(run_dir: Path) -> list[dict]:
             sys.exit(f"{folder}: the round's training has no phase times (trained before they were recorded)")
         seconds = ends[-1]["seconds"]
         train_s = trained.stat().st_mtime - labels.stat().st_mtime
+        evaluation = folder / "eval-samples.jsonl"  # written first, with online.eval_prompts
+        sampled_from = evaluation.stat().st_mtime if evaluation.exists() else previous_end
         row = {
             "round": int(folder.name),
-            "sampling_s": None if previous_end is None else samples.stat().st_mtime - previous_end,
+            "eval_sampling_s": None if previous_end is None or sampled_from is None else sampled_from - previous_end,
+            "sampling_s": None if sampled_from is None else samples.stat().st_mtime - sampled_from,
             "labelling_s": labels.stat().st_mtime - samples.stat().st_mtime,
             "training_s": train_s,
             **{f"{phase}_s": seconds.get(phase, 0.0) for phase in PHASES},
@@ -65,13 +70,14 @@ def main(job_dir: str) -> None:
                         totals[key] = totals.get(key, 0.0) + value
     if not totals:
         return
-    whole = totals["sampling_s"] + totals["labelling_s"] + totals["training_s"]
+    whole = totals["eval_sampling_s"] + totals["sampling_s"] + totals["labelling_s"] + totals["training_s"]
     print(f"rounds 1 and later, all runs: {whole:.0f} s")
-    for key in (*WORK, "trace_s", *OVERHEAD):
+    for key in (*WORK, "eval_sampling_s", "trace_s", *OVERHEAD):
         print(f"  {key}: {totals[key]:.0f} s ({totals[key] / whole:.1%})")
     overhead = sum(totals[key] for key in OVERHEAD)
     traced = overhead + totals["trace_s"]
     print(f"overhead: {overhead / whole:.1%} of the rounds' time ({traced / whole:.1%} with the KL trace)")
+    print(f"the round's evaluation (online.eval_prompts) sampling: {totals['eval_sampling_s'] / whole:.1%}")
 
 
 if __name__ == "__main__":
