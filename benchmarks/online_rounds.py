@@ -43,8 +43,8 @@ def round_times(run_dir: Path) -> list[dict]:
         sampled_from = evaluation.stat().st_mtime if evaluation.exists() else previous_end
         row = {
             "round": int(folder.name),
-            "eval_sampling_s": None if previous_end is None or sampled_from is None else sampled_from - previous_end,
-            "sampling_s": None if sampled_from is None else samples.stat().st_mtime - sampled_from,
+            "eval_sampling_s": None if previous_end is None else sampled_from - previous_end,
+            "sampling_s": None if previous_end is None else samples.stat().st_mtime - sampled_from,
             "labelling_s": labels.stat().st_mtime - samples.stat().st_mtime,
             "training_s": train_s,
             **{f"{phase}_s": seconds.get(phase, 0.0) for phase in PHASES},
@@ -64,7 +64,7 @@ def main(job_dir: str) -> None:
         print(run_dir.name)
         for row in round_times(run_dir):
             print("  " + ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
-            if row["sampling_s"] is not None:
+            if row["eval_sampling_s"] is not None:  # round 0's sampling has no start to measure from
                 for key, value in row.items():
                     if key != "round":
                         totals[key] = totals.get(key, 0.0) + value
