@@ -294,6 +294,12 @@ class VLLMEngine:
             self._weights_digest = model_digest(self.model_dir)  # memoized per file: cheap after the first
         return base == self._weights_digest
 
+    @property
+    def reloads_in_place(self) -> bool:
+        """Whether :meth:`load_weights` replaces the weights in the warm engine (CUDA) rather than
+        restarting it (CPUs: seconds per checkpoint)."""
+        return torch.cuda.is_available()
+
     def load_weights(self, model_dir: str | Path) -> None:
         """Serve ``model_dir`` (see :meth:`can_serve`) from now on."""
         if str(model_dir) == self.model_dir:
@@ -302,7 +308,7 @@ class VLLMEngine:
             raise ValueError(
                 f"{model_dir} is not the architecture this engine serves ({self.model_dir}); start a new engine"
             )
-        if not torch.cuda.is_available():
+        if not self.reloads_in_place:
             self._start(model_dir)
             self.restarts += 1
             return

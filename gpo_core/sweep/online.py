@@ -107,6 +107,19 @@ def round_start(spec: JobSpec, job_dir: Path, run: str, round: int, inputs: Inpu
     return model
 
 
+def engine_restart_note(spec: JobSpec, engine: VLLMEngine | None) -> str | None:
+    """What an online job on a vLLM engine that cannot take new weights in place (CPUs) should
+    know: each round's checkpoint restarts the engine (seconds a round, whatever its size), where
+    transformers only loads the checkpoint. None where it does not apply (no rounds, a GPU, LoRA
+    adapters hot-loaded, or transformers)."""
+    if spec.online is None or engine is None or engine.reloads_in_place or lora_rank(spec) is not None:
+        return None
+    return (
+        "each online round's checkpoint restarts the vLLM engine on CPUs (a few seconds a round); for a small "
+        "model, generation.backend: transformers samples a round faster"
+    )
+
+
 def sample_round(
     spec: JobSpec,
     job_dir: Path,

@@ -63,8 +63,9 @@ def run_job(
     keys = {field: stages.embedded_api_key(spec, field) for field in spec.judges()}
     preflight(spec, inputs, lambda message: emit({"kind": "log", "message": message}), api_keys=keys)
     engine, note = start_engine(inputs.reference, spec.generation.backend, stages.lora_rank(spec))
-    if note:
-        emit({"kind": "log", "message": note})
+    for message in (note, online.engine_restart_note(spec, engine)):
+        if message:
+            emit({"kind": "log", "message": message})
     backend = "vllm" if engine is not None else "transformers"
 
     def round_stage(name: RunStage, run: str, round: int) -> tuple[Outcome, dict]:

