@@ -140,12 +140,10 @@ def sample_round(
     model = round_model(spec, job_dir, run, round, inputs)
     unmerged, backend = lora_rank(spec) is not None, backend or spec.generation.backend
     evaluation = out.with_name(EVAL_SAMPLES)
-    if round_eval_prompts(spec, job_dir) and not evaluation.exists():
+    judged_on = round_eval_prompts(spec, job_dir) if not evaluation.exists() else []
+    if judged_on and Path(model) != Path(inputs.reference):  # pi_ref against itself would only tie
         once = replace(settings, n=1)
-        sampled = generate_responses(
-            model, round_eval_prompts(spec, job_dir), once, run, backend, engine, should_stop, unmerged
-        )
-        write_jsonl(evaluation, sampled)
+        write_jsonl(evaluation, generate_responses(model, judged_on, once, run, backend, engine, should_stop, unmerged))
     records = generate_responses(model, prompts, settings, run, backend, engine, should_stop, unmerged)
     return write_jsonl(out, records)
 
