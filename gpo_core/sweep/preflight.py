@@ -222,8 +222,8 @@ def preflight(
         probed = check_judge(spec, inputs, probe_pairs(spec, pairs, prompts, field), should_stop, key, field)
         if probed.pairs > 1:
             found.append(f"; {'judge' if field == 'judge' else 'annotator'} probe: {probed.summary()}")
-    checked = "judge and annotator" if len(spec.judges()) > 1 else "judge"
-    progress(f"preflight: data, tokenizer and {checked} checked{''.join(found)}")
+    checked = "data, tokenizer, judge and annotator" if len(spec.judges()) > 1 else "data, tokenizer and judge"
+    progress(f"preflight: {checked} checked{''.join(found)}")
 
 
 def start_job(

@@ -108,7 +108,7 @@ def test_an_online_jobs_annotator_that_cannot_tell_responses_apart_stops_the_job
         spec.online.annotator = chat(reading_url, 2)  # type: ignore[union-attr,assignment]
         spec = JobSpec.model_validate(spec.model_dump())
         preflight(spec, inputs, said.append)
-        assert said[-1].startswith("preflight: data, tokenizer and judge and annotator checked; judge probe: decided")
+        assert said[-1].startswith("preflight: data, tokenizer, judge and annotator checked; judge probe: decided")
         assert "; annotator probe: decided " in said[-1] and " of 2 pairs" in said[-1]
 
 
