@@ -136,6 +136,18 @@ def started_tasks(process) -> list[str]:
     return [r["run"] for r in task_log(process, "task started")]
 
 
+def replace_mid_task(
+    platform: Platform, worker, name: str, job_id: str, run: str, what: str, timeout_s: float = 120
+) -> subprocess.Popen:
+    """SIGKILL ``worker`` as soon as its log says it started a task of ``run`` (mid-task, before
+    any ack) and start another ``name`` worker in its place; fails at once if the job ends first."""
+    wait_until(lambda: run in started_tasks(worker) or platform.client.get(job_id).state in TERMINAL, timeout_s,
+               what, interval_s=0.01)  # fmt: skip
+    assert platform.client.get(job_id).state not in TERMINAL, platform.client.get(job_id)
+    platform.signal(worker, signal.SIGKILL)
+    return platform.start(name)
+
+
 def online_job(steps_per_round: int, prompts_per_round: int = 16) -> dict:
     """The small task online: two rounds, each judged against the reference too, no offline twin."""
     spec = small_job()
@@ -174,13 +186,8 @@ def test_killed_generator_and_judge_tasks_are_redelivered_and_complete_once(plat
     spec["generation"] = {"backend": "transformers", "n": 16}  # seconds of work for each stage
     job = platform.client.submit(spec)
     run = job.runs[0].id
-    # Killed as soon as each has started the task (its log says so): mid-task, before any ack.
-    wait_until(lambda: run in started_tasks(generator), 120, "generation to start", interval_s=0.01)
-    platform.signal(generator, signal.SIGKILL)
-    second_generator = platform.start("generator")
-    wait_until(lambda: run in started_tasks(judge), 120, "judging to start", interval_s=0.01)
-    platform.signal(judge, signal.SIGKILL)
-    second_judge = platform.start("judge")
+    second_generator = replace_mid_task(platform, generator, "generator", job.id, run, "generation to start")
+    second_judge = replace_mid_task(platform, judge, "judge", job.id, run, "judging to start")
     done = platform.wait_for_job(job.id)
     assert done.state == "succeeded"
     assert run in started_tasks(second_generator) and run in started_tasks(second_judge)
@@ -238,14 +245,9 @@ def test_an_online_round_survives_killed_generator_and_judge_tasks(platform) -> 
     judge = platform.start("judge")
     job = platform.client.submit(online_job(steps_per_round=10, prompts_per_round=185))  # all the task's prompts
     (run,) = [r.id for r in job.runs]
-    wait_until(lambda: run in started_tasks(generator) or platform.client.get(job.id).state in TERMINAL, 300,
-               "round 0's sampling to start", interval_s=0.01)  # fmt: skip
-    assert platform.client.get(job.id).state not in TERMINAL, platform.client.get(job.id)
-    platform.signal(generator, signal.SIGKILL)
-    second_generator = platform.start("generator")
-    wait_until(lambda: run in started_tasks(judge), 120, "round 0's labelling to start", interval_s=0.01)
-    platform.signal(judge, signal.SIGKILL)
-    second_judge = platform.start("judge")
+    # (the job's first task builds the task: under load that takes minutes)
+    second_generator = replace_mid_task(platform, generator, "generator", job.id, run, "round 0's sampling", 300)
+    second_judge = replace_mid_task(platform, judge, "judge", job.id, run, "round 0's labelling")
     done = platform.wait_for_job(job.id)
     assert done.state == "succeeded" and done.runs[0].step == 20
     for killed in (generator, judge):  # killed mid-task: started round 0, never finished it
