@@ -4,7 +4,9 @@ taken port is a clear error. Real processes, a real redis-server, HTTP on loopba
 
 import http.client
 import os
+import select
 import signal
+import socket
 import subprocess
 import sys
 
@@ -12,6 +14,7 @@ import httpx
 import psutil
 import pytest
 
+from gpo_services.control.processes import bound_socket
 from tests.platform.conftest import TENANT_KEYS, wait_until
 from tests.support.ports import free_port
 
@@ -32,8 +35,8 @@ def ready(base: str) -> bool:
         return False
 
 
-def connections_per_process(parent: subprocess.Popen, port: int) -> dict[int, int]:
-    """Established connections on the port, per serving process (not multiprocessing's helper;
+def connections_per_process(parent: subprocess.Popen, port: int, status: str = "ESTABLISHED") -> dict[int, int]:
+    """Connections on the port in ``status``, per serving process (not multiprocessing's helper;
     a process starting or exiting meanwhile is left out)."""
     counts = {}
     for child in psutil.Process(parent.pid).children():
@@ -43,8 +46,13 @@ def connections_per_process(parent: subprocess.Popen, port: int) -> dict[int, in
             connections = child.net_connections("tcp")
         except psutil.Error:
             continue
-        counts[child.pid] = sum(1 for c in connections if c.laddr.port == port and c.status == "ESTABLISHED")
+        counts[child.pid] = sum(1 for c in connections if c.laddr.port == port and c.status == status)
     return counts
+
+
+def listening_processes(parent: subprocess.Popen, port: int) -> int:
+    """Processes listening on the port: those whose app has started (a process listens only then)."""
+    return sum(1 for n in connections_per_process(parent, port, "LISTEN").values() if n)
 
 
 @pytest.fixture
@@ -53,6 +61,7 @@ def control(redis_server, tmp_path):
     process = start_control(redis_server.url, tmp_path, port)
     base = f"http://127.0.0.1:{port}"
     wait_until(lambda: ready(base), 60, "the control service")
+    wait_until(lambda: listening_processes(process, port) == 2, 60, "both processes listening")
     yield process, port, base
     if process.poll() is None:
         process.kill()
@@ -78,8 +87,10 @@ def test_connections_are_spread_over_the_processes_and_a_dead_one_is_replaced(co
     victim = next(iter(counts))
     os.kill(victim, signal.SIGKILL)
     wait_until(lambda: victim not in connections_per_process(process, port), 10, "the killed process to go")
-    wait_until(lambda: len(connections_per_process(process, port)) == 2, 60, "a replacement process")
-    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {KEY}"}) as client:
+    # A process listens only once its app has started: the kernel hands the replacement no
+    # connection while it is still importing (which took over 5 s in CI), so none waits on it.
+    wait_until(lambda: listening_processes(process, port) == 2, 60, "a replacement process listening")
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {KEY}"}, timeout=5) as client:
         for _ in range(20):  # new connections, whichever process takes them
             assert client.get("/jobs", headers={"Connection": "close"}).status_code == 200
 
@@ -131,3 +142,25 @@ def test_a_process_that_fails_on_an_error_stops_the_service_instead_of_restartin
     _, errors = process.communicate(timeout=60)
     assert process.returncode == 1
     assert "Redis URL must specify one of the following schemes" in errors and "a control process failed" in errors
+
+
+def test_a_bound_socket_gets_connections_only_once_it_listens() -> None:
+    """What keeps a starting process from being handed connections: on a SO_REUSEPORT port the
+    kernel spreads connections over the sockets that listen, not over those only bound."""
+    port = free_port()
+
+    def accepted_by(*listening: socket.socket) -> list[socket.socket]:
+        takers = []
+        for _ in range(32):
+            with socket.create_connection(("127.0.0.1", port), timeout=5):
+                readable, _, _ = select.select(listening, [], [], 5)
+                assert readable, "no socket was handed the connection"
+                readable[0].accept()[0].close()
+                takers.append(readable[0])
+        return takers
+
+    with bound_socket("127.0.0.1", port) as serving, bound_socket("127.0.0.1", port) as starting:
+        serving.listen(64)
+        assert set(accepted_by(serving)) == {serving}  # each within 5 s: none queued on the other
+        starting.listen(64)
+        assert starting in accepted_by(serving, starting)  # none of 32 to it: odds 2**-32

@@ -1,11 +1,12 @@
 """Several processes of the control service on one port (``GPO_WORKERS`` > 1).
 
 Each process listens on a socket of its own with ``SO_REUSEPORT``, and the kernel spreads new
-connections over them. uvicorn's own workers share one listening socket instead; clients keep
-their connections alive, and a burst of them (64 clients connecting at once) was all accepted by
-one process while the other idled. A process killed by a signal is replaced; one that exits on an
-error stops the service with its exit code (restarting would fail the same way). SIGTERM or SIGINT
-stops them all gracefully (uvicorn finishes the requests in flight).
+connections over them; a process listens only once its app has started, so a replacement still
+importing is handed nothing to answer. uvicorn's own workers share one listening socket instead;
+clients keep their connections alive, and a burst of them (64 clients connecting at once) was all
+accepted by one process while the other idled. A process killed by a signal is replaced; one that
+exits on an error stops the service with its exit code (restarting would fail the same way).
+SIGTERM or SIGINT stops them all gracefully (uvicorn finishes the requests in flight).
 """
 
 from __future__ import annotations
@@ -29,13 +30,15 @@ GRACE_S = 30.0
 PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
-def _listening_socket(host: str, port: int) -> socket.socket:
+def bound_socket(host: str, port: int) -> socket.socket:
+    """Bound, not yet listening: asyncio listens on it once uvicorn has loaded the app and run its
+    startup. The kernel spreads connections over listening sockets only, so a process still
+    importing (seconds, for a replacement on a busy machine) is handed none it cannot answer."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
-    sock.listen(2048)
     sock.set_inheritable(True)
     return sock
 
@@ -53,7 +56,7 @@ def _serve_one(host: str, port: int, parent: int) -> None:
         if os.getppid() != parent:  # the parent died before that took effect
             sys.exit(0)
     try:
-        sock = _listening_socket(host, port)
+        sock = bound_socket(host, port)
     except OSError as err:
         print(f"control service: cannot listen on {host}:{port}: {err}", file=sys.stderr)
         sys.exit(STARTUP_FAILURE)
