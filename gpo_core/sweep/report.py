@@ -561,7 +561,11 @@ def claims_rows(data: dict) -> list[dict]:
             )
         elif claim["claim"] == "C2":
             widest = f", widest bound {claim['widest']:.3f}" if claim["widest"] is not None else ""
-            numbers = f"{claim['pairs']} pairs at beta 0.1, {claim['resolved_pairs']} resolved{widest}"
+            if claim.get("method") == "seeds":
+                (df1, df2), f = claim["dof"], claim["f"]
+                numbers = f"{claim['pairs']} pairs at beta 0.1: F({df1}, {df2}) = {f:.2f}, p {claim['p']:.3f}{widest}"
+            else:
+                numbers = f"{claim['pairs']} pairs at beta 0.1, {claim['resolved_pairs']} resolved{widest}"
         elif claim["claim"] == "C3":
             parts = [
                 f"{p['loss']}: rho(beta, KL) {p['rho_beta_kl']:+.2f} (p {p['p_kl']:.3f}), "
