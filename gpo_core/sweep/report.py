@@ -560,8 +560,10 @@ def claims_rows(data: dict) -> list[dict]:
                 for p in claim["per_loss"]
             )
         elif claim["claim"] == "C2":
-            widest = f", widest bound {claim['widest']:.3f}" if claim["widest"] is not None else ""
-            if claim.get("method") == "seeds":
+            widest = f", widest bound {claim['widest']:.3f}" if claim.get("widest") is not None else ""
+            if "why" in claim:
+                numbers = claim["why"]
+            elif claim.get("method") == "seeds":
                 (df1, df2), f = claim["dof"], claim["f"]
                 numbers = f"{claim['pairs']} pairs at beta 0.1: F({df1}, {df2}) = {f:.2f}, p {claim['p']:.3f}{widest}"
             else:
