@@ -11,14 +11,14 @@ The rules were fixed before any reproduction was run and are not tuned to its ou
   more), an analysis of variance of the runs' win rates on the seeds every cell shares (fewer than
   two: not resolved), with the seeds as blocks: the losses differ (F test, p < 0.05) does not hold;
   every difference of two losses inside +-0.1 (an equivalence margin; 95% t intervals on the
-  pooled loss-by-seed variance) holds; else not
-  resolved. With one seed a cell, every paired difference's prompt-bootstrap interval: all inside
-  +-0.1 holds, one that excludes 0 does not hold, else not resolved. (Changed on 2026-12-06, after
-  constructed data showed the first rule wrong with seeds: it decided "does not hold" from each of
-  15 differences' own two-way bootstrap, whose two seeds underestimate the seeds' variance (one
-  degree of freedom each, and (S-1)/S of it on average). On six equal losses with seed effects of
-  the size measured it said "does not hold" for 10 and 17 of two sets of 30 constructed sweeps;
-  ``benchmarks/c2_rule.py`` measures both rules on such sweeps.)
+  pooled loss-by-seed variance) holds; else not resolved. With one seed a cell, every paired
+  difference's prompt-bootstrap interval: all inside +-0.1 holds, one that excludes 0 does not
+  hold, else not resolved. (Changed on 2026-12-06, after constructed data showed the first rule
+  wrong with seeds: it decided "does not hold" from each of 15 differences' own two-way bootstrap,
+  whose two seeds underestimate the seeds' variance (one degree of freedom each, and (S-1)/S of it
+  on average). On six equal losses with seed effects of the size measured it said "does not hold"
+  for 10 and 17 of two sets of 30 constructed sweeps; ``benchmarks/c2_rule.py`` measures both
+  rules on such sweeps.)
 - C3 (Fig. 5): as beta grows, the final KL and the final mu-weighted square loss both shrink, and
   across runs they rank alike. Per loss, Spearman's rho of beta with each (exact permutation
   p-value, one-sided); across all runs, rho of KL with square loss. All per-loss rhos negative with
@@ -195,7 +195,7 @@ def _rates_by_seed(
 ) -> tuple[list[str], np.ndarray] | None:
     """(the seeds every cell was judged with, each cell's win rate by seed on the prompts all those
     runs were judged on); None when they share fewer than two seeds or no prompt."""
-    seeds = sorted(set.intersection(*(set(c["judged"]) for c in cells)), key=int)
+    seeds = sorted(set.intersection(*(set(c["judged"]) for c in cells)), key=lambda seed: (len(seed), seed))
     runs = [[outcomes[c["judged"][seed]] for seed in seeds] for c in cells]
     prompts = shared_prompts(*(run for cell in runs for run in cell)) if len(seeds) >= 2 else []
     if not prompts:
