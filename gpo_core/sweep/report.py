@@ -29,7 +29,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from gpo_core.data import write_json
-from gpo_core.sweep.cells import differences, group_cells, headline
+from gpo_core.sweep.cells import Outcomes, differences, group_cells, headline
 from gpo_core.sweep.claims import UNRESOLVED, claims
 from gpo_core.sweep.rounds import round_metrics
 from gpo_core.sweep.rounds import summary as online_summary
@@ -72,13 +72,22 @@ def outcomes_by_prompt(verdicts: Path) -> dict[str, list[str]]:
     return by_prompt
 
 
-def collect(job_dir: str | Path) -> dict:
-    """Every number of the report, from the job folder."""
-    job_dir = Path(job_dir)
+def read_job(job_dir: Path) -> tuple[dict, JobSpec]:
+    """A job folder's ``job.json`` and its spec."""
     job = _read_json(job_dir / "job.json")
     if job is None:
         raise FileNotFoundError(f"{job_dir}: not a job folder (no job.json)")
-    spec = JobSpec(**job["spec"])
+    return job, JobSpec(**job["spec"])
+
+
+def read_judge_eval(job_dir: Path) -> dict | None:
+    """The judge's measured accuracy on labelled pairs (``gpo judge-eval``'s), when the job has one."""
+    return _read_json(job_dir / "judge_eval.json")
+
+
+def read_runs(spec: JobSpec, job_dir: Path) -> tuple[list[dict], dict[str, dict[str, list[str]]], dict[str, dict]]:
+    """A job's runs as the report describes them (flags included), each run's outcomes against the
+    reference by prompt, and each run's responses (by prompt and sample)."""
     runs: list[dict] = []
     outcomes: dict[str, dict[str, list[str]]] = {}
     for run_id, run in zip(spec.run_ids(), spec.run_list(), strict=True):
@@ -131,25 +140,46 @@ def collect(job_dir: str | Path) -> dict:
         next(r for r in runs if r["id"] == run_id)["flags"].append(
             f"the same responses as {', '.join(twins)}, so the same verdicts and win rate"
         )
-    judge_eval = _read_json(job_dir / "judge_eval.json")
+    return runs, outcomes, responses
+
+
+def decide(runs: list[dict], outcomes: Outcomes, judge_eval: dict | None, wanted: bool) -> dict:
+    """What the runs decide: their cells, the differences at equal beta, why nothing can be
+    decided (or None) and, when ``wanted``, the claims."""
     cells = group_cells(runs, outcomes)
     found = differences(cells, outcomes)
     why_not = inconclusive(runs, judge_eval)
-    wanted = spec.comparisons.claims if spec.comparisons.claims is not None else spec.task is not None
     return {
-        "name": spec.name,
-        "spec": job["spec"],
-        "runs": runs,
         "cells": cells,
         "conclusive": why_not is None,
         "inconclusive": why_not,
         "differences": found,
         "claims": undecided(claims(runs, cells, outcomes, found), why_not) if wanted else [],
+    }
+
+
+def claims_wanted(spec: JobSpec) -> bool:
+    """Whether a job's report decides the paper's claims: asked for, or on by default on the built-in task."""
+    return spec.comparisons.claims if spec.comparisons.claims is not None else spec.task is not None
+
+
+def collect(job_dir: str | Path) -> dict:
+    """Every number of the report, from the job folder."""
+    job_dir = Path(job_dir)
+    job, spec = read_job(job_dir)
+    runs, outcomes, responses = read_runs(spec, job_dir)
+    judge_eval = read_judge_eval(job_dir)
+    decided = decide(runs, outcomes, judge_eval, claims_wanted(spec))
+    return {
+        "name": spec.name,
+        "spec": job["spec"],
+        "runs": runs,
+        **decided,
         "pairwise": _read_json(job_dir / "pairwise.json"),
         "judge_eval": judge_eval,
         "examples": examples(read_responses(job_dir / "reference" / "responses.jsonl"), responses),
-        "headline": headline(cells, runs, outcomes, why_not),
-        "online": online_summary(spec, job_dir, runs, cells, found),
+        "headline": headline(decided["cells"], runs, outcomes, decided["inconclusive"]),
+        "online": online_summary(spec, job_dir, runs, decided["cells"], decided["differences"]),
     }
 
 

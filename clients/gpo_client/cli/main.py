@@ -77,6 +77,7 @@ command(app, "judge", judging.judge_command)
 command(app, "judge-eval", judging.judge_eval_command)
 command(app, "run", runs.run_command)
 command(app, "reproduce", runs.reproduce_command)
+command(app, "claims", runs.claims_command)
 
 # Jobs on the control service (HTTP).
 command(app, "submit", jobs.submit_command)

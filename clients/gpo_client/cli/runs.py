@@ -1,5 +1,5 @@
-"""Work in this process, no services: ``gpo train``, ``generate``, ``judge`` and ``run`` (a whole
-sweep, the embedded default)."""
+"""Work in this process, no services: ``gpo train``, ``generate``, ``judge``, ``run`` (a whole
+sweep, the embedded default), ``reproduce`` and ``claims`` (a grid's claims over several jobs)."""
 
 from __future__ import annotations
 
@@ -224,3 +224,42 @@ def run_sweep(spec, out: Path | None, command: str) -> None:
     console.print(f"report: {report}")
     if json.loads(report.with_name("report.json").read_text(encoding="utf-8")).get("inconclusive"):
         raise typer.Exit(code=1)  # the report is there, but it decides nothing: not a success
+
+
+def claims_command(
+    jobs: Annotated[list[Path], typer.Argument(help="Job folders of one grid, each trained with other seeds.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """The paper's claims (C1-C4) decided again by the current rules: on each job's own seeds, then
+    on all their seeds pooled. Give the same sweep run with other training.seed values to see
+    whether a verdict changes with the seeds, and what all of them decide together."""
+    from gpo_core.sweep.pooled import pooled_claims
+    from gpo_core.sweep.report import claims_rows
+
+    pooled = pooled_claims(jobs)
+    if as_json:
+        emit_json(pooled)
+        return
+    for job in pooled["jobs"]:
+        if job["inconclusive"]:
+            errors.print(f"inconclusive: {job['job']}: {job['inconclusive']}", highlight=False)
+    table = Table(title="Verdicts by job (its own seeds) and pooled")
+    table.add_column("claim")
+    for job in pooled["jobs"]:
+        table.add_column(f"{job['job']} (seeds {', '.join(map(str, job['seeds']))})")
+    if len(pooled["jobs"]) > 1:
+        table.add_column(f"pooled (seeds {', '.join(map(str, pooled['seeds']))})")
+    for k, claim in enumerate(pooled["claims"]):
+        verdicts = [job["claims"][k]["verdict"] for job in pooled["jobs"]]
+        table.add_row(claim["claim"], *verdicts, *([claim["verdict"]] if len(pooled["jobs"]) > 1 else []))
+    console.print(table)
+    detail = Table(title="What decides each pooled verdict" if len(pooled["jobs"]) > 1 else "What decides each verdict")
+    for column in ("claim", "numbers", "verdict"):
+        detail.add_column(column)
+    for row in claims_rows(pooled):
+        detail.add_row(row["claim"], row["numbers"], row["verdict"])
+    console.print(detail)
+    if len(pooled["jobs"]) > 1:
+        differ = pooled["verdicts_differ"]
+        same = "every job gives the same verdicts"
+        console.print(f"verdicts that change with the seeds: {', '.join(differ)}" if differ else same, highlight=False)
