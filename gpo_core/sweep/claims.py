@@ -3,10 +3,16 @@
 Each check returns ``holds``, ``does not hold`` or ``not resolved`` with the numbers that decide it.
 The rules were fixed before any reproduction was run and are not tuned to its outcome:
 
-- C1 (Fig. 8): every loss's win rate against the reference peaks at beta in [0.1, 1]. Per loss, the
-  share of bootstrap resamples (of seeds and prompts: the same prompts are judged for every run, the
-  same seeds trained for every beta) whose argmax beta lies in [0.1, 1]: >= 0.95 holds, <= 0.05 does
-  not, else not resolved.
+- C1 (Fig. 8): every loss's win rate against the reference peaks at beta in [0.1, 1]. Per loss, with
+  seeds (a cell judged with two or more), its runs' win rates in a betas x seeds table, the seeds as
+  blocks (a seed gives every beta the same data order): the best beta in [0.1, 1] minus the best
+  beta outside, with a 95% t interval on the betas' pooled disagreement from seed to seed ((betas
+  - 1)(seeds - 1) degrees of freedom): above 0 holds, below 0 does not hold, else not resolved.
+  With one seed a cell, the share of prompt bootstrap resamples whose argmax beta lies in [0.1, 1]:
+  >= 0.95 holds, <= 0.05 does not, else not resolved. (Changed on 2026-12-07, after constructed
+  data showed the bootstrap share wrong with seeds, for C2's reason below: on flat curves over
+  seven betas, two seeds, seed effects of the size measured, it decided 5 of 30 (one a loss), and
+  six losses multiply that; ``benchmarks/c1_rule.py`` measures both rules on such curves.)
 - C2 (Fig. 9): at beta = 0.1 the losses are on par. With seeds (a cell at 0.1 judged with two or
   more), an analysis of variance of the runs' win rates on the seeds every cell shares (fewer than
   two: not resolved), with the seeds as blocks: the losses differ (F test, p < 0.05) does not hold;
@@ -44,6 +50,7 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 from gpo_core.stats import bootstrap_rates, grid, shared_prompts
+from gpo_core.sweep.cells import Outcomes
 
 HOLDS, FAILS, UNRESOLVED = "holds", "does not hold", "not resolved"
 PEAK_RANGE = (0.1, 1.0)
@@ -100,55 +107,115 @@ def _overall(verdicts: Sequence[str]) -> str:
     return HOLDS if all(v == HOLDS for v in verdicts) else UNRESOLVED
 
 
-def c1_peak_beta(
-    cells: Sequence[dict], outcomes: Mapping[str, Mapping[str, Sequence[str]]], resamples: int = 2000, seed: int = 0
-) -> dict:
-    """``cells``: :func:`gpo_core.sweep.cells.group_cells`'s, each with its judged runs by seed."""
+NEEDS_BOTH_SIDES = "needs judged betas both inside and outside [0.1, 1], on seeds and prompts they share"
+
+
+def _both_sides(betas: Sequence[float]) -> bool:
+    inside = [PEAK_RANGE[0] <= b <= PEAK_RANGE[1] for b in betas]
+    return any(inside) and not all(inside)
+
+
+def peak_share_by_bootstrap(
+    judged: Sequence[dict], outcomes: Outcomes, resamples: int = 2000, seed: int = 0
+) -> dict | None:
+    """One loss's judged cells (by beta): the share of seed x prompt bootstrap resamples whose
+    argmax beta lies in PEAK_RANGE (>= 0.95 holds, <= 0.05 does not, else not resolved), on the
+    seeds and prompts they share; None when they share none. C1's rule for cells of one seed
+    (with two seeds, too narrow: see the module's docstring)."""
     low, high = PEAK_RANGE
+    seeds = sorted(set.intersection(*(set(c["judged"]) for c in judged)))
+    runs = [[outcomes[c["judged"][s]] for s in seeds] for c in judged]
+    prompts = shared_prompts(*(run for cell in runs for run in cell)) if seeds else []
+    if not prompts:
+        return None
+    betas = [c["beta"] for c in judged]
+    inside = [low <= b <= high for b in betas]
+    grids = [grid(cell, prompts) for cell in runs]
+    scores, counts = np.stack([g[0] for g in grids]), np.stack([g[1] for g in grids])  # (betas, seeds, prompts)
+    rates = scores.sum((1, 2)) / counts.sum((1, 2))
+    boot = bootstrap_rates([(scores, counts)], resamples, seed)[0]  # (betas, resamples)
+    share = float(np.mean([inside[k] for k in boot.argmax(0)]))
+    return {
+        "argmax_beta": betas[int(rates.argmax())],
+        "peak": float(rates.max()),
+        "share_in_range": share,
+        "seeds": len(seeds),
+        "verdict": HOLDS if share >= 1 - ALPHA else FAILS if share <= ALPHA else UNRESOLVED,
+    }
+
+
+def c1_peak_beta(cells: Sequence[dict], outcomes: Outcomes, resamples: int = 2000, seed: int = 0) -> dict:
+    """``cells``: :func:`gpo_core.sweep.cells.group_cells`'s, each with its judged runs by seed.
+    A loss with a cell judged on two seeds or more is decided on its runs' win rates, seeds as
+    blocks (:func:`peak_in_range`), on the seeds its cells of two or more share; one seed a cell,
+    by the bootstrap over prompts (:func:`peak_share_by_bootstrap`)."""
     per_loss, verdicts = [], []
     for loss in dict.fromkeys(c["loss"] for c in cells):
         judged = sorted((c for c in cells if c["loss"] == loss and c["judged"]), key=lambda c: c["beta"])
-        seeds = sorted(set.intersection(*(set(c["judged"]) for c in judged))) if judged else []
-        runs = [[outcomes[c["judged"][s]] for s in seeds] for c in judged]
-        betas = [c["beta"] for c in judged]
-        prompts = shared_prompts(*(run for cell in runs for run in cell)) if seeds else []
-        inside = [low <= b <= high for b in betas]
-        if len(judged) < 2 or all(inside) or not any(inside) or not prompts:
-            per_loss.append(
-                {
-                    "loss": loss,
-                    "betas": betas,
-                    "verdict": UNRESOLVED,
-                    "why": "needs judged betas both inside and outside [0.1, 1], on seeds and prompts they share",
-                }
-            )
-            verdicts.append(UNRESOLVED)
-            continue
-        grids = [grid(cell, prompts) for cell in runs]
-        scores, counts = np.stack([g[0] for g in grids]), np.stack([g[1] for g in grids])  # (betas, seeds, prompts)
-        rates = scores.sum((1, 2)) / counts.sum((1, 2))
-        boot = bootstrap_rates([(scores, counts)], resamples, seed)[0]  # (betas, resamples)
-        share = float(np.mean([inside[k] for k in boot.argmax(0)]))
-        verdict = HOLDS if share >= 1 - ALPHA else FAILS if share <= ALPHA else UNRESOLVED
-        per_loss.append(
-            {
-                "loss": loss,
-                "argmax_beta": betas[int(rates.argmax())],
-                "peak": float(rates.max()),
-                "share_in_range": share,
-                "seeds": len(seeds),
-                "verdict": verdict,
-            }
-        )
-        verdicts.append(verdict)
+        with_seeds = [c for c in judged if len(c["judged"]) >= 2]  # a beta with one seed left cannot be blocked
+        result: dict | None = None
+        if with_seeds:
+            judged = with_seeds
+            betas = [c["beta"] for c in judged]
+            shared = _rates_by_seed(judged, outcomes) if _both_sides(betas) else None
+            if shared is not None:
+                result = {**peak_in_range(shared[1], betas), "seeds": len(shared[0]), "method": "seeds"}
+        elif _both_sides([c["beta"] for c in judged]):
+            found = peak_share_by_bootstrap(judged, outcomes, resamples, seed)
+            result = None if found is None else {**found, "method": "prompts"}
+        if result is None:
+            result = {"betas": [c["beta"] for c in judged], "verdict": UNRESOLVED, "why": NEEDS_BOTH_SIDES}
+        per_loss.append({"loss": loss, **result})
+        verdicts.append(result["verdict"])
     peaks = [p["peak"] for p in per_loss if "peak" in p]
     return {
         "claim": "C1",
         "statement": "every loss's win rate against the reference peaks at beta in [0.1, 1] (Fig. 8)",
-        "figure_of_merit": "per loss: share of seed x prompt bootstrap resamples whose argmax beta is in [0.1, 1]",
+        "figure_of_merit": "per loss, with seeds: the best beta in [0.1, 1] minus the best outside, 95% t interval "
+        "on the betas' disagreement from seed to seed; one seed a cell: share of prompt bootstrap resamples whose "
+        "argmax beta is in [0.1, 1]",
         "per_loss": per_loss,
         "peak_spread": (max(peaks) - min(peaks)) if peaks else None,
         "verdict": _overall(verdicts),
+    }
+
+
+def cells_and_seeds(table: np.ndarray) -> tuple[np.ndarray, float, int]:
+    """A two-way layout of runs' win rates (``table[i, j]``: cell i, seed j), the seeds as blocks:
+    each cell's mean, and the variance left once cells and seeds are taken out (the cells'
+    disagreement from seed to seed), with its (cells - 1)(seeds - 1) degrees of freedom."""
+    residuals = table - table.mean(1)[:, None] - table.mean(0)[None, :] + table.mean()
+    dof = (table.shape[0] - 1) * (table.shape[1] - 1)
+    return table.mean(1), float((residuals**2).sum()) / dof, dof
+
+
+def peak_in_range(rates: np.ndarray | Sequence[Sequence[float]], betas: Sequence[float]) -> dict:
+    """Does one loss's win rate peak at beta in PEAK_RANGE? ``rates[i][j]``: its cell at ``betas[i]``
+    with seed j (one run each, on shared prompts; every beta trained with the same seeds). The best
+    beta inside the range against the best outside it, their difference with a 95% t interval on
+    the betas' pooled disagreement from seed to seed (seeds as blocks, as in :func:`on_par`):
+    above 0 holds, below 0 does not hold, else not resolved."""
+    table = np.asarray(rates, dtype=float)
+    low, high = PEAK_RANGE
+    inside = np.array([low <= b <= high for b in betas])
+    if table.shape[1] < 2 or not _both_sides(betas):
+        raise ValueError("peak_in_range needs two seeds or more, and betas both inside and outside the range")
+    by_beta, within, dof = cells_and_seeds(table)
+    best_in = int(np.flatnonzero(inside)[by_beta[inside].argmax()])
+    best_out = int(np.flatnonzero(~inside)[by_beta[~inside].argmax()])
+    difference = float(by_beta[best_in] - by_beta[best_out])
+    half = float(scipy_stats.t.ppf(1 - ALPHA / 2, dof)) * math.sqrt(2 * within / table.shape[1])
+    verdict = HOLDS if difference - half > 0 else FAILS if difference + half < 0 else UNRESOLVED
+    return {
+        "argmax_beta": float(betas[int(by_beta.argmax())]),
+        "peak": float(by_beta.max()),
+        "best_inside": float(betas[best_in]),
+        "best_outside": float(betas[best_out]),
+        "difference": difference,
+        "low": difference - half,
+        "high": difference + half,
+        "dof": dof,
+        "verdict": verdict,
     }
 
 
@@ -164,12 +231,10 @@ def on_par(rates: np.ndarray | Sequence[Sequence[float]], margin: float = EQUIVA
     cells, seeds = table.shape
     if cells < 2 or seeds < 2:
         raise ValueError("on_par needs two cells or more, each with the same two seeds or more")
+    by_cell, within, dof_within = cells_and_seeds(table)
     grand = table.mean()
-    by_cell = table.mean(1)
-    residuals = table - by_cell[:, None] - table.mean(0)[None, :] + grand
-    dof = [cells - 1, (cells - 1) * (seeds - 1)]
+    dof = [cells - 1, dof_within]
     between = seeds * float(((by_cell - grand) ** 2).sum()) / dof[0]
-    within = float((residuals**2).sum()) / dof[1]
     if within > 1e-15:
         f = between / within
         p = float(scipy_stats.f.sf(f, *dof))
@@ -190,9 +255,7 @@ def on_par(rates: np.ndarray | Sequence[Sequence[float]], margin: float = EQUIVA
     return {"f": f, "dof": dof, "p": p, "pairs": pairs, "widest": float(np.ptp(by_cell) + half), "verdict": verdict}
 
 
-def _rates_by_seed(
-    cells: Sequence[dict], outcomes: Mapping[str, Mapping[str, Sequence[str]]]
-) -> tuple[list[str], np.ndarray] | None:
+def _rates_by_seed(cells: Sequence[dict], outcomes: Outcomes) -> tuple[list[str], np.ndarray] | None:
     """(the seeds every cell was judged with, each cell's win rate by seed on the prompts all those
     runs were judged on); None when they share fewer than two seeds or no prompt."""
     seeds = sorted(set.intersection(*(set(c["judged"]) for c in cells)), key=lambda seed: (len(seed), seed))
@@ -207,9 +270,7 @@ def _rates_by_seed(
     return seeds, np.array(table)
 
 
-def c2_on_par(
-    cells: Sequence[dict], outcomes: Mapping[str, Mapping[str, Sequence[str]]], differences: Sequence[dict]
-) -> dict:
+def c2_on_par(cells: Sequence[dict], outcomes: Outcomes, differences: Sequence[dict]) -> dict:
     """``cells``: :func:`gpo_core.sweep.cells.group_cells`'s; ``differences``: its paired
     differences, which decide when the cells at 0.1 have one seed each."""
     result = {
@@ -349,7 +410,7 @@ def c4_case_two_closer(runs: Sequence[dict], tail_of: Mapping[str, str]) -> dict
 def claims(
     runs: Sequence[dict],
     cells: Sequence[dict],
-    outcomes: Mapping[str, Mapping[str, Sequence[str]]],
+    outcomes: Outcomes,
     differences: Sequence[dict],
 ) -> list[dict]:
     """C1-C4 on a sweep's collected runs and their cells (see the module's docstring for each rule)."""

@@ -578,17 +578,26 @@ PLOTTERS = {
 }
 
 
+def _peak_numbers(found: dict) -> str:
+    """One loss's C1 figures: the best beta in [0.1, 1] against the best outside, over seeds, or
+    the share of bootstrap resamples peaking in [0.1, 1] (one seed a cell)."""
+    if "why" in found:
+        return f"{found['loss']}: {found['why']}"
+    if found.get("method") == "seeds":
+        return (
+            f"{found['loss']}: argmax {found['argmax_beta']:g}; best in [0.1, 1] ({found['best_inside']:g}) minus "
+            f"best outside ({found['best_outside']:g}) {found['difference']:+.3f} "
+            f"[{found['low']:+.3f}, {found['high']:+.3f}]"
+        )
+    return f"{found['loss']}: argmax {found['argmax_beta']:g}, {found['share_in_range']:.2f} of resamples in [0.1, 1]"
+
+
 def claims_rows(data: dict) -> list[dict]:
     """The claims table: each claim, the numbers that decide it, and the verdict."""
     rows = []
     for claim in data.get("claims") or []:
         if claim["claim"] == "C1":
-            numbers = "; ".join(
-                f"{p['loss']}: argmax {p['argmax_beta']:g}, {p['share_in_range']:.2f} of resamples in [0.1, 1]"
-                if "argmax_beta" in p
-                else f"{p['loss']}: {p['why']}"
-                for p in claim["per_loss"]
-            )
+            numbers = "; ".join(_peak_numbers(p) for p in claim["per_loss"])
         elif claim["claim"] == "C2":
             widest = f", widest bound {claim['widest']:.3f}" if claim.get("widest") is not None else ""
             if "why" in claim:

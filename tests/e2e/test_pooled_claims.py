@@ -68,7 +68,8 @@ def test_gpo_claims_prints_the_verdicts_by_job_and_pooled(two_jobs) -> None:
     assert result.returncode == 0, result.stderr
     for heading in ("seed0 (seeds 0, 1)", "seed2 (seeds 2, 3)", "pooled (seeds 0, 1, 2, 3)"):
         assert heading in result.stdout
-    assert "F(1, 3) = " in result.stdout
+    assert "F(1, 3) = " in result.stdout  # C2 on four seeds as blocks
+    assert "best in [0.1, 1] (0.1) minus best outside (3)" in result.stdout  # C1 too
     assert "every job gives the same verdicts" in result.stdout or "change with the seeds" in result.stdout
     as_json = subprocess.run([GPO, "claims", str(two_jobs[0]), "--json"], capture_output=True, text=True, timeout=300)
     assert json.loads(as_json.stdout)["seeds"] == [0, 1]
