@@ -12,7 +12,7 @@ The rules were fixed before any reproduction was run and are not tuned to its ou
   >= 0.95 holds, <= 0.05 does not, else not resolved. (Changed on 2026-12-07, after constructed
   data showed the bootstrap share wrong with seeds, for C2's reason below: on flat curves over
   seven betas, two seeds, seed effects of the size measured, it decided 5 of 30 (one a loss), and
-  six losses multiply that; ``benchmarks/c1_rule.py`` measures both rules on such curves.)
+  six losses multiply that; ``benchmarks/claim_rules.py c1`` measures both rules on such curves.)
 - C2 (Fig. 9): at beta = 0.1 the losses are on par. With seeds (a cell at 0.1 judged with two or
   more), an analysis of variance of the runs' win rates on the seeds every cell shares (fewer than
   two: not resolved), with the seeds as blocks: the losses differ (F test, p < 0.05) does not hold;
@@ -23,7 +23,7 @@ The rules were fixed before any reproduction was run and are not tuned to its ou
   wrong with seeds: it decided "does not hold" from each of 15 differences' own two-way bootstrap,
   whose two seeds underestimate the seeds' variance (one degree of freedom each, and (S-1)/S of it
   on average). On six equal losses with seed effects of the size measured it said "does not hold"
-  for 10 and 17 of two sets of 30 constructed sweeps; ``benchmarks/c2_rule.py`` measures both
+  for 10 and 17 of two sets of 30 constructed sweeps; ``benchmarks/claim_rules.py c2`` measures both
   rules on such sweeps.)
 - C3 (Fig. 5): as beta grows, the final KL and the final mu-weighted square loss both shrink, and
   across runs they rank alike. Per loss, Spearman's rho of beta with each (exact permutation

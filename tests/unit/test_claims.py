@@ -124,7 +124,7 @@ def constructed_curve(rng, peak: float = 0.0, at: int = 2, seed_sd: float = 0.01
 def test_c1_with_seeds_rarely_decides_a_flat_curve_and_finds_a_clear_peak() -> None:
     """Constructed curves: flat over beta, the rule decides either way (both wrong) in at most its
     nominal 5% (the earlier rule, the share of two-seed bootstrap resamples, decided 5 of 30 such
-    curves: benchmarks/c1_rule.py); a peak 0.08 high at beta 0.3 is found in most, and one at
+    curves: benchmarks/claim_rules.py c1); a peak 0.08 high at beta 0.3 is found in most, and one at
     beta 10 is found outside."""
     rng = np.random.default_rng(0)
     betas = [0.01, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0]
@@ -194,7 +194,7 @@ def constructed_losses(rng, shift: float = 0.0, seed_sd: float = 0.015) -> np.nd
 def test_on_par_says_does_not_hold_for_equal_losses_at_its_nominal_rate_and_sees_a_real_gap() -> None:
     """Constructed sweeps: with six equal losses the rule's false "does not hold" rate is its 5%
     (the earlier rule, each difference's own two-seed bootstrap, said it for 10 and 17 of two sets
-    of 30 such sweeps: benchmarks/c2_rule.py); one loss 0.08 ahead is found in about two of three."""
+    of 30 such sweeps: benchmarks/claim_rules.py c2); one loss 0.08 ahead is found in about two of three."""
     rng = np.random.default_rng(0)
     equal = [on_par(constructed_losses(rng))["verdict"] for _ in range(2000)]
     assert 0.035 <= equal.count(FAILS) / len(equal) <= 0.065
