@@ -11,8 +11,10 @@ The rules were fixed before any reproduction was run and are not tuned to its ou
   With one seed a cell, the share of prompt bootstrap resamples whose argmax beta lies in [0.1, 1]:
   >= 0.95 holds, <= 0.05 does not, else not resolved. (Changed on 2026-12-07, after constructed
   data showed the bootstrap share wrong with seeds, for C2's reason below: on flat curves over
-  seven betas, two seeds, seed effects of the size measured, it decided 5 of 30 (one a loss), and
-  six losses multiply that; ``benchmarks/claim_rules.py c1`` measures both rules on such curves.)
+  seven betas, two seeds, seed effects of the size measured, it decided 5 of 30 and 0 of 30 (one
+  loss each; the current rule about 1%). Over six losses either rule's false "does not hold" adds
+  up (current: about 8% of sweeps of six flat losses); no correction for the six is made.
+  ``benchmarks/claim_rules.py c1`` measures both rules on such curves.)
 - C2 (Fig. 9): at beta = 0.1 the losses are on par. With seeds (a cell at 0.1 judged with two or
   more), an analysis of variance of the runs' win rates on the seeds every cell shares (fewer than
   two: not resolved), with the seeds as blocks: the losses differ (F test, p < 0.05) does not hold;
