@@ -5,6 +5,8 @@ earlier rule and of the current one over the same sweeps.
     python benchmarks/claim_rules.py c2 [--sweeps 30] [--seed-sd 0.015] [--seeds 2] [--shift 0] [--seed 0]
     python benchmarks/claim_rules.py c1 [--sweeps 30] [--seed-sd 0.015] [--seeds 2] [--peak 0] [--at 0.3]
                                         [--losses 1] [--seed 0]
+    python benchmarks/claim_rules.py c4 [--sweeps 30] [--seeds 2] [--closer 0] [--loss-sd 0.38]
+                                        [--seed-sd 0.1] [--run-sd 0.5] [--seed 0]
 
 Every sweep has 768 prompts of random difficulty shared by every run (as the reproduction's
 evaluation prompts are), each cell trained with ``--seeds`` seeds, two comparisons a prompt; a
@@ -22,19 +24,40 @@ bootstrap variance from its seeds).
   sweep's C1 verdict, as the report decides it over its losses. Earlier rule: the
   share of seed x prompt bootstrap resamples whose argmax is in [0.1, 1]; current: the best beta
   inside against the best outside, seeds as blocks.
+- c4: three case-I and three case-II losses at the seven betas; a run's log final KL is its beta's
+  level (4.4 at 0.01 down to 0.6 at 1 and 3, as in the reproduction) plus ``--closer`` for a case-I
+  loss (0: the kinds alike, so both "holds" and "does not hold" are wrong), plus a loss-at-beta
+  effect fixed for the task (sd ``--loss-sd``), a seed effect each kind's runs of a seed share (sd
+  ``--seed-sd``, in a log) and one of each run (sd ``--run-sd``). Each task is trained twice, with
+  seeds 0.. and with other seeds, as the reproduction is with two base seeds: besides both rules'
+  verdicts, how often the two base seeds agree. Current rule: the sign test over betas of the
+  seeds' mean KLs; considered (not adopted, see docs/evaluation.md): the mean log KL ratio over
+  betas and seeds, both random. The defaults of the sds are the Llama grid's (2026-12-07).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from collections.abc import Callable, Iterator
 
 import numpy as np
+from scipy import stats as scipy_stats
 
+from gpo_core.analysis import analyze
 from gpo_core.sweep.cells import differences, group_cells
-from gpo_core.sweep.claims import FAILS, HOLDS, UNRESOLVED, c1_peak_beta, c2_on_par, peak_share_by_bootstrap
+from gpo_core.sweep.claims import (
+    FAILS,
+    HOLDS,
+    UNRESOLVED,
+    c1_peak_beta,
+    c2_on_par,
+    c4_case_two_closer,
+    cells_and_seeds,
+    peak_share_by_bootstrap,
+)
 
 PROMPTS = 768
 BETAS = (0.01, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0)
@@ -82,6 +105,73 @@ def c1_by_bootstrap(cells: list[dict], outcomes: dict, seed: int) -> str:
     return FAILS if FAILS in found else HOLDS if all(v == HOLDS for v in found) else UNRESOLVED
 
 
+C4_LOSSES = ("logistic", "exponential", "savage", "hinge", "square", "truncated_quadratic")
+C4_TAIL = {loss: analyze(loss).tail for loss in C4_LOSSES}  # "I" or "II"
+C4_LEVELS = dict(zip(BETAS, np.log([4.4, 1.6, 0.9, 0.6, 0.6, 0.7, 0.8]), strict=True))  # the Llama grid's
+
+
+def c4_task(rng: np.random.Generator, args: argparse.Namespace) -> dict[tuple[str, float], float]:
+    """Each loss's log final KL at each beta, before seeds: what a task fixes."""
+    return {(loss, beta): C4_LEVELS[beta] + (args.closer if C4_TAIL[loss] == "I" else 0.0) + rng.normal(0, args.loss_sd)
+            for loss in C4_LOSSES for beta in BETAS}  # fmt: skip
+
+
+def c4_runs(rng: np.random.Generator, args: argparse.Namespace, task: dict, first_seed: int) -> list[dict]:
+    """The task trained with ``args.seeds`` seeds from ``first_seed``: runs with a final KL trace."""
+    runs = []
+    for seed in range(first_seed, first_seed + args.seeds):
+        shift = {"I": rng.normal(0, args.seed_sd), "II": rng.normal(0, args.seed_sd)}
+        for (loss, beta), level in task.items():
+            kl = math.exp(level + shift[C4_TAIL[loss]] + rng.normal(0, args.run_sd))
+            runs.append({"id": f"{loss}-b{beta:g}-s{seed}", "loss": loss, "beta": beta, "seed": seed,
+                         "traces": [{"kl": kl}]})  # fmt: skip
+    return runs
+
+
+def mean_log_ratio(runs: list[dict]) -> str:
+    """The considered C4 rule (not adopted): the mean over betas and seeds of log(case-I mean final
+    KL / case-II mean), with a 95% t interval that counts betas and seeds as random (two-way random
+    effects, var = (MS_betas + MS_seeds - MS_residual) / (betas x seeds), the seeds' share kept only
+    where positive, Satterthwaite's degrees of freedom)."""
+    kls: dict[tuple[float, int], dict[str, list[float]]] = {}
+    for r in runs:
+        kls.setdefault((r["beta"], r["seed"]), {"I": [], "II": []})[C4_TAIL[r["loss"]]].append(r["traces"][-1]["kl"])
+    betas, seeds = sorted({b for b, _ in kls}), sorted({s for _, s in kls})
+    table = np.array([[math.log(np.mean(kls[b, s]["I"]) / np.mean(kls[b, s]["II"])) for s in seeds] for b in betas])
+    (n_betas, n_seeds), mean = table.shape, float(table.mean())
+    _, ms_residual, dof_residual = cells_and_seeds(table)
+    terms = [(n_seeds * float(np.var(table.mean(1), ddof=1)), n_betas - 1)]
+    ms_seeds = n_betas * float(np.var(table.mean(0), ddof=1))
+    if ms_seeds > ms_residual:
+        terms += [(ms_seeds, n_seeds - 1), (-ms_residual, dof_residual)]
+    total = sum(ms for ms, _ in terms)
+    dof = total**2 / sum(ms**2 / d for ms, d in terms)
+    half = float(scipy_stats.t.ppf(0.975, dof)) * math.sqrt(total / table.size)
+    return HOLDS if mean - half > 0 else FAILS if mean + half < 0 else UNRESOLVED
+
+
+def c4_verdicts(runs: list[dict]) -> tuple[str, str]:
+    """(the current rule's verdict: the sign test over betas of the seeds' mean KLs; the considered one's)."""
+    return c4_case_two_closer(runs, C4_TAIL)["verdict"], mean_log_ratio(runs)
+
+
+def c4_main(args: argparse.Namespace) -> None:
+    rng = np.random.default_rng(args.seed)
+    verdicts: dict[str, list[str]] = {"current rule": [], "considered rule": []}
+    agree = {"current rule": 0, "considered rule": 0}
+    started = time.perf_counter()
+    for _ in range(args.sweeps):
+        task = c4_task(rng, args)
+        first = c4_verdicts(c4_runs(rng, args, task, 0))
+        second = c4_verdicts(c4_runs(rng, args, task, args.seeds))
+        for k, rule in enumerate(verdicts):
+            verdicts[rule] += [first[k], second[k]]
+            agree[rule] += first[k] == second[k]
+    counts = {rule: {v: found.count(v) for v in sorted(set(found))} for rule, found in verdicts.items()}
+    print(json.dumps({"args": vars(args), "verdicts (both base seeds)": counts, "base seeds agree": agree,
+                      "seconds": round(time.perf_counter() - started, 1)}))  # fmt: skip
+
+
 RULES: dict[str, tuple[Callable, Callable[[list, dict, int], str], Callable[[list, dict, int], str]]] = {
     "c2": (
         c2_sweep,
@@ -98,16 +188,24 @@ RULES: dict[str, tuple[Callable, Callable[[list, dict, int], str], Callable[[lis
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("claim", choices=sorted(RULES))
+    parser.add_argument("claim", choices=sorted([*RULES, "c4"]))
     parser.add_argument("--sweeps", type=int, default=30)
-    parser.add_argument("--seed-sd", type=float, default=0.015)
+    parser.add_argument("--seed-sd", type=float, help="a seed effect's sd: c1, c2 0.015 (win rate); c4 0.1 (log KL)")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--shift", type=float, default=0.0, help="c2: the first loss's lead")
     parser.add_argument("--peak", type=float, default=0.0, help="c1: the lift of the cell at --at")
     parser.add_argument("--at", type=float, default=0.3, help="c1: the beta of the peak")
     parser.add_argument("--losses", type=int, default=1, help="c1: losses alike in a sweep, decided as C1 is")
+    parser.add_argument("--closer", type=float, default=0.0, help="c4: case I's log KL above case II's")
+    parser.add_argument("--loss-sd", type=float, default=0.38, help="c4: a loss-at-beta effect's sd (log KL)")
+    parser.add_argument("--run-sd", type=float, default=0.5, help="c4: a run's own effect's sd (log KL)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if args.seed_sd is None:
+        args.seed_sd = 0.1 if args.claim == "c4" else 0.015
+    if args.claim == "c4":
+        c4_main(args)
+        return
     construct, earlier, current = RULES[args.claim]
     rng = np.random.default_rng(args.seed)
     verdicts: dict[str, list[str]] = {"earlier rule": [], "current rule": []}
