@@ -1,6 +1,7 @@
 """The claims' rules on constructed sweeps whose answer is known: how often does a rule decide
 what is not true, and how often does it find what is? Each prints, as JSON, the verdicts of the
-earlier rule and of the current one over the same sweeps.
+earlier rule and of the current one over the same sweeps (c4: of the current rule and of the one
+considered to replace it).
 
     python benchmarks/claim_rules.py c2 [--sweeps 30] [--seed-sd 0.015] [--seeds 2] [--shift 0] [--seed 0]
     python benchmarks/claim_rules.py c1 [--sweeps 30] [--seed-sd 0.015] [--seeds 2] [--peak 0] [--at 0.3]

@@ -13,7 +13,8 @@ The rules were fixed before any reproduction was run and are not tuned to its ou
   data showed the bootstrap share wrong with seeds, for C2's reason below: on flat curves over
   seven betas, two seeds, seed effects of the size measured, it decided 5 of 30 and 0 of 30 (one
   loss each; the current rule about 1%). Over six losses either rule's false "does not hold" adds
-  up (current: about 8% of sweeps of six flat losses); no correction for the six is made.
+  up (current: 8% of 300 and 6.7% of 2000 sweeps of six flat losses); no correction for the six is
+  made (a Bonferroni one halved the power to find a real peak outside: docs/evaluation.md).
   ``benchmarks/claim_rules.py c1`` measures both rules on such curves.)
 - C2 (Fig. 9): at beta = 0.1 the losses are on par. With seeds (a cell at 0.1 judged with two or
   more), an analysis of variance of the runs' win rates on the seeds every cell shares (fewer than
