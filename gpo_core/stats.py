@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from typing import TypeAlias
 
 import numpy as np
+from scipy.special import expit
 
 OUTCOME_SCORE = {"win": 1.0, "tie": 0.5, "loss": 0.0}
 
@@ -193,7 +194,7 @@ def _fit_length_model(targets: np.ndarray, length_feature: np.ndarray, iteration
     x = np.stack([np.ones_like(length_feature), length_feature], axis=1)
     theta = np.zeros(2)
     for _ in range(iterations):
-        p = 1 / (1 + np.exp(-(x @ theta)))
+        p = expit(x @ theta)
         gradient = x.T @ (targets - p) - 1e-6 * theta
         hessian = (x * (p * (1 - p))[:, None]).T @ x + 1e-6 * np.eye(2)
         step = np.linalg.solve(hessian, gradient)
@@ -222,7 +223,7 @@ def length_controlled_win_rate(
 
     def fit(rows: np.ndarray) -> float:
         a, _ = _fit_length_model(targets[rows], np.tanh(diffs[rows] / scale))
-        return float(1 / (1 + math.exp(-a)))
+        return float(expit(a))  # a is far below -700 when length alone separates wins from losses
 
     rate = fit(np.arange(len(targets)))
     rng = np.random.default_rng(seed)

@@ -59,6 +59,17 @@ def test_all_ties_is_one_half_everywhere() -> None:
     assert strengths.strength == pytest.approx([0.0, 0.0], abs=1e-6)
 
 
+def test_length_control_stays_finite_when_a_resample_separates_on_length() -> None:
+    """Six prompts, the one loss at a length difference shared with a win: some bootstrap resamples
+    hold only the other prompts, where wins alone remain and the fit's intercept runs off to
+    hundreds. That overflowed ``math.exp`` once (a sweep's judge stage, a 200-step run); the rate
+    stays a probability."""
+    outcomes = [["win"], ["win"], ["loss"], ["win"], ["win"], ["win"]]
+    differences = [[7.0], [13.0], [13.0], [2.0], [16.0], [15.0]]
+    lc = length_controlled_win_rate(outcomes, differences, resamples=500, seed=0)
+    assert 0.0 <= lc.low <= lc.rate <= lc.high <= 1.0
+
+
 def test_length_control_removes_a_planted_length_preference() -> None:
     """A judge that only likes length: A is usually longer, so A 'wins' often; at equal length
     the true win rate is 1/2, which the length-controlled rate recovers."""
