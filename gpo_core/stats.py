@@ -15,7 +15,6 @@ of S draws has (S-1)/S of the variance), which two or three seeds cannot avoid.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TypeAlias

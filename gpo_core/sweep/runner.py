@@ -2,7 +2,9 @@
 
 The stages are the services' stages, in the order of a run's lifecycle
 (:mod:`gpo_core.sweep.pipeline`): the reference's samples, then each run's stages until it is over
-(an online run's rounds first; a run that diverges in training ends there, recorded as such), then
+(:class:`~gpo_core.sweep.chain.RunChain`: an online run's rounds first; a run that diverges in
+training ends there, recorded as such), one run after another or several at a time in worker
+processes (:mod:`gpo_core.sweep.parallel`), then
 the job's finishing step (pairwise comparisons, the judge's own accuracy, the report). Every stage
 skips work already on disk, so running the same spec into the same folder again resumes where it
 stopped.
@@ -16,28 +18,10 @@ from pathlib import Path
 from gpo_core.cache import cache_root
 from gpo_core.generate import start_engine
 from gpo_core.sweep import online, stages
-from gpo_core.sweep.pipeline import FINISH, REFERENCE, STAGES, Outcome, RunStage, Step, next_step
+from gpo_core.sweep.chain import Events, RunChain
+from gpo_core.sweep.pipeline import FINISH, REFERENCE
 from gpo_core.sweep.preflight import preflight
 from gpo_core.sweep.spec import JobSpec
-
-Events = Callable[[dict], None]
-
-
-class _RunSink:
-    """Training records of one run, tagged with the run id, to the caller's event callback."""
-
-    def __init__(self, run: str, events: Events):
-        self.run, self.events = run, events
-
-    def emit(self, record: dict) -> None:
-        self.events({**record, "run": self.run})
-
-    def close(self) -> None:
-        pass
-
-
-class _Stopped(Exception):
-    """A stop was asked for during training: the sweep ends here, resumable."""
 
 
 def run_job(
@@ -46,8 +30,13 @@ def run_job(
     cache_dir: str | Path | None = None,
     events: Events | None = None,
     stop_requested: Callable[[], bool] = lambda: False,
+    parallel: int = 1,
 ) -> Path | None:
-    """Run the sweep into ``job_dir``; returns the report's path, or None when stopped early."""
+    """Run the sweep into ``job_dir``; returns the report's path, or None when stopped early.
+    ``parallel``: runs taken through their stages at a time, each in a worker process of its own
+    (:mod:`gpo_core.sweep.parallel`); 1 runs them one after another in this process."""
+    if parallel < 1:
+        raise ValueError(f"parallel must be at least 1, got {parallel}")
     job_dir = Path(job_dir)
     cache = Path(cache_dir) if cache_dir else cache_root()
     emit = events or (lambda event: None)
@@ -67,57 +56,26 @@ def run_job(
         if message:
             emit({"kind": "log", "message": message})
     backend = "vllm" if engine is not None else "transformers"
-
-    def round_stage(name: RunStage, run: str, round: int) -> tuple[Outcome, dict]:
-        """One stage of an online round of ``run``: its outcome, and what its event tells."""
-        if name == "generate":
-            online.sample_round(spec, job_dir, run, round, engine, backend=backend)
-            return "done", {}
-        if name == "judge":
-            labels = online.label_round(spec, job_dir, run, round, api_keys=keys)
-            return "done", {"pairs": labels["pairs"]}
-        result = online.train_round(spec, job_dir, run, round, _RunSink(run, emit), stop_requested)
-        if result["stopped"]:
-            stage(run, "train", "stopped", round=round, step=result["steps"])
-            raise _Stopped
-        return stages.training_outcome(result)
-
-    def run_stage(name: RunStage, run: str) -> tuple[Outcome, dict]:
-        """One stage of ``run``: its outcome, and what its event tells."""
-        if name == "train":
-            result = stages.train_stage(spec, job_dir, run, _RunSink(run, emit), stop_requested)
-            if result["stopped"]:
-                stage(run, "train", "stopped", step=result["steps"])
-                raise _Stopped
-            return stages.training_outcome(result)
-        if name == "generate":
-            stages.generate_stage(spec, job_dir, run, cache, engine, backend=backend)
-            return "done", {}
-        summary = stages.judge_stage(spec, job_dir, run, api_key=api_key)
-        return "done", {"win_rate": summary.get("win_rate")}
-
+    chain = RunChain(spec, job_dir, cache, engine, backend, api_key, keys)
+    runs = spec.run_ids()
     try:
         stage(REFERENCE, "generate", "running")
         stages.generate_stage(spec, job_dir, REFERENCE, cache, engine, backend=backend)
         stage(REFERENCE, "generate", "done")
-        for run, target in zip(spec.run_ids(), spec.run_list(), strict=True):
-            rounds = spec.rounds(target)
-            step = Step(STAGES[0], "queued")
-            while step.stage != "done":
-                position, round = step.stage, step.round
-                where = {} if round is None else {"round": round}
-                stage(run, position, "running", **where)
-                if round is None:
-                    outcome, told = run_stage(position, run)
-                else:
-                    outcome, told = round_stage(position, run, round)
-                stage(run, position, outcome, **where, **told)
-                step = next_step(position, outcome, round, rounds)
-    except _Stopped:
-        return None
+        if parallel > 1 and len(runs) > 1:
+            from gpo_core.sweep.parallel import run_in_parallel
+
+            if engine is not None:  # each worker starts its own: free this one's memory and cores
+                engine.close()
+                engine = chain.engine = None
+            completed = run_in_parallel(chain, runs, parallel, emit, stop_requested)
+        else:
+            completed = all(chain.run_to_end(run, emit, stop_requested) for run in runs)
     finally:
         if engine is not None:
             engine.close()
+    if not completed:
+        return None
     report = stages.finish_stage(spec, job_dir, api_key=api_key, progress=lambda step, state: stage("job", step, state))
     stage("job", FINISH, "done", path=str(report))
     return report

@@ -153,9 +153,21 @@ def generate_command(
     console.print(f"wrote {len(responses)} responses ({responses[0]['backend']}) to {out}", highlight=False)
 
 
+ParallelOption = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        help="Runs trained, sampled and judged at a time, each in a process of its own with the cores "
+        "shared out (on a CPU, small models: as many as cores). Figures depend on the thread count: "
+        "give the same value to get a sweep's figures again.",
+    ),
+]
+
+
 def run_command(
     spec_file: Annotated[Path, typer.Argument(help="Job spec (YAML or JSON): a loss x beta sweep.")],
     out: Annotated[Path | None, typer.Option(help="Job folder (default: outputs/jobs/NAME).")] = None,
+    parallel: ParallelOption = 1,
 ) -> None:
     """Run a whole sweep in this process (the embedded default: no Redis, no services): train
     every run, sample it, judge it against the reference, compare runs pairwise, write the report.
@@ -166,7 +178,7 @@ def run_command(
     problems = missing_inputs(spec)
     if problems:
         raise fail(f"{spec_file}: " + "; ".join(problems) + " (relative paths are taken from the spec file's folder)")
-    run_sweep(spec, out, f"gpo run {spec_file}")
+    run_sweep(spec, out, f"gpo run {spec_file}", parallel)
 
 
 def reproduce_command(
@@ -176,6 +188,7 @@ def reproduce_command(
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Job folder (default: outputs/jobs/reproduce[-gpu]).")] = None,
     print_spec: Annotated[bool, typer.Option("--print-spec", help="Print the job spec and stop.")] = False,
+    parallel: ParallelOption = 1,
 ) -> None:
     """The paper's sweep on the built-in task (Fig. 8, 9 and 5): six losses x seven betas, two
     seeds each, the pairwise matrix at beta 0.1 and the KL / square-loss traces, ending with the
@@ -197,10 +210,10 @@ def reproduce_command(
         console.print(yaml.safe_dump(data, sort_keys=False).rstrip(), highlight=False, markup=False)
         return
     flags = " --gpu" * gpu + (f" --architecture {architecture}" if architecture else "")
-    run_sweep(spec, out, f"gpo reproduce{flags}")
+    run_sweep(spec, out, f"gpo reproduce{flags}", parallel)
 
 
-def run_sweep(spec, out: Path | None, command: str) -> None:
+def run_sweep(spec, out: Path | None, command: str, parallel: int = 1) -> None:
     """Run ``spec`` in this process with progress bars, then print the run table and the claims."""
     from gpo_client.progress import RunProgress
     from gpo_core.notes import spec_notes
@@ -214,11 +227,12 @@ def run_sweep(spec, out: Path | None, command: str) -> None:
         with RunProgress(console) as display:
             for run in spec.run_ids():
                 display.add(run, spec.training.steps)
-            report = run_job(spec, job_dir, events=display.sweep_event, stop_requested=stop.is_set)
+            report = run_job(spec, job_dir, events=display.sweep_event, stop_requested=stop.is_set, parallel=parallel)
     except FileNotFoundError as err:  # an input deleted since the spec was checked
         raise fail(str(err)) from None
     if report is None:
-        console.print(f"stopped; run again to resume: {command} --out {job_dir}")
+        again = f" --parallel {parallel}" if parallel > 1 else ""
+        console.print(f"stopped; run again to resume: {command} --out {job_dir}{again}")
         raise typer.Exit(code=1)
     print_winrate_table(report.with_name("report.json"))
     console.print(f"report: {report}")
