@@ -6,8 +6,8 @@ considered to replace it).
     python benchmarks/claim_rules.py c2 [--sweeps 30] [--seed-sd 0.015] [--seeds 2] [--shift 0] [--seed 0]
     python benchmarks/claim_rules.py c1 [--sweeps 30] [--seed-sd 0.015] [--seeds 2] [--peak 0] [--at 0.3]
                                         [--losses 1] [--seed 0]
-    python benchmarks/claim_rules.py c4 [--sweeps 30] [--seeds 2] [--closer 0] [--loss-sd 0.38]
-                                        [--seed-sd 0.1] [--run-sd 0.5] [--seed 0]
+    python benchmarks/claim_rules.py c4 [--sweeps 30] [--seeds 2] [--closer 0] [--alike-at BETA ...]
+                                        [--loss-sd 0.38] [--seed-sd 0.1] [--run-sd 0.5] [--seed 0]
 
 Every sweep has 768 prompts of random difficulty shared by every run (as the reproduction's
 evaluation prompts are), each cell trained with ``--seeds`` seeds, two comparisons a prompt; a
@@ -27,7 +27,8 @@ bootstrap variance from its seeds).
   inside against the best outside, seeds as blocks.
 - c4: three case-I and three case-II losses at the seven betas; a run's log final KL is its beta's
   level (4.4 at 0.01 down to 0.6 at 1 and 3, as in the reproduction) plus ``--closer`` for a case-I
-  loss (0: the kinds alike, so both "holds" and "does not hold" are wrong), plus a loss-at-beta
+  loss (0: the kinds alike, so both "holds" and "does not hold" are wrong) except at the betas
+  ``--alike-at`` (the Llama grid's pattern: 0.1, where its two kinds came out alike), plus a loss-at-beta
   effect fixed for the task (sd ``--loss-sd``), a seed effect each kind's runs of a seed share (sd
   ``--seed-sd``, in a log) and one of each run (sd ``--run-sd``). Each task is trained twice, with
   seeds 0.. and with other seeds, as the reproduction is with two base seeds: besides both rules'
@@ -113,7 +114,11 @@ C4_LEVELS = dict(zip(BETAS, np.log([4.4, 1.6, 0.9, 0.6, 0.6, 0.7, 0.8]), strict=
 
 def c4_task(rng: np.random.Generator, args: argparse.Namespace) -> dict[tuple[str, float], float]:
     """Each loss's log final KL at each beta, before seeds: what a task fixes."""
-    return {(loss, beta): C4_LEVELS[beta] + (args.closer if C4_TAIL[loss] == "I" else 0.0) + rng.normal(0, args.loss_sd)
+
+    def closer(loss: str, beta: float) -> float:
+        return args.closer if C4_TAIL[loss] == "I" and beta not in args.alike_at else 0.0
+
+    return {(loss, beta): C4_LEVELS[beta] + closer(loss, beta) + rng.normal(0, args.loss_sd)
             for loss in C4_LOSSES for beta in BETAS}  # fmt: skip
 
 
@@ -198,6 +203,7 @@ def main() -> None:
     parser.add_argument("--at", type=float, default=0.3, help="c1: the beta of the peak")
     parser.add_argument("--losses", type=int, default=1, help="c1: losses alike in a sweep, decided as C1 is")
     parser.add_argument("--closer", type=float, default=0.0, help="c4: case I's log KL above case II's")
+    parser.add_argument("--alike-at", type=float, nargs="*", default=[], help="c4: betas where --closer is 0")
     parser.add_argument("--loss-sd", type=float, default=0.38, help="c4: a loss-at-beta effect's sd (log KL)")
     parser.add_argument("--run-sd", type=float, default=0.5, help="c4: a run's own effect's sd (log KL)")
     parser.add_argument("--seed", type=int, default=0)

@@ -34,6 +34,11 @@ class RunSink:
         pass
 
 
+def stage_event(emit: Events, run: str, name: str, state: str, **extra) -> None:
+    """A stage of ``run`` began or ended (``state``), with what its end tells."""
+    emit({"kind": "stage", "run": run, "stage": name, "state": state, **extra})
+
+
 class Stopped(Exception):
     """A stop was asked for during training: the sweep ends here, resumable."""
 
@@ -52,9 +57,6 @@ class RunChain:
     api_key: str | None
     api_keys: dict[str, str | None]
 
-    def stage_event(self, emit: Events, run: str, name: str, state: str, **extra) -> None:
-        emit({"kind": "stage", "run": run, "stage": name, "state": state, **extra})
-
     def run_to_end(self, run: str, emit: Events, stop_requested: StopCheck) -> bool:
         """Take ``run`` through its stages (an online run's rounds first); False when a stop was
         asked for during training (the run is not over), True once it is."""
@@ -64,12 +66,12 @@ class RunChain:
             while step.stage != "done":
                 position, round = step.stage, step.round
                 where = {} if round is None else {"round": round}
-                self.stage_event(emit, run, position, "running", **where)
+                stage_event(emit, run, position, "running", **where)
                 if round is None:
                     outcome, told = self._run_stage(position, run, emit, stop_requested)
                 else:
                     outcome, told = self._round_stage(position, run, round, emit, stop_requested)
-                self.stage_event(emit, run, position, outcome, **where, **told)
+                stage_event(emit, run, position, outcome, **where, **told)
                 step = next_step(position, outcome, round, rounds)
         except Stopped:
             return False
@@ -81,7 +83,7 @@ class RunChain:
         if name == "train":
             result = stages.train_stage(spec, job_dir, run, RunSink(run, emit), stop_requested)
             if result["stopped"]:
-                self.stage_event(emit, run, "train", "stopped", step=result["steps"])
+                stage_event(emit, run, "train", "stopped", step=result["steps"])
                 raise Stopped
             return stages.training_outcome(result)
         if name == "generate":
@@ -103,6 +105,6 @@ class RunChain:
             return "done", {"pairs": labels["pairs"]}
         result = online.train_round(spec, job_dir, run, round, RunSink(run, emit), stop_requested)
         if result["stopped"]:
-            self.stage_event(emit, run, "train", "stopped", round=round, step=result["steps"])
+            stage_event(emit, run, "train", "stopped", round=round, step=result["steps"])
             raise Stopped
         return stages.training_outcome(result)

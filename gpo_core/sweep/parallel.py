@@ -1,18 +1,19 @@
 """Several runs of a sweep at a time, each in a worker process of its own (``gpo run --parallel N``).
 
-Why: on a CPU a small model's training step gains little from a second thread (measured on the T5
-grid: one run on two threads trained 2 runs a minute, two runs on one thread each 4), so the cores
-are better spent on runs side by side. Each worker takes whole runs (:class:`RunChain`: train,
-sample, judge, or an online run's rounds) with ``cores // N`` torch threads, and a vLLM engine of
-its own bound to its own cores, started for each run and closed after it (on CPUs an engine
-restarts for every checkpoint anyway). The workers' events come back through a queue to the
-caller's callback in this process; a stop asked for here reaches every worker at its next training
-step. Workers are spawned, not forked: a forked torch or vLLM holds locks and threads it cannot
-use.
+Why: on a CPU a small model's run gains less from a second thread than a second run does (the
+reproduction's Llama grid: 1.32x the runs a minute with two at a time; the T5 grid trained twice as
+many), so the cores are better spent on runs side by side. Each worker takes whole runs
+(:class:`RunChain`: train, sample, judge, or an online run's rounds) with ``cores // N`` torch
+threads, and a vLLM engine of its own bound to its own cores, started for each run and closed after
+it (on CPUs an engine restarts for every checkpoint anyway). The workers' events come back through a
+queue to the caller's callback in this process; a stop asked for here reaches every worker at its
+next training step. Workers are spawned, not forked: a forked torch or vLLM holds locks and threads
+it cannot use.
 
-A run's figures depend on its thread count (float sums taken in another order), so a sweep run
-with another ``--parallel`` gives the same figures only up to that noise; with the same value it
-gives them again exactly.
+Where torch splits an op's float sums across threads (larger models), a run's figures can depend on
+its thread count, so a sweep run with another ``--parallel`` may give other figures; with the same
+value it gives them again exactly. (On the reproduction's Llama grid, 1 and 2 gave the same figures
+to the last digit: docs/evaluation.md.)
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ import os
 import queue
 import signal
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from multiprocessing.synchronize import Event as StopEvent
 
 import torch
 
+from gpo_core.errors import GPOError
 from gpo_core.generate import start_engine
 from gpo_core.sweep import stages
 from gpo_core.sweep.chain import Events, RunChain, StopCheck
@@ -63,7 +66,7 @@ def _start_worker(threads: int, counter, events: multiprocessing.Queue, stop: St
         index = counter.value
         counter.value += 1
     cores = usable_cores()
-    mine = cores[index * threads : (index + 1) * threads] or cores
+    mine = [cores[(index * threads + k) % len(cores)] for k in range(threads)]  # more workers than cores: shared
     os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, mine))
 
 
@@ -82,6 +85,10 @@ def _run_in_worker(chain: RunChain, run: str) -> bool:
     finally:
         if engine is not None:
             engine.close()
+
+
+class WorkerDied(GPOError):
+    """A worker process ended without a result (killed, out of memory): its run is not over."""
 
 
 def run_in_parallel(chain: RunChain, runs: list[str], parallel: int, emit: Events, stop_requested: StopCheck) -> bool:
@@ -124,6 +131,11 @@ def run_in_parallel(chain: RunChain, runs: list[str], parallel: int, emit: Event
                 for future in pending:
                     future.cancel()  # the runs no worker has begun
     pass_on_events()
+    if isinstance(error, BrokenProcessPool):
+        raise WorkerDied(
+            f"a worker process died ({error}); what the runs finished is kept: run again to resume, "
+            f"with a smaller --parallel if memory ran out ({parallel} runs at a time here)"
+        ) from error
     if error is not None:
         raise error
     return completed

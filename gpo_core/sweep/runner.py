@@ -18,7 +18,7 @@ from pathlib import Path
 from gpo_core.cache import cache_root
 from gpo_core.generate import start_engine
 from gpo_core.sweep import online, stages
-from gpo_core.sweep.chain import Events, RunChain
+from gpo_core.sweep.chain import Events, RunChain, stage_event
 from gpo_core.sweep.pipeline import FINISH, REFERENCE
 from gpo_core.sweep.preflight import preflight
 from gpo_core.sweep.spec import JobSpec
@@ -42,7 +42,7 @@ def run_job(
     emit = events or (lambda event: None)
 
     def stage(run: str, name: str, state: str, **extra) -> None:
-        emit({"kind": "stage", "run": run, "stage": name, "state": state, **extra})
+        stage_event(emit, run, name, state, **extra)
 
     stages.write_job_file(spec, job_dir)
     stage("job", "prepare", "running")

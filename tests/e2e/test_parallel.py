@@ -3,6 +3,7 @@ the figures one process gives on the same thread count, a stop reaches every wor
 resumes, and a run's error comes back to the caller."""
 
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -15,7 +16,7 @@ import torch
 import yaml
 
 from gpo_core.sweep import stages
-from gpo_core.sweep.parallel import threads_per_run, usable_cores
+from gpo_core.sweep.parallel import WorkerDied, threads_per_run, usable_cores
 from gpo_core.sweep.runner import run_job
 from gpo_core.sweep.spec import JobSpec
 
@@ -107,6 +108,29 @@ def test_a_runs_error_in_a_worker_is_raised_to_the_caller(small_task, tmp_path) 
     with pytest.raises(json.JSONDecodeError):
         run_job(spec(), job, cache_dir=tmp_path / "cache", parallel=2)
     assert not list(job.rglob("report.json"))
+
+
+def test_a_worker_killed_mid_run_is_a_clear_error_and_running_again_finishes(small_task, tmp_path) -> None:
+    """The kernel's out-of-memory killer, say: the pool cannot go on, the caller gets one message
+    that says what to do, and nothing finished is lost."""
+    long, job = spec(steps=200), tmp_path / "job"
+    events: list[dict] = []
+    killed: list[int] = []
+
+    def kill_a_worker_once_one_trains() -> bool:
+        if not killed and any(e["kind"] == "step" for e in events):
+            worker = multiprocessing.active_children()[0]
+            os.kill(worker.pid, signal.SIGKILL)
+            killed.append(worker.pid)
+        return False
+
+    with pytest.raises(WorkerDied, match=r"a worker process died .* run again to resume, with a smaller --parallel"):
+        run_job(long, job, cache_dir=tmp_path / "cache", events=events.append,
+                stop_requested=kill_a_worker_once_one_trains, parallel=2)  # fmt: skip
+    assert killed and not list(job.rglob("report.json"))
+    assert run_job(long, job, cache_dir=tmp_path / "cache", parallel=2) is not None
+    for run in long.run_ids():
+        assert json.loads((job / "runs" / run / "train.json").read_text())["steps"] == 200
 
 
 def test_parallel_must_be_positive(tmp_path) -> None:
