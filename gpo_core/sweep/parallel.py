@@ -8,7 +8,8 @@ threads, and a vLLM engine of its own bound to its own cores, started for each r
 it (on CPUs an engine restarts for every checkpoint anyway). The workers' events come back through a
 queue to the caller's callback in this process; a stop asked for here reaches every worker at its
 next training step. Workers are spawned, not forked: a forked torch or vLLM holds locks and threads
-it cannot use.
+it cannot use. It is made for CPUs: on one GPU each worker's vLLM engine would claim most of the
+GPU's memory (vLLM already batches a run's prompts there).
 
 Where torch splits an op's float sums across threads (larger models), a run's figures can depend on
 its thread count, so a sweep run with another ``--parallel`` may give other figures; with the same

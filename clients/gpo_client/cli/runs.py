@@ -158,7 +158,8 @@ ParallelOption = Annotated[
     typer.Option(
         min=1,
         help="Runs trained, sampled and judged at a time, each in a process of its own with the cores "
-        "shared out (on a CPU, small models: as many as cores). Figures can depend on the thread count: "
+        "shared out (on a CPU, small models: as many as cores; on one GPU keep 1, as each worker's vLLM "
+        "engine would claim most of its memory). Figures can depend on the thread count: "
         "give the same value to get a sweep's figures again.",
     ),
 ]
