@@ -23,8 +23,11 @@ import multiprocessing
 import os
 import queue
 import signal
+import threading
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import replace
 from multiprocessing.synchronize import Event as StopEvent
 
@@ -88,6 +91,21 @@ def _run_in_worker(chain: RunChain, run: str) -> bool:
             engine.close()
 
 
+@contextmanager
+def _workers_born_deaf_to_ctrl_c() -> Iterator[None]:
+    """Ctrl-C ignored here while the workers are spawned (submit starts them): a spawned interpreter
+    keeps an ignored SIGINT ignored, so a Ctrl-C during a worker's start-up, before its
+    initializer runs, cannot kill it. This process's own handler is back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread sets handlers; a caller in another thread gets no Ctrl-C anyway
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 class WorkerDied(GPOError):
     """A worker process ended without a result (killed, out of memory): its run is not over."""
 
@@ -118,7 +136,8 @@ def run_in_parallel(chain: RunChain, runs: list[str], parallel: int, emit: Event
         initializer=_start_worker,
         initargs=(threads, context.Value("i", 0), events, stop),
     ) as pool:
-        pending: set[Future] = {pool.submit(_run_in_worker, shipped, run) for run in runs}
+        with _workers_born_deaf_to_ctrl_c():
+            pending: set[Future] = {pool.submit(_run_in_worker, shipped, run) for run in runs}
         while pending:
             finished, pending = wait(pending, timeout=_POLL_S, return_when=FIRST_COMPLETED)
             pass_on_events()
