@@ -43,6 +43,7 @@ from gpo_core.sweep.stages import (
     make_judge,
     resolve_inputs,
     run_by_id,
+    sampling_seed,
     sampling_settings,
     training_spec,
 )
@@ -130,7 +131,9 @@ def sample_round(
     backend: str | None = None,
 ) -> Path:
     """Two responses per prompt of the round, from the current policy (the sampling settings of
-    ``generation``, its seed moved on by the round)."""
+    ``generation``, its seed moved on by the round: every run of the round draws the same random
+    numbers, as every run of a seed sees the same data order), and, where ``online.eval_prompts``
+    asks, one on those prompts with the run's own seed (:func:`sampling_seed`)."""
     out = marker(job_dir, run, "generate", round)
     if out.exists():
         return out
@@ -142,7 +145,7 @@ def sample_round(
     evaluation = out.with_name(EVAL_SAMPLES)
     judged_on = round_eval_prompts(spec, job_dir) if not evaluation.exists() else []
     if judged_on and Path(model) != Path(inputs.reference):  # pi_ref against itself would only tie
-        once = replace(settings, n=1)
+        once = replace(settings, n=1, seed=sampling_seed(settings.seed, run))  # not another run's draws
         write_jsonl(evaluation, generate_responses(model, judged_on, once, run, backend, engine, should_stop, unmerged))
     records = generate_responses(model, prompts, settings, run, backend, engine, should_stop, unmerged)
     return write_jsonl(out, records)

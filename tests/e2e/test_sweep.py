@@ -182,6 +182,32 @@ def test_sweep_end_to_end_with_the_oracle_judge_and_report(small_task, tmp_path)
     assert (tmp_path / "job" / "verdicts.jsonl").read_text() == verdicts
 
 
+def test_each_run_samples_with_a_seed_of_its_own_not_the_references_draws(small_task) -> None:
+    """A run sampled with the reference's seed draws the reference's random numbers: a policy equal
+    to pi_ref would answer exactly as pi_ref did and every comparison would tie, where two
+    independent samples (the win rate's definition) differ. Each run gets its own seed, stable,
+    and pi_ref keeps the spec's (its cached samples stay valid)."""
+    from gpo_core.data import load_prompts
+    from gpo_core.generate import generate_responses
+    from gpo_core.sweep.pipeline import REFERENCE
+
+    spec = JobSpec(**grid(losses=["logistic", "square"], seeds=2, generation={"backend": "transformers", "seed": 7}))
+    runs = spec.run_ids()
+    assert stages.sampling_settings(spec).seed == stages.sampling_seed(7, REFERENCE) == 7
+    seeds = [stages.sampling_settings(spec, run).seed for run in runs]
+    assert len({*seeds, 7}) == len(runs) + 1 and all(0 <= s < 2**32 for s in seeds)
+    assert seeds == [stages.sampling_seed(7, run) for run in runs]  # the same on every call and machine
+    assert stages.sampling_seed(8, runs[0]) != seeds[0]
+
+    model, prompts = small_task.artifacts.model_dir, load_prompts(small_task.artifacts.eval_prompts)[:40]
+    reference = generate_responses(model, prompts, stages.sampling_settings(spec), REFERENCE, "transformers")
+    again = generate_responses(model, prompts, stages.sampling_settings(spec), REFERENCE, "transformers")
+    as_a_run = generate_responses(model, prompts, stages.sampling_settings(spec, runs[0]), runs[0], "transformers")
+    identical = [a["response"] == b["response"] for a, b in zip(as_a_run, reference, strict=True)]
+    assert [r["response"] for r in again] == [r["response"] for r in reference]  # one seed: the same draws
+    assert sum(identical) < len(identical) / 2  # pi_ref's own weights, its own draws: mostly other answers
+
+
 def test_a_run_that_diverges_is_recorded_and_the_sweep_goes_on(small_task, tmp_path) -> None:
     # e^-x at beta 1e5: after one step some pair's beta * rho is far below -88.7 and the gradient
     # overflows float32. The logistic run at the same beta is stable (softplus) and finishes.
