@@ -255,11 +255,10 @@ def sampling_seed(seed: int, run: str) -> int:
 
     Why not one seed for all: sampled with the same seed, a run draws the same random numbers at
     each prompt as the reference and as every other run, so a policy near another answers as it
-    does. That couples the two responses a win rate compares, which moves it off its definition
-    (two independent samples: on the paper-sized task, a logistic run at beta 0.1 read 0.530
-    coupled and 0.513 with seeds of its own, docs/evaluation.md); and it gives the seeds of a
-    cell one shared draw, which keeps the sampling noise out of the seed-to-seed variance that
-    C1's and C2's tests weigh the losses against."""
+    does. That couples the two responses a win rate compares, whose definition draws them
+    independently (measured in docs/evaluation.md, "Generation"); and it gives the seeds of a cell
+    one shared draw, which keeps the sampling noise out of the seed-to-seed variance that C1's and
+    C2's tests weigh the losses against."""
     if run == REFERENCE:
         return seed
     digest = hashlib.blake2b(f"{seed}/{run}".encode(), digest_size=4).digest()
