@@ -4,6 +4,7 @@ earlier rule and of the current one over the same sweeps (c4: of the current rul
 considered to replace it).
 
     python benchmarks/claim_rules.py c2 [--sweeps 30] [--seed-sd 0.015] [--seeds 2] [--shift 0] [--seed 0]
+                                        [--profile-sd 0] [--shared-draws] [--current-only]
     python benchmarks/claim_rules.py c1 [--sweeps 30] [--seed-sd 0.015] [--seeds 2] [--peak 0] [--at 0.3]
                                         [--losses 1] [--seed 0]
     python benchmarks/claim_rules.py c4 [--sweeps 30] [--seeds 2] [--closer 0] [--alike-at BETA ...]
@@ -18,7 +19,11 @@ bootstrap variance from its seeds).
 - c2: six losses at beta 0.1, each run with a seed effect of its own; ``--shift`` puts the first
   loss that far ahead (0: all on par, so "does not hold" is wrong). Earlier rule: any difference
   whose own seed x prompt bootstrap interval excludes 0; current: analysis of variance, seeds as
-  blocks.
+  blocks. ``--profile-sd``: each loss also has a chance of its own on each prompt, the same for
+  its seeds (centred, so the losses stay on par over the prompts); ``--shared-draws``: every run's
+  outcomes come from one set of uniform draws, as the runs' samples came from one sampling seed
+  until 2026-12-07 (a policy's answer then follows the draw, and two seeds of a loss answer
+  alike), else each run draws its own, as each run now samples with its own seed.
 - c1: ``--losses`` losses alike at the reproduction's seven betas, with a seed effect every run of
   a seed shares (a seed fixes the data order) and one of each run; ``--peak`` lifts the cells at
   beta ``--at`` that much (0: flat curves, so both "holds" and "does not hold" are wrong); the
@@ -67,13 +72,24 @@ Sweep = tuple[list[dict], dict]
 Row = tuple[str, float, int, float]
 
 
-def constructed_runs(rng: np.random.Generator, difficulty: np.ndarray, rows: Iterator[Row]) -> Sweep:
+def constructed_runs(
+    rng: np.random.Generator,
+    difficulty: np.ndarray,
+    rows: Iterator[Row],
+    profiles: dict[str, np.ndarray] | None = None,
+    draws: np.ndarray | None = None,
+) -> Sweep:
     """Cells from (loss, beta, seed, chance shift) rows, each run's outcomes drawn on the shared
     prompts. ``rows`` is drawn lazily, one row before its run's outcomes: the order of draws of
-    the two scripts this one replaces, so their figures (docs/evaluation.md) come out again."""
+    the two scripts this one replaces, so their figures (docs/evaluation.md) come out again.
+    ``profiles``: a loss's own chance on each prompt, added for every seed of it; ``draws``: one
+    set of uniforms (prompts x 2) every run's outcomes come from, as when every run was sampled
+    with the same seed (before 2026-12-07), else each run draws its own."""
     runs, outcomes = [], {}
     for loss, beta, seed, shift in rows:
-        wins = rng.random((PROMPTS, 2)) < np.clip(difficulty + shift, 0, 1)[:, None]
+        chance = difficulty + shift + (profiles[loss] if profiles else 0.0)
+        uniforms = rng.random((PROMPTS, 2)) if draws is None else draws
+        wins = uniforms < np.clip(chance, 0, 1)[:, None]
         run_id = f"{loss}-b{beta:g}-s{seed}"
         runs.append({"id": run_id, "loss": loss, "beta": beta, "seed": seed, "flags": [], "traces": [],
                      "judgement": {"win_rate": {"rate": float(wins.mean())}}})  # fmt: skip
@@ -83,9 +99,14 @@ def constructed_runs(rng: np.random.Generator, difficulty: np.ndarray, rows: Ite
 
 def c2_sweep(rng: np.random.Generator, args: argparse.Namespace) -> Sweep:
     difficulty = rng.beta(2, 2, size=PROMPTS)
+    profiles = None
+    if args.profile_sd:  # drawn only when asked, so the figures without it come out as before
+        profiles = {f"loss{k}": rng.normal(0, args.profile_sd, size=PROMPTS) for k in range(6)}
+        profiles = {loss: p - p.mean() for loss, p in profiles.items()}  # on par over these prompts
+    draws = rng.random((PROMPTS, 2)) if args.shared_draws else None
     rows = ((f"loss{k}", 0.1, s, rng.normal(0, args.seed_sd) + (args.shift if k == 0 else 0.0))
             for k in range(6) for s in range(args.seeds))  # fmt: skip
-    return constructed_runs(rng, difficulty, rows)
+    return constructed_runs(rng, difficulty, rows, profiles, draws)
 
 
 def c1_sweep(rng: np.random.Generator, args: argparse.Namespace) -> Sweep:
@@ -199,6 +220,8 @@ def main() -> None:
     parser.add_argument("--seed-sd", type=float, help="a seed effect's sd: c1, c2 0.015 (win rate); c4 0.1 (log KL)")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--shift", type=float, default=0.0, help="c2: the first loss's lead")
+    parser.add_argument("--profile-sd", type=float, default=0.0, help="c2: sd of a loss's own chance on each prompt")
+    parser.add_argument("--shared-draws", action="store_true", help="c2: every run's outcomes from one set of draws")
     parser.add_argument("--peak", type=float, default=0.0, help="c1: the lift of the cell at --at")
     parser.add_argument("--at", type=float, default=0.3, help="c1: the beta of the peak")
     parser.add_argument("--losses", type=int, default=1, help="c1: losses alike in a sweep, decided as C1 is")
@@ -206,6 +229,7 @@ def main() -> None:
     parser.add_argument("--alike-at", type=float, nargs="*", default=[], help="c4: betas where --closer is 0")
     parser.add_argument("--loss-sd", type=float, default=0.38, help="c4: a loss-at-beta effect's sd (log KL)")
     parser.add_argument("--run-sd", type=float, default=0.5, help="c4: a run's own effect's sd (log KL)")
+    parser.add_argument("--current-only", action="store_true", help="c1, c2: the current rule alone (faster)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.seed_sd is None:
@@ -215,11 +239,13 @@ def main() -> None:
         return
     construct, earlier, current = RULES[args.claim]
     rng = np.random.default_rng(args.seed)
-    verdicts: dict[str, list[str]] = {"earlier rule": [], "current rule": []}
+    rules = ["current rule"] if args.current_only else ["earlier rule", "current rule"]
+    verdicts: dict[str, list[str]] = {rule: [] for rule in rules}
     started = time.perf_counter()
     for k in range(args.sweeps):
         cells, outcomes = construct(rng, args)
-        verdicts["earlier rule"].append(earlier(cells, outcomes, k))
+        if not args.current_only:  # its bootstrap is most of the time
+            verdicts["earlier rule"].append(earlier(cells, outcomes, k))
         verdicts["current rule"].append(current(cells, outcomes, k))
     counts = {rule: {v: found.count(v) for v in sorted(set(found))} for rule, found in verdicts.items()}
     print(json.dumps({"args": vars(args), "verdicts": counts, "seconds": round(time.perf_counter() - started, 1)}))
