@@ -1,12 +1,13 @@
 """The claims' rules on constructed sweeps whose answer is known: how often does a rule decide
-what is not true, and how often does it find what is? Each prints, as JSON, the verdicts of the
-earlier rule and of the current one over the same sweeps (c4: of the current rule and of the one
-considered to replace it).
+what is not true, and how often does it find what is? Each prints, as JSON, the verdicts of every
+rule the claim has had, over the same sweeps, and how often consecutive sweeps (1-2, 3-4, ...)
+agree, as two base seeds of one task would (c4: the current rule and the one considered to
+replace it, each task trained with two base seeds).
 
     python benchmarks/claim_rules.py c2 [--sweeps 30] [--seed-sd 0.015] [--seeds 2] [--shift 0] [--seed 0]
-                                        [--profile-sd 0] [--shared-draws] [--current-only]
+                                        [--profile-sd 0] [--shared-draws] [--fast-only]
     python benchmarks/claim_rules.py c1 [--sweeps 30] [--seed-sd 0.015] [--seeds 2] [--peak 0] [--at 0.3]
-                                        [--losses 1] [--seed 0]
+                                        [--losses 1] [--seed 0] [--fast-only]
     python benchmarks/claim_rules.py c4 [--sweeps 30] [--seeds 2] [--closer 0] [--alike-at BETA ...]
                                         [--loss-sd 0.38] [--seed-sd 0.1] [--run-sd 0.5] [--seed 0]
 
@@ -17,19 +18,21 @@ run's chance of winning a comparison is its prompt's difficulty plus seed effect
 bootstrap variance from its seeds).
 
 - c2: six losses at beta 0.1, each run with a seed effect of its own; ``--shift`` puts the first
-  loss that far ahead (0: all on par, so "does not hold" is wrong). Earlier rule: any difference
-  whose own seed x prompt bootstrap interval excludes 0; current: analysis of variance, seeds as
-  blocks. ``--profile-sd``: each loss also has a chance of its own on each prompt, the same for
-  its seeds (centred, so the losses stay on par over the prompts); ``--shared-draws``: every run's
-  outcomes come from one set of uniform draws, as the runs' samples came from one sampling seed
-  until 2026-12-07 (a policy's answer then follows the draw, and two seeds of a loss answer
-  alike), else each run draws its own, as each run now samples with its own seed.
+  loss that far ahead (within the claim's margin of 0.1, all are on par, so "does not hold" is
+  wrong; beyond it, "holds" is). Its rules: any difference whose own seed x prompt bootstrap
+  interval excludes 0 (to 2026-12-06); the analysis of variance, seeds as blocks, its F test first
+  (to 2026-12-07); the equivalence decision on the same t intervals. ``--profile-sd``: each loss
+  also has a chance of its own on each prompt, the same for its seeds (centred, so the losses stay
+  on par over the prompts); ``--shared-draws``: every run's outcomes come from one set of uniform
+  draws, as the runs' samples came from one sampling seed until 2026-12-07 (a policy's answer then
+  follows the draw, and two seeds of a loss answer alike), else each run draws its own, as each run
+  now samples with its own seed.
 - c1: ``--losses`` losses alike at the reproduction's seven betas, with a seed effect every run of
   a seed shares (a seed fixes the data order) and one of each run; ``--peak`` lifts the cells at
   beta ``--at`` that much (0: flat curves, so both "holds" and "does not hold" are wrong); the
-  sweep's C1 verdict, as the report decides it over its losses. Earlier rule: the
-  share of seed x prompt bootstrap resamples whose argmax is in [0.1, 1]; current: the best beta
-  inside against the best outside, seeds as blocks.
+  sweep's C1 verdict, as the report decides it over its losses. Its rules: the share of seed x
+  prompt bootstrap resamples whose argmax is in [0.1, 1] (to 2026-12-07); the best beta inside
+  against the best outside, seeds as blocks (current).
 - c4: three case-I and three case-II losses at the seven betas; a run's log final KL is its beta's
   level (4.4 at 0.01 down to 0.6 at 1 and 3, as in the reproduction) plus ``--closer`` for a case-I
   loss (0: the kinds alike, so both "holds" and "does not hold" are wrong) except at the betas
@@ -56,6 +59,7 @@ from scipy import stats as scipy_stats
 from gpo_core.analysis import analyze
 from gpo_core.sweep.cells import differences, group_cells
 from gpo_core.sweep.claims import (
+    EQUIVALENCE_MARGIN,
     FAILS,
     HOLDS,
     UNRESOLVED,
@@ -199,18 +203,54 @@ def c4_main(args: argparse.Namespace) -> None:
                       "seconds": round(time.perf_counter() - started, 1)}))  # fmt: skip
 
 
-RULES: dict[str, tuple[Callable, Callable[[list, dict, int], str], Callable[[list, dict, int], str]]] = {
-    "c2": (
-        c2_sweep,
-        lambda cells, outcomes, k: c2_on_par([], {}, differences(cells, outcomes))["verdict"],
-        lambda cells, outcomes, k: c2_on_par(cells, outcomes, [])["verdict"],
-    ),
-    "c1": (
-        c1_sweep,
-        lambda cells, outcomes, k: c1_by_bootstrap(cells, outcomes, k),
-        lambda cells, outcomes, k: c1_peak_beta(cells, outcomes, seed=k)["verdict"],
-    ),
-}
+def c2_by_differences(cells: list[dict], outcomes: dict, k: int) -> str:
+    """C2's first rule (to 2026-12-06): every paired difference's own seed x prompt bootstrap
+    interval; one that excludes 0 does not hold, all inside the margin holds."""
+    found = [d for d in differences(cells, outcomes) if math.isclose(d["beta"], 0.1)]
+    if any(d["resolved"] for d in found):
+        return FAILS
+    inside = all(d["low"] >= -EQUIVALENCE_MARGIN and d["high"] <= EQUIVALENCE_MARGIN for d in found)
+    return HOLDS if inside else UNRESOLVED
+
+
+def c2_by_f_test_first(cells: list[dict], outcomes: dict, k: int) -> str:
+    """C2's second rule (2026-12-06 to 2026-12-07): the analysis of variance's F test, p < 0.05
+    does not hold, before the equivalence check (every pair's t interval inside the margin holds)."""
+    found = c2_on_par(cells, outcomes, [])
+    return FAILS if found["p"] < 0.05 else HOLDS if found["widest"] <= EQUIVALENCE_MARGIN else UNRESOLVED
+
+
+def c2_by_equivalence(cells: list[dict], outcomes: dict, k: int) -> str:
+    """The equivalence decision on the same t intervals: a pair whose interval lies wholly outside
+    the margin does not hold, every pair's inside it holds, else not resolved."""
+    found = c2_on_par(cells, outcomes, [])
+    if found["apart"] > EQUIVALENCE_MARGIN:
+        return FAILS
+    return HOLDS if found["widest"] <= EQUIVALENCE_MARGIN else UNRESOLVED
+
+
+Rule = Callable[[list, dict, int], str]
+# Each claim's constructed sweeps and its rules by name, the slow ones (a bootstrap) flagged: the
+# rules it had before and the one it has, so the figures docs/evaluation.md cites come out again.
+RULES: dict[str, tuple[Callable[[np.random.Generator, argparse.Namespace], Sweep], dict[str, tuple[Rule, bool]]]] = {
+    "c2": (c2_sweep, {
+        "bootstrap differences (to 2026-12-06)": (c2_by_differences, True),
+        "F test first (2026-12-06 to 2026-12-07)": (c2_by_f_test_first, False),
+        "equivalence": (c2_by_equivalence, False),
+    }),
+    "c1": (c1_sweep, {
+        "bootstrap share (to 2026-12-07)": (c1_by_bootstrap, True),
+        "seeds as blocks (current)": (lambda cells, outcomes, seed: c1_peak_beta(cells, outcomes, seed=seed)["verdict"],
+                                      False),
+    }),
+}  # fmt: skip
+
+
+def agreement(found: list[str]) -> float:
+    """The share of consecutive pairs of sweeps (1-2, 3-4, ...) with the same verdict: as two base
+    seeds of one task would agree, the task's truth being the same for every sweep."""
+    pairs = len(found) // 2
+    return sum(found[2 * k] == found[2 * k + 1] for k in range(pairs)) / pairs if pairs else math.nan
 
 
 def main() -> None:
@@ -229,7 +269,7 @@ def main() -> None:
     parser.add_argument("--alike-at", type=float, nargs="*", default=[], help="c4: betas where --closer is 0")
     parser.add_argument("--loss-sd", type=float, default=0.38, help="c4: a loss-at-beta effect's sd (log KL)")
     parser.add_argument("--run-sd", type=float, default=0.5, help="c4: a run's own effect's sd (log KL)")
-    parser.add_argument("--current-only", action="store_true", help="c1, c2: the current rule alone (faster)")
+    parser.add_argument("--fast-only", action="store_true", help="c1, c2: leave out the rules with a bootstrap")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.seed_sd is None:
@@ -237,18 +277,20 @@ def main() -> None:
     if args.claim == "c4":
         c4_main(args)
         return
-    construct, earlier, current = RULES[args.claim]
+    construct, rules = RULES[args.claim]
+    if args.fast_only:  # a bootstrap is most of the time
+        rules = {name: rule for name, rule in rules.items() if not rule[1]}
     rng = np.random.default_rng(args.seed)
-    rules = ["current rule"] if args.current_only else ["earlier rule", "current rule"]
-    verdicts: dict[str, list[str]] = {rule: [] for rule in rules}
+    verdicts: dict[str, list[str]] = {name: [] for name in rules}
     started = time.perf_counter()
     for k in range(args.sweeps):
         cells, outcomes = construct(rng, args)
-        if not args.current_only:  # its bootstrap is most of the time
-            verdicts["earlier rule"].append(earlier(cells, outcomes, k))
-        verdicts["current rule"].append(current(cells, outcomes, k))
+        for name, (rule, _) in rules.items():
+            verdicts[name].append(rule(cells, outcomes, k))
     counts = {rule: {v: found.count(v) for v in sorted(set(found))} for rule, found in verdicts.items()}
-    print(json.dumps({"args": vars(args), "verdicts": counts, "seconds": round(time.perf_counter() - started, 1)}))
+    agree = {rule: round(agreement(found), 3) for rule, found in verdicts.items()}
+    print(json.dumps({"args": vars(args), "verdicts": counts, "consecutive sweeps agree": agree,
+                      "seconds": round(time.perf_counter() - started, 1)}))  # fmt: skip
 
 
 if __name__ == "__main__":

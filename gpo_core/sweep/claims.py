@@ -258,7 +258,15 @@ def on_par(rates: np.ndarray | Sequence[Sequence[float]], margin: float = EQUIVA
         verdict = HOLDS
     else:
         verdict = UNRESOLVED
-    return {"f": f, "dof": dof, "p": p, "pairs": pairs, "widest": float(np.ptp(by_cell) + half), "verdict": verdict}
+    return {
+        "f": f,
+        "dof": dof,
+        "p": p,
+        "pairs": pairs,
+        "widest": float(np.ptp(by_cell) + half),  # the largest |bound| of any pair's interval
+        "apart": float(np.ptp(by_cell) - half),  # the gap the widest pair is shown to have, at least
+        "verdict": verdict,
+    }
 
 
 def _rates_by_seed(cells: Sequence[dict], outcomes: Outcomes) -> tuple[list[str], np.ndarray] | None:
@@ -307,6 +315,7 @@ def c2_on_par(cells: Sequence[dict], outcomes: Outcomes, differences: Sequence[d
             "dof": test["dof"],
             "p": test["p"],
             "widest": test["widest"],
+            "apart": test["apart"],
             "verdict": test["verdict"],
         }
     at_beta_differences = [d for d in differences if math.isclose(d["beta"], PAIRWISE_BETA)]
