@@ -30,7 +30,7 @@ import matplotlib.pyplot as plt
 
 from gpo_core.data import write_json
 from gpo_core.sweep.cells import Outcomes, differences, group_cells, headline
-from gpo_core.sweep.claims import UNRESOLVED, claims
+from gpo_core.sweep.claims import EQUIVALENCE_MARGIN, UNRESOLVED, claims
 from gpo_core.sweep.rounds import round_metrics
 from gpo_core.sweep.rounds import summary as online_summary
 from gpo_core.sweep.spec import PATH_FIELDS, JobSpec
@@ -599,14 +599,23 @@ def claims_rows(data: dict) -> list[dict]:
         if claim["claim"] == "C1":
             numbers = "; ".join(_peak_numbers(p) for p in claim["per_loss"])
         elif claim["claim"] == "C2":
-            widest = f", widest bound {claim['widest']:.3f}" if claim.get("widest") is not None else ""
+            widest, apart = claim.get("widest"), claim.get("apart")
+            bounds = "" if widest is None else f"every interval within +-{widest:.3f}"
+            if apart is not None:  # a gap shown, at least: above the margin, the losses are not on par
+                bounds += f", the widest gap shown {max(apart, 0):.3f}"
+            bounds += f" (margin {EQUIVALENCE_MARGIN:g})"
             if "why" in claim:
                 numbers = claim["why"]
             elif claim.get("method") == "seeds":
                 (df1, df2), f = claim["dof"], claim["f"]
-                numbers = f"{claim['pairs']} pairs at beta 0.1: F({df1}, {df2}) = {f:.2f}, p {claim['p']:.3f}{widest}"
+                numbers = (
+                    f"{claim['pairs']} pairs at beta 0.1: {bounds}; "
+                    f"differ at all: F({df1}, {df2}) = {f:.2f}, p {claim['p']:.3f}"
+                )
+            elif not claim["pairs"]:
+                numbers = "no judged pairs at beta 0.1"
             else:
-                numbers = f"{claim['pairs']} pairs at beta 0.1, {claim['resolved_pairs']} resolved{widest}"
+                numbers = f"{claim['pairs']} pairs at beta 0.1: {bounds}; {claim['resolved_pairs']} exclude 0"
         elif claim["claim"] == "C3":
             parts = [
                 f"{p['loss']}: rho(beta, KL) {p['rho_beta_kl']:+.2f} (p {p['p_kl']:.3f}), "
