@@ -601,8 +601,8 @@ def claims_rows(data: dict) -> list[dict]:
         elif claim["claim"] == "C2":
             widest, apart = claim.get("widest"), claim.get("apart")
             bounds = "" if widest is None else f"every interval within +-{widest:.3f}"
-            if apart is not None:  # a gap shown, at least: above the margin, the losses are not on par
-                bounds += f", the widest gap shown {max(apart, 0):.3f}"
+            if apart is not None:  # the gap shown, at least: above the margin, the losses are not on par
+                bounds += f", a gap of at least {apart:.3f} shown" if apart > 0 else ", no gap shown"
             bounds += f" (margin {EQUIVALENCE_MARGIN:g})"
             if "why" in claim:
                 numbers = claim["why"]
