@@ -21,12 +21,12 @@ bootstrap variance from its seeds).
   loss that far ahead (within the claim's margin of 0.1, all are on par, so "does not hold" is
   wrong; beyond it, "holds" is). Its rules: any difference whose own seed x prompt bootstrap
   interval excludes 0 (to 2026-12-06); the analysis of variance, seeds as blocks, its F test first
-  (to 2026-12-07); the equivalence decision on the same t intervals. ``--profile-sd``: each loss
-  also has a chance of its own on each prompt, the same for its seeds (centred, so the losses stay
-  on par over the prompts); ``--shared-draws``: every run's outcomes come from one set of uniform
-  draws, as the runs' samples came from one sampling seed until 2026-12-07 (a policy's answer then
-  follows the draw, and two seeds of a loss answer alike), else each run draws its own, as each run
-  now samples with its own seed.
+  (to 2026-12-07); the decision by the margin on the same t intervals (current). ``--profile-sd``:
+  each loss also has a chance of its own on each prompt, the same for its seeds (centred, so the
+  losses stay on par over the prompts); ``--shared-draws``: every run's outcomes come from one set
+  of uniform draws, as the runs' samples came from one sampling seed until 2026-12-07 (a policy's
+  answer then follows the draw, and two seeds of a loss answer alike), else each run draws its own,
+  as each run now samples with its own seed.
 - c1: ``--losses`` losses alike at the reproduction's seven betas, with a seed effect every run of
   a seed shares (a seed fixes the data order) and one of each run; ``--peak`` lifts the cells at
   beta ``--at`` that much (0: flat curves, so both "holds" and "does not hold" are wrong); the
@@ -220,15 +220,6 @@ def c2_by_f_test_first(cells: list[dict], outcomes: dict, k: int) -> str:
     return FAILS if found["p"] < 0.05 else HOLDS if found["widest"] <= EQUIVALENCE_MARGIN else UNRESOLVED
 
 
-def c2_by_equivalence(cells: list[dict], outcomes: dict, k: int) -> str:
-    """The equivalence decision on the same t intervals: a pair whose interval lies wholly outside
-    the margin does not hold, every pair's inside it holds, else not resolved."""
-    found = c2_on_par(cells, outcomes, [])
-    if found["apart"] > EQUIVALENCE_MARGIN:
-        return FAILS
-    return HOLDS if found["widest"] <= EQUIVALENCE_MARGIN else UNRESOLVED
-
-
 Rule = Callable[[list, dict, int], str]
 # Each claim's constructed sweeps and its rules by name, the slow ones (a bootstrap) flagged: the
 # rules it had before and the one it has, so the figures docs/evaluation.md cites come out again.
@@ -236,7 +227,7 @@ RULES: dict[str, tuple[Callable[[np.random.Generator, argparse.Namespace], Sweep
     "c2": (c2_sweep, {
         "bootstrap differences (to 2026-12-06)": (c2_by_differences, True),
         "F test first (2026-12-06 to 2026-12-07)": (c2_by_f_test_first, False),
-        "equivalence": (c2_by_equivalence, False),
+        "by the margin (current)": (lambda cells, outcomes, seed: c2_on_par(cells, outcomes, [])["verdict"], False),
     }),
     "c1": (c1_sweep, {
         "bootstrap share (to 2026-12-07)": (c1_by_bootstrap, True),
